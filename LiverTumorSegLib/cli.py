@@ -1,0 +1,337 @@
+"""Command line: ``livertumorseg segment|models|measure`` (also ``python -m LiverTumorSegLib``).
+
+A user mistake ends in one ``error: ...`` line on stderr and exit code 1, never a traceback.
+With ``--progress json`` each progress event is one JSON object per line on stdout, the
+protocol the Slicer module reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from . import __version__
+from .errors import CancelledError, LiverTumorSegError
+from .progress import ProgressEvent
+
+log = logging.getLogger("livertumorseg")
+
+
+class _JsonLines:
+    """Progress and results as JSON lines on stdout (the background-process protocol)."""
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.emit(event.to_dict())
+
+    @staticmethod
+    def emit(obj: Dict) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+class _Bars:
+    """One tqdm bar per stage on stderr."""
+
+    def __init__(self, prefix: str = "") -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.prefix = prefix
+        self.bar = None
+        self.stage: Optional[str] = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            self.bar = self._tqdm(total=100, desc=f"{self.prefix}{event.stage:<28}", unit="%", leave=True,
+                                  bar_format="{desc} {bar} {n:3.0f}% {elapsed}", file=sys.stderr,
+                                  mininterval=0.5)
+        assert self.bar is not None
+        percent = round(100 * event.fraction)
+        if percent > self.bar.n:
+            self.bar.update(percent - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.stage = None
+
+
+class _JsonLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _JsonLines.emit({"event": "log", "level": record.levelname.lower(), "message": record.getMessage()})
+
+
+def _configure_logging(progress_mode: str, verbose: bool) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler: logging.Handler
+    if progress_mode == "json":
+        handler = _JsonLogHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("monai", "torch", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment the liver and liver tumors of CT volumes",
+                       description="Segment the liver and liver tumors of one or more CTs (NIfTI, NRRD, MHA/MHD "
+                                   "files or DICOM series folders). Writes NAME.seg.nrrd, NAME.nii.gz, NAME.json "
+                                   "and NAME_lesions.csv per input into --output.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--fast", action="store_true", help="less sliding-window overlap and no TTA: faster, coarser")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--liver-model", default=None, metavar="NAME|CARD.json")
+    p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation of the tumor ensemble "
+                                                      "(reports an uncertainty)")
+    p.add_argument("--no-active-contour", action="store_true", help="skip the active-contour lesion refinement")
+    p.add_argument("--no-interslice", action="store_true", help="skip the inter-slice consistency cleanup")
+    p.add_argument("--min-lesion-ml", type=float, default=None, help="drop lesions smaller than this (mL)")
+    p.add_argument("--margin-mm", type=float, default=None, help="margin around the liver for the tumor crop")
+    p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+
+
+def _settings_from_args(args: argparse.Namespace):
+    from .pipeline import PipelineSettings
+
+    settings = PipelineSettings(device=args.device, fast=args.fast, tta=args.tta,
+                                active_contour=not args.no_active_contour, interslice=not args.no_interslice)
+    if args.liver_model:
+        settings.liver_model = args.liver_model
+    if args.tumor_model:
+        settings.tumor_model = args.tumor_model
+    if args.min_lesion_ml is not None:
+        if args.min_lesion_ml < 0:
+            raise LiverTumorSegError("--min-lesion-ml must be 0 or more")
+        settings.min_lesion_ml = args.min_lesion_ml
+    if args.margin_mm is not None:
+        if args.margin_mm < 0:
+            raise LiverTumorSegError("--margin-mm must be 0 or more")
+        settings.crop_margin_mm = args.margin_mm
+    return settings
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .io.volume import load_volume, output_name
+    from .io.writers import check_not_overwriting, write_outputs
+    from .pipeline import Pipeline
+    from .progress import Progress
+
+    names = [output_name(p) for p in args.inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LiverTumorSegError(f"several inputs would write outputs named '{duplicates[0]}'; "
+                                 "segment them into different --output folders")
+    for name in names:
+        check_not_overwriting(args.output, name, args.force)
+    for path in args.inputs:
+        if not path.exists():
+            raise LiverTumorSegError(f"{path} does not exist")
+
+    pipeline = Pipeline(_settings_from_args(args))
+    failures = 0
+    for index, path in enumerate(args.inputs):
+        prefix = f"[{index + 1}/{len(args.inputs)}] " if len(args.inputs) > 1 else ""
+        callback: Callable[[ProgressEvent], None]
+        bars = None
+        if args.progress == "json":
+            callback = _JsonLines()
+        elif args.progress == "bar":
+            bars = _Bars(prefix)
+            callback = bars
+        else:
+            callback = lambda event: None  # noqa: E731
+        progress = Progress(callback)
+        try:
+            progress.report("load", 0.0, str(path))
+            volume = load_volume(path)
+            progress.report("load", 1.0)
+            result = pipeline.run(volume.image, progress)
+            progress.report("write", 0.0)
+            outputs = write_outputs(result, path, volume.name, volume.source, args.output, force=args.force)
+            progress.report("write", 1.0)
+        except CancelledError:
+            raise
+        except LiverTumorSegError as exc:
+            if len(args.inputs) == 1:
+                raise
+            failures += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            continue
+        finally:
+            if bars is not None:
+                bars.close()
+        m = result.measurements
+        if args.progress == "json":
+            _JsonLines.emit({"event": "result", "input": str(path), "name": volume.name, "outputs": outputs})
+        else:
+            tlvr = "n/a" if m.tlvr is None else f"{100 * m.tlvr:.2f} %"
+            print(f"{volume.name}: liver {m.liver_volume_ml:.1f} mL (tumor included), tumor {m.tumor_volume_ml:.1f} mL, "
+                  f"TLVR {tlvr}, {len(m.lesions)} lesion(s) -> {outputs['segmentation']}")
+        for warning in result.warnings:
+            log.warning(warning)
+    if failures:
+        print(f"error: {failures} of {len(args.inputs)} inputs failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.card import ModelCard
+    from .models.registry import ModelRegistry
+
+    registry = ModelRegistry.default()
+    if args.models_command == "list":
+        cards = registry.cards()
+        if args.json:
+            print(json.dumps([dict(c.to_dict(), location=c.card_path) for c in cards.values()], indent=2))
+        else:
+            for card in cards.values():
+                badge = "  [NON-CLINICAL]" if card.non_clinical else ""
+                detail = (", ".join(f"{m.model}×{m.weight:g}" for m in card.members) if card.kind == "ensemble"
+                          else card.architecture)
+                print(f"{card.name:<28} {card.version:<8} {card.task:<6} {card.kind:<9} {detail}{badge}")
+            if not cards:
+                print("no models installed")
+        return 0
+    if args.models_command == "verify":
+        cards = registry.cards()
+        names = args.names or sorted(cards)
+        problems = 0
+        for name in names:
+            card = registry.resolve(name)
+            members = registry.ensemble_members(card)
+            for member in members:
+                problem = registry.verify(member)
+                if problem:
+                    problems += 1
+                    print(f"FAIL {member.name}: {problem}")
+                else:
+                    print(f"ok   {member.name} (sha256 {member.weights_sha256[:12]}...)")
+        for path, reason in registry.broken_cards().items():
+            if not args.names:
+                problems += 1
+                print(f"FAIL {path}: {reason}")
+        if problems:
+            print(f"error: {problems} model problem(s) found; reinstall or re-import those models", file=sys.stderr)
+            return 1
+        return 0
+    if args.models_command == "import":
+        card = registry.import_card(args.card, force=args.force)
+        print(f"imported {card.name} {card.version} into {Path(card.card_path).parent}")
+        return 0
+    raise AssertionError(args.models_command)
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Recompute measurements from an (edited) labelmap, optionally with its CT for mean HU."""
+    import SimpleITK as sitk
+
+    from .geometry import Geometry
+    from .io.volume import load_volume, output_name
+    from .measure import measure_labelmap, write_lesions_csv
+
+    labelmap_path = Path(args.labelmap)
+    if not labelmap_path.is_file():
+        raise LiverTumorSegError(f"{labelmap_path} does not exist")
+    try:
+        labelmap = sitk.ReadImage(str(labelmap_path))
+    except RuntimeError:
+        raise LiverTumorSegError(f"{labelmap_path} cannot be read as a labelmap image") from None
+    if labelmap.GetDimension() != 3 or labelmap.GetNumberOfComponentsPerPixel() != 1:
+        raise LiverTumorSegError(f"{labelmap_path} is not a 3-D single-channel labelmap")
+    labels = sitk.GetArrayFromImage(labelmap)
+    ct_hu = None
+    if args.ct:
+        ct = load_volume(args.ct).image
+        if not Geometry.of(ct).matches(Geometry.of(labelmap)):
+            raise LiverTumorSegError("the labelmap and the CT are not on the same grid; give the CT it was made from")
+        ct_hu = sitk.GetArrayViewFromImage(ct)
+    m = measure_labelmap(labels.astype("uint8"), Geometry.of(labelmap), ct_hu)
+    name = output_name(labelmap_path)
+    out_dir = Path(args.output)
+    json_path, csv_path = out_dir / f"{name}_measurements.json", out_dir / f"{name}_lesions.csv"
+    for p in (json_path, csv_path):
+        if p.exists() and not args.force:
+            raise LiverTumorSegError(f"output {p} already exists; use --force to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(m.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_lesions_csv(csv_path, m)
+    print(json.dumps({k: v for k, v in m.to_dict().items() if k != "lesions"}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumor segmentation of CT "
+                                     "(LiverTumorSegLib). Embedded demo models are NOT for clinical use.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment_parser(sub)
+    models = sub.add_parser("models", help="list, verify or import models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    lst = msub.add_parser("list", help="installed models and ensembles")
+    lst.add_argument("--json", action="store_true")
+    ver = msub.add_parser("verify", help="check weights files against their cards' sha256")
+    ver.add_argument("names", nargs="*")
+    imp = msub.add_parser("import", help="copy a model card and its weights into the user cache")
+    imp.add_argument("card", type=Path)
+    imp.add_argument("--force", action="store_true")
+    meas = sub.add_parser("measure", help="recompute volumes, TLVR and the lesion table from a labelmap")
+    meas.add_argument("labelmap", type=Path)
+    meas.add_argument("--ct", type=Path, default=None, help="the CT, for the lesions' mean HU")
+    meas.add_argument("--output", "-o", type=Path, required=True)
+    meas.add_argument("--force", action="store_true")
+    return parser
+
+
+def _raise_on_sigterm(signum, frame) -> None:  # noqa: ANN001
+    raise CancelledError("the run was stopped (SIGTERM); no output was written")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "progress", "bar"), args.verbose)
+    try:
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    commands: Dict[str, Callable[[argparse.Namespace], int]] = {
+        "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure}
+    try:
+        return commands[args.command](args)
+    except CancelledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    except LiverTumorSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: say so, traceback only on request
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); please report it, rerun with --debug "
+              "for the details", file=sys.stderr)
+        return 3
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Sliding-window inference of one model card, with optional flip test-time augmentation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import LiverTumorSegError
+from .models.card import ModelCard
+from .models.networks import build_network, forward_logits
+from .models.weights import load_weights
+from .preprocess import normalize_hu
+
+log = logging.getLogger(__name__)
+
+# Flip sets for test-time augmentation, over the spatial tensor axes (2, 3, 4) = (k, j, i).
+TTA_FLIPS: List[Sequence[int]] = [(), (4,), (3,), (2,)]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise LiverTumorSegError("--device cuda was requested but no CUDA GPU is available; "
+                                     "use --device cpu or auto")
+        return torch.device("cuda")
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise LiverTumorSegError(f"unknown device '{requested}'; use auto, cpu or cuda")
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    network: torch.nn.Module
+
+    @classmethod
+    def load(cls, card: ModelCard) -> "LoadedModel":
+        """Build the network from the card and load its checked safetensors weights (CPU)."""
+        network = build_network(card.architecture, card.architecture_args)
+        state = load_weights(card.weights_path, card.weights_sha256)
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise LiverTumorSegError(f"weights of model '{card.name}' do not fit its architecture "
+                                     f"({first}); the card and weights file do not belong together") from None
+        network.eval()
+        return cls(card, network)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text or "not enough memory" in text
+
+
+def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device, overlap: float = 0.25,
+                       tta: bool = False, sw_batch_size: int = 1,
+                       on_progress: Optional[Callable[[float], None]] = None) -> tuple:
+    """Foreground probability (float32, same shape as ``hu``) and, with ``tta``, the per-voxel
+    standard deviation across the flips (else None). ``hu`` is the CT on the model's grid."""
+    from monai.inferers import sliding_window_inference
+
+    card = model.card
+    x = torch.from_numpy(normalize_hu(hu, card.hu_window))[None, None]
+    flips = TTA_FLIPS if tta else [()]
+    network = model.network.to(device)
+    total_steps = len(flips)
+    results: List[np.ndarray] = []
+
+    def predictor(batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(forward_logits(network, batch), dim=1)[:, 1:2]
+
+    try:
+        with torch.inference_mode():
+            for step, flip in enumerate(flips):
+                xin = torch.flip(x, dims=list(flip)) if flip else x
+                prob = sliding_window_inference(
+                    xin.to(device), roi_size=card.patch_size_kji, sw_batch_size=sw_batch_size,
+                    predictor=predictor, overlap=overlap, mode="gaussian", padding_mode="constant",
+                    cval=0.0, sw_device=device, device=torch.device("cpu"), progress=False)
+                if flip:
+                    prob = torch.flip(prob, dims=list(flip))
+                results.append(prob[0, 0].float().numpy())
+                if on_progress is not None:
+                    on_progress((step + 1) / total_steps)
+    except (RuntimeError, MemoryError) as exc:
+        if _is_out_of_memory(exc):
+            raise MemoryError(str(exc)) from None
+        raise
+    finally:
+        model.network.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if len(results) == 1:
+        return results[0], None
+    stack = np.stack(results)
+    return stack.mean(axis=0).astype(np.float32), stack.std(axis=0).astype(np.float32)
+
+
+def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, overlap: float = 0.25,
+                  tta: bool = False, on_progress: Optional[Callable[[float], None]] = None) -> tuple:
+    """Foreground probability of ``model`` for the CT region ``ct`` as images on the model's grid
+    (probability, and TTA standard deviation or None)."""
+    import SimpleITK as sitk
+
+    from .preprocess import resample_ct_to_model
+
+    on_model_grid = resample_ct_to_model(ct, model.card.spacing_mm, model.card.orientation)
+    hu = sitk.GetArrayViewFromImage(on_model_grid)
+    prob, std = predict_foreground(model, hu, device, overlap=overlap, tta=tta, on_progress=on_progress)
+
+    def as_image(array: np.ndarray) -> sitk.Image:
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(on_model_grid)
+        return image
+
+    return as_image(prob), (as_image(std) if std is not None else None)

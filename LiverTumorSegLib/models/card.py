@@ -1,0 +1,176 @@
+"""Model cards: the self-describing JSON next to each weights file.
+
+A *model card* describes one network (architecture, preprocessing, weights, provenance,
+measured metrics). An *ensemble card* lists member model names with their weights.
+Both are plain JSON so a person can read them and a registry can serve them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import LiverTumorSegError
+
+CARD_FORMAT = "livertumorseg-model-card/1"
+TASKS = ("liver", "tumor")
+
+
+@dataclass
+class ModelCard:
+    """One network. Spacing and patch size are given in image axis order (x, y, z)."""
+
+    name: str
+    version: str
+    task: str
+    architecture: str
+    architecture_args: Dict[str, Any]
+    spacing_mm: Tuple[float, float, float]
+    patch_size: Tuple[int, int, int]
+    hu_window: Tuple[float, float]
+    weights_file: str
+    weights_sha256: str
+    orientation: str = "LPS"
+    input_channels: List[str] = field(default_factory=lambda: ["ct"])
+    classes: Dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    trained_on: str = ""
+    source: str = ""
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    non_clinical: bool = True
+    intended_use: str = ""
+    card_path: Optional[str] = None  # where it was read from (not serialized)
+
+    @property
+    def kind(self) -> str:
+        return "model"
+
+    @property
+    def weights_path(self) -> Path:
+        if self.card_path is None:
+            raise LiverTumorSegError(f"model '{self.name}' has no location; load it through the registry")
+        return Path(self.card_path).parent / self.weights_file
+
+    @property
+    def patch_size_kji(self) -> Tuple[int, int, int]:
+        return tuple(int(v) for v in self.patch_size[::-1])  # type: ignore[return-value]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("card_path")
+        d["format"] = CARD_FORMAT
+        d["kind"] = "model"
+        return d
+
+    def summary(self) -> Dict[str, Any]:
+        """Name, version and weights hash: what a report records of a model it ran."""
+        return {"name": self.name, "version": self.version, "task": self.task,
+                "architecture": self.architecture, "sha256": self.weights_sha256,
+                "non_clinical": self.non_clinical}
+
+
+@dataclass
+class EnsembleMember:
+    model: str
+    weight: float
+
+
+@dataclass
+class EnsembleCard:
+    """A weighted average of member models' foreground probabilities (weights sum to 1)."""
+
+    name: str
+    version: str
+    task: str
+    members: List[EnsembleMember]
+    description: str = ""
+    trained_on: str = ""
+    source: str = ""
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    non_clinical: bool = True
+    intended_use: str = ""
+    card_path: Optional[str] = None
+
+    @property
+    def kind(self) -> str:
+        return "ensemble"
+
+    def normalized_weights(self) -> List[float]:
+        total = sum(m.weight for m in self.members)
+        return [m.weight / total for m in self.members]
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("card_path")
+        d["format"] = CARD_FORMAT
+        d["kind"] = "ensemble"
+        return d
+
+    def summary(self) -> Dict[str, Any]:
+        return {"name": self.name, "version": self.version, "task": self.task,
+                "members": [{"model": m.model, "weight": m.weight} for m in self.members],
+                "non_clinical": self.non_clinical}
+
+
+AnyCard = "ModelCard | EnsembleCard"
+
+
+def _require(d: Dict[str, Any], key: str, path: str) -> Any:
+    if key not in d:
+        raise LiverTumorSegError(f"model card {path} is missing the field '{key}'; "
+                                 "re-export the model or fix the card")
+    return d[key]
+
+
+def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | EnsembleCard":
+    """Build a card from parsed JSON, checking the fields a pipeline relies on."""
+    if not isinstance(d, dict) or d.get("format") != CARD_FORMAT:
+        raise LiverTumorSegError(f"{path} is not a LiverTumorSeg model card (expected \"format\": "
+                                 f"\"{CARD_FORMAT}\")")
+    task = _require(d, "task", path)
+    if task not in TASKS:
+        raise LiverTumorSegError(f"model card {path} has task '{task}'; expected one of {TASKS}")
+    common = dict(name=_require(d, "name", path), version=str(_require(d, "version", path)), task=task,
+                  description=d.get("description", ""), trained_on=d.get("trained_on", ""),
+                  source=d.get("source", ""), metrics=d.get("metrics", {}),
+                  non_clinical=bool(d.get("non_clinical", True)), intended_use=d.get("intended_use", ""),
+                  card_path=None if path == "<memory>" else str(path))
+    if d.get("kind") == "ensemble":
+        members = [EnsembleMember(str(_require(m, "model", path)), float(_require(m, "weight", path)))
+                   for m in _require(d, "members", path)]
+        if len(members) < 1 or any(m.weight < 0 for m in members) or sum(m.weight for m in members) <= 0:
+            raise LiverTumorSegError(f"ensemble card {path} needs members with non-negative weights "
+                                     "that sum to more than 0")
+        return EnsembleCard(members=members, **common)
+    spacing = tuple(float(v) for v in _require(d, "spacing_mm", path))
+    patch = tuple(int(v) for v in _require(d, "patch_size", path))
+    window = tuple(float(v) for v in _require(d, "hu_window", path))
+    if len(spacing) != 3 or len(patch) != 3 or len(window) != 2 or window[0] >= window[1]:
+        raise LiverTumorSegError(f"model card {path} has a malformed spacing_mm, patch_size or hu_window")
+    return ModelCard(architecture=_require(d, "architecture", path),
+                     architecture_args=dict(d.get("architecture_args", {})),
+                     spacing_mm=spacing, patch_size=patch, hu_window=window,  # type: ignore[arg-type]
+                     weights_file=_require(d, "weights_file", path),
+                     weights_sha256=_require(d, "weights_sha256", path),
+                     orientation=d.get("orientation", "LPS"),
+                     input_channels=list(d.get("input_channels", ["ct"])),
+                     classes=dict(d.get("classes", {})), **common)
+
+
+def read_card(path: Path) -> "ModelCard | EnsembleCard":
+    """Read and check a card file; a malformed file gives a :class:`LiverTumorSegError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except FileNotFoundError:
+        raise LiverTumorSegError(f"model card {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LiverTumorSegError(f"model card {path} is not readable JSON ({exc}); "
+                                 "reinstall or re-import the model") from None
+    return card_from_dict(data, str(path))
+
+
+def write_card(card: "ModelCard | EnsembleCard", path: Path) -> None:
+    Path(path).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")

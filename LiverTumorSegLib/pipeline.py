@@ -1,0 +1,191 @@
+"""The one pipeline every front end runs: load -> liver -> crop -> tumor ensemble ->
+post-processing -> measurements. Stages are functions in ``stages/`` and ``postprocess/``;
+this module orders them, times them, reports progress and handles the device."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import LIVER_LABEL, TUMOR_LABEL
+from .errors import LiverTumorSegError
+from .geometry import Geometry
+from .inference import LoadedModel, resolve_device
+from .measure import Measurements, measure_labelmap
+from .models.registry import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL, ModelRegistry
+from .postprocess.active_contour import refine_lesions
+from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
+from .postprocess.interslice import interslice_consistency
+from .progress import Progress
+from .stages.crop import crop_image, liver_box
+from .stages.liver import segment_liver
+from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineSettings:
+    """Every switch of the pipeline; defaults are the full-quality run."""
+
+    liver_model: str = DEFAULT_LIVER_MODEL
+    tumor_model: str = DEFAULT_TUMOR_MODEL
+    device: str = "auto"
+    fast: bool = False  # less sliding-window overlap, no test-time augmentation
+    tta: bool = False  # flip test-time augmentation of the tumor ensemble (+ uncertainty map)
+    liver_threshold: float = 0.5
+    tumor_threshold: float = 0.5
+    keep_largest_liver: bool = True
+    fill_liver_holes: bool = True
+    crop_margin_mm: float = 15.0
+    tumor_inside_liver: bool = True
+    interslice: bool = True
+    active_contour: bool = True
+    active_contour_iterations: int = 8
+    min_lesion_ml: float = 0.05
+    min_liver_ml: float = 100.0
+
+    @property
+    def overlap(self) -> float:
+        return 0.1 if self.fast else 0.5
+
+    @property
+    def use_tta(self) -> bool:
+        return self.tta and not self.fast
+
+
+@dataclass
+class SegmentationResult:
+    """The pipeline's answer, on the input CT's grid."""
+
+    labelmap: sitk.Image  # uint8: 0 background, 1 liver, 2 tumor
+    measurements: Measurements
+    models: List[Dict]
+    device: str
+    seconds_per_stage: Dict[str, float]
+    settings: Dict
+    tumor_uncertainty: Optional[sitk.Image] = None  # TTA std on the liver crop, when TTA ran
+    warnings: List[str] = field(default_factory=list)
+
+
+class Pipeline:
+    """Loads the liver model and tumor ensemble once and segments any number of CTs."""
+
+    def __init__(self, settings: Optional[PipelineSettings] = None, registry: Optional[ModelRegistry] = None):
+        self.settings = settings or PipelineSettings()
+        self.registry = registry or ModelRegistry.default()
+        liver_card = self.registry.resolve(self.settings.liver_model, task="liver")
+        tumor_card = self.registry.resolve(self.settings.tumor_model, task="tumor")
+        liver_members = self.registry.ensemble_members(liver_card)
+        if len(liver_members) != 1:
+            raise LiverTumorSegError(f"liver model '{liver_card.name}' must be a single model")
+        self.liver_model = LoadedModel.load(liver_members[0])
+        self.tumor_members = [LoadedModel.load(c) for c in self.registry.ensemble_members(tumor_card)]
+        self.tumor_weights = (tumor_card.normalized_weights() if hasattr(tumor_card, "normalized_weights")
+                              else [1.0])
+        self.model_summaries = [liver_card.summary(), tumor_card.summary()] + \
+            ([m.card.summary() for m in self.tumor_members] if tumor_card.kind == "ensemble" else [])
+        self.device = resolve_device(self.settings.device)
+
+    def stage_names(self) -> List[str]:
+        """Progress stages in order, for front ends that show them before the run."""
+        return ["liver", "crop"] + member_stage_names(self.tumor_members) + ["postprocess", "measure"]
+
+    def run(self, ct: sitk.Image, progress: Optional[Progress] = None) -> SegmentationResult:
+        """Segment one CT (float32 HU image). Falls back to the CPU once on GPU out-of-memory."""
+        progress = progress or Progress()
+        warnings: List[str] = []
+        try:
+            return self._run_on(ct, self.device, progress, warnings)
+        except MemoryError as exc:
+            if self.device.type == "cuda":
+                message = "the GPU ran out of memory; running again on the CPU (slower)"
+                log.warning(message)
+                warnings.append(message)
+                return self._run_on(ct, torch.device("cpu"), progress, warnings)
+            raise LiverTumorSegError("out of memory while segmenting; close other programs, use --fast, "
+                                     f"or run on a machine with more memory ({str(exc)[:80]})") from None
+
+    def _run_on(self, ct: sitk.Image, device: torch.device, progress: Progress,
+                warnings: List[str]) -> SegmentationResult:
+        s = self.settings
+        geometry = Geometry.of(ct)
+        timings: Dict[str, float] = {}
+
+        @contextmanager
+        def timed(stage: str) -> Iterator[None]:
+            progress.report(stage, 0.0)
+            start = time.perf_counter()
+            yield
+            timings[stage] = round(time.perf_counter() - start, 3)
+            progress.report(stage, 1.0)
+
+        with timed("liver"):
+            liver = segment_liver(ct, self.liver_model, device, overlap=s.overlap, threshold=s.liver_threshold,
+                                  keep_largest=s.keep_largest_liver, fill=s.fill_liver_holes,
+                                  on_progress=lambda f: progress.report("liver", 0.9 * f))
+        liver_ml = float(np.count_nonzero(liver)) * geometry.voxel_volume_ml
+        if liver_ml < s.min_liver_ml:
+            raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
+                                     f"{s.min_liver_ml:.0f} mL); give an abdominal CT that covers the liver")
+
+        with timed("crop"):
+            spacing_kji = geometry.spacing[::-1]
+            box = liver_box(liver, spacing_kji, s.crop_margin_mm)
+            ct_crop = crop_image(ct, box)
+
+        stages = member_stage_names(self.tumor_members)
+
+        def member_progress(index: int, fraction: float) -> None:
+            progress.report(stages[index], fraction)
+
+        start = time.perf_counter()
+        probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
+                                                        overlap=s.overlap, tta=s.use_tta,
+                                                        on_progress=member_progress)
+        timings["tumor"] = round(time.perf_counter() - start, 3)
+
+        with timed("postprocess"):
+            liver_crop = liver[box]
+            tumor = tumor_mask(probability, s.tumor_threshold)
+            del probability
+            axial = geometry.axial_array_axis()
+            if s.tumor_inside_liver:
+                tumor = tumor_inside_liver(tumor, liver_crop)
+            if s.interslice:
+                tumor = interslice_consistency(tumor, axial)
+            if s.active_contour and tumor.any():
+                hu_crop = sitk.GetArrayViewFromImage(ct_crop)
+                tumor = refine_lesions(hu_crop, tumor, liver_crop, spacing_kji,
+                                       iterations=s.active_contour_iterations, progress=progress)
+            if s.min_lesion_ml > 0:
+                tumor = remove_small_lesions(tumor, geometry.voxel_volume_ml, s.min_lesion_ml)
+            if s.tumor_inside_liver:
+                tumor = tumor_inside_liver(tumor, liver_crop)
+            full_tumor = np.zeros_like(liver)
+            full_tumor[box] = tumor
+            labels = compose_labelmap(liver, full_tumor)
+            del full_tumor
+
+        with timed("measure"):
+            measurements = measure_labelmap(labels, geometry, sitk.GetArrayViewFromImage(ct))
+
+        labelmap = sitk.GetImageFromArray(labels)
+        labelmap.CopyInformation(ct)
+        uncertainty_image = None
+        if uncertainty is not None:
+            uncertainty_image = sitk.GetImageFromArray(uncertainty)
+            uncertainty_image.CopyInformation(ct_crop)
+        return SegmentationResult(labelmap=labelmap, measurements=measurements, models=self.model_summaries,
+                                  device=device.type, seconds_per_stage=timings, settings=asdict(s),
+                                  tumor_uncertainty=uncertainty_image, warnings=warnings)
+
+
+assert LIVER_LABEL == 1 and TUMOR_LABEL == 2  # the labelmap contract of every writer

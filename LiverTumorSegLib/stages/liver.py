@@ -1,0 +1,38 @@
+"""Liver stage (global view): the liver model on the whole CT, back on the CT grid, cleaned."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..geometry import Geometry
+from ..inference import LoadedModel, predict_image
+from ..postprocess.components import fill_holes, largest_component
+from ..preprocess import resample_to
+
+
+def probability_to_mask(probability: sitk.Image, reference: sitk.Image, threshold: float = 0.5) -> np.ndarray:
+    """Resample a model-grid probability onto ``reference``'s grid (linear) and threshold it (uint8)."""
+    on_grid = resample_to(probability, reference, sitk.sitkLinear, 0.0)
+    return (sitk.GetArrayViewFromImage(on_grid) >= threshold).astype(np.uint8)
+
+
+def clean_liver(mask: np.ndarray, geometry: Geometry, keep_largest: bool = True, fill: bool = True) -> np.ndarray:
+    """Largest 3-D connected component, then enclosed and per-axial-slice holes filled."""
+    if keep_largest:
+        mask = largest_component(mask)
+    if fill:
+        mask = fill_holes(mask, geometry.axial_array_axis())
+    return mask.astype(np.uint8, copy=False)
+
+
+def segment_liver(ct: sitk.Image, model: LoadedModel, device: torch.device, overlap: float = 0.25,
+                  threshold: float = 0.5, keep_largest: bool = True, fill: bool = True,
+                  on_progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
+    """Liver mask (uint8, CT grid, (k, j, i)) from the whole CT."""
+    probability, _ = predict_image(ct, model, device, overlap=overlap, tta=False, on_progress=on_progress)
+    mask = probability_to_mask(probability, ct, threshold)
+    return clean_liver(mask, Geometry.of(ct), keep_largest, fill)

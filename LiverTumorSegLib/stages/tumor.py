@@ -1,0 +1,47 @@
+"""Tumor stage (local view): each ensemble member on the liver crop, weighted-averaged."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..inference import LoadedModel, predict_image
+from ..preprocess import resample_to
+
+MemberProgress = Callable[[int, float], None]  # (member index, fraction of that member)
+
+
+def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], weights: Sequence[float],
+                         device: torch.device, overlap: float = 0.25, tta: bool = False,
+                         on_progress: Optional[MemberProgress] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Weighted average of the members' tumor probabilities on the crop grid (float32, (k, j, i)),
+    and, with ``tta``, the weighted average of their flip standard deviations (an uncertainty map)."""
+    if len(members) != len(weights) or not members:
+        raise ValueError("one weight per ensemble member is needed")
+    total = float(sum(weights))
+    prob_sum: Optional[np.ndarray] = None
+    std_sum: Optional[np.ndarray] = None
+    for index, (member, weight) in enumerate(zip(members, weights)):
+        callback = (lambda f, index=index: on_progress(index, f)) if on_progress else None
+        prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta, on_progress=callback)
+        prob = sitk.GetArrayFromImage(resample_to(prob_img, ct_crop, sitk.sitkLinear, 0.0))
+        prob *= weight / total
+        prob_sum = prob if prob_sum is None else prob_sum + prob
+        if std_img is not None:
+            std = sitk.GetArrayFromImage(resample_to(std_img, ct_crop, sitk.sitkLinear, 0.0))
+            std *= weight / total
+            std_sum = std if std_sum is None else std_sum + std
+    assert prob_sum is not None
+    return prob_sum.astype(np.float32, copy=False), std_sum
+
+
+def tumor_mask(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    return (probability >= threshold).astype(np.uint8)
+
+
+def member_stage_names(members: Sequence[LoadedModel]) -> List[str]:
+    """Progress stage ids, one per member: ``tumor:<model name>``."""
+    return [f"tumor:{m.card.name}" for m in members]

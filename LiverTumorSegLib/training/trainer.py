@@ -1,0 +1,136 @@
+"""The minimal trainer of the embedded models: MONAI network, transforms and Dice+CE loss.
+
+It trains one model card on prepared samples with random patches (foreground-biased),
+flips, intensity and affine augmentation, and writes safetensors weights plus the card.
+The full training pipeline (BD loss, GPA, ensembles fitted on validation data, ...) grows
+from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..models.card import ModelCard, write_card
+from ..models.networks import build_network, forward_logits
+from ..models.weights import save_weights
+from .data import TrainingSample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    positive_fraction: float = 0.67  # of patches centred on the foreground
+    seed: int = 0
+    affine: bool = True
+    threads: Optional[int] = None
+
+
+def _augmentations(patch_size_kji: Sequence[int], affine: bool):
+    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
+                                  RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd)
+
+    keys = ["image", "label"]
+    transforms = []
+    if affine:
+        transforms.append(RandAffined(keys=keys, prob=0.5, rotate_range=(0.15, 0.15, 0.15),
+                                      scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest"),
+                                      padding_mode="border", spatial_size=tuple(patch_size_kji)))
+    transforms += [
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+        RandScaleIntensityd(keys="image", factors=0.15, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.08, prob=0.5),
+        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
+        RandGaussianSmoothd(keys="image", sigma_x=(0.3, 0.9), sigma_y=(0.3, 0.9), sigma_z=(0.3, 0.9), prob=0.2),
+        RandGaussianNoised(keys="image", std=0.03, prob=0.3),
+    ]
+    return Compose(transforms)
+
+
+def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
+                 positive: bool) -> tuple:
+    """A patch (zero/air padded where it leaves the volume), centred on a foreground voxel when
+    ``positive`` and the sample has one, else anywhere."""
+    shape = np.array(sample.image.shape)
+    patch = np.array(patch_kji)
+    if positive and sample.target.any():
+        fg = np.flatnonzero(sample.target)
+        centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], sample.target.shape))
+    else:
+        centre = np.array([rng.integers(0, s) for s in shape])
+    start = centre - patch // 2
+    image = np.zeros(tuple(patch), np.float32)
+    target = np.zeros(tuple(patch), np.uint8)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + patch, shape)
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+    dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+    image[dst] = sample.image[src]
+    target[dst] = sample.target[src]
+    return image, target
+
+
+def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path, config: TrainConfig,
+                on_step: Optional[Callable[[int, float], None]] = None) -> ModelCard:
+    """Train ``card``'s network on ``samples``; write ``<name>.safetensors`` and ``<name>.json``
+    into ``output_dir`` and return the written card (with the weights' sha256)."""
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_determinism(seed=config.seed)
+    rng = np.random.default_rng(config.seed)
+    network = build_network(card.architecture, card.architecture_args)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(1, config.steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=1e-4, smooth_dr=1e-4)
+    augment = _augmentations(card.patch_size_kji, config.affine)
+    network.train()
+    started = time.perf_counter()
+    running = None
+    for step in range(config.steps):
+        images, targets = [], []
+        for _ in range(config.batch_size):
+            sample = samples[rng.integers(len(samples))]
+            image, target = sample_patch(sample, card.patch_size_kji, rng, rng.random() < config.positive_fraction)
+            item = augment({"image": image[None], "label": target[None].astype(np.float32)})
+            images.append(torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32))
+            targets.append(torch.as_tensor(np.asarray(item["label"]), dtype=torch.float32))
+        batch, target_batch = torch.stack(images), torch.stack(targets).round()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(forward_logits(network, batch), target_batch)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if on_step is not None:
+            on_step(step, running)
+        if step % 50 == 0 or step == config.steps - 1:
+            log.info("%s step %d/%d loss %.4f (%.0f s)", card.name, step + 1, config.steps, running,
+                     time.perf_counter() - started)
+    network.eval()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = output_dir / f"{card.name}.safetensors"
+    sha = save_weights(network.state_dict(), weights_path)
+    written = replace(card, weights_file=weights_path.name, weights_sha256=sha,
+                      card_path=str(output_dir / f"{card.name}.json"))
+    write_card(written, output_dir / f"{card.name}.json")
+    return written

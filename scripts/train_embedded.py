@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Train the embedded default models (non-clinical demos) with the project's own trainer.
+
+Data, all made or shipped here:
+  * synthetic abdominal CT phantoms (LiverTumorSegLib.synth.phantom), seeds 0..N-1;
+  * the real CT ../shared/data/ts_upper_abdomen_3mm (its reference liver), with synthetic
+    tumours inserted into its real liver (LiverTumorSegLib.synth.tumors).
+Held out of all training: the real DICOM case ../shared/data/ts_dicom_upper_abdomen (and the
+abdomen/thorax/MR cases); the evaluation script uses them and phantom seeds >= 10000.
+
+Writes <name>.safetensors + <name>.json per model and the ensemble card into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, write_card  # noqa: E402
+from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
+from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
+from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
+from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
+from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+TRAIN_REAL = SHARED / "ts_upper_abdomen_3mm"
+NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and one real CT with synthetic tumours. "
+                "NOT FOR CLINICAL USE: not validated on real patients' tumours.")
+log = logging.getLogger("train_embedded")
+
+
+def liver_card() -> ModelCard:
+    return ModelCard(
+        name="liver-demo", version="0.1.0", task="liver", architecture="UNet",
+        architecture_args={"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128],
+                           "strides": [2, 2, 2], "num_res_units": 1},
+        spacing_mm=(3.0, 3.0, 3.0), patch_size=(96, 96, 64), hu_window=(-250.0, 350.0),
+        weights_file="", weights_sha256="", classes={"0": "background", "1": "liver (tumors included)"},
+        description="Global-view liver model (whole CT at 3 mm).", non_clinical=True, intended_use=NON_CLINICAL,
+        source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+
+
+def tumor_cards() -> list:
+    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5),
+                  hu_window=(-100.0, 250.0), weights_file="", weights_sha256="", non_clinical=True,
+                  classes={"0": "background", "1": "liver tumor"}, intended_use=NON_CLINICAL,
+                  source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+    return [
+        ModelCard(name="tumor-demo-segresnet", architecture="SegResNet",
+                  architecture_args={"in_channels": 1, "out_channels": 2, "init_filters": 8,
+                                     "blocks_down": [1, 2, 2, 2], "blocks_up": [1, 1, 1]}, patch_size=(48, 48, 48),
+                  description="Local-view tumor model (liver crop at 1.5 mm), SegResNet member.", **common),
+        ModelCard(name="tumor-demo-unet", architecture="UNet",
+                  architecture_args={"in_channels": 1, "out_channels": 2, "channels": [8, 16, 32, 64],
+                                     "strides": [2, 2, 2], "num_res_units": 1}, patch_size=(64, 64, 64),
+                  description="Local-view tumor model (liver crop at 1.5 mm), residual U-Net member.", **common),
+    ]
+
+
+def real_training_case() -> tuple:
+    ct = sitk.ReadImage(str(TRAIN_REAL / "ct.nii.gz"), sitk.sitkFloat32)
+    liver = sitk.ReadImage(str(TRAIN_REAL / "liver_reference.nii.gz"), sitk.sitkUInt8)
+    return ct, liver
+
+
+def phantom_spacing(seed: int) -> tuple:
+    rng = np.random.default_rng(seed + 777)
+    inplane = float(rng.choice([0.8, 1.0, 1.5, 2.0, 3.0]))
+    return (inplane, inplane, float(rng.choice([1.5, 2.0, 3.0, 5.0])))
+
+
+def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> list:
+    samples = []
+    for seed in range(seed_base, seed_base + n_phantoms):
+        n_tumors = (0, 2) if card.task == "liver" else (1, 6)
+        ph = make_phantom(seed, spacing=phantom_spacing(seed), n_tumors=n_tumors)
+        samples.append(prepare_sample(f"phantom-{seed}", ph.ct, ph.labels, card))
+    ct, liver = real_training_case()
+    for variant in range(n_real_variants):
+        if card.task == "tumor" or variant % 2:
+            ct_v, labels_v, _ = insert_tumors_image(ct, liver, seed=seed_base + 5000 + variant,
+                                                    n_tumors=int(np.random.default_rng(variant).integers(1, 6)))
+        else:
+            ct_v, labels_v = ct, liver
+        samples.append(prepare_sample(f"real-train-{variant}", ct_v, labels_v, card))
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Models")
+    parser.add_argument("--phantoms", type=int, default=24)
+    parser.add_argument("--real-variants", type=int, default=8)
+    parser.add_argument("--liver-steps", type=int, default=1500)
+    parser.add_argument("--tumor-steps", type=int, default=1500)
+    parser.add_argument("--validation-phantoms", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    started = time.time()
+
+    card = liver_card()
+    samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
+    log.info("liver: %d samples prepared (%.0f s)", len(samples), time.time() - started)
+    liver = train_model(card, samples, args.out, TrainConfig(steps=args.liver_steps, seed=args.seed))
+    liver.trained_on = (f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and the real CT "
+                        f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours); "
+                        f"{args.liver_steps} steps. Held out: ts_dicom_upper_abdomen.")
+    write_card(liver, args.out / f"{liver.name}.json")
+
+    members = []
+    tumor_samples = None
+    for member_card in tumor_cards():
+        tumor_samples = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0) \
+            if tumor_samples is None else tumor_samples
+        trained = train_model(member_card, tumor_samples, args.out,
+                              TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
+                                          positive_fraction=0.6))
+        trained.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and "
+                              f"of the real CT ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic "
+                              f"tumours; {args.tumor_steps} steps. Held out: ts_dicom_upper_abdomen.")
+        write_card(trained, args.out / f"{trained.name}.json")
+        members.append(trained)
+
+    validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5000)
+    weights, scores = fit_ensemble_weights(members, validation)
+    ensemble = EnsembleCard(
+        name="tumor-demo-ensemble", version="0.1.0", task="tumor",
+        members=[EnsembleMember(m.name, float(w)) for m, w in zip(members, weights)],
+        description="Weighted average of the tumor members' probabilities; weights fitted on validation data "
+                    "(phantom seeds 5000+, real training liver with other synthetic tumours).",
+        trained_on=members[0].trained_on, metrics={"validation_dice_by_weight": scores}, non_clinical=True,
+        intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
+    write_card(ensemble, args.out / "tumor-demo-ensemble.json")
+    log.info("done in %.0f s; weights %s", time.time() - started, json.dumps([float(w) for w in weights]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
