@@ -26,7 +26,11 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
-from scipy.spatial import QhullError
+
+try:
+    from scipy.spatial import QhullError
+except ImportError:  # SciPy < 1.8 keeps it in the private module
+    from scipy.spatial.qhull import QhullError  # type: ignore[no-redef]
 
 from . import LIVER_LABEL, TUMOR_LABEL
 from .geometry import Geometry, lps_to_ras

@@ -24,7 +24,7 @@ from scipy import ndimage
 from skimage.segmentation import morphological_chan_vese
 
 from ..progress import Progress
-from .components import CONNECTIVITY_26, _as_bool, labeled_components_in_box, margin_in_voxels
+from .components import CONNECTIVITY_26, as_mask, labeled_components_in_box, margin_in_voxels
 
 SOFT_TISSUE_WINDOW_HU: Tuple[float, float] = (-100.0, 250.0)
 MAX_GROWTH = 2.0
@@ -103,8 +103,7 @@ def refine_lesions(ct_hu: np.ndarray, tumor: np.ndarray, liver: np.ndarray,
     """Refine each lesion of ``tumor`` with a morphological Chan-Vese contour on ``ct_hu``
     (HU, same grid) inside a box grown by ``margin_mm``; the union of the refined lesions is
     returned as uint8 0/1, restricted to ``liver`` (or the lesion's own original voxels)."""
-    tumor, liver = _as_bool(tumor), _as_bool(liver)
-    ct_hu = np.asarray(ct_hu)
+    tumor, liver, ct_hu = as_mask(tumor), np.asarray(liver), np.asarray(ct_hu)
     if not (ct_hu.shape == tumor.shape == liver.shape):
         raise ValueError(f"CT, tumor and liver must share one grid, got shapes {ct_hu.shape}, "
                          f"{tumor.shape} and {liver.shape}")
@@ -123,7 +122,7 @@ def refine_lesions(ct_hu: np.ndarray, tumor: np.ndarray, liver: np.ndarray,
     slice_axis = thick_slice_axis(spacing_kji)
     result[outer] = 0
     result_outer = result[outer]
-    ct_outer, liver_outer = ct_hu[outer], liver[outer]
+    ct_outer, liver_outer = ct_hu[outer], as_mask(liver[outer])
     for index, extent in enumerate(ndimage.find_objects(labels)):
         if progress is not None:
             progress.report("postprocess", index / count, f"refining lesion {index + 1} of {count}")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from .components import _as_bool, remove_small_components
+from .components import as_mask, remove_small_components
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -18,11 +18,9 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
 def tumor_inside_liver(tumor: np.ndarray, liver: np.ndarray) -> np.ndarray:
     """The tumor voxels that lie inside the liver mask (uint8 0/1). Pass the liver mask that
     includes the tumor (as the liver stage's hole-filled mask does)."""
-    tumor, liver = _as_bool(tumor), _as_bool(liver)
+    tumor, liver = np.asarray(tumor), np.asarray(liver)
     _check_same_shape(tumor, liver, "tumor and liver masks")
-    result = tumor.astype(np.uint8)
-    result &= liver
-    return result
+    return np.logical_and(tumor, liver).view(np.uint8)
 
 
 def remove_small_lesions(tumor: np.ndarray, voxel_volume_ml: float, min_volume_ml: float) -> np.ndarray:
@@ -30,7 +28,7 @@ def remove_small_lesions(tumor: np.ndarray, voxel_volume_ml: float, min_volume_m
     if voxel_volume_ml <= 0:
         raise ValueError(f"voxel_volume_ml must be positive, got {voxel_volume_ml}")
     if min_volume_ml <= 0:
-        return _as_bool(tumor).astype(np.uint8)
+        return as_mask(tumor).astype(np.uint8)
     # A lesion of exactly min_volume_ml is kept; the epsilon absorbs float error in the ratio.
     min_voxels = max(int(math.ceil(min_volume_ml / voxel_volume_ml - 1e-9)), 1)
     return remove_small_components(tumor, min_voxels)
@@ -38,9 +36,9 @@ def remove_small_lesions(tumor: np.ndarray, voxel_volume_ml: float, min_volume_m
 
 def compose_labelmap(liver: np.ndarray, tumor: np.ndarray) -> np.ndarray:
     """uint8 labelmap: TUMOR_LABEL where tumor, else LIVER_LABEL where liver, else background."""
-    liver, tumor = _as_bool(liver), _as_bool(tumor)
+    liver, tumor = np.asarray(liver), np.asarray(tumor)
     _check_same_shape(liver, tumor, "liver and tumor masks")
     labelmap = np.full(liver.shape, BACKGROUND_LABEL, np.uint8)
-    labelmap[liver] = LIVER_LABEL
-    labelmap[tumor] = TUMOR_LABEL
+    np.copyto(labelmap, LIVER_LABEL, where=liver.astype(bool, copy=False))
+    np.copyto(labelmap, TUMOR_LABEL, where=tumor.astype(bool, copy=False))
     return labelmap

@@ -19,7 +19,8 @@ CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
 Box = Tuple[slice, slice, slice]
 
 
-def _as_bool(mask: np.ndarray) -> np.ndarray:
+def as_mask(mask: np.ndarray) -> np.ndarray:
+    """A 3-D mask as a boolean array (non-zero = set); a boolean input is returned as is."""
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"expected a 3-D mask, got an array of shape {mask.shape}")
@@ -29,7 +30,7 @@ def _as_bool(mask: np.ndarray) -> np.ndarray:
 def bounding_box(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> Optional[Box]:
     """Slices of the smallest box holding every set voxel, grown by ``margin`` voxels per
     axis and clipped to the array; ``None`` when nothing is set."""
-    mask = _as_bool(mask)
+    mask = as_mask(mask)
     objects = ndimage.find_objects(mask.view(np.uint8))  # one C pass; label 1 = the set voxels
     if not objects or objects[0] is None:
         return None
@@ -42,30 +43,35 @@ def margin_in_voxels(margin_mm: float, spacing_kji: Sequence[float]) -> Tuple[in
     return tuple(int(math.ceil(margin_mm / float(s))) if margin_mm > 0 else 0 for s in spacing_kji)
 
 
-def labeled_components_in_box(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0)
-                              ) -> Tuple[np.ndarray, int, Optional[Box]]:
+def labeled_components_in_box(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0),
+                              ordered: bool = True) -> Tuple[np.ndarray, int, Optional[Box]]:
     """26-connected components of ``mask`` labelled inside its bounding box (grown by
-    ``margin``): ``(labels, count, box)`` with int32 labels 1..count ordered by decreasing size
-    (ties keep scan order). ``labels`` has the box's shape; ``box`` is ``None`` when empty."""
-    mask = _as_bool(mask)
+    ``margin``): ``(labels, count, box)`` with int32 labels 1..count, ordered by decreasing size
+    when ``ordered`` (ties keep scan order), else in scan order. ``labels`` has the box's shape;
+    ``box`` is ``None`` when the mask is empty."""
+    mask = as_mask(mask)
     box = bounding_box(mask, margin)
     if box is None:
         return np.zeros((0, 0, 0), np.int32), 0, None
     sub = mask[box]
     labels, count = ndimage.label(sub, structure=CONNECTIVITY_26, output=np.int32)
-    if count > 1:
-        sizes = np.bincount(labels[sub], minlength=count + 1)[1:]
-        order = np.argsort(-sizes, kind="stable")  # order[r] = old label - 1 of rank r
-        if np.any(order != np.arange(count)):
+    if ordered and count > 1:
+        order = np.argsort(-_component_sizes(labels, sub, count)[1:], kind="stable")
+        if np.any(order != np.arange(count)):  # order[rank] = old label - 1
             relabel = np.zeros(count + 1, np.int32)
             relabel[order + 1] = np.arange(1, count + 1, dtype=np.int32)
             labels = relabel[labels]
     return labels, count, box
 
 
+def _component_sizes(labels: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
+    """Voxel count per label 0..count (label 0 counted as 0), counting only the set voxels."""
+    return np.bincount(labels[mask], minlength=count + 1)
+
+
 def label_lesions(mask: np.ndarray) -> Tuple[np.ndarray, int]:
     """26-connected components as int32 labels 1..n (full size), 1 the largest; ``(labels, n)``."""
-    mask = _as_bool(mask)
+    mask = as_mask(mask)
     labels_box, count, box = labeled_components_in_box(mask)
     labels = np.zeros(mask.shape, np.int32)
     if box is not None:
@@ -75,25 +81,25 @@ def label_lesions(mask: np.ndarray) -> Tuple[np.ndarray, int]:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component as uint8 0/1 (empty in, empty out)."""
-    mask = _as_bool(mask)
+    mask = as_mask(mask)
     result = np.zeros(mask.shape, np.uint8)
-    labels_box, count, box = labeled_components_in_box(mask)
+    labels, count, box = labeled_components_in_box(mask, ordered=False)
     if box is not None:
-        result[box] = labels_box == 1
+        largest = int(np.argmax(_component_sizes(labels, mask[box], count)[1:])) + 1
+        np.equal(labels, largest, out=result[box].view(bool))
     return result
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Keep the 26-connected components with at least ``min_voxels`` voxels (uint8 0/1)."""
-    mask = _as_bool(mask)
+    mask = as_mask(mask)
     result = np.zeros(mask.shape, np.uint8)
-    labels_box, count, box = labeled_components_in_box(mask)
+    labels, count, box = labeled_components_in_box(mask, ordered=False)
     if box is None:
         return result
-    sizes = np.bincount(labels_box[mask[box]], minlength=count + 1)
-    keep = sizes >= int(min_voxels)
+    keep = _component_sizes(labels, mask[box], count) >= int(min_voxels)
     keep[0] = False
-    result[box] = keep[labels_box]
+    result[box] = keep[labels]
     return result
 
 
@@ -112,7 +118,7 @@ def fill_holes(mask: np.ndarray, axial_axis: int) -> np.ndarray:
     axial slice its cross-section is an enclosed hole). Returns uint8 0/1."""
     if axial_axis not in (0, 1, 2):
         raise ValueError(f"axial_axis must be 0, 1 or 2, got {axial_axis}")
-    mask = _as_bool(mask)
+    mask = as_mask(mask)
     result = np.zeros(mask.shape, np.uint8)
     box = bounding_box(mask)
     if box is None:

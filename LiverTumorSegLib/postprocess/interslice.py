@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .components import _as_bool, bounding_box, labeled_components_in_box
+from .components import as_mask, bounding_box, labeled_components_in_box
 
 
 def bridge_one_slice_gaps(tumor: np.ndarray, axial_axis: int) -> np.ndarray:
     """Set each voxel that is empty but has set voxels directly above and below it along
     ``axial_axis``. Returns uint8 0/1."""
-    tumor = _as_bool(tumor)
+    tumor = as_mask(tumor)
     result = tumor.astype(np.uint8)
     box = bounding_box(tumor)
     if box is None:
@@ -39,7 +39,7 @@ def bridge_one_slice_gaps(tumor: np.ndarray, axial_axis: int) -> np.ndarray:
 
 def drop_single_slice_components(tumor: np.ndarray, axial_axis: int) -> np.ndarray:
     """Remove each 26-connected component whose voxels all lie on one axial slice (uint8 0/1)."""
-    tumor = _as_bool(tumor)
+    tumor = as_mask(tumor)
     result = tumor.astype(np.uint8)
     labels, count, box = labeled_components_in_box(tumor)
     if box is None:
@@ -60,7 +60,7 @@ def interslice_consistency(tumor: np.ndarray, axial_axis: int, bridge_gaps: bool
     ``axial_axis`` is the array axis (0, 1 or 2) that numbers the axial slices. Returns uint8 0/1."""
     if axial_axis not in (0, 1, 2):
         raise ValueError(f"axial_axis must be 0, 1 or 2, got {axial_axis}")
-    result = _as_bool(tumor).astype(np.uint8)
+    result = as_mask(tumor).astype(np.uint8)
     if bridge_gaps:
         result = bridge_one_slice_gaps(result, axial_axis)
     if drop_single_slice:

@@ -8,16 +8,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..metrics import dice
 from ..inference import LoadedModel, predict_foreground
 from ..models.card import ModelCard
 from .data import TrainingSample
-
-
-def dice(prediction: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two binary masks; 1.0 when both are empty."""
-    p, t = prediction.astype(bool), target.astype(bool)
-    denominator = p.sum() + t.sum()
-    return 1.0 if denominator == 0 else float(2 * np.logical_and(p, t).sum() / denominator)
 
 
 def weight_grid(n_members: int, step: float = 0.1) -> List[Tuple[float, ...]]:

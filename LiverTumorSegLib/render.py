@@ -1,0 +1,70 @@
+"""PNG overlays of a CT with prediction and reference contours, for people to look at results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+PRED_COLORS = {1: (255, 140, 0), 2: (0, 255, 0)}  # liver orange, tumor green
+REF_COLORS = {1: (0, 160, 255), 2: (255, 0, 255)}  # reference liver blue, tumor magenta
+
+
+def _window(hu: np.ndarray, lo: float = -160.0, hi: float = 240.0) -> np.ndarray:
+    return (np.clip((hu - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    return mask & ~binary_erosion(mask)
+
+
+def axial_overlay(ct: sitk.Image, prediction: sitk.Image, reference: Optional[sitk.Image] = None,
+                  n_slices: int = 4, scale: int = 2) -> np.ndarray:
+    """RGB mosaic of ``n_slices`` axial slices through the predicted/reference liver, shown in
+    radiological convention (patient right on image left, anterior up): the CT is first put in
+    LPS orientation, so flipped or permuted inputs display the same way."""
+    ct_lps = sitk.DICOMOrient(ct, "LPS")
+    pred = sitk.GetArrayFromImage(sitk.DICOMOrient(prediction, "LPS"))
+    ref = None
+    if reference is not None:
+        ref_on_ct = sitk.Resample(reference, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        ref = sitk.GetArrayFromImage(sitk.DICOMOrient(ref_on_ct, "LPS"))
+    hu = sitk.GetArrayFromImage(ct_lps)
+    present = np.flatnonzero((pred > 0).any(axis=(1, 2)) | ((ref > 0).any(axis=(1, 2)) if ref is not None else False))
+    if len(present) == 0:
+        present = np.arange(hu.shape[0])
+    picks = np.linspace(present[0], present[-1], n_slices + 2)[1:-1].round().astype(int)
+    tiles = []
+    for k in picks:
+        gray = _window(hu[k])
+        rgb = np.stack([gray] * 3, axis=-1)
+        for labels, colors in ((ref, REF_COLORS), (pred, PRED_COLORS)):
+            if labels is None:
+                continue
+            for value, color in colors.items():
+                rgb[_edges(labels[k] == value)] = color
+        tiles.append(np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8)))
+    return np.concatenate(tiles, axis=1)
+
+
+def save_png(rgb: np.ndarray, path: Path) -> None:
+    from skimage.io import imsave
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imsave(str(path), rgb, check_contrast=False)
+
+
+def save_overlay(ct: sitk.Image, prediction: sitk.Image, path: Path, reference: Optional[sitk.Image] = None,
+                 n_slices: int = 4) -> None:
+    save_png(axial_overlay(ct, prediction, reference, n_slices=n_slices), path)
+
+
+def stack_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack RGB mosaics vertically, padding widths."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(padded, axis=0)

@@ -1,0 +1,887 @@
+"""A synthetic, labelled abdominal CT phantom in LPS patient coordinates.
+
+The phantom is built on an axial grid (i = patient left, j = posterior, k = superior) from
+randomly sized and placed parts calibrated on the real CTs of ../shared/data: air, an
+elliptic body with subcutaneous fat, a muscle wall with ribs, the spine, paraspinal and psoas
+muscles, lungs above a two-domed diaphragm, the heart, aorta and IVC, kidneys, spleen,
+stomach with gas and fluid, pancreas, portal vein, bowel loops, gallbladder and the liver in
+the patient's right upper abdomen with branching portal and hepatic veins; then synthetic
+liver tumours (:mod:`.tumors`), partial-volume blur and CT noise. HU values follow a random
+contrast phase (native, arterial, portal venous, delayed). Everything is drawn from one seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .. import LIVER_LABEL, TUMOR_LABEL
+from ..errors import LiverTumorSegError
+from ..geometry import Geometry
+from .tumors import insert_tumors
+
+# Tissue ids of ``Phantom.organs`` (index = id).
+ORGAN_NAMES: Tuple[str, ...] = (
+    "air", "subcutaneous_fat", "muscle", "visceral_fat", "bone", "lung", "heart", "aorta", "ivc",
+    "portal_vein", "kidney", "spleen", "stomach", "bowel", "pancreas", "gallbladder", "liver",
+    "hepatic_vessel", "spinal_canal", "table", "liver_tumor", "bladder",
+)
+ORGAN = {name: index for index, name in enumerate(ORGAN_NAMES)}
+PHASES: Tuple[str, ...] = ("native", "arterial", "portal_venous", "delayed")
+_PHASE_PROBABILITIES = (0.2, 0.15, 0.55, 0.10)
+HU_MIN, HU_MAX = -1024, 3071
+
+# HU ranges (low, high) per contrast phase, measured on ../shared/data (ts_upper_abdomen_3mm is
+# native: liver 47-49, kidney ~20, aorta ~40; ts_dicom_upper_abdomen is portal venous: liver 93,
+# aorta 155, spleen 71-77, hepatic veins ~135) and widened with textbook values.
+_PHASE_HU: Dict[str, Dict[str, Tuple[float, float]]] = {
+    "native": dict(liver=(45, 65), spleen=(38, 52), kidney_cortex=(25, 38), kidney_medulla=(20, 32),
+                   aorta=(35, 50), portal=(35, 48), hepatic_vein=(33, 46), ivc=(33, 46), pancreas=(30, 48),
+                   bowel_wall=(30, 48), blood=(35, 50), myocardium=(40, 55), muscle=(40, 55)),
+    "arterial": dict(liver=(60, 85), spleen=(95, 150), kidney_cortex=(170, 260), kidney_medulla=(70, 110),
+                     aorta=(250, 420), portal=(100, 160), hepatic_vein=(45, 75), ivc=(60, 110),
+                     pancreas=(100, 140), bowel_wall=(70, 110), blood=(200, 350), myocardium=(80, 120),
+                     muscle=(45, 60)),
+    "portal_venous": dict(liver=(90, 130), spleen=(90, 130), kidney_cortex=(150, 200), kidney_medulla=(130, 180),
+                          aorta=(130, 200), portal=(140, 200), hepatic_vein=(125, 180), ivc=(110, 160),
+                          pancreas=(80, 120), bowel_wall=(70, 110), blood=(130, 190), myocardium=(90, 120),
+                          muscle=(45, 65)),
+    "delayed": dict(liver=(70, 95), spleen=(70, 95), kidney_cortex=(120, 170), kidney_medulla=(140, 200),
+                    aorta=(100, 140), portal=(100, 140), hepatic_vein=(100, 140), ivc=(100, 140),
+                    pancreas=(70, 95), bowel_wall=(60, 90), blood=(100, 140), myocardium=(80, 100),
+                    muscle=(45, 60)),
+}
+_FIXED_HU: Dict[str, Tuple[float, float]] = dict(
+    fat=(-115, -85), lung=(-880, -820), cortical_bone=(650, 1100), cancellous_bone=(130, 260), disc=(75, 100),
+    csf=(5, 20), cartilage=(110, 200), gas=(-1000, -960), fluid=(0, 25), bile=(0, 20), urine=(0, 15),
+    table=(200, 500), skin=(20, 50),
+)
+# Texture amplitude (HU std of a smooth field) per tissue.
+_TEXTURE_HU = dict(subcutaneous_fat=8, muscle=6, visceral_fat=10, bone=40, lung=25, heart=5, aorta=2, ivc=3,
+                   portal_vein=2, kidney=6, spleen=5, stomach=8, bowel=10, pancreas=14, gallbladder=2, liver=3,
+                   hepatic_vessel=2, spinal_canal=3, bladder=2)
+
+
+@dataclass
+class Phantom:
+    """A synthetic CT (int16 HU), its labels (0 background, 1 liver, 2 tumour) and what was drawn."""
+
+    ct: sitk.Image
+    labels: sitk.Image
+    tumors: List[dict]
+    organs: Optional[sitk.Image] = None  # uint8 tissue ids, see ORGAN_NAMES
+    properties: Dict = field(default_factory=dict)  # phase, HU values, body size, ...
+
+
+def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240),
+                 spacing: Tuple[float, float, float] = (1.5, 1.5, 3.0),
+                 n_tumors: Union[int, Tuple[int, int]] = (0, 4), direction: Optional[str] = None,
+                 noise_hu: float = 12.0) -> Phantom:
+    """Build the phantom drawn from ``seed``.
+
+    ``size_mm`` and ``spacing`` run along the patient's L, P, S axes (x, y, z). ``n_tumors`` is a
+    count or an inclusive (low, high) range. ``direction`` None gives an axial LPS grid (identity
+    direction); an orientation code such as "RAS", "LPI" or "PIR" reorients the same physical
+    image (ITK's DICOMOrient convention). ``noise_hu`` is the CT noise's standard deviation.
+    """
+    _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu)
+    rng = np.random.default_rng(seed)
+    builder = _Builder(rng, size_mm, spacing)
+    builder.build_anatomy()
+    hu = builder.hu
+    builder.add_texture()
+    _partial_volume_blur(rng, hu)
+    if isinstance(n_tumors, int):
+        count = n_tumors
+    else:
+        count = int(rng.integers(n_tumors[0], n_tumors[1] + 1))
+    liver = np.isin(builder.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
+    tumor_mask = np.zeros(hu.shape, dtype=np.uint8)
+    infos: List[dict] = []
+    if count > 0 and liver.any():
+        hu, tumor_mask, infos = insert_tumors(hu, liver, builder.spacing_kji, rng, count)
+    _add_noise(rng, hu, noise_hu)
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    ct_array = np.rint(hu).astype(np.int16)
+    del hu
+    labels = np.zeros(ct_array.shape, dtype=np.uint8)
+    labels[liver] = LIVER_LABEL
+    labels[tumor_mask > 0] = TUMOR_LABEL
+    builder.organ[tumor_mask > 0] = ORGAN["liver_tumor"]
+
+    geometry = builder.geometry
+    for info in infos:
+        info["center_lps_mm"] = tuple(float(v) for v in geometry.index_to_lps(np.asarray(info["center_kji"])))
+    images = [_image(a, geometry) for a in (ct_array, labels, builder.organ)]
+    if direction is not None and direction.upper() != "LPS":
+        images = [sitk.DICOMOrient(image, direction.upper()) for image in images]
+        for info in infos:
+            index = images[0].TransformPhysicalPointToIndex(info["center_lps_mm"])
+            info["center_kji"] = tuple(int(v) for v in reversed(index))
+    properties = dict(builder.properties, seed=seed, n_tumors=len(infos), noise_hu=noise_hu)
+    return Phantom(ct=images[0], labels=images[1], tumors=infos, organs=images[2], properties=properties)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu) -> None:
+    if len(size_mm) != 3 or min(size_mm) <= 0:
+        raise LiverTumorSegError(f"size_mm={size_mm} must be three positive extents in mm (x, y, z)")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise LiverTumorSegError(f"spacing={spacing} must be three positive voxel sizes in mm (x, y, z)")
+    if any(e / s < 8 for e, s in zip(size_mm, spacing)):
+        raise LiverTumorSegError(f"size_mm={size_mm} with spacing={spacing} gives fewer than 8 voxels on an axis; "
+                                 "use a larger size or a finer spacing")
+    counts = (n_tumors,) if isinstance(n_tumors, int) else tuple(n_tumors)
+    if len(counts) not in (1, 2) or min(counts) < 0 or (len(counts) == 2 and counts[0] > counts[1]):
+        raise LiverTumorSegError(f"n_tumors={n_tumors} must be a count >= 0 or a (low, high) range")
+    if direction is not None and not _is_orientation_code(direction):
+        raise LiverTumorSegError(f"direction={direction!r} is not an orientation code; use three letters, one "
+                                     "of each pair R/L, A/P, S/I, e.g. 'LPS', 'RAS' or 'PIR'")
+    if noise_hu < 0:
+        raise LiverTumorSegError(f"noise_hu={noise_hu} must be >= 0")
+
+
+def _is_orientation_code(code: str) -> bool:
+    """Three letters naming each of the axis pairs R/L, A/P, S/I once, e.g. 'LPS' or 'PIR'."""
+    pairs = ("RL", "AP", "SI")
+    found = [next((i for i, pair in enumerate(pairs) if letter in pair), -1) for letter in str(code).upper()]
+    return len(found) == 3 and sorted(found) == [0, 1, 2]
+
+
+def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    return geometry.apply_to(image)
+
+
+def _upsample_axis(values: np.ndarray, axis: int, n_out: int, step: float) -> np.ndarray:
+    """Linear interpolation along ``axis`` at coarse positions 1, 1 + step, 1 + 2 step, ..."""
+    position = 1.0 + np.arange(n_out, dtype=np.float64) * step
+    low = np.floor(position).astype(int)
+    frac = (position - low).astype(np.float32)
+    shape = [1] * values.ndim
+    shape[axis] = n_out
+    frac = frac.reshape(shape)
+    return np.take(values, low, axis=axis) * (1.0 - frac) + np.take(values, low + 1, axis=axis) * frac
+
+
+class _SmoothField:
+    """Smooth random field (unit std) with features of about ``scale_mm``, evaluated lazily on
+    (z-chunks of) a grid by linear interpolation of coarse noise: cheap on large volumes."""
+
+    def __init__(self, rng: np.random.Generator, shape: Sequence[int], spacing_kji: Sequence[float],
+                 scale_mm: float) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.steps = [s / scale_mm for s in spacing_kji]
+        coarse_shape = [int(math.ceil((n - 1) * st)) + 3 for n, st in zip(self.shape, self.steps)]
+        coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 0.7, mode="wrap")
+        coarse -= coarse.mean()
+        # linear interpolation of a 0.7-smoothed field keeps about this fraction of its std
+        self.coarse = coarse / max(float(coarse.std()) * 0.85, 1e-6)
+
+    def chunk(self, k0: int, k1: int) -> np.ndarray:
+        zs = self.coarse
+        position = 1.0 + np.arange(k0, k1) * self.steps[0]
+        low = np.floor(position).astype(int)
+        frac = (position - low).astype(np.float32)[:, None, None]
+        values = zs[low] * (1.0 - frac) + zs[low + 1] * frac
+        values = _upsample_axis(values, 1, self.shape[1], self.steps[1])
+        return _upsample_axis(values, 2, self.shape[2], self.steps[2])
+
+    def full(self) -> np.ndarray:
+        return self.chunk(0, self.shape[0])
+
+
+def _partial_volume_blur(rng: np.random.Generator, hu: np.ndarray) -> None:
+    sigma_inplane = rng.uniform(0.5, 0.9)
+    sigma_z = rng.uniform(0.4, 0.8)
+    hu[...] = ndimage.gaussian_filter(hu, (sigma_z, sigma_inplane, sigma_inplane), mode="nearest")
+
+
+def _add_noise(rng: np.random.Generator, hu: np.ndarray, noise_hu: float) -> None:
+    """Gaussian CT noise of std ``noise_hu``, correlated in-plane for half of the seeds."""
+    if noise_hu <= 0:
+        return
+    correlation = rng.uniform(0.5, 0.9) if rng.random() < 0.5 else 0.0
+    chunk = 32
+    for k0 in range(0, hu.shape[0], chunk):
+        noise = rng.standard_normal(hu[k0:k0 + chunk].shape, dtype=np.float32)
+        if correlation > 0:
+            noise = ndimage.gaussian_filter(noise, (0, correlation, correlation), mode="wrap")
+            # white noise smoothed by a Gaussian of sigma s keeps std 1 / (2 sqrt(pi) s) per axis
+            noise *= 2.0 * math.sqrt(math.pi) * correlation
+        hu[k0:k0 + chunk] += noise * np.float32(noise_hu)
+
+
+def _rotation(z_deg: float = 0.0, y_deg: float = 0.0, x_deg: float = 0.0) -> np.ndarray:
+    """Columns = the local axes in world (x, y, z) coordinates."""
+    a, b, c = np.radians([z_deg, y_deg, x_deg])
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(c), -math.sin(c)], [0, math.sin(c), math.cos(c)]])
+    return rz @ ry @ rx
+
+
+class _Builder:
+    """Draws the anatomy into ``hu`` (float32) and ``organ`` (uint8 tissue ids) on an LPS grid."""
+
+    def __init__(self, rng: np.random.Generator, size_mm, spacing) -> None:
+        self.rng = rng
+        self.spacing_xyz = np.asarray(spacing, dtype=np.float64)
+        self.spacing_kji = tuple(float(s) for s in self.spacing_xyz[::-1])
+        nx, ny, nz = (max(8, int(round(e / s))) for e, s in zip(size_mm, spacing))
+        self.shape = (nz, ny, nx)
+        fov = np.array([nx, ny, nz]) * self.spacing_xyz
+        center = np.array([rng.uniform(-20, 20), rng.uniform(-60, 60), rng.uniform(-700, 100)])
+        origin = center - (fov - self.spacing_xyz) / 2.0
+        self.geometry = Geometry((nx, ny, nz), tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
+                                 (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        self.x = (origin[0] + np.arange(nx) * spacing[0]).astype(np.float32)
+        self.y = (origin[1] + np.arange(ny) * spacing[1]).astype(np.float32)
+        self.z = (origin[2] + np.arange(nz) * spacing[2]).astype(np.float32)
+        self.fov = fov
+        self.hu = np.full(self.shape, -1000.0, dtype=np.float32)
+        self.organ = np.zeros(self.shape, dtype=np.uint8)
+        self.properties: Dict = {}
+        self._draw_parameters(center)
+
+    # ----- random parameters -------------------------------------------------------------
+    def _u(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo, hi))
+
+    def _draw_parameters(self, fov_center: np.ndarray) -> None:
+        u = self._u
+        rng = self.rng
+        a0, b0 = u(135, 175), u(95, 128)
+        b0 = min(max(b0, 0.6 * a0), 0.85 * a0)
+        scale = min(1.0, 0.46 * self.fov[0] / a0, 0.43 * self.fov[1] / b0)
+        self.s = s = scale * u(0.95, 1.05)
+        self.sz = sz = u(0.88, 1.12) * math.sqrt(scale)
+        self.A, self.B = a0 * scale, b0 * scale
+        self.cx = fov_center[0] + u(-0.03, 0.03) * self.fov[0]
+        self.cy = fov_center[1] + u(-0.04, 0.02) * self.fov[1]
+        top = float(self.z[-1])
+        extent = float(self.fov[2])
+        drop = u(0.05, 0.3) if rng.random() < 0.8 else u(0.3, 0.5)
+        self.zd = top - drop * extent  # top of the right diaphragm dome
+        self.phase = str(rng.choice(PHASES, p=_PHASE_PROBABILITIES))
+        self.values = {name: u(*rng_range) for name, rng_range in _PHASE_HU[self.phase].items()}
+        self.values.update({name: u(*rng_range) for name, rng_range in _FIXED_HU.items()})
+        self.fatty_liver = bool(rng.random() < 0.12)
+        if self.fatty_liver:
+            self.values["liver"] -= u(15, 40)
+        # body wall
+        self.fat_sc = u(6, 38) * s
+        self.fat_anisotropy = (u(-0.3, 0.3), u(-0.25, 0.35))
+        self.muscle_wall = u(8, 15) * s
+        self.body_wobble = [(u(0.0, 0.05), u(60, 160), u(0, 2 * math.pi)) for _ in range(2)]
+        # spine
+        self.spine_x = self.cx + u(-4, 4) * s
+        self.spine_y = self.cy + u(0.28, 0.38) * self.B
+        self.vert_rx, self.vert_ry = u(19, 25) * s, u(15, 20) * s
+        self.canal_r = u(7, 9) * s
+        self.vert_pitch = u(28, 34) * sz
+        self.disc_h = u(6, 9) * sz
+        self.vert_phase = u(0, self.vert_pitch)
+        # vessels
+        self.aorta_r = u(9, 13) * s
+        self.aorta_dx = u(4, 16) * s
+        self.ivc_dx = u(22, 36) * s
+        self.ivc_r = (u(10, 14) * s, u(7, 11) * s)
+        # ribs
+        self.rib_pitch = u(28, 36) * sz
+        self.rib_descent = u(40, 75) * sz
+        self.rib_phase = u(0, self.rib_pitch)
+        self.rib_thick = u(7, 10) * s
+        self.rib_height = u(5, 7) * s
+        # diaphragm
+        self.left_dome_drop = u(5, 25) * sz
+        self.dome_fall = u(35, 55) * sz
+        self.recess = u(30, 50) * sz
+        self.extras = dict(arms=bool(rng.random() < 0.25), table=bool(rng.random() < 0.7),
+                           gallbladder=bool(rng.random() < 0.75), collapsed_stomach=bool(rng.random() < 0.2))
+        self.properties = dict(phase=self.phase, fatty_liver=self.fatty_liver, body_semi_axes_mm=(self.A, self.B),
+                               liver_hu=round(self.values["liver"], 1), dome_z_mm=self.zd,
+                               values_hu={k: round(v, 1) for k, v in self.values.items()}, **self.extras)
+
+    # ----- helpers ---------------------------------------------------------------------------
+    def _box(self, lo, hi):
+        """Index slices and (z, y, x) mm coordinate vectors of the box [lo, hi] (x, y, z mm)."""
+        slices, coords = [], []
+        for axis_xyz, vec in ((2, self.z), (1, self.y), (0, self.x)):
+            step = self.spacing_xyz[axis_xyz]
+            first = int(math.floor((lo[axis_xyz] - vec[0]) / step))
+            last = int(math.ceil((hi[axis_xyz] - vec[0]) / step)) + 1
+            first, last = max(first, 0), min(last, vec.size)
+            if last <= first:
+                return None
+            slices.append(slice(first, last))
+            coords.append(vec[first:last])
+        z, y, x = coords
+        return tuple(slices), z[:, None, None], y[None, :, None], x[None, None, :]
+
+    @staticmethod
+    def _rho2(z, y, x, center, axes, rotation) -> np.ndarray:
+        d = (x - np.float32(center[0]), y - np.float32(center[1]), z - np.float32(center[2]))
+        total = None
+        for a in range(3):
+            local = (np.float32(rotation[0, a]) * d[0] + np.float32(rotation[1, a]) * d[1]
+                     + np.float32(rotation[2, a]) * d[2]) / np.float32(axes[a])
+            total = local * local if total is None else total + local * local
+        return total
+
+    def _ellipsoid(self, center, axes, rotation=None, margin: float = 1.0):
+        """(slices, rho^2, (z, y, x) coordinates) of an ellipsoid's bounding box; rho^2 <= 1 inside."""
+        rotation = np.eye(3) if rotation is None else rotation
+        reach = np.abs(rotation) @ np.asarray(axes) * margin
+        box = self._box(np.asarray(center) - reach, np.asarray(center) + reach)
+        if box is None:
+            return None, None, None
+        slices, z, y, x = box
+        return slices, self._rho2(z, y, x, center, axes, rotation), (z, y, x)
+
+    def _paint(self, slices, mask: np.ndarray, organ: str, value) -> None:
+        organ_view = self.organ[slices]
+        hu_view = self.hu[slices]
+        organ_view[mask] = ORGAN[organ]
+        hu_view[mask] = value if np.isscalar(value) else np.asarray(value, dtype=np.float32)[mask]
+
+    def _allowed(self, slices, *organs: str) -> np.ndarray:
+        view = self.organ[slices]
+        allowed = view == ORGAN[organs[0]]
+        for organ in organs[1:]:
+            allowed |= view == ORGAN[organ]
+        return allowed
+
+    def _tube(self, points: Sequence[Sequence[float]], radii: Sequence[float], organ: str, value: float,
+              allowed: Sequence[str]) -> None:
+        """A tube through ``points`` (x, y, z mm) with radii tapering linearly along each segment."""
+        for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:]):
+            p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
+            reach = max(r0, r1) + 1.0
+            box = self._box(np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach)
+            if box is None:
+                continue
+            slices, z, y, x = box
+            seg = p1 - p0
+            length_sq = float(seg @ seg) or 1e-6
+            t = ((x - p0[0]) * seg[0] + (y - p0[1]) * seg[1] + (z - p0[2]) * seg[2]) / np.float32(length_sq)
+            t = np.clip(t, 0.0, 1.0)
+            dist_sq = ((x - (p0[0] + t * seg[0])) ** 2 + (y - (p0[1] + t * seg[1])) ** 2
+                       + (z - (p0[2] + t * seg[2])) ** 2)
+            radius = r0 + (r1 - r0) * t
+            inside = (dist_sq <= radius * radius) & self._allowed(slices, *allowed)
+            self._paint(slices, inside, organ, value)
+
+    # ----- anatomy --------------------------------------------------------------------------
+    def build_anatomy(self) -> None:
+        self._diaphragm_map()
+        self._body_slices()
+        if self.extras["arms"]:
+            self._arms()
+        if self.extras["table"]:
+            self._table()
+        self._heart()
+        self._kidneys()
+        self._spleen()
+        self._liver()
+        if self.extras["gallbladder"]:
+            self._gallbladder()
+        self._pancreas_and_veins()
+        self._stomach()
+        self._bowel()
+        self._bladder()
+        self._liver_vessels()
+        liver = np.isin(self.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
+        self.properties["liver_volume_ml"] = round(float(liver.sum()) * self.geometry.voxel_volume_ml, 1)
+
+    def _diaphragm_map(self) -> None:
+        """Height (z mm) of the diaphragm's lower surface over the axial plane: two domes that
+        fall towards the walls and much lower posteriorly (the costophrenic recesses)."""
+        X = self.x[None, :] - np.float32(self.cx)
+        Y = self.y[:, None] - np.float32(self.cy)
+        A, B = self.A, self.B
+        right = self.zd - self.dome_fall * (((X + 0.35 * A) / (0.55 * A)) ** 2 + (Y / (0.7 * B)) ** 2)
+        left = (self.zd - self.left_dome_drop
+                - self.dome_fall * (((X - 0.38 * A) / (0.55 * A)) ** 2 + ((Y - 0.05 * B) / (0.7 * B)) ** 2))
+        posterior = np.clip(Y / B, 0.0, 1.0)
+        surface = np.maximum(right, left) - self.recess * posterior ** 2
+        lowest = self.zd - (60.0 + 50.0 * posterior) * self.sz
+        self.diaphragm = np.maximum(surface, lowest).astype(np.float32)
+        gy, gx = np.gradient(self.diaphragm, self.spacing_xyz[1], self.spacing_xyz[0])
+        self.diaphragm_thickness = (4.0 * self.s * np.sqrt(1.0 + gx * gx + gy * gy)).astype(np.float32)
+
+    def _body_slices(self) -> None:
+        """Slice by slice: body, fat, muscle wall, ribs, lungs, diaphragm, spine, paraspinal and
+        psoas muscles, aorta, IVC."""
+        X = self.x[None, :] - np.float32(self.cx)
+        Y = self.y[:, None] - np.float32(self.cy)
+        radius = np.sqrt(X * X + Y * Y)
+        angle = np.arctan2(np.abs(X), Y)  # 0 posterior midline .. pi anterior midline
+        theta = np.arctan2(Y, X)
+        fa, fb = self.fat_anisotropy
+        fat_thickness = self.fat_sc * (1.0 + fa * np.sin(theta) * -1.0 + fb * np.cos(2.0 * theta) * -0.5)
+        v = self.values
+        xs, ys = self.spine_x, self.spine_y
+        SX = self.x[None, :] - np.float32(xs)
+        SY = self.y[:, None] - np.float32(ys)
+        for k, z in enumerate(self.z.astype(np.float64)):
+            wob = 1.0 + sum(amp * math.sin(2 * math.pi * z / period + phase)
+                            for amp, period, phase in self.body_wobble)
+            a = self.A * wob
+            b = self.B * (2.0 - wob) ** 0.5
+            un, vn = X / np.float32(a), Y / np.float32(b)
+            posterior = vn > 0
+            rho = np.where(posterior, (np.abs(un) ** 2.6 + np.abs(vn) ** 2.6) ** (1 / 2.6), np.sqrt(un * un + vn * vn))
+            depth = np.where(rho > 1e-3, radius * (1.0 - rho) / np.maximum(rho, 1e-3), 1e4)
+            hu = self.hu[k]
+            organ = self.organ[k]
+            body = rho <= 1.0
+            organ[body] = ORGAN["subcutaneous_fat"]
+            hu[body] = v["fat"]
+            skin = body & (depth < 1.5)
+            hu[skin] = v["skin"]
+            # ribs live in the wall from the costal margin up; the wall is thicker there
+            rib_low = self.zd - self.sz * (150.0 - 95.0 * angle / math.pi)
+            rib_level = np.clip((z - rib_low) / 20.0, 0.0, 1.0)
+            wall_inner = fat_thickness + self.muscle_wall + rib_level * (self.rib_thick * 0.8)
+            wall = body & (depth >= fat_thickness) & (depth < wall_inner)
+            organ[wall] = ORGAN["muscle"]
+            hu[wall] = v["muscle"]
+            cavity = body & (depth >= wall_inner)
+            above = z > self.diaphragm
+            lung = cavity & (z > self.diaphragm + self.diaphragm_thickness)
+            diaphragm = cavity & above & ~lung
+            abdomen = cavity & ~above
+            organ[abdomen] = ORGAN["visceral_fat"]
+            hu[abdomen] = v["fat"]
+            organ[diaphragm] = ORGAN["muscle"]
+            hu[diaphragm] = v["muscle"]
+            organ[lung] = ORGAN["lung"]
+            hu[lung] = v["lung"]
+            self._ribs_in_slice(k, z, depth, angle, fat_thickness, rib_low, body)
+            self._mediastinum_in_slice(k, z, SX, SY, lung)
+            self._spine_in_slice(k, z, SX, SY, body)
+            self._muscles_in_slice(k, z, SX, SY, body, depth, fat_thickness)
+            self._great_vessels_in_slice(k, z, body)
+            self._pelvis_in_slice(k, z, SX, SY, body)
+
+    def _ribs_in_slice(self, k, z, depth, angle, fat_thickness, rib_low, body) -> None:
+        band_start = fat_thickness + 0.2 * self.muscle_wall
+        radial = (depth - band_start - self.rib_thick / 2.0) / (self.rib_thick / 2.0)
+        stripe = np.mod(z + self.rib_descent * angle / math.pi - self.rib_phase, self.rib_pitch) - self.rib_pitch / 2.0
+        across = stripe / self.rib_height
+        e2 = radial * radial + across * across
+        rib = body & (e2 <= 1.0) & (angle > 0.45) & (z >= rib_low) & (angle < 0.94 * math.pi)
+        if not rib.any():
+            return
+        v = self.values
+        cartilage = angle > 0.78 * math.pi
+        cortex = e2 > 0.45
+        value = np.where(cartilage, v["cartilage"], np.where(cortex, v["cortical_bone"], v["cancellous_bone"]))
+        self.organ[k][rib] = ORGAN["bone"]
+        self.hu[k][rib] = value[rib]
+
+    def _mediastinum_in_slice(self, k, z, SX, SY, lung) -> None:
+        if not lung.any():
+            return
+        s = self.s
+        band = lung & (np.abs(SX - 8.0 * s) < 24.0 * s) & (SY > -self.vert_ry - 35.0 * s) & (SY < 0)
+        self.organ[k][band] = ORGAN["visceral_fat"]
+        self.hu[k][band] = self.values["fat"]
+
+    def _spine_in_slice(self, k, z, SX, SY, body) -> None:
+        v, s = self.values, self.s
+        rx, ry, rc = self.vert_rx, self.vert_ry, self.canal_r
+        in_vertebra = np.mod(z - self.vert_phase, self.vert_pitch)
+        is_disc = in_vertebra < self.disc_h
+        vb = (SX / rx) ** 2 + (SY / ry) ** 2
+        hu, organ = self.hu[k], self.organ[k]
+        body_region = body & (vb <= 1.0)
+        organ[body_region] = ORGAN["bone"]
+        if is_disc:
+            hu[body_region] = v["disc"]
+        else:
+            rim = vb > (1.0 - 2.2 / min(rx, ry)) ** 2
+            hu[body_region] = np.where(rim, v["cortical_bone"], v["cancellous_bone"])[body_region]
+        canal_y = ry + rc + 1.5 * s
+        canal_d = np.sqrt(SX ** 2 + (SY - canal_y) ** 2)
+        arch = body & (canal_d > rc) & (canal_d <= rc + 5.0 * s) & (SY > ry * 0.55)
+        phase_in = in_vertebra / self.vert_pitch
+        posterior_elements = arch.copy()
+        if 0.3 < phase_in < 0.8:  # spinous process, slanting down, in part of each vertebra
+            posterior_elements |= body & (np.abs(SX) < 3.5 * s) & (SY > canal_y + rc) & (SY < canal_y + rc + 32.0 * s)
+        if 0.35 < phase_in < 0.65:  # transverse processes
+            posterior_elements |= body & (np.abs(SY - canal_y + 2.0 * s) < 4.0 * s) & (np.abs(SX) > rc) & \
+                (np.abs(SX) < rc + 28.0 * s)
+        organ[posterior_elements] = ORGAN["bone"]
+        hu[posterior_elements] = 0.55 * v["cortical_bone"] + 0.45 * v["cancellous_bone"]
+        canal = body & (canal_d <= rc)
+        organ[canal] = ORGAN["spinal_canal"]
+        hu[canal] = v["csf"]
+
+    def _muscles_in_slice(self, k, z, SX, SY, body, depth, fat_thickness) -> None:
+        s, v = self.s, self.values
+        free = body & (self.organ[k] != ORGAN["bone"]) & (self.organ[k] != ORGAN["spinal_canal"])
+        # erector spinae: fill the gutter beside the spinous process down to the back's fat
+        para_y = self.vert_ry + 2.0 * self.canal_r + 20.0 * s
+        para = free & ((np.abs(SX) - 24.0 * s) ** 2 / (30.0 * s) ** 2 + (SY - para_y) ** 2 / (28.0 * s) ** 2 <= 1.0)
+        para &= depth >= fat_thickness * 0.6
+        self.organ[k][para] = ORGAN["muscle"]
+        self.hu[k][para] = v["muscle"]
+        # psoas grows from the diaphragm's crura down to the pelvis
+        start = self.zd - 110.0 * self.sz
+        if z < start:
+            r = min(8.0 + (start - z) * 0.18, 26.0) * s
+            cx = self.vert_rx + r * 0.8
+            psoas = free & ((np.abs(SX) - cx) ** 2 + (SY + 2.0 * s) ** 2 / 0.8 <= r * r)
+            self.organ[k][psoas] = ORGAN["muscle"]
+            self.hu[k][psoas] = v["muscle"]
+
+    def _great_vessels_in_slice(self, k, z, body) -> None:
+        s, v = self.s, self.values
+        toward_chest = 1.0 / (1.0 + math.exp(-(z - (self.zd - 30.0 * self.sz)) / 15.0))
+        xa = self.spine_x + (1 - toward_chest) * self.aorta_dx + toward_chest * self.vert_rx * 0.8
+        ya = self.spine_y - (1 - toward_chest) * (self.vert_ry + self.aorta_r + 3.0 * s) - toward_chest * \
+            self.vert_ry * 0.6
+        bifurcation = self.zd - 235.0 * self.sz
+        X = self.x[None, :]
+        Y = self.y[:, None]
+        allowed = body & ~np.isin(self.organ[k], (ORGAN["bone"], ORGAN["spinal_canal"], ORGAN["subcutaneous_fat"]))
+        if z > bifurcation:
+            aorta = allowed & ((X - xa) ** 2 + (Y - ya) ** 2 <= self.aorta_r ** 2)
+        else:
+            spread = 10.0 * s + (bifurcation - z) * 0.35
+            r = self.aorta_r * 0.65
+            aorta = allowed & (((X - xa - spread) ** 2 + (Y - ya) ** 2 <= r * r)
+                               | ((X - xa + spread) ** 2 + (Y - ya) ** 2 <= r * r))
+        self.organ[k][aorta] = ORGAN["aorta"]
+        self.hu[k][aorta] = v["aorta"]
+        if z < self.zd + 10.0 * self.sz and z > bifurcation:
+            up = 1.0 / (1.0 + math.exp(-(z - (self.zd - 40.0 * self.sz)) / 12.0))
+            xi = self.spine_x - self.ivc_dx - up * 6.0 * s
+            yi = self.spine_y - self.vert_ry - self.ivc_r[1] - 8.0 * s - up * 14.0 * s
+            ivc = allowed & (((X - xi) / self.ivc_r[0]) ** 2 + ((Y - yi) / self.ivc_r[1]) ** 2 <= 1.0)
+            ivc &= self.organ[k] != ORGAN["aorta"]
+            self.organ[k][ivc] = ORGAN["ivc"]
+            self.hu[k][ivc] = v["ivc"]
+        self.ivc_top = (self.spine_x - self.ivc_dx - 6.0 * s,
+                        self.spine_y - self.vert_ry - self.ivc_r[1] - 22.0 * s)
+
+    def _pelvis_in_slice(self, k, z, SX, SY, body) -> None:
+        crest = self.zd - 255.0 * self.sz
+        if z > crest:
+            return
+        s, v = self.s, self.values
+        depth_below = crest - z
+        half_width = self.A * min(0.55 + depth_below / 400.0, 0.72)
+        arc = (np.abs(SX) / half_width) ** 2 + ((SY + 0.35 * self.B) / (0.55 * self.B + 20.0 * s)) ** 2
+        wing = body & (np.abs(arc - 1.0) < 9.0 * s / half_width) & (SY > -0.45 * self.B) & (np.abs(SX) > 35 * s)
+        wing &= self.organ[k] != ORGAN["spinal_canal"]
+        self.organ[k][wing] = ORGAN["bone"]
+        self.hu[k][wing] = 0.6 * v["cortical_bone"] + 0.4 * v["cancellous_bone"]
+
+    def _arms(self) -> None:
+        s, v = self.s, self.values
+        r = self._u(32, 45) * s
+        for side in (-1, 1):
+            cx = self.cx + side * (self.A * 1.05 + self._u(8, 30) * s + r)
+            cy = self.cy + self._u(-0.25, 0.2) * self.B
+            if abs(cx - self.x.mean()) + r > self.fov[0] / 2:
+                continue
+            X = self.x[None, :] - np.float32(cx)
+            Y = self.y[:, None] - np.float32(cy)
+            d = np.sqrt(X * X + Y * Y)
+            arm = d <= r
+            muscle = d <= r - 6.0 * s
+            bone = np.sqrt((X - 0.2 * r) ** 2 + Y ** 2) <= 11.0 * s
+            marrow = np.sqrt((X - 0.2 * r) ** 2 + Y ** 2) <= 7.0 * s
+            for layer, organ, value in ((arm, "subcutaneous_fat", v["fat"]), (muscle, "muscle", v["muscle"]),
+                                        (bone, "bone", v["cortical_bone"]), (marrow, "bone", v["fat"] + 60.0)):
+                self.organ[:, layer] = ORGAN[organ]
+                self.hu[:, layer] = value
+
+    def _table(self) -> None:
+        y_top = self.cy + self.B * 1.03 + self._u(5, 30) * self.s
+        X = self.x[None, :] - np.float32(self.cx)
+        Y = self.y[:, None]
+        curve = y_top + 0.0012 / self.s * X * X
+        width = np.abs(X) < self.A * 1.2
+        first = width & (np.abs(Y - curve) < 1.2) & (self.organ[0] == ORGAN["air"])
+        second = width & (np.abs(Y - curve - self._u(20, 40) * self.s) < 1.2) & (self.organ[0] == ORGAN["air"])
+        table = first | second
+        if table.any():
+            self.organ[:, table] = ORGAN["table"]
+            self.hu[:, table] = self.values["table"]
+
+    def _heart(self) -> None:
+        s, sz = self.s, self.sz
+        center = (self.cx + 0.12 * self.A, self.cy - 0.12 * self.B, self.zd + self._u(35, 55) * sz)
+        axes = (0.42 * self.A, 0.48 * self.B, 62.0 * sz)
+        rotation = _rotation(z_deg=self._u(20, 40))
+        slices, rho2, _ = self._ellipsoid(center, axes, rotation, margin=1.15)
+        if slices is None:
+            return
+        thorax = self._allowed(slices, "lung", "visceral_fat")
+        thorax &= self.organ[slices] != ORGAN["aorta"]
+        z = self.z[slices[0]][:, None, None]
+        thorax &= z > self.diaphragm[slices[1], slices[2]][None] + 2.0
+        fat = thorax & (rho2 <= 1.15 ** 2)
+        self._paint(slices, fat, "visceral_fat", self.values["fat"])
+        heart = thorax & (rho2 <= 1.0)
+        value = np.where(rho2 > 0.72 ** 2, np.float32(self.values["myocardium"]), np.float32(self.values["blood"]))
+        self._paint(slices, heart, "heart", value)
+
+    def _kidneys(self) -> None:
+        s, sz, v = self.s, self.sz, self.values
+        right_z = self.zd - self._u(105, 135) * sz
+        for side in (-1, 1):  # -1 = patient right (-x in LPS)
+            center = (self.spine_x + side * self._u(55, 70) * s, self.spine_y + self._u(-8, 8) * s,
+                      right_z + (self._u(5, 25) * sz if side > 0 else 0.0))
+            axes = (self._u(21, 27) * s, self._u(27, 34) * s, self._u(45, 58) * sz)
+            rotation = _rotation(z_deg=-side * self._u(25, 40), y_deg=side * self._u(5, 15))
+            slices, rho2, (z, y, x) = self._ellipsoid(center, axes, rotation)
+            if slices is None:
+                continue
+            # local coordinate toward the hilum: medial and anterior
+            d = (x - center[0], y - center[1], z - center[2])
+            local_x = sum(np.float32(rotation[w, 0]) * d[w] for w in range(3)) / np.float32(axes[0])
+            hilum_side = -side * local_x  # > 0 toward the spine
+            kidney = (rho2 <= 1.0) & self._allowed(slices, "visceral_fat")
+            cortex = rho2 > 0.72 ** 2
+            value = np.where(cortex, np.float32(v["kidney_cortex"]), np.float32(v["kidney_medulla"]))
+            self._paint(slices, kidney, "kidney", value)
+            sinus = kidney & (rho2 < 0.6 ** 2) & (hilum_side > 0.05)
+            self._paint(slices, sinus, "visceral_fat", v["fat"] + 30.0)
+            pelvis = kidney & (rho2 < 0.3 ** 2) & (hilum_side > 0.15)
+            self._paint(slices, pelvis, "kidney", v["urine"] if self.phase != "delayed" else v["kidney_medulla"] + 150)
+
+    def _spleen(self) -> None:
+        s, sz = self.s, self.sz
+        center = np.array([self.cx + self._u(0.5, 0.62) * self.A, self.cy + self._u(0.1, 0.3) * self.B,
+                           self.zd - self._u(45, 65) * sz])
+        axes = (self._u(24, 36) * s, self._u(45, 65) * s, self._u(42, 58) * sz)
+        rotation = _rotation(z_deg=-self._u(25, 45), y_deg=self._u(-15, 5))
+        slices, rho2, (z, y, x) = self._ellipsoid(center, axes, rotation)
+        if slices is None:
+            return
+        hollow_center = center + rotation @ np.array([-1.1 * axes[0], 0.0, 0.0])
+        hollow = self._rho2(z, y, x, hollow_center, (axes[0] * 0.9, axes[1] * 0.8, axes[2] * 0.9), rotation)
+        spleen = (rho2 <= 1.0) & (hollow > 1.0) & self._allowed(slices, "visceral_fat")
+        self._paint(slices, spleen, "spleen", self.values["spleen"])
+
+    def _liver(self) -> None:
+        """Right lobe, left lobe and caudate merged smoothly, lobulated by a smooth random field,
+        clipped by the diaphragm and the walls, and pushed aside by kidney, spine, vessels, spleen."""
+        s, sz, A, B = self.s, self.sz, self.A, self.B
+        u = self._u
+        size = u(0.85, 1.15)
+        right = dict(center=(self.cx - u(0.3, 0.45) * A, self.cy + u(-0.12, 0.05) * B, self.zd - u(50, 70) * sz),
+                     axes=(u(0.5, 0.62) * A * size, u(0.75, 0.9) * B * size, u(75, 100) * sz * size),
+                     rotation=_rotation(z_deg=u(-15, 15), y_deg=u(-20, 5), x_deg=u(-15, 15)))
+        left = dict(center=(self.cx + u(-0.02, 0.22) * A, self.cy - u(0.35, 0.5) * B, self.zd - u(30, 50) * sz),
+                    axes=(u(0.3, 0.5) * A * size, u(0.22, 0.35) * B * size, u(28, 42) * sz * size),
+                    rotation=_rotation(z_deg=u(-20, 10), y_deg=u(-25, 5)))
+        caudate = dict(center=(self.spine_x - u(10, 25) * s, self.spine_y - self.vert_ry - u(35, 50) * s,
+                               self.zd - u(50, 70) * sz),
+                       axes=(u(18, 26) * s, u(18, 26) * s, u(28, 40) * sz), rotation=np.eye(3))
+        lobes = [right, left, caudate]
+        self.liver_lobes = lobes
+        lo = np.full(3, np.inf)
+        hi = np.full(3, -np.inf)
+        for lobe in lobes:
+            reach = np.abs(lobe["rotation"]) @ np.asarray(lobe["axes"]) * 1.3
+            lo = np.minimum(lo, np.asarray(lobe["center"]) - reach)
+            hi = np.maximum(hi, np.asarray(lobe["center"]) + reach)
+        box = self._box(lo, hi)
+        if box is None:
+            return
+        slices, z, y, x = box
+        softness = 0.12
+        total = None
+        for lobe in lobes:
+            term = np.exp((1.0 - self._rho2(z, y, x, lobe["center"], lobe["axes"], lobe["rotation"])) / softness)
+            total = term if total is None else total + term
+        field_ = softness * np.log(total)
+        shape = field_.shape
+        bumps = _SmoothField(self.rng, shape, self.spacing_kji, u(30, 50)).full()
+        field_ += np.float32(u(0.12, 0.25)) * bumps
+        liver = (field_ > 0) & self._allowed(slices, "visceral_fat")
+        # keep the largest piece only
+        labels, count = ndimage.label(liver)
+        if count > 1:
+            sizes = ndimage.sum_labels(liver, labels, index=np.arange(1, count + 1))
+            liver = labels == (1 + int(np.argmax(sizes)))
+        self._paint(slices, liver, "liver", self.values["liver"])
+        self.liver_box = slices
+
+    def _gallbladder(self) -> None:
+        s, sz = self.s, self.sz
+        center = (self.cx - self._u(0.08, 0.25) * self.A, self.cy - self._u(0.15, 0.35) * self.B,
+                  self.zd - self._u(85, 115) * sz)
+        axes = (self._u(12, 18) * s, self._u(12, 18) * s, self._u(28, 42) * sz)
+        rotation = _rotation(z_deg=self._u(-30, 30), x_deg=self._u(20, 45))
+        slices, rho2, _ = self._ellipsoid(center, axes, rotation)
+        if slices is None:
+            return
+        allowed = self._allowed(slices, "visceral_fat", "liver")
+        wall = allowed & (rho2 <= 1.0)
+        self._paint(slices, wall, "gallbladder", self.values["bowel_wall"])
+        lumen = allowed & (rho2 <= (1.0 - 2.0 / min(axes)) ** 2)
+        self._paint(slices, lumen, "gallbladder", self.values["bile"])
+
+    def _pancreas_and_veins(self) -> None:
+        s, sz, v = self.s, self.sz, self.values
+        xs, ys, ry = self.spine_x, self.spine_y, self.vert_ry
+        front = ys - ry - 2.0 * self.aorta_r
+        tail = (self.cx + 0.42 * self.A, ys - ry * 0.5, self.zd - self._u(70, 85) * sz)
+        body = (xs + 5.0 * s, front - self._u(15, 22) * s, self.zd - self._u(88, 98) * sz)
+        head = (xs - self._u(30, 40) * s, front - self._u(5, 12) * s, self.zd - self._u(105, 115) * sz)
+        uncinate = (xs - self._u(22, 32) * s, front + 5.0 * s, self.zd - self._u(120, 130) * sz)
+        self._tube([tail, body, head, uncinate], [9 * s, 10 * s, 15 * s, 10 * s], "pancreas", v["pancreas"],
+                   ("visceral_fat",))
+        confluence = (xs - 10.0 * s, front - 8.0 * s, self.zd - 100.0 * sz)
+        hilum = (self.spine_x - self._u(35, 50) * s, self.spine_y - ry - self._u(45, 60) * s,
+                 self.zd - self._u(80, 95) * sz)
+        self.portal_hilum = hilum
+        portal_r = self._u(6, 8) * s
+        self._tube([confluence, hilum], [portal_r, portal_r], "portal_vein", v["portal"], ("visceral_fat", "pancreas"))
+        self._tube([tail, confluence], [4.0 * s, 5.0 * s], "portal_vein", v["portal"], ("visceral_fat",))
+        low = self.zd - 220.0 * sz
+        self._tube([confluence, (xs - 12.0 * s, front - 20.0 * s, low)], [5.5 * s, 4.0 * s], "portal_vein",
+                   v["portal"], ("visceral_fat", "pancreas"))
+        sma_top = (xs + self.aorta_dx, front + 2.0 * s, self.zd - 95.0 * sz)
+        self._tube([sma_top, (xs + 2.0 * s, front - 14.0 * s, self.zd - 110.0 * sz),
+                    (xs + 4.0 * s, front - 22.0 * s, low)], [4.0 * s, 3.5 * s, 2.5 * s], "aorta", v["aorta"],
+                   ("visceral_fat",))
+
+    def _stomach(self) -> None:
+        s, sz, v = self.s, self.sz, self.values
+        center = (self.cx + self._u(0.12, 0.35) * self.A, self.cy - self._u(0.0, 0.3) * self.B,
+                  self.zd - self._u(35, 65) * sz)
+        axes = (self._u(30, 50) * s, self._u(25, 42) * s, self._u(40, 65) * sz)
+        rotation = _rotation(z_deg=self._u(-30, 30), y_deg=self._u(-30, 10))
+        slices, rho2, _ = self._ellipsoid(center, axes, rotation, margin=1.3)
+        if slices is None:
+            return
+        rho2 -= np.float32(0.25) * _SmoothField(self.rng, rho2.shape, self.spacing_kji, 30.0).full()
+        allowed = self._allowed(slices, "visceral_fat")
+        stomach = allowed & (rho2 <= 1.0)
+        self._paint(slices, stomach, "stomach", v["bowel_wall"])
+        if self.extras["collapsed_stomach"]:
+            lumen_fraction = 0.45
+        else:
+            lumen_fraction = 1.0 - 4.0 * s / min(axes)
+        lumen = stomach & (rho2 <= lumen_fraction ** 2)
+        y = self.y[slices[1]][None, :, None]
+        level = center[1] + self._u(-0.6, 0.6) * axes[1]
+        gas = lumen & (y < level)
+        fluid_value = v["fluid"] + (self._u(0, 40) if self.rng.random() < 0.3 else 0.0)
+        self._paint(slices, lumen, "stomach", fluid_value)
+        self._paint(slices, gas, "stomach", v["gas"])
+
+    def _bowel(self) -> None:
+        """Loops from the zero band of a smooth random field: walls, fluid and gas inside."""
+        s, sz, v = self.s, self.sz, self.values
+        top = self.zd - self._u(55, 80) * sz
+        lo = (self.cx - self.A, self.cy - self.B, float(self.z[0]))
+        hi = (self.cx + self.A, self.cy + self.B, top)
+        box = self._box(lo, hi)
+        if box is None:
+            return
+        slices, z, y, x = box
+        allowed = self._allowed(slices, "visceral_fat")
+        front = y < np.float32(self.spine_y - self.vert_ry * 0.3)
+        flank = np.abs(x - np.float32(self.cx)) > np.float32(0.45 * self.A)
+        allowed &= front | flank
+        if not allowed.any():
+            return
+        loops_field = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(14, 20) * s).full()
+        width = np.float32(self._u(0.35, 0.6))
+        magnitude = np.abs(loops_field)
+        loops = allowed & (magnitude < width)
+        self._paint(slices, loops, "bowel", v["bowel_wall"])
+        lumen = loops & (magnitude < width * 0.6)
+        content = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(20, 35) * s).full()
+        gas_level = np.float32(self._u(0.3, 1.0))
+        fluid = v["fluid"] + (self._u(100, 250) if self.rng.random() < 0.1 else 0.0)
+        value = np.where(content > gas_level, np.float32(v["gas"]), np.float32(fluid))
+        self._paint(slices, lumen, "bowel", value)
+
+    def _bladder(self) -> None:
+        sz, s = self.sz, self.s
+        center = (self.cx, self.cy - 0.2 * self.B, self.zd - self._u(340, 380) * sz)
+        axes = (self._u(35, 55) * s, self._u(30, 45) * s, self._u(30, 45) * sz)
+        slices, rho2, _ = self._ellipsoid(center, axes)
+        if slices is None:
+            return
+        bladder = (rho2 <= 1.0) & self._allowed(slices, "visceral_fat", "bowel")
+        self._paint(slices, bladder, "bladder", self.values["urine"])
+
+    def _liver_vessels(self) -> None:
+        """Portal tree from the hilum and three hepatic veins from the IVC, branching, tapering,
+        drawn only inside the liver."""
+        if not hasattr(self, "liver_box"):
+            return
+        s, sz = self.s, self.sz
+        right, left, _ = self.liver_lobes
+        rng = self.rng
+        segments: List[Tuple[np.ndarray, np.ndarray, float, float, str]] = []
+        hilum = np.asarray(self.portal_hilum)
+        for target, radius in ((right["center"], self._u(5.5, 7.5)), (left["center"], self._u(4.5, 6.0))):
+            self._grow(hilum, np.asarray(target) - hilum, self._u(25, 40) * s, radius * s, 0, 4,
+                       np.asarray(target), segments, "portal")
+        root = np.array([self.ivc_top[0], self.ivc_top[1], self.zd - self._u(15, 30) * sz])
+        for direction in ((-1.0, -0.6, -0.3), (-0.2, -1.0, -0.25), (0.8, -0.8, -0.1)):
+            target = root + np.asarray(direction) * 80.0 * s
+            self._grow(root, np.asarray(direction), self._u(30, 45) * s, self._u(4.5, 6.5) * s, 0, 3, target,
+                       segments, "hepatic")
+        for p0, p1, r0, r1, kind in segments:
+            value = self.values["portal"] if kind == "portal" else self.values["hepatic_vein"]
+            self._tube([p0, p1], [r0, r1], "hepatic_vessel", value, ("liver",))
+
+    def _grow(self, start, direction, length, radius, generation, last, target, segments, kind) -> None:
+        rng = self.rng
+        direction = np.asarray(direction, dtype=np.float64)
+        direction /= np.linalg.norm(direction) + 1e-9
+        end = start + direction * length
+        end_radius = radius * 0.85
+        segments.append((start, end, radius, end_radius, kind))
+        if generation >= last or end_radius * 0.75 < 0.8:
+            return
+        toward = np.asarray(target) - end
+        toward /= np.linalg.norm(toward) + 1e-9
+        for _ in range(2):
+            turn = rng.normal(size=3)
+            turn -= (turn @ direction) * direction
+            turn /= np.linalg.norm(turn) + 1e-9
+            angle = math.radians(rng.uniform(20, 50))
+            child = direction * math.cos(angle) + turn * math.sin(angle) + 0.35 * toward
+            self._grow(end, child, length * rng.uniform(0.65, 0.85), end_radius * rng.uniform(0.7, 0.85),
+                       generation + 1, last, target, segments, kind)
+
+    # ----- texture ---------------------------------------------------------------------------
+    def add_texture(self) -> None:
+        """Add a smooth random texture whose amplitude depends on the tissue; lungs get vessels."""
+        amplitude = np.zeros(256, dtype=np.float32)
+        for name, value in _TEXTURE_HU.items():
+            amplitude[ORGAN[name]] = value
+        amplitude[ORGAN["liver"]] = self._u(2.0, 5.0)
+        if self.phase == "arterial":
+            amplitude[ORGAN["spleen"]] = 15.0
+        texture = _SmoothField(self.rng, self.shape, self.spacing_kji, self._u(4, 7))
+        lung_id, lung_vessel = ORGAN["lung"], np.float32(self._u(2.2, 2.6))
+        chunk = 32
+        for k0 in range(0, self.shape[0], chunk):
+            k1 = min(k0 + chunk, self.shape[0])
+            values = texture.chunk(k0, k1)
+            organ = self.organ[k0:k1]
+            hu = self.hu[k0:k1]
+            hu += amplitude[organ] * values
+            vessel = (organ == lung_id) & (values > lung_vessel)
+            hu[vessel] = np.float32(self.values["blood"] * 0.5)
