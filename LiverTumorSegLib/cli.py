@@ -212,10 +212,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         cards = registry.cards()
         names = args.names or sorted(cards)
         problems = 0
+        checked = set()
         for name in names:
             card = registry.resolve(name)
             members = registry.ensemble_members(card)
             for member in members:
+                if member.name in checked:  # a member of an ensemble is also listed on its own
+                    continue
+                checked.add(member.name)
                 problem = registry.verify(member)
                 if problem:
                     problems += 1

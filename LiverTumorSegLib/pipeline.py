@@ -132,7 +132,7 @@ class Pipeline:
                                   keep_largest=s.keep_largest_liver, fill=s.fill_liver_holes,
                                   on_progress=lambda f: progress.report("liver", 0.9 * f))
         liver_ml = float(np.count_nonzero(liver)) * geometry.voxel_volume_ml
-        if liver_ml < s.min_liver_ml:
+        if liver_ml < s.min_liver_ml or not liver.any():
             raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
                                      f"{s.min_liver_ml:.0f} mL); give an abdominal CT that covers the liver")
 

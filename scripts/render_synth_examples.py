@@ -4,7 +4,7 @@
 Writes, under --out (default work_tmp/synth_examples):
   phantom_<seed>_axial.png / _coronal.png   axial slices (liver green, tumours red) and a coronal cut
   real_<case>_tumors.png                    a real CT before/after synthetic tumour insertion
-  compare_<seed>.png                        a real CT slice beside a phantom slice, same window
+  compare_axial.png / compare_coronal.png   real CT slices (first row / panel) beside phantoms at 3 mm
 Images are shown in radiological convention: anterior up, patient left on the image's right,
 superior up in coronal cuts, pixels resampled to square millimetres.
 """
@@ -152,23 +152,31 @@ def render_real(out: Path, seed: int) -> None:
         save_png(column(rows), out / f"real_{name}_tumors.png")
 
 
-def render_comparison(out: Path, seed: int) -> None:
-    path = SHARED / "ts_abdomen_3mm" / "ct.nii.gz"
-    if not path.exists():
-        print(f"skipped comparison: {path} not found")
+def render_comparison(out: Path, seeds: Sequence[int]) -> None:
+    """Real CT slices (top row) beside phantoms at 3 mm, at the same relative levels of the liver."""
+    folder = SHARED / "ts_upper_abdomen_3mm"
+    if not folder.exists():
+        print(f"skipped comparison: {folder} not found")
         return
-    real = sitk.GetArrayFromImage(to_lps(sitk.ReadImage(str(path))))
-    ph = make_phantom(seed, spacing=(3.0, 3.0, 3.0), size_mm=(366, 303, 336), n_tumors=0)
-    fake = sitk.GetArrayFromImage(to_lps(ph.ct))
-    sp = (3.0, 3.0, 3.0)
-    real_rows = [axial(real, None, k, sp, 1.0) for k in (105, 95, 80, 60)]
-    labels = sitk.GetArrayFromImage(to_lps(ph.labels))
-    ks = liver_levels(labels, 3)
-    fake_rows = [axial(fake, None, k, sp, 1.0) for k in [min(ks[-1] + 6, fake.shape[0] - 1)] + ks[::-1]]
-    save_png(column([row(real_rows), row(fake_rows)]), out / f"compare_axial_{seed}.png")
-    save_png(row([coronal(real, None, real.shape[1] // 2 + 5, sp, 1.0),
-                  coronal(fake, None, int(np.mean(np.nonzero(labels)[1])), sp, 1.0)]),
-             out / f"compare_coronal_{seed}.png")
+    real_image = to_lps(sitk.ReadImage(str(folder / "ct.nii.gz")))
+    real = sitk.GetArrayFromImage(real_image)
+    real_liver = sitk.GetArrayFromImage(to_lps(sitk.ReadImage(str(folder / "liver_reference.nii.gz"))))
+    sp = real_image.GetSpacing()
+    rows = [row([axial(real, None, k, sp, 1.0) for k in liver_levels(real_liver, 4)[::-1]])]
+    coronals = []
+    abdomen = SHARED / "ts_abdomen_3mm" / "ct.nii.gz"
+    if abdomen.exists():
+        whole = sitk.GetArrayFromImage(to_lps(sitk.ReadImage(str(abdomen))))
+        coronals.append(coronal(whole, None, whole.shape[1] // 2 + 5, (3.0, 3.0, 3.0), 1.0))
+    for seed in seeds:
+        ph = make_phantom(seed, spacing=(3.0, 3.0, 3.0), size_mm=(366, 303, 336), n_tumors=0)
+        fake = sitk.GetArrayFromImage(to_lps(ph.ct))
+        labels = sitk.GetArrayFromImage(to_lps(ph.labels))
+        rows.append(row([axial(fake, None, k, (3.0, 3.0, 3.0), 1.0) for k in liver_levels(labels, 4)[::-1]]))
+        j = int(np.mean(np.nonzero(labels)[1]))
+        coronals.append(coronal(fake, None, j, (3.0, 3.0, 3.0), 1.0))
+    save_png(column(rows), out / "compare_axial.png")
+    save_png(row(coronals), out / "compare_coronal.png")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -181,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for seed in args.seeds:
         render_phantom(seed, args.out, args.spacing, args.tumors)
     render_real(args.out, seed=args.seeds[0])
-    render_comparison(args.out, seed=args.seeds[0])
+    render_comparison(args.out, args.seeds)
     return 0
 
 

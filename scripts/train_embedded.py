@@ -84,7 +84,8 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         n_tumors = (0, 2) if card.task == "liver" else (1, 6)
-        ph = make_phantom(seed, spacing=phantom_spacing(seed), n_tumors=n_tumors)
+        z_extent = float(np.random.default_rng(seed + 99).choice([150.0, 200.0, 240.0]))
+        ph = make_phantom(seed, size_mm=(360, 300, z_extent), spacing=phantom_spacing(seed), n_tumors=n_tumors)
         samples.append(prepare_sample(f"phantom-{seed}", ph.ct, ph.labels, card))
     ct, liver = real_training_case()
     for variant in range(n_real_variants):

@@ -225,6 +225,10 @@ def import_labelmap(scene, volume_node, labels_kji: np.ndarray, segmentation_nod
     """Put a 0/1/2 labelmap on the volume's grid into a segmentation node as the segments "Liver"
     and "Liver tumor" (names, colors, terminology), with the volume as reference geometry.
 
+    "Liver" is the whole liver, tumor included (labels 1 and 2, as the liver volume is measured);
+    "Liver tumor" overlaps it (label 2). So erasing a false-positive tumor leaves the liver whole,
+    and the merged labelmap (tumor painted last) is the original 0/1/2 labelmap again.
+
     Into a new node when ``segmentation_node`` is None; otherwise only our two segments of that node
     are replaced (others are kept). The caller decides whether replacing is allowed
     (:func:`needs_overwrite_confirmation`). The content hash is stored for edit detection.
@@ -253,7 +257,7 @@ def import_labelmap(scene, volume_node, labels_kji: np.ndarray, segmentation_nod
                 segmentation.RemoveSegment(existing)
             segment_id = segmentation.AddEmptySegment(term.segment_id, term.name, term.color_rgb)
             set_segment_terminology(segmentation.GetSegment(segment_id), term)
-            mask = labels_kji == term.label
+            mask = labels_kji == term.label if term.label != LIVER_LABEL else labels_kji > 0
             if mask.any():
                 image = _oriented_image(mask, ijk_to_ras)
                 if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id,
@@ -268,11 +272,20 @@ def import_labelmap(scene, volume_node, labels_kji: np.ndarray, segmentation_nod
 def segmentation_labelmap(segmentation_node, volume_node) -> np.ndarray:
     """Our two segments merged on the volume's grid: 0 background, 1 liver, 2 tumor (tumor wins
     where they overlap). Missing segments count as empty."""
+    return _merged_on_volume_grid(segmentation_node, volume_node, SEGMENTS)
+
+
+def segment_mask(segmentation_node, term: SegmentTerminology, volume_node) -> np.ndarray:
+    """One of our segments as a boolean (k, j, i) mask on the volume's grid (all False if absent)."""
+    return _merged_on_volume_grid(segmentation_node, volume_node, (term,)) > 0
+
+
+def _merged_on_volume_grid(segmentation_node, volume_node, terms: Sequence[SegmentTerminology]) -> np.ndarray:
     ensure_segmentation_converters()
     i, j, k = volume_node.GetImageData().GetDimensions()
     ids = vtk.vtkStringArray()
     values = vtk.vtkIntArray()
-    for term in SEGMENTS:  # liver first, tumor painted over it
+    for term in terms:  # in order: later segments are painted over earlier ones
         segment_id = find_segment_id(segmentation_node, term)
         if segment_id is not None:
             ids.InsertNextValue(segment_id)
@@ -323,13 +336,14 @@ def was_edited(segmentation_node, volume_node) -> bool:
 
 
 def needs_overwrite_confirmation(segmentation_node, volume_node) -> bool:
-    """True when writing a new result into this node could destroy work: the node has segments and
-    either LiverTumorSeg did not make them or they were edited since."""
+    """True when writing a new result into this node could destroy work: the node has our segments
+    and either LiverTumorSeg did not make them or they were edited since. The content is compared on
+    the grid of the volume the node was made from (``volume_node`` when it does not say)."""
     if segmentation_node is None or segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
         return False
     if not any(find_segment_id(segmentation_node, term) for term in SEGMENTS):
         return False  # our segments are absent: nothing of the user's gets replaced
-    return was_edited(segmentation_node, volume_node)
+    return was_edited(segmentation_node, input_volume_node(segmentation_node) or volume_node)
 
 
 # ----------------------------------------------------------------------------------------------

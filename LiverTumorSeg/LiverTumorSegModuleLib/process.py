@@ -152,24 +152,85 @@ def models_list_command(prefix: Sequence[str]) -> List[str]:
 
 def list_models(prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
                 timeout: float = 120.0) -> List[Dict[str, Any]]:
-    """The model cards the library knows (``models list --json``); raises RuntimeError with the
-    library's own error message when the command fails."""
-    command = models_list_command(prefix or cli_prefix())
-    env = env if env is not None else library_environment()
+    """The model cards the library knows (``models list --json``), blocking; raises RuntimeError
+    with the library's own error message when the command fails."""
+    return ModelListing(prefix, env).start().wait(timeout)
+
+
+def parse_model_list(stdout: str, stderr: str, returncode: Optional[int]) -> List[Dict[str, Any]]:
+    """The cards printed by ``models list --json``; RuntimeError with the library's message otherwise."""
+    if returncode != 0:
+        raise RuntimeError(error_message_from_stderr(stderr, returncode))
     try:
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8",
-                                   errors="replace", timeout=timeout, **_popen_platform_kwargs(new_group=False))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RuntimeError(f"could not list the models ({exc})") from None
-    if completed.returncode != 0:
-        raise RuntimeError(error_message_from_stderr(completed.stderr, completed.returncode))
-    try:
-        cards = json.loads(completed.stdout)
+        cards = json.loads(stdout)
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"'models list --json' printed something that is not JSON ({exc})") from None
     if not isinstance(cards, list):
         raise RuntimeError("'models list --json' did not print a list of model cards")
     return cards
+
+
+class ModelListing:
+    """``models list --json`` without blocking the caller (the library imports PyTorch, which takes
+    seconds): :meth:`start`, then :meth:`poll` until it returns False; then :attr:`cards` or
+    :attr:`error` is set. Output goes to temporary files, so no pipe can fill up."""
+
+    def __init__(self, prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None) -> None:
+        self.command = models_list_command(prefix or cli_prefix())
+        self.env = env if env is not None else library_environment()
+        self.cards: Optional[List[Dict[str, Any]]] = None
+        self.error: str = ""
+        self._process: Optional[subprocess.Popen] = None
+        self._stdout = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+
+    def start(self) -> "ModelListing":
+        try:
+            self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                             stderr=self._stderr, env=self.env,
+                                             **_popen_platform_kwargs(new_group=True))
+        except OSError as exc:
+            self.error = f"could not list the models ({exc.strerror or exc})"
+            self._close()
+        return self
+
+    def poll(self) -> bool:
+        """True while the listing runs."""
+        if self._process is None or self.cards is not None or self.error:
+            return False
+        if self._process.poll() is None:
+            return True
+        self._stdout.seek(0)
+        self._stderr.seek(0)
+        try:
+            self.cards = parse_model_list(self._stdout.read(), self._stderr.read(), self._process.returncode)
+        except RuntimeError as exc:
+            self.error = str(exc)
+        self._close()
+        return False
+
+    def wait(self, timeout: float = 120.0) -> List[Dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while self.poll():
+            if time.monotonic() > deadline:
+                self.cancel()
+                raise RuntimeError(f"listing the models took more than {timeout:.0f} s")
+            time.sleep(0.05)
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.cards or []
+
+    def cancel(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            kill_process_tree(self._process)
+            self._process.wait()
+        self.error = self.error or "the model listing was cancelled"
+        self._close()
+
+    def _close(self) -> None:
+        for handle in (self._stdout, self._stderr):
+            if not handle.closed:
+                handle.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +265,7 @@ def error_message_from_stderr(stderr: str, returncode: Optional[int]) -> str:
             return line[len("error: "):].strip()
     last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "")
     detail = f" ({last})" if last else ""
-    return f"the segmentation process stopped with exit code {returncode}{detail}; see the log for details"
+    return f"the LiverTumorSegLib process stopped with exit code {returncode}{detail}; see the log for details"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -50,19 +50,26 @@ class SegmentationTask:
         self.started_at = 0.0
         self.seconds = 0.0
         self._target_hash = None if segmentation_node is None else mrml.content_hash(segmentation_node, volume_node)
-        self._run = BackgroundSegmentation(self.options, input_name=volume_node.GetName(), prefix=prefix, env=env,
-                                           on_progress=self._on_progress, on_log=self._log)
+        self._prefix = prefix
+        self._env = env
+        self._run: Optional[BackgroundSegmentation] = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "SegmentationTask":
         """Write the input and start the process; on a failure to start, the task ends FAILED."""
+        if self._run is not None:
+            raise RuntimeError("this task was already started")
         self.started_at = time.monotonic()
         self._status("load", 0.0)
         try:
+            self._run = BackgroundSegmentation(self.options, input_name=self.volume_node.GetName(),
+                                               prefix=self._prefix, env=self._env, on_progress=self._on_progress,
+                                               on_log=self._log)
             mrml.write_volume_file(self.volume_node, self._run.input_path)
             self._run.start()
         except Exception as exc:
-            self._run.cleanup()
+            if self._run is not None:
+                self._run.cleanup()
             self._finish(FAILED, f"could not start the segmentation: {exc}")
             return self
         self._log("info", f"Started: {' '.join(self._run.command)}")
@@ -70,7 +77,8 @@ class SegmentationTask:
 
     @property
     def running(self) -> bool:
-        return self.status == ""
+        """True from :meth:`start` until the task has ended."""
+        return self._run is not None and self.status == ""
 
     def poll(self) -> bool:
         """Forward progress; once the process ended, import the result. True while running."""
@@ -100,10 +108,12 @@ class SegmentationTask:
 
     # -- internals --------------------------------------------------------------------------
     def _on_progress(self, stage: str, fraction: float, message: str) -> None:
-        self._status(stage, fraction)
+        self._status(stage, fraction, "" if stage == "load" else message)  # "load" names our temp file
 
-    def _status(self, stage: str, fraction: float) -> None:
+    def _status(self, stage: str, fraction: float, message: str = "") -> None:
         overall, title = self.progress.update(stage, fraction)
+        if message:
+            title = f"{title}: {message}"
         if self.on_status:
             self.on_status(overall, title)
 
@@ -113,8 +123,8 @@ class SegmentationTask:
 
     def _complete(self, outcome: Optional[RunOutcome]) -> None:
         if outcome is None or outcome.status != SUCCEEDED:
-            if outcome is not None and outcome.details:
-                self._log("error", outcome.details)
+            if outcome is not None and outcome.status == FAILED and outcome.details:
+                self._log("error", outcome.details)  # the process's stderr, for the log
             self._finish(outcome.status if outcome else FAILED,
                          outcome.error_message if outcome else "the segmentation did not run")
             return
@@ -150,7 +160,8 @@ class SegmentationTask:
 
     @property
     def temp_dir(self):
-        return self._run.temp_dir
+        """The private temporary folder (None before start); gone once the task has ended."""
+        return None if self._run is None else self._run.temp_dir
 
     def summary(self) -> Dict[str, Any]:
         return {"status": self.status, "error": self.error_message, "seconds": round(self.seconds, 1),

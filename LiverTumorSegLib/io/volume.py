@@ -7,8 +7,11 @@ that names the problem and what to do.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,28 +46,74 @@ def output_name(path: Path) -> str:
     if path.is_dir():
         return path.resolve().name
     name = path.name
-    for suffix in FILE_SUFFIXES + (".seg.nrrd",):
+    for suffix in (".seg.nrrd",) + FILE_SUFFIXES:  # the longest suffix first
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return path.stem
+
+
+def _nifti_data_complete(path: Path) -> bool:
+    """False when a NIfTI file holds fewer voxel bytes than its header announces. ITK reads such
+    a file without complaint and fills the missing voxels with zeros, so it is checked here."""
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
+            header = handle.read(540)
+            if len(header) < 348:
+                return False
+            for endian in ("<", ">"):
+                sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
+                if sizeof_hdr == 348:  # NIfTI-1
+                    dims = struct.unpack(endian + "8h", header[40:56])
+                    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+                    vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+                    break
+                if sizeof_hdr == 540:  # NIfTI-2
+                    dims = struct.unpack(endian + "8q", header[16:80])
+                    bitpix = struct.unpack(endian + "h", header[14:16])[0]
+                    vox_offset = int(struct.unpack(endian + "q", header[168:176])[0])
+                    break
+            else:
+                return True  # not a header this check understands: ITK has judged the file
+            voxels = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(0, min(int(dims[0]), 7))]]))
+            expected = vox_offset + voxels * max(int(bitpix), 0) // 8
+            if not compressed:
+                return path.stat().st_size >= expected
+            available = len(header)
+            while available < expected:
+                block = handle.read(1 << 22)
+                if not block:
+                    break
+                available += len(block)
+            return available >= expected
+    except (OSError, EOFError, zlib.error, struct.error):
+        return False
 
 
 def _read_file(path: Path) -> sitk.Image:
     if path.stat().st_size == 0:
         raise LiverTumorSegError(f"{path} is empty (0 bytes); give a CT image file")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError:
         raise LiverTumorSegError(f"{path} cannot be read as an image (not a NIfTI, NRRD, MHA/MHD or DICOM "
                                  "file, or truncated/corrupt); check the file or export it again") from None
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not _nifti_data_complete(path):
+        raise LiverTumorSegError(f"{path} is truncated (it holds fewer voxels than its header says); "
+                                 "copy or export the file again")
+    return image
 
 
 def _read_dicom_folder(folder: Path) -> tuple:
     reader = sitk.ImageSeriesReader()
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr about folders without DICOM
     try:
         series_ids = reader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         series_ids = ()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series_ids:
         raise LiverTumorSegError(f"no DICOM image series found in folder {folder}; give a folder of CT "
                                  "DICOM files or an image file")

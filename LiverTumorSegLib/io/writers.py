@@ -65,7 +65,7 @@ def write_seg_nrrd(labelmap: np.ndarray, geometry: Geometry, path: Path) -> None
                          "extent": extent, "status": "inprogress",
                          "terminology": terminology_entry_from_string(seg.slicer_string())})
     segmentation = {
-        "voxels": np.ascontiguousarray(labelmap.transpose(2, 1, 0)),  # slicerio wants (i, j, k)
+        "voxels": np.ascontiguousarray(labelmap),  # slicerio wants (i, j, k)
         "ijkToLPS": ijk_to_lps_matrix(geometry),
         "segments": segments,
         "containedRepresentationNames": ["Binary labelmap"],
@@ -126,10 +126,12 @@ def write_outputs(result: Any, input_path: Path, name: str, source: str, output_
         for key in OUTPUT_KEYS:
             os.replace(staged[key], final[key])
             moved.append(final[key])
-    except OSError as exc:
+    except BaseException as exc:  # also a cancel (SIGTERM) or Ctrl-C while moving into place
         for path in moved:  # never leave a partial set of outputs
             path.unlink(missing_ok=True)
-        raise LiverTumorSegError(f"cannot write outputs to {output_dir} ({exc.strerror or exc})") from None
+        if isinstance(exc, OSError):
+            raise LiverTumorSegError(f"cannot write outputs to {output_dir} ({exc.strerror or exc})") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {k: str(v) for k, v in final.items()}

@@ -26,6 +26,8 @@ def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], we
     std_sum: Optional[np.ndarray] = None
     for index, (member, weight) in enumerate(zip(members, weights)):
         callback = (lambda f, index=index: on_progress(index, f)) if on_progress else None
+        if callback is not None:
+            callback(0.0)  # announce the member before its (long) inference
         prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta, on_progress=callback)
         prob = sitk.GetArrayFromImage(resample_to(prob_img, ct_crop, sitk.sitkLinear, 0.0))
         prob *= weight / total

@@ -29,7 +29,7 @@ from .tumors import insert_tumors
 ORGAN_NAMES: Tuple[str, ...] = (
     "air", "subcutaneous_fat", "muscle", "visceral_fat", "bone", "lung", "heart", "aorta", "ivc",
     "portal_vein", "kidney", "spleen", "stomach", "bowel", "pancreas", "gallbladder", "liver",
-    "hepatic_vessel", "spinal_canal", "table", "liver_tumor", "bladder",
+    "hepatic_vessel", "spinal_canal", "table", "liver_tumor", "bladder", "retroperitoneal_fat",
 )
 ORGAN = {name: index for index, name in enumerate(ORGAN_NAMES)}
 PHASES: Tuple[str, ...] = ("native", "arterial", "portal_venous", "delayed")
@@ -62,9 +62,9 @@ _FIXED_HU: Dict[str, Tuple[float, float]] = dict(
     table=(200, 500), skin=(20, 50),
 )
 # Texture amplitude (HU std of a smooth field) per tissue.
-_TEXTURE_HU = dict(subcutaneous_fat=8, muscle=6, visceral_fat=10, bone=40, lung=25, heart=5, aorta=2, ivc=3,
+_TEXTURE_HU = dict(subcutaneous_fat=5, muscle=6, visceral_fat=10, bone=40, lung=25, heart=5, aorta=2, ivc=3,
                    portal_vein=2, kidney=6, spleen=5, stomach=8, bowel=10, pancreas=14, gallbladder=2, liver=3,
-                   hepatic_vessel=2, spinal_canal=3, bladder=2)
+                   hepatic_vessel=2, spinal_canal=3, bladder=2, retroperitoneal_fat=10)
 
 
 @dataclass
@@ -95,9 +95,9 @@ def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240
     builder.build_anatomy()
     hu = builder.hu
     builder.add_texture()
-    _partial_volume_blur(rng, hu)
-    if isinstance(n_tumors, int):
-        count = n_tumors
+    _partial_volume_blur(rng, hu, builder.spacing_kji)
+    if isinstance(n_tumors, (int, np.integer)):
+        count = int(n_tumors)
     else:
         count = int(rng.integers(n_tumors[0], n_tumors[1] + 1))
     liver = np.isin(builder.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
@@ -105,7 +105,7 @@ def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240
     infos: List[dict] = []
     if count > 0 and liver.any():
         hu, tumor_mask, infos = insert_tumors(hu, liver, builder.spacing_kji, rng, count)
-    _add_noise(rng, hu, noise_hu)
+    _add_noise(rng, hu, noise_hu, builder.spacing_kji)
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
     ct_array = np.rint(hu).astype(np.int16)
     del hu
@@ -137,12 +137,12 @@ def _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu) -> None:
     if any(e / s < 8 for e, s in zip(size_mm, spacing)):
         raise LiverTumorSegError(f"size_mm={size_mm} with spacing={spacing} gives fewer than 8 voxels on an axis; "
                                  "use a larger size or a finer spacing")
-    counts = (n_tumors,) if isinstance(n_tumors, int) else tuple(n_tumors)
+    counts = (int(n_tumors),) if isinstance(n_tumors, (int, np.integer)) else tuple(n_tumors)
     if len(counts) not in (1, 2) or min(counts) < 0 or (len(counts) == 2 and counts[0] > counts[1]):
         raise LiverTumorSegError(f"n_tumors={n_tumors} must be a count >= 0 or a (low, high) range")
     if direction is not None and not _is_orientation_code(direction):
         raise LiverTumorSegError(f"direction={direction!r} is not an orientation code; use three letters, one "
-                                     "of each pair R/L, A/P, S/I, e.g. 'LPS', 'RAS' or 'PIR'")
+                                 "of each pair R/L, A/P, S/I, e.g. 'LPS', 'RAS' or 'PIR'")
     if noise_hu < 0:
         raise LiverTumorSegError(f"noise_hu={noise_hu} must be >= 0")
 
@@ -177,12 +177,15 @@ class _SmoothField:
     def __init__(self, rng: np.random.Generator, shape: Sequence[int], spacing_kji: Sequence[float],
                  scale_mm: float) -> None:
         self.shape = tuple(int(n) for n in shape)
-        self.steps = [s / scale_mm for s in spacing_kji]
+        # nodes every scale/4 mm (never finer than the grid), smoothed over scale/2 mm: the linear
+        # interpolation between nodes then leaves no visible kinks in the field's level sets
+        node_mm = [max(scale_mm / 4.0, s) for s in spacing_kji]
+        self.steps = [s / n for s, n in zip(spacing_kji, node_mm)]
         coarse_shape = [int(math.ceil((n - 1) * st)) + 3 for n, st in zip(self.shape, self.steps)]
-        coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 0.7, mode="wrap")
+        sigma = [scale_mm / 2.0 / n for n in node_mm]
+        coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), sigma, mode="wrap")
         coarse -= coarse.mean()
-        # linear interpolation of a 0.7-smoothed field keeps about this fraction of its std
-        self.coarse = coarse / max(float(coarse.std()) * 0.85, 1e-6)
+        self.coarse = coarse / max(float(coarse.std()), 1e-6)
 
     def chunk(self, k0: int, k1: int) -> np.ndarray:
         zs = self.coarse
@@ -197,24 +200,30 @@ class _SmoothField:
         return self.chunk(0, self.shape[0])
 
 
-def _partial_volume_blur(rng: np.random.Generator, hu: np.ndarray) -> None:
-    sigma_inplane = rng.uniform(0.5, 0.9)
-    sigma_z = rng.uniform(0.4, 0.8)
-    hu[...] = ndimage.gaussian_filter(hu, (sigma_z, sigma_inplane, sigma_inplane), mode="nearest")
+def _partial_volume_blur(rng: np.random.Generator, hu: np.ndarray, spacing_kji: Sequence[float]) -> None:
+    """Blur like a scanner: its point spread (mm, in-plane and slice profile) combined with the
+    averaging over a voxel (a box of one voxel has a std of ~0.3 voxel)."""
+    psf_mm = (rng.uniform(0.6, 1.5), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+    psf_mm = (psf_mm[0], psf_mm[1], psf_mm[1])
+    sigma = [math.sqrt(0.3 ** 2 + (p / s) ** 2) for p, s in zip(psf_mm, spacing_kji)]
+    hu[...] = ndimage.gaussian_filter(hu, sigma, mode="nearest")
 
 
-def _add_noise(rng: np.random.Generator, hu: np.ndarray, noise_hu: float) -> None:
-    """Gaussian CT noise of std ``noise_hu``, correlated in-plane for half of the seeds."""
+def _add_noise(rng: np.random.Generator, hu: np.ndarray, noise_hu: float, spacing_kji: Sequence[float]) -> None:
+    """Gaussian CT noise of std ``noise_hu``; for half of the seeds correlated in-plane over
+    0.4-0.9 mm, like a reconstruction kernel (invisible on coarse grids)."""
     if noise_hu <= 0:
         return
-    correlation = rng.uniform(0.5, 0.9) if rng.random() < 0.5 else 0.0
+    correlation_mm = rng.uniform(0.4, 0.9) if rng.random() < 0.5 else 0.0
+    correlation = correlation_mm / min(spacing_kji[1], spacing_kji[2])
+    if correlation < 0.3:
+        correlation = 0.0
     chunk = 32
     for k0 in range(0, hu.shape[0], chunk):
         noise = rng.standard_normal(hu[k0:k0 + chunk].shape, dtype=np.float32)
         if correlation > 0:
             noise = ndimage.gaussian_filter(noise, (0, correlation, correlation), mode="wrap")
-            # white noise smoothed by a Gaussian of sigma s keeps std 1 / (2 sqrt(pi) s) per axis
-            noise *= 2.0 * math.sqrt(math.pi) * correlation
+            noise /= max(float(noise.std()), 1e-6)
         hu[k0:k0 + chunk] += noise * np.float32(noise_hu)
 
 
@@ -257,18 +266,20 @@ class _Builder:
     def _draw_parameters(self, fov_center: np.ndarray) -> None:
         u = self._u
         rng = self.rng
-        a0, b0 = u(135, 175), u(95, 128)
-        b0 = min(max(b0, 0.6 * a0), 0.85 * a0)
-        scale = min(1.0, 0.46 * self.fov[0] / a0, 0.43 * self.fov[1] / b0)
+        a0 = u(145, 195)
+        b0 = a0 * u(0.62, 0.8)
+        scale = min(1.0, 0.47 * self.fov[0] / a0, 0.44 * self.fov[1] / b0)
         self.s = s = scale * u(0.95, 1.05)
         self.sz = sz = u(0.88, 1.12) * math.sqrt(scale)
         self.A, self.B = a0 * scale, b0 * scale
         self.cx = fov_center[0] + u(-0.03, 0.03) * self.fov[0]
         self.cy = fov_center[1] + u(-0.04, 0.02) * self.fov[1]
         top = float(self.z[-1])
-        extent = float(self.fov[2])
-        drop = u(0.05, 0.3) if rng.random() < 0.8 else u(0.3, 0.5)
-        self.zd = top - drop * extent  # top of the right diaphragm dome
+        # where the scan starts above the dome: mostly just above it (abdominal CT), sometimes high
+        # in the chest (chest-abdomen), sometimes just below it (dome cut off)
+        draw = rng.random()
+        drop = u(10, 70) if draw < 0.7 else (u(70, 160) if draw < 0.9 else u(-30, 10))
+        self.zd = top - min(drop * sz, 0.5 * float(self.fov[2]))  # top of the right diaphragm dome
         self.phase = str(rng.choice(PHASES, p=_PHASE_PROBABILITIES))
         self.values = {name: u(*rng_range) for name, rng_range in _PHASE_HU[self.phase].items()}
         self.values.update({name: u(*rng_range) for name, rng_range in _FIXED_HU.items()})
@@ -278,8 +289,8 @@ class _Builder:
         # body wall
         self.fat_sc = u(6, 38) * s
         self.fat_anisotropy = (u(-0.3, 0.3), u(-0.25, 0.35))
-        self.muscle_wall = u(8, 15) * s
-        self.body_wobble = [(u(0.0, 0.05), u(60, 160), u(0, 2 * math.pi)) for _ in range(2)]
+        self.muscle_wall = u(6, 12) * s
+        self.body_wobble = [(u(0.0, 0.03), u(120, 300), u(0, 2 * math.pi)) for _ in range(2)]
         # spine
         self.spine_x = self.cx + u(-4, 4) * s
         self.spine_y = self.cy + u(0.28, 0.38) * self.B
@@ -295,18 +306,19 @@ class _Builder:
         self.ivc_r = (u(10, 14) * s, u(7, 11) * s)
         # ribs
         self.rib_pitch = u(28, 36) * sz
-        self.rib_descent = u(40, 75) * sz
+        self.rib_descent = u(150, 230) * sz
         self.rib_phase = u(0, self.rib_pitch)
-        self.rib_thick = u(7, 10) * s
-        self.rib_height = u(5, 7) * s
+        self.rib_thick = u(5, 7) * s
+        self.rib_height = u(4, 5.5) * s
         # diaphragm
         self.left_dome_drop = u(5, 25) * sz
-        self.dome_fall = u(35, 55) * sz
+        self.dome_fall = u(22, 40) * sz
         self.recess = u(30, 50) * sz
         self.extras = dict(arms=bool(rng.random() < 0.25), table=bool(rng.random() < 0.7),
                            gallbladder=bool(rng.random() < 0.75), collapsed_stomach=bool(rng.random() < 0.2))
-        self.properties = dict(phase=self.phase, fatty_liver=self.fatty_liver, body_semi_axes_mm=(self.A, self.B),
-                               liver_hu=round(self.values["liver"], 1), dome_z_mm=self.zd,
+        self.properties = dict(phase=self.phase, fatty_liver=self.fatty_liver,
+                               body_semi_axes_mm=(round(float(self.A), 1), round(float(self.B), 1)),
+                               liver_hu=round(self.values["liver"], 1), dome_z_mm=round(float(self.zd), 1),
                                values_hu={k: round(v, 1) for k, v in self.values.items()}, **self.extras)
 
     # ----- helpers ---------------------------------------------------------------------------
@@ -390,13 +402,13 @@ class _Builder:
         self._kidneys()
         self._spleen()
         self._liver()
+        self._liver_vessels()
         if self.extras["gallbladder"]:
             self._gallbladder()
         self._pancreas_and_veins()
         self._stomach()
         self._bowel()
         self._bladder()
-        self._liver_vessels()
         liver = np.isin(self.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
         self.properties["liver_volume_ml"] = round(float(liver.sum()) * self.geometry.voxel_volume_ml, 1)
 
@@ -424,12 +436,15 @@ class _Builder:
         radius = np.sqrt(X * X + Y * Y)
         angle = np.arctan2(np.abs(X), Y)  # 0 posterior midline .. pi anterior midline
         theta = np.arctan2(Y, X)
-        fa, fb = self.fat_anisotropy
-        fat_thickness = self.fat_sc * (1.0 + fa * np.sin(theta) * -1.0 + fb * np.cos(2.0 * theta) * -0.5)
+        anterior_excess, lateral_deficit = self.fat_anisotropy
+        # sin(theta) > 0 posteriorly; cos(2 theta) > 0 laterally
+        fat_thickness = self.fat_sc * (1.0 - anterior_excess * np.sin(theta)
+                                       - 0.5 * lateral_deficit * np.cos(2 * theta))
         v = self.values
         xs, ys = self.spine_x, self.spine_y
         SX = self.x[None, :] - np.float32(xs)
         SY = self.y[:, None] - np.float32(ys)
+        window, WX, WY = self._spine_window()
         for k, z in enumerate(self.z.astype(np.float64)):
             wob = 1.0 + sum(amp * math.sin(2 * math.pi * z / period + phase)
                             for amp, period, phase in self.body_wobble)
@@ -437,7 +452,7 @@ class _Builder:
             b = self.B * (2.0 - wob) ** 0.5
             un, vn = X / np.float32(a), Y / np.float32(b)
             posterior = vn > 0
-            rho = np.where(posterior, (np.abs(un) ** 2.6 + np.abs(vn) ** 2.6) ** (1 / 2.6), np.sqrt(un * un + vn * vn))
+            rho = np.where(posterior, (np.abs(un) ** 3.2 + np.abs(vn) ** 3.2) ** (1 / 3.2), np.sqrt(un * un + vn * vn))
             depth = np.where(rho > 1e-3, radius * (1.0 - rho) / np.maximum(rho, 1e-3), 1e4)
             hu = self.hu[k]
             organ = self.organ[k]
@@ -466,8 +481,9 @@ class _Builder:
             hu[lung] = v["lung"]
             self._ribs_in_slice(k, z, depth, angle, fat_thickness, rib_low, body)
             self._mediastinum_in_slice(k, z, SX, SY, lung)
-            self._spine_in_slice(k, z, SX, SY, body)
-            self._muscles_in_slice(k, z, SX, SY, body, depth, fat_thickness)
+            body_w = body[window]
+            self._spine_in_slice(k, z, window, WX, WY, body_w)
+            self._muscles_in_slice(k, z, window, WX, WY, body_w, (depth >= fat_thickness * 0.6)[window])
             self._great_vessels_in_slice(k, z, body)
             self._pelvis_in_slice(k, z, SX, SY, body)
 
@@ -495,53 +511,88 @@ class _Builder:
         self.organ[k][band] = ORGAN["visceral_fat"]
         self.hu[k][band] = self.values["fat"]
 
-    def _spine_in_slice(self, k, z, SX, SY, body) -> None:
+    def _spine_window(self):
+        """Index slices (y, x) of the window around the spine and its muscles, and the
+        coordinates relative to the vertebral body's centre in it."""
+        s = self.s
+        y_lo, y_hi = self.spine_y - self.vert_ry - 45.0 * s, self.spine_y + self.vert_ry + 90.0 * s
+        x_lo, x_hi = self.spine_x - 110.0 * s, self.spine_x + 110.0 * s
+        wy = slice(int(np.searchsorted(self.y, y_lo)), int(np.searchsorted(self.y, y_hi)) + 1)
+        wx = slice(int(np.searchsorted(self.x, x_lo)), int(np.searchsorted(self.x, x_hi)) + 1)
+        SX = self.x[wx][None, :] - np.float32(self.spine_x)
+        SY = self.y[wy][:, None] - np.float32(self.spine_y)
+        return (wy, wx), SX, SY
+
+    @staticmethod
+    def _bar(SX, SY, p0, p1, half_width) -> np.ndarray:
+        """2D mask of a rounded bar from p0 to p1 (mm, spine-relative)."""
+        dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+        length_sq = dx * dx + dy * dy or 1e-6
+        t = np.clip(((SX - p0[0]) * dx + (SY - p0[1]) * dy) / np.float32(length_sq), 0.0, 1.0)
+        return (SX - p0[0] - t * dx) ** 2 + (SY - p0[1] - t * dy) ** 2 <= half_width * half_width
+
+    def _spine_in_slice(self, k, z, window, SX, SY, body) -> None:
         v, s = self.values, self.s
         rx, ry, rc = self.vert_rx, self.vert_ry, self.canal_r
+        hu, organ = self.hu[k][window], self.organ[k][window]
         in_vertebra = np.mod(z - self.vert_phase, self.vert_pitch)
-        is_disc = in_vertebra < self.disc_h
+        phase = in_vertebra / self.vert_pitch
         vb = (SX / rx) ** 2 + (SY / ry) ** 2
-        hu, organ = self.hu[k], self.organ[k]
-        body_region = body & (vb <= 1.0)
-        organ[body_region] = ORGAN["bone"]
-        if is_disc:
-            hu[body_region] = v["disc"]
+        vertebral_body = body & (vb <= 1.0)
+        organ[vertebral_body] = ORGAN["bone"]
+        if in_vertebra < self.disc_h:
+            hu[vertebral_body] = v["disc"]
         else:
-            rim = vb > (1.0 - 2.2 / min(rx, ry)) ** 2
-            hu[body_region] = np.where(rim, v["cortical_bone"], v["cancellous_bone"])[body_region]
+            rim = vb > (1.0 - 2.0 / min(rx, ry)) ** 2
+            hu[vertebral_body] = np.where(rim, v["cortical_bone"], v["cancellous_bone"])[vertebral_body]
         canal_y = ry + rc + 1.5 * s
-        canal_d = np.sqrt(SX ** 2 + (SY - canal_y) ** 2)
-        arch = body & (canal_d > rc) & (canal_d <= rc + 5.0 * s) & (SY > ry * 0.55)
-        phase_in = in_vertebra / self.vert_pitch
-        posterior_elements = arch.copy()
-        if 0.3 < phase_in < 0.8:  # spinous process, slanting down, in part of each vertebra
-            posterior_elements |= body & (np.abs(SX) < 3.5 * s) & (SY > canal_y + rc) & (SY < canal_y + rc + 32.0 * s)
-        if 0.35 < phase_in < 0.65:  # transverse processes
-            posterior_elements |= body & (np.abs(SY - canal_y + 2.0 * s) < 4.0 * s) & (np.abs(SX) > rc) & \
-                (np.abs(SX) < rc + 28.0 * s)
-        organ[posterior_elements] = ORGAN["bone"]
-        hu[posterior_elements] = 0.55 * v["cortical_bone"] + 0.45 * v["cancellous_bone"]
-        canal = body & (canal_d <= rc)
+        parts = []
+        for side in (-1.0, 1.0):
+            pedicle_top = (side * (rc + 1.0 * s), ry * 0.6)
+            pedicle_end = (side * (rc + 2.5 * s), canal_y)
+            parts.append(self._bar(SX, SY, pedicle_top, pedicle_end, 3.0 * s))
+            parts.append(self._bar(SX, SY, pedicle_end, (0.0, canal_y + rc + 4.0 * s), 2.5 * s))
+            if 0.35 < phase < 0.7:
+                parts.append(self._bar(SX, SY, (side * (rc + 2.0 * s), canal_y - 2.0 * s),
+                                       (side * (rc + 24.0 * s), canal_y + 6.0 * s), 3.0 * s))
+        if 0.25 < phase < 0.85:
+            parts.append(self._bar(SX, SY, (0.0, canal_y + rc + 4.0 * s), (0.0, canal_y + rc + 28.0 * s), 2.5 * s))
+        arch = np.logical_or.reduce(parts) & body & ~vertebral_body
+        canal = body & ((SX ** 2 + (SY - canal_y) ** 2) <= rc * rc)
+        arch &= ~canal
+        organ[arch] = ORGAN["bone"]
+        hu[arch] = 0.4 * v["cortical_bone"] + 0.6 * v["cancellous_bone"]
         organ[canal] = ORGAN["spinal_canal"]
         hu[canal] = v["csf"]
 
-    def _muscles_in_slice(self, k, z, SX, SY, body, depth, fat_thickness) -> None:
+    def _muscles_in_slice(self, k, z, window, SX, SY, body, deep) -> None:
+        """Erector spinae beside the spinous processes, quadratus lumborum and psoas lower down."""
         s, v = self.s, self.values
-        free = body & (self.organ[k] != ORGAN["bone"]) & (self.organ[k] != ORGAN["spinal_canal"])
-        # erector spinae: fill the gutter beside the spinous process down to the back's fat
-        para_y = self.vert_ry + 2.0 * self.canal_r + 20.0 * s
-        para = free & ((np.abs(SX) - 24.0 * s) ** 2 / (30.0 * s) ** 2 + (SY - para_y) ** 2 / (28.0 * s) ** 2 <= 1.0)
-        para &= depth >= fat_thickness * 0.6
-        self.organ[k][para] = ORGAN["muscle"]
-        self.hu[k][para] = v["muscle"]
-        # psoas grows from the diaphragm's crura down to the pelvis
+        organ = self.organ[k][window]
+        hu = self.hu[k][window]
+        free = body & deep & (organ != ORGAN["bone"]) & (organ != ORGAN["spinal_canal"])
+        canal_y = self.vert_ry + self.canal_r + 1.5 * s
+        muscle = ((np.abs(SX) - self.canal_r - 26.0 * s) ** 2 / (30.0 * s) ** 2
+                  + (SY - canal_y - 18.0 * s) ** 2 / (32.0 * s) ** 2 <= 1.0)
+        muscle |= (np.abs(SX) < self.canal_r + 24.0 * s) & (SY > canal_y) & (SY < canal_y + 38.0 * s)
+        lumbar = self.zd - 95.0 * self.sz
+        if z < lumbar:
+            grow = min((lumbar - z) / 40.0, 1.0)
+            muscle |= ((np.abs(SX) - self.canal_r - 58.0 * s) ** 2 / (18.0 * s * grow + 1e-3) ** 2
+                       + (SY - 4.0 * s) ** 2 / (12.0 * s * grow + 1e-3) ** 2 <= 1.0)
         start = self.zd - 110.0 * self.sz
         if z < start:
             r = min(8.0 + (start - z) * 0.18, 26.0) * s
             cx = self.vert_rx + r * 0.8
-            psoas = free & ((np.abs(SX) - cx) ** 2 + (SY + 2.0 * s) ** 2 / 0.8 <= r * r)
-            self.organ[k][psoas] = ORGAN["muscle"]
-            self.hu[k][psoas] = v["muscle"]
+            muscle |= (np.abs(SX) - cx) ** 2 + (SY + 2.0 * s) ** 2 / 0.8 <= r * r
+        if self.zd - 140.0 * self.sz < z < self.zd - 15.0 * self.sz:
+            # the diaphragm's crura wrap the front of the vertebral body and the aorta
+            reach = np.sqrt((SX / self.vert_rx) ** 2 + (SY / self.vert_ry) ** 2)
+            crus = (reach > 1.0) & (reach < 1.0 + 7.0 * s / self.vert_ry) & (SY < 0.4 * self.vert_ry)
+            muscle |= crus
+        muscle &= free
+        organ[muscle] = ORGAN["muscle"]
+        hu[muscle] = v["muscle"]
 
     def _great_vessels_in_slice(self, k, z, body) -> None:
         s, v = self.s, self.values
@@ -556,7 +607,7 @@ class _Builder:
         if z > bifurcation:
             aorta = allowed & ((X - xa) ** 2 + (Y - ya) ** 2 <= self.aorta_r ** 2)
         else:
-            spread = 10.0 * s + (bifurcation - z) * 0.35
+            spread = 10.0 * s + min((bifurcation - z) * 0.35, 45.0 * s)
             r = self.aorta_r * 0.65
             aorta = allowed & (((X - xa - spread) ** 2 + (Y - ya) ** 2 <= r * r)
                                | ((X - xa + spread) ** 2 + (Y - ya) ** 2 <= r * r))
@@ -574,17 +625,32 @@ class _Builder:
                         self.spine_y - self.vert_ry - self.ivc_r[1] - 22.0 * s)
 
     def _pelvis_in_slice(self, k, z, SX, SY, body) -> None:
+        """Iliac wings flaring below the crest, then the femoral heads."""
         crest = self.zd - 255.0 * self.sz
         if z > crest:
             return
         s, v = self.s, self.values
         depth_below = crest - z
-        half_width = self.A * min(0.55 + depth_below / 400.0, 0.72)
-        arc = (np.abs(SX) / half_width) ** 2 + ((SY + 0.35 * self.B) / (0.55 * self.B + 20.0 * s)) ** 2
-        wing = body & (np.abs(arc - 1.0) < 9.0 * s / half_width) & (SY > -0.45 * self.B) & (np.abs(SX) > 35 * s)
-        wing &= self.organ[k] != ORGAN["spinal_canal"]
-        self.organ[k][wing] = ORGAN["bone"]
-        self.hu[k][wing] = 0.6 * v["cortical_bone"] + 0.4 * v["cancellous_bone"]
+        if depth_below < 130.0 * self.sz:
+            half_width = self.A * min(0.55 + depth_below / 400.0, 0.72)
+            thickness = (6.0 + 6.0 * min(depth_below / 60.0, 1.0)) * s
+            arc = np.sqrt((SX / half_width) ** 2 + ((SY + 0.35 * self.B) / (0.55 * self.B + 20.0 * s)) ** 2)
+            off_centre = np.abs(arc - 1.0) * half_width
+            bone = body & (off_centre < thickness) & (SY > -0.45 * self.B) & (np.abs(SX) > 35.0 * s)
+            cortex = off_centre > thickness - 2.5 * s
+        else:
+            head_z = crest - 160.0 * self.sz
+            r = 24.0 * s
+            dz = z - head_z
+            if abs(dz) >= r:
+                return
+            section = math.sqrt(r * r - dz * dz)
+            reach = np.sqrt((np.abs(SX) - 0.55 * self.A) ** 2 + (SY + 0.1 * self.B) ** 2)
+            bone = body & (reach <= section)
+            cortex = reach > section - 2.5 * s
+        bone &= self.organ[k] != ORGAN["spinal_canal"]
+        self.organ[k][bone] = ORGAN["bone"]
+        self.hu[k][bone] = np.where(cortex, v["cortical_bone"], v["cancellous_bone"])[bone]
 
     def _arms(self) -> None:
         s, v = self.s, self.values
@@ -621,8 +687,8 @@ class _Builder:
 
     def _heart(self) -> None:
         s, sz = self.s, self.sz
-        center = (self.cx + 0.12 * self.A, self.cy - 0.12 * self.B, self.zd + self._u(35, 55) * sz)
-        axes = (0.42 * self.A, 0.48 * self.B, 62.0 * sz)
+        center = (self.cx + 0.1 * self.A, self.cy - 0.28 * self.B, self.zd + self._u(35, 55) * sz)
+        axes = (0.38 * self.A, 0.36 * self.B, 60.0 * sz)
         rotation = _rotation(z_deg=self._u(20, 40))
         slices, rho2, _ = self._ellipsoid(center, axes, rotation, margin=1.15)
         if slices is None:
@@ -638,27 +704,34 @@ class _Builder:
         self._paint(slices, heart, "heart", value)
 
     def _kidneys(self) -> None:
+        """Kidneys in their perirenal fat, hilum (sinus fat, pelvis) facing antero-medially."""
         s, sz, v = self.s, self.sz, self.values
         right_z = self.zd - self._u(105, 135) * sz
         for side in (-1, 1):  # -1 = patient right (-x in LPS)
-            center = (self.spine_x + side * self._u(55, 70) * s, self.spine_y + self._u(-8, 8) * s,
-                      right_z + (self._u(5, 25) * sz if side > 0 else 0.0))
-            axes = (self._u(21, 27) * s, self._u(27, 34) * s, self._u(45, 58) * sz)
-            rotation = _rotation(z_deg=-side * self._u(25, 40), y_deg=side * self._u(5, 15))
+            center = np.array([self.spine_x + side * self._u(55, 70) * s, self.spine_y + self._u(-8, 8) * s,
+                               right_z + (self._u(5, 25) * sz if side > 0 else 0.0)])
+            axes = np.array([self._u(21, 27) * s, self._u(27, 34) * s, self._u(45, 58) * sz])
+            rotation = _rotation(z_deg=side * self._u(25, 40), y_deg=side * self._u(5, 15))
+            fat_center = center + np.array([0.0, 0.15 * axes[1], 0.0])
+            fat_axes = axes * 1.05 + np.array([1.0, 1.0, 0.5]) * self._u(3, 8) * s
+            slices, rho2, _ = self._ellipsoid(fat_center, fat_axes, rotation)
+            if slices is not None:
+                self._paint(slices, (rho2 <= 1.0) & self._allowed(slices, "visceral_fat"), "retroperitoneal_fat",
+                            v["fat"])
             slices, rho2, (z, y, x) = self._ellipsoid(center, axes, rotation)
             if slices is None:
                 continue
-            # local coordinate toward the hilum: medial and anterior
-            d = (x - center[0], y - center[1], z - center[2])
-            local_x = sum(np.float32(rotation[w, 0]) * d[w] for w in range(3)) / np.float32(axes[0])
-            hilum_side = -side * local_x  # > 0 toward the spine
-            kidney = (rho2 <= 1.0) & self._allowed(slices, "visceral_fat")
+            d = (x - np.float32(center[0]), y - np.float32(center[1]), z - np.float32(center[2]))
+            local = [sum(np.float32(rotation[w, a]) * d[w] for w in range(3)) / np.float32(axes[a]) for a in range(3)]
+            toward_hilum = -side * local[0]  # > 0 toward the spine
+            kidney = (rho2 <= 1.0) & self._allowed(slices, "retroperitoneal_fat", "visceral_fat")
             cortex = rho2 > 0.72 ** 2
             value = np.where(cortex, np.float32(v["kidney_cortex"]), np.float32(v["kidney_medulla"]))
             self._paint(slices, kidney, "kidney", value)
-            sinus = kidney & (rho2 < 0.6 ** 2) & (hilum_side > 0.05)
-            self._paint(slices, sinus, "visceral_fat", v["fat"] + 30.0)
-            pelvis = kidney & (rho2 < 0.3 ** 2) & (hilum_side > 0.15)
+            sinus = kidney & (((toward_hilum > -0.1) & (rho2 < 0.5 ** 2))
+                              | ((toward_hilum > 0.2) & (local[1] ** 2 + (local[2] / 1.6) ** 2 < 0.35 ** 2)))
+            self._paint(slices, sinus, "retroperitoneal_fat", v["fat"] + 20.0)
+            pelvis = kidney & (rho2 < 0.28 ** 2) & (toward_hilum > 0.0)
             self._paint(slices, pelvis, "kidney", v["urine"] if self.phase != "delayed" else v["kidney_medulla"] + 150)
 
     def _spleen(self) -> None:
@@ -680,10 +753,10 @@ class _Builder:
         clipped by the diaphragm and the walls, and pushed aside by kidney, spine, vessels, spleen."""
         s, sz, A, B = self.s, self.sz, self.A, self.B
         u = self._u
-        size = u(0.85, 1.15)
-        right = dict(center=(self.cx - u(0.3, 0.45) * A, self.cy + u(-0.12, 0.05) * B, self.zd - u(50, 70) * sz),
+        size = u(0.9, 1.25)
+        right = dict(center=(self.cx - u(0.3, 0.45) * A, self.cy + u(-0.12, 0.05) * B, self.zd - u(35, 55) * sz),
                      axes=(u(0.5, 0.62) * A * size, u(0.75, 0.9) * B * size, u(75, 100) * sz * size),
-                     rotation=_rotation(z_deg=u(-15, 15), y_deg=u(-20, 5), x_deg=u(-15, 15)))
+                     rotation=_rotation(z_deg=u(-15, 15), y_deg=u(5, 30), x_deg=u(-15, 15)))
         left = dict(center=(self.cx + u(-0.02, 0.22) * A, self.cy - u(0.35, 0.5) * B, self.zd - u(30, 50) * sz),
                     axes=(u(0.3, 0.5) * A * size, u(0.22, 0.35) * B * size, u(28, 42) * sz * size),
                     rotation=_rotation(z_deg=u(-20, 10), y_deg=u(-25, 5)))
@@ -707,7 +780,14 @@ class _Builder:
         for lobe in lobes:
             term = np.exp((1.0 - self._rho2(z, y, x, lobe["center"], lobe["axes"], lobe["rotation"])) / softness)
             total = term if total is None else total + term
-        field_ = softness * np.log(total)
+        field_ = softness * np.log(np.maximum(total, np.float32(1e-30)))
+        # the inferior border rises from the right lobe's tip towards the left lobe
+        tip = np.asarray(right["center"]) - np.array([0.3 * A, 0.0, 0.8 * right["axes"][2]])
+        rise_x, rise_y, bend = u(0.2, 0.55), u(-0.3, 0.15), u(0.3, 0.9) / B
+        dy = y - np.float32(tip[1])
+        floor = (z - np.float32(tip[2])) - np.float32(rise_x) * (x - np.float32(tip[0])) \
+            - np.float32(rise_y) * dy - np.float32(bend) * dy * dy  # curved, not a plane
+        field_ = np.minimum(field_, floor / np.float32(40.0 * sz))
         shape = field_.shape
         bumps = _SmoothField(self.rng, shape, self.spacing_kji, u(30, 50)).full()
         field_ += np.float32(u(0.12, 0.25)) * bumps
@@ -746,13 +826,11 @@ class _Builder:
         self._tube([tail, body, head, uncinate], [9 * s, 10 * s, 15 * s, 10 * s], "pancreas", v["pancreas"],
                    ("visceral_fat",))
         confluence = (xs - 10.0 * s, front - 8.0 * s, self.zd - 100.0 * sz)
-        hilum = (self.spine_x - self._u(35, 50) * s, self.spine_y - ry - self._u(45, 60) * s,
-                 self.zd - self._u(80, 95) * sz)
-        self.portal_hilum = hilum
+        hilum = getattr(self, "portal_hilum", (self.spine_x - 40.0 * s, ys - ry - 50.0 * s, self.zd - 85.0 * sz))
         portal_r = self._u(6, 8) * s
         self._tube([confluence, hilum], [portal_r, portal_r], "portal_vein", v["portal"], ("visceral_fat", "pancreas"))
         self._tube([tail, confluence], [4.0 * s, 5.0 * s], "portal_vein", v["portal"], ("visceral_fat",))
-        low = self.zd - 220.0 * sz
+        low = self.zd - 170.0 * sz
         self._tube([confluence, (xs - 12.0 * s, front - 20.0 * s, low)], [5.5 * s, 4.0 * s], "portal_vein",
                    v["portal"], ("visceral_fat", "pancreas"))
         sma_top = (xs + self.aorta_dx, front + 2.0 * s, self.zd - 95.0 * sz)
@@ -786,7 +864,8 @@ class _Builder:
         self._paint(slices, gas, "stomach", v["gas"])
 
     def _bowel(self) -> None:
-        """Loops from the zero band of a smooth random field: walls, fluid and gas inside."""
+        """Loops along the curves where two smooth random fields are both near zero (tubes that
+        wind through the free space), with walls, and fluid or gas inside."""
         s, sz, v = self.s, self.sz, self.values
         top = self.zd - self._u(55, 80) * sz
         lo = (self.cx - self.A, self.cy - self.B, float(self.z[0]))
@@ -801,14 +880,17 @@ class _Builder:
         allowed &= front | flank
         if not allowed.any():
             return
-        loops_field = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(14, 20) * s).full()
-        width = np.float32(self._u(0.35, 0.6))
-        magnitude = np.abs(loops_field)
+        scale = self._u(30, 45) * s
+        first = _SmoothField(self.rng, allowed.shape, self.spacing_kji, scale).full()
+        magnitude = first * first
+        del first
+        magnitude += _SmoothField(self.rng, allowed.shape, self.spacing_kji, scale).full() ** 2
+        width = np.float32(self._u(0.9, 1.5)) ** 2  # fills 33-67 % of the free space
         loops = allowed & (magnitude < width)
         self._paint(slices, loops, "bowel", v["bowel_wall"])
-        lumen = loops & (magnitude < width * 0.6)
-        content = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(20, 35) * s).full()
-        gas_level = np.float32(self._u(0.3, 1.0))
+        lumen = loops & (magnitude < width * np.float32(0.5))
+        content = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(15, 25) * s).full()
+        gas_level = np.float32(self._u(0.8, 1.8))
         fluid = v["fluid"] + (self._u(100, 250) if self.rng.random() < 0.1 else 0.0)
         value = np.where(content > gas_level, np.float32(v["gas"]), np.float32(fluid))
         self._paint(slices, lumen, "bowel", value)
@@ -824,46 +906,54 @@ class _Builder:
         self._paint(slices, bladder, "bladder", self.values["urine"])
 
     def _liver_vessels(self) -> None:
-        """Portal tree from the hilum and three hepatic veins from the IVC, branching, tapering,
-        drawn only inside the liver."""
+        """Portal tree from the hilum and three hepatic veins from the IVC, drawn inside the liver.
+
+        Each tree grows towards random points of the liver: a branch heads for the centroid of
+        its points, then splits them in two across their longest axis, one half per child."""
         if not hasattr(self, "liver_box"):
             return
         s, sz = self.s, self.sz
-        right, left, _ = self.liver_lobes
-        rng = self.rng
-        segments: List[Tuple[np.ndarray, np.ndarray, float, float, str]] = []
-        hilum = np.asarray(self.portal_hilum)
-        for target, radius in ((right["center"], self._u(5.5, 7.5)), (left["center"], self._u(4.5, 6.0))):
-            self._grow(hilum, np.asarray(target) - hilum, self._u(25, 40) * s, radius * s, 0, 4,
-                       np.asarray(target), segments, "portal")
+        box = self.liver_box
+        liver = self.organ[box] == ORGAN["liver"]
+        step = max(1, int(round(4.0 / min(self.spacing_xyz))))
+        index = np.argwhere(liver[::step, ::step, ::step]) * step
+        if len(index) < 20:
+            return
+        index = index[self.rng.choice(len(index), size=min(len(index), 1500), replace=False)]
+        points = np.stack([self.x[box[2]][index[:, 2]], self.y[box[1]][index[:, 1]],
+                           self.z[box[0]][index[:, 0]]], axis=1).astype(np.float64)
+        target = np.array([self.spine_x - 40.0 * s, self.spine_y - self.vert_ry - 50.0 * s, self.zd - 85.0 * sz])
+        hilum = points[int(np.argmin(np.linalg.norm(points - target, axis=1)))]
+        self.portal_hilum = tuple(hilum)
+        segments: List[tuple] = []
+        self._branch(hilum, points, self._u(6.5, 8.5) * s, 0, 6, segments, "portal")
         root = np.array([self.ivc_top[0], self.ivc_top[1], self.zd - self._u(15, 30) * sz])
-        for direction in ((-1.0, -0.6, -0.3), (-0.2, -1.0, -0.25), (0.8, -0.8, -0.1)):
-            target = root + np.asarray(direction) * 80.0 * s
-            self._grow(root, np.asarray(direction), self._u(30, 45) * s, self._u(4.5, 6.5) * s, 0, 3, target,
-                       segments, "hepatic")
+        upper = points[points[:, 2] > root[2] - 110.0 * sz]
+        if len(upper) >= 9:
+            angle = np.arctan2(upper[:, 1] - root[1], upper[:, 0] - root[0])
+            order = np.argsort(angle)
+            for group in np.array_split(upper[order], 3):
+                self._branch(root, group, self._u(4.5, 6.5) * s, 0, 5, segments, "hepatic")
         for p0, p1, r0, r1, kind in segments:
             value = self.values["portal"] if kind == "portal" else self.values["hepatic_vein"]
             self._tube([p0, p1], [r0, r1], "hepatic_vessel", value, ("liver",))
 
-    def _grow(self, start, direction, length, radius, generation, last, target, segments, kind) -> None:
-        rng = self.rng
-        direction = np.asarray(direction, dtype=np.float64)
-        direction /= np.linalg.norm(direction) + 1e-9
-        end = start + direction * length
-        end_radius = radius * 0.85
-        segments.append((start, end, radius, end_radius, kind))
-        if generation >= last or end_radius * 0.75 < 0.8:
+    def _branch(self, start, points, radius, generation, last, segments, kind) -> None:
+        if len(points) < 2 or generation > last or radius < 0.7:
             return
-        toward = np.asarray(target) - end
-        toward /= np.linalg.norm(toward) + 1e-9
-        for _ in range(2):
-            turn = rng.normal(size=3)
-            turn -= (turn @ direction) * direction
-            turn /= np.linalg.norm(turn) + 1e-9
-            angle = math.radians(rng.uniform(20, 50))
-            child = direction * math.cos(angle) + turn * math.sin(angle) + 0.35 * toward
-            self._grow(end, child, length * rng.uniform(0.65, 0.85), end_radius * rng.uniform(0.7, 0.85),
-                       generation + 1, last, target, segments, kind)
+        centroid = points.mean(axis=0)
+        reach = centroid - start
+        if np.linalg.norm(reach) < 2.0:
+            return
+        end = start + reach * self.rng.uniform(0.45, 0.75)
+        segments.append((start, end, radius, radius * 0.9, kind))
+        spread = points - centroid
+        _, _, axes = np.linalg.svd(spread, full_matrices=False)
+        normal = axes[0] + 0.3 * self.rng.normal(size=3)
+        side = spread @ normal > 0
+        child_radius = radius * 0.9 * self.rng.uniform(0.72, 0.85)
+        for half in (points[side], points[~side]):
+            self._branch(end, half, child_radius, generation + 1, last, segments, kind)
 
     # ----- texture ---------------------------------------------------------------------------
     def add_texture(self) -> None:
@@ -876,6 +966,7 @@ class _Builder:
             amplitude[ORGAN["spleen"]] = 15.0
         texture = _SmoothField(self.rng, self.shape, self.spacing_kji, self._u(4, 7))
         lung_id, lung_vessel = ORGAN["lung"], np.float32(self._u(2.2, 2.6))
+        fat_id, fat_vessel = ORGAN["visceral_fat"], np.float32(self._u(2.3, 2.8))
         chunk = 32
         for k0 in range(0, self.shape[0], chunk):
             k1 = min(k0 + chunk, self.shape[0])
@@ -885,3 +976,5 @@ class _Builder:
             hu += amplitude[organ] * values
             vessel = (organ == lung_id) & (values > lung_vessel)
             hu[vessel] = np.float32(self.values["blood"] * 0.5)
+            vessel = (organ == fat_id) & (values > fat_vessel)
+            hu[vessel] = np.float32(self.values["portal"] * 0.6)

@@ -22,8 +22,9 @@ from .. import LIVER_LABEL, TUMOR_LABEL
 from ..errors import LiverTumorSegError
 from ..geometry import Geometry
 
-# Weight below which a tumour no longer changes the image (its outer extent).
-_EXTENT_WEIGHT = 0.01
+# Weight below which a tumour is treated as absent (its outer extent; the faint rest of the
+# partial-volume tail is cut at the liver's boundary, where it is invisible under noise).
+_EXTENT_WEIGHT = 0.05
 # Hypo/hyperdense contrast ranges (HU relative to the liver median) before size scaling.
 _HYPO_DELTA_HU = (20.0, 90.0)
 _HYPER_DELTA_HU = (20.0, 60.0)
@@ -74,7 +75,7 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
             if attempt and attempt % 8 == 0:
                 diameter = max(diameter * 0.75, min(size_range_mm[0], 3.0))
             shape = _TumorShape.random(rng, diameter, spacing)
-            center = depth.random_center(rng, shape.extent_mm, occupied)
+            center = depth.random_center(rng, shape.inner_extent_mm, occupied)
             if center is None:
                 diameter = max(diameter * 0.75, min(size_range_mm[0], 3.0))
                 continue
@@ -232,7 +233,7 @@ class _TumorShape:
         axes /= np.prod(axes) ** (1.0 / 3.0)  # same volume as the sphere of this radius
         q, r = np.linalg.qr(rng.normal(size=(3, 3)))
         rotation = q * np.sign(np.diag(r))
-        distortion = rng.uniform(0.04, 0.22) * min(1.0, radius / 5.0)
+        distortion = rng.uniform(0.04, 0.15) * min(1.0, radius / 5.0)
         edge_mm = 0.3 * float(np.mean(spacing)) + rng.uniform(0.2, 1.0)
         return cls(radius, axes, rotation, distortion, max(0.35 * radius, 1.0), edge_mm)
 
@@ -240,7 +241,13 @@ class _TumorShape:
     def extent_mm(self) -> float:
         """Radius (mm) of a ball around the centre that holds every voxel the tumour touches."""
         soft = math.log(1.0 / _EXTENT_WEIGHT - 1.0) * self.edge_mm
-        return self.radius * float(self.axes.max()) * (1.0 + 2.5 * self.distortion) + soft + 0.5
+        return self.radius * float(self.axes.max()) * (1.0 + 2.0 * self.distortion) + soft + 0.5
+
+    @property
+    def inner_extent_mm(self) -> float:
+        """Radius (mm) of a ball around the centre that the tumour's extent always covers."""
+        soft = math.log(1.0 / _EXTENT_WEIGHT - 1.0) * self.edge_mm
+        return self.radius * float(self.axes.min()) * (1.0 - 2.0 * self.distortion) + soft
 
     def rasterize(self, rng: np.random.Generator, box_shape: Tuple[int, ...], center_in_box: np.ndarray,
                   spacing: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -254,33 +261,45 @@ class _TumorShape:
             rho_sq += (rotated / (self.radius * self.axes[row])) ** 2
         rho = np.sqrt(rho_sq)
         bumps = _unit_noise(rng, box_shape, _voxels(self.distortion_scale_mm, spacing))
-        rho -= self.distortion * np.clip(bumps, -2.5, 2.5)
+        rho -= self.distortion * np.clip(bumps, -2.0, 2.0)
         signed_mm = (1.0 - rho) * self.radius
-        weight = 1.0 / (1.0 + np.exp(-signed_mm / self.edge_mm))
+        weight = 1.0 / (1.0 + np.exp(np.clip(-signed_mm / self.edge_mm, -60.0, 60.0)))
         return weight.astype(np.float32), signed_mm.astype(np.float32)
 
 
 def _try_place(rng: np.random.Generator, shape: _TumorShape, center: Tuple[int, int, int], liver: np.ndarray,
                forbidden: Optional[np.ndarray], occupied: np.ndarray, spacing: np.ndarray):
-    """Rasterise the tumour at ``center``; None when it would touch another tumour or a vessel."""
+    """Rasterise the tumour at ``center``; None unless all of it lies inside the liver, clear of
+    other tumours and (but for a size-dependent fraction) of vessels."""
     half = np.ceil(shape.extent_mm / spacing).astype(int) + 1
-    lo = np.maximum(np.asarray(center) - half, 0)
-    hi = np.minimum(np.asarray(center) + half + 1, liver.shape)
+    lo = np.asarray(center) - half
+    hi = np.asarray(center) + half + 1
+    if (lo < 0).any() or (hi > np.asarray(liver.shape)).any():
+        return None
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     weight, signed_mm = shape.rasterize(rng, tuple(hi - lo), np.asarray(center) - lo, spacing)
-    weight[weight < _EXTENT_WEIGHT] = 0.0
-    weight *= liver[box]
+    touched = weight >= _EXTENT_WEIGHT
+    if (touched & ~liver[box]).any():
+        return None
+    weight[~touched] = 0.0
     core = weight >= 0.5
     if not core.any():
         return None
-    touched = weight > 0
     if (touched & occupied[box]).any():
         return None
     if forbidden is not None:
-        allowed = 0.0 if shape.radius < 10.0 else 0.02
-        if (core & forbidden[box]).sum() > allowed * core.sum():
+        if (core & forbidden[box]).sum() > _allowed_vessel_fraction(shape.radius) * core.sum():
             return None
     return box, weight, signed_mm, core
+
+
+def _allowed_vessel_fraction(radius_mm: float) -> float:
+    """Small tumours must miss the vessels; large ones engulf some, as real ones do."""
+    if radius_mm < 5.0:
+        return 0.0
+    if radius_mm < 10.0:
+        return 0.02
+    return 0.1 if radius_mm < 20.0 else 0.25
 
 
 def _draw_delta(rng: np.random.Generator, contrast: str, diameter: float) -> float:
@@ -298,9 +317,9 @@ def _blend_tumor(ct: np.ndarray, box: Tuple[slice, ...], weight: np.ndarray, sig
     image's own fine noise stays."""
     region = ct[box]
     background = ndimage.gaussian_filter(region, sigma=_voxels(2.0, spacing), mode="nearest")
-    fine_noise = region - background
-    if stats.noise > 1.0:  # a real image: cap what a nearby vessel could leave in the residual
-        fine_noise = np.clip(fine_noise, -3.0 * stats.noise, 3.0 * stats.noise)
+    # keep the image's own fine noise, but not what an engulfed or nearby vessel leaves in it
+    cap = max(3.0 * stats.noise, 4.0)
+    fine_noise = np.clip(region - background, -cap, cap)
     mean_hu = max(stats.median + delta, -5.0)
     texture_scale_mm = rng.uniform(1.0, 3.5)
     texture = rng.uniform(4.0, 12.0) * _unit_noise(rng, region.shape, _voxels(texture_scale_mm, spacing))
@@ -309,9 +328,9 @@ def _blend_tumor(ct: np.ndarray, box: Tuple[slice, ...], weight: np.ndarray, sig
     if necrotic:
         inner = 1.0 / (1.0 + np.exp(-(signed_mm - rng.uniform(0.4, 0.7) * shape.radius) / 2.0))
         tumor_hu = tumor_hu - rng.uniform(10.0, 30.0) * inner
-    rim = bool(shape.radius > 4.0 and rng.random() < 0.25)
+    rim = bool(shape.radius >= 8.0 and rng.random() < 0.25)
     if rim:
-        thickness = rng.uniform(1.0, 2.5)
+        thickness = rng.uniform(1.0, min(2.5, 0.2 * shape.radius))
         ring = np.exp(-((signed_mm - thickness / 2.0) / (thickness / 2.0)) ** 2)
         tumor_hu = tumor_hu + (stats.median + rng.uniform(10.0, 40.0) - mean_hu) * ring
     region += weight * (tumor_hu + fine_noise - region)

@@ -144,13 +144,15 @@ def test_process_left_holding_the_pipes_is_ended(tmp_path, monkeypatch):
     assert outcome.status == FAILED and "without reporting a result" in outcome.error_message
 
 
-def test_kill_process_tree_without_psutil(tmp_path):
+@pytest.mark.parametrize("use_psutil", [False, True])
+def test_kill_process_tree(use_psutil):
+    """Both paths: the process group (always) and psutil's child list (when psutil is installed)."""
     script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); " \
              "print('ready', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     assert proc.stdout.readline().strip() == "ready"
-    process.kill_process_tree(proc, use_psutil=False)
+    process.kill_process_tree(proc, use_psutil=use_psutil)
     assert proc.wait(timeout=10) != 0
     if sys.platform.startswith("linux"):
         deadline = time.monotonic() + 5
@@ -257,6 +259,23 @@ def test_list_models_reads_the_json_list(tmp_path):
     with pytest.raises(RuntimeError):
         process.list_models([sys.executable, "-c", "import sys; sys.stderr.write('error: no models\\n'); sys.exit(1)"],
                             env=fake_env("ok"))
+
+
+def test_model_listing_runs_in_the_background():
+    slow = [sys.executable, "-c", "import json, time; time.sleep(0.5); print(json.dumps([{'name': 'm'}]))"]
+    listing = process.ModelListing(slow, env=fake_env("ok")).start()
+    assert listing.poll(), "the listing should still run right after start"
+    deadline = time.monotonic() + 30
+    while listing.poll() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listing.cards == [{"name": "m"}] and listing.error == ""
+    failing = process.ModelListing([sys.executable, "-c", "import sys; sys.stderr.write('error: broken card\\n'); "
+                                    "sys.exit(1)"], env=fake_env("ok")).start()
+    with pytest.raises(RuntimeError, match="broken card"):
+        failing.wait(timeout=30)
+    hanging = process.ModelListing([sys.executable, "-c", "import time; time.sleep(600)"], env=fake_env("ok")).start()
+    hanging.cancel()
+    assert not hanging.poll() and "cancelled" in hanging.error
 
 
 def test_parse_event_line_is_robust():

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from LiverTumorSegModuleLib import mrml
+from LiverTumorSegModuleLib import mrml, presentation
 from mrml_helpers import (SHAPE_KJI, add_ct_volume, liver_with_two_tumors, oblique_ijk_to_ras, paint,
                           subject_hierarchy_with_study, volume_fingerprint)
 
@@ -95,6 +95,9 @@ def test_import_labelmap_segments_names_colors_terminology_geometry(scene):
     assert volume_fingerprint(volume) == before
 
     assert np.array_equal(mrml.segmentation_labelmap(node, volume), labels)
+    # "Liver" is the whole liver, tumor included; "Liver tumor" overlaps it
+    assert np.array_equal(mrml.segment_mask(node, LIVER, volume), labels > 0)
+    assert np.array_equal(mrml.segment_mask(node, TUMOR, volume), labels == 2)
     assert node.GetDisplayNode() is not None
 
 
@@ -156,15 +159,26 @@ def test_edit_detection(scene):
     assert not mrml.needs_overwrite_confirmation(other, volume)
 
 
-def test_overlapping_tumor_wins_in_the_merged_labelmap(scene):
+def test_erasing_a_tumor_leaves_the_liver_whole(scene):
     volume, _ = add_ct_volume(scene)
     labels = liver_with_two_tumors()
     node = mrml.import_labelmap(scene, volume, labels)
-    # paint liver over a tumor with overlap allowed: the tumor must still count as tumor
-    paint(node, LIVER.segment_id, volume, (labels > 0).astype(np.uint8))
-    assert node.GetSegmentation().GetNumberOfLayers() == 2  # the segments overlap now
-    merged = mrml.segmentation_labelmap(node, volume)
-    assert np.array_equal(merged, labels)
+    # the user erases the small lesion (a false positive) from the tumor segment
+    keep = ((labels == 2) & ~((np.arange(SHAPE_KJI[0]) == 7)[:, None, None])).astype(np.uint8)
+    paint(node, TUMOR.segment_id, volume, keep, mode="replace")
+    expected = labels.copy()
+    expected[7] = np.where(labels[7] == 2, 1, labels[7])
+    assert np.array_equal(mrml.segmentation_labelmap(node, volume), expected)
+
+
+def test_liver_painted_over_a_tumor_keeps_the_tumor(scene):
+    volume, _ = add_ct_volume(scene)
+    labels = liver_with_two_tumors()
+    node = mrml.import_labelmap(scene, volume, labels)
+    blob = np.zeros(SHAPE_KJI, dtype=np.uint8)
+    blob[4:8, 4:10, 5:11] = 1  # covers part of the large lesion and some liver
+    paint(node, LIVER.segment_id, volume, blob)
+    assert np.array_equal(mrml.segmentation_labelmap(node, volume), labels)
 
 
 def test_import_results_table_and_subject_hierarchy(scene, tmp_path):
@@ -192,6 +206,10 @@ def test_import_results_table_and_subject_hierarchy(scene, tmp_path):
     assert math.isnan(rows[0][mrml.COLUMN_DIAMETER]) and math.isnan(rows[0][mrml.COLUMN_CENTROID[0]])
     assert rows[2][mrml.COLUMN_MEAN_HU] == pytest.approx(voxels[4:7, 5:9, 6:10].mean())
     assert table.GetColumnUnitLabel(mrml.COLUMN_VOLUME) == "mL"
+
+    cells = presentation.results_display_rows(rows)
+    assert cells[0][0] == "Liver (tumor included)" and cells[0][2] == ""  # NaN shown empty
+    assert cells[1][2] == f"{100 * report['tlvr']:.2f}"
 
     # lesion rows lead to their centroid, summary rows to nothing
     assert mrml.lesion_centroid_ras(table, 0) is None and mrml.lesion_centroid_ras(table, 1) is None

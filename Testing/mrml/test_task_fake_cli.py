@@ -139,3 +139,17 @@ def test_task_refuses_a_volume_without_image_data():
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="image data"):
         SegmentationTask(scene, empty, prefix=FAKE_PREFIX)
+
+
+def test_a_task_that_cannot_start_ends_failed_without_leftovers(tmp_path):
+    scene = slicer.vtkMRMLScene()
+    volume, _ = add_ct_volume(scene)
+    events = Events()
+    task = SegmentationTask(scene, volume, prefix=[str(tmp_path / "no-such-python")],
+                            on_log=lambda level, m: events.logs.append((level, m)), on_finished=events.finished.append)
+    assert task.temp_dir is None and not task.running  # nothing is created before start
+    task.start()
+    assert task.status == FAILED and events.finished == [task]
+    assert "could not start" in task.error_message and "no-such-python" in task.error_message
+    assert not task.temp_dir.exists()
+    assert not task.poll()

@@ -1,0 +1,335 @@
+"""The command-line contract, run as real subprocesses (``python -m LiverTumorSegLib``) with the
+tiny models: outputs, JSON progress protocol, one ``error:`` line and no file for every bad
+input, no overwrite without --force, models list/verify, measure, and SIGTERM.
+
+Every bad input is also run in process (``cli.main``, stderr captured at the file-descriptor
+level, so messages printed by C++ libraries count too); a representative subset of them, one
+per failure path, runs as subprocesses in parallel to keep the suite fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorSegLib.io.volume import load_volume
+
+OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".json", "_lesions.csv")
+BAD_CASES = ("missing", "empty_file", "truncated_nii_gz", "truncated_nii", "text_file", "text_named_nifti", "two_d",
+             "single_slice", "four_d", "rgb", "tiny", "nan", "mr_file", "mr_dicom", "empty_folder", "non_dicom_folder",
+             "no_liver")
+BAD_CASES_AS_SUBPROCESS = ("missing", "truncated_nii_gz", "empty_folder", "no_liver")  # one per failure path
+PROCESS_TIMEOUT_S = 180
+
+
+def _command(python: str, args: Sequence[str]) -> List[str]:
+    return [python, "-m", "LiverTumorSegLib", *[str(a) for a in args]]
+
+
+def _run(python: str, args: Sequence[str], env: Dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(python, args), env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=PROCESS_TIMEOUT_S)
+
+
+def _run_parallel(python: str, runs: Sequence[Sequence[str]], env: Dict[str, str], cwd: Path,
+                  envs: Sequence[Dict[str, str]] = ()) -> List[subprocess.CompletedProcess]:
+    """Several CLI runs at once (they are mostly interpreter start-up)."""
+    procs = []
+    for index, args in enumerate(runs):
+        run_env = envs[index] if envs else env
+        procs.append((args, subprocess.Popen(_command(python, args), env=run_env, cwd=cwd, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)))
+    results = []
+    for args, proc in procs:
+        out, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
+
+
+def _assert_one_error_line(stderr: str, only_line: bool) -> str:
+    """Exactly one line starts with 'error:', no traceback; with ``only_line`` nothing else."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    if only_line:
+        assert lines == errors, stderr
+    return errors[0]
+
+
+def _outputs(folder: Path, name: str) -> List[Path]:
+    return [folder / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def _leftovers(folder: Path) -> List[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def module_env(tiny_models_dir, tmp_path_factory) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["LIVERTUMORSEG_MODELS"] = str(tiny_models_dir)
+    env["LIVERTUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("cli_cache"))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory, module_env, python_exe, helpers):
+    """One run with the JSON progress protocol on a synthetic DICOM series folder 'patient01'
+    (image axes along S, L, P): (input folder, output folder, process)."""
+    root = tmp_path_factory.mktemp("cli_segment")
+    series = helpers.write_dicom_series(root / "study" / "patient01",
+                                        helpers.phantom_ct(direction=helpers.DIRECTIONS["permuted"]))
+    out = root / "out"
+    proc = _run(python_exe, ["segment", series, "--output", out, "--device", "cpu", "--progress", "json"],
+                module_env, root)
+    return series, out, proc
+
+
+def test_segment_writes_the_four_outputs_on_the_input_grid(segmented):
+    series, out, proc = segmented
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in _outputs(out, "patient01"))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    ct = reader.Execute()
+    for name in ("patient01.nii.gz", "patient01.seg.nrrd"):
+        labels = sitk.ReadImage(str(out / name))
+        assert labels.GetSize() == ct.GetSize()
+        np.testing.assert_allclose(labels.GetDirection(), ct.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(labels.GetSpacing(), ct.GetSpacing(), atol=1e-6)
+    report = json.loads((out / "patient01.json").read_text())
+    assert report["device"] == "cpu" and report["input_kind"] == "dicom"
+    assert report["liver_volume_ml"] > 100 and len(report["lesions"]) == 1
+
+
+def test_progress_json_protocol(segmented, tiny_models):
+    series, out, proc = segmented
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is one JSON object
+    progress = [e for e in events if e["event"] == "progress"]
+    stages = []
+    for event in progress:
+        assert 0.0 <= event["fraction"] <= 1.0
+        if not stages or stages[-1] != event["stage"]:
+            stages.append(event["stage"])
+    members = [f"tumor:{m}" for m in tiny_models.members]
+    assert stages == ["load", "liver", "crop", *members, "postprocess", "measure", "write"]
+    for stage in stages:
+        fractions = [e["fraction"] for e in progress if e["stage"] == stage]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0, stage
+    assert events[-1]["event"] == "result"
+    assert events[-1]["name"] == "patient01" and events[-1]["input"] == str(series)
+    assert sorted(events[-1]["outputs"].values()) == sorted(str(p) for p in _outputs(out, "patient01"))
+    assert all(Path(p).is_file() for p in events[-1]["outputs"].values())
+
+
+def test_segment_in_process_shows_one_bar_per_stage(tiny_models_env, small_ct_file, tmp_path, capfd, cli_main):
+    assert cli_main(["segment", str(small_ct_file), "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    captured = capfd.readouterr()
+    assert "case01: liver" in captured.out and "TLVR" in captured.out
+    assert "Traceback" not in captured.err and "error:" not in captured.err
+    for stage in ("load", "liver", "crop", "tumor:tiny-tumor-a", "tumor:tiny-tumor-b", "postprocess", "write"):
+        assert stage in captured.err
+    assert _leftovers(tmp_path / "out") == sorted(p.name for p in _outputs(tmp_path / "out", "case01"))
+
+
+@pytest.mark.parametrize("progress", ["none", "bar"])
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_in_process_one_error_line_no_file(case, progress, bad_inputs, tiny_models_env, tmp_path, capfd,
+                                                     cli_main):
+    bad = bad_inputs[case]
+    out = tmp_path / "out"
+    code = cli_main(["segment", str(bad.path), "--output", str(out), "--progress", progress])
+    captured = capfd.readouterr()
+    assert code == 1
+    line = _assert_one_error_line(captured.err, only_line=(progress == "none"))
+    assert any(fragment in line.lower() for fragment in bad.expect), line
+    assert _leftovers(out) == []
+
+
+def test_bad_inputs_as_subprocesses(bad_inputs, module_env, python_exe, tmp_path):
+    runs = [["segment", bad_inputs[case].path, "--output", tmp_path / case, "--progress", "json"]
+            for case in BAD_CASES_AS_SUBPROCESS]
+    for case, proc in zip(BAD_CASES_AS_SUBPROCESS, _run_parallel(python_exe, runs, module_env, tmp_path)):
+        assert proc.returncode == 1, (case, proc.stderr)
+        line = _assert_one_error_line(proc.stderr, only_line=True)
+        assert any(fragment in line.lower() for fragment in bad_inputs[case].expect), (case, line)
+        for stdout_line in proc.stdout.splitlines():
+            assert json.loads(stdout_line)["event"] in ("progress", "log"), (case, stdout_line)
+        assert _leftovers(tmp_path / case) == [], case
+
+
+def test_bad_input_cases_cover_the_loader_list(helpers):
+    assert set(BAD_CASES) == set(helpers.LOAD_ERROR_CASES) | set(helpers.PIPELINE_ERROR_CASES)
+
+
+def _snapshot(paths: Sequence[Path]) -> Dict[str, tuple]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+
+
+def test_existing_output_needs_force(segmented, module_env, python_exe, tmp_path, helpers):
+    series, first_out, first = segmented
+    assert first.returncode == 0, first.stderr
+    kept, replaced = tmp_path / "kept", tmp_path / "replaced"
+    shutil.copytree(first_out, kept)
+    shutil.copytree(first_out, replaced)
+    before_kept, before_replaced = _snapshot(_outputs(kept, "patient01")), _snapshot(_outputs(replaced, "patient01"))
+    same_name_file = tmp_path / "patient01.nii.gz"  # a NIfTI input whose outputs have the same names
+    sitk.WriteImage(helpers.phantom_ct(), str(same_name_file))
+    time.sleep(0.01)
+    refused, forced = _run_parallel(python_exe, [
+        ["segment", series, "--output", kept, "--progress", "none"],
+        ["segment", same_name_file, "--output", replaced, "--progress", "none", "--force"]], module_env, tmp_path)
+
+    assert refused.returncode == 1
+    line = _assert_one_error_line(refused.stderr, only_line=True)
+    assert "already exists" in line and "--force" in line
+    assert _snapshot(_outputs(kept, "patient01")) == before_kept
+
+    assert forced.returncode == 0, forced.stderr
+    after = _snapshot(_outputs(replaced, "patient01"))
+    assert all(after[name][1] != before_replaced[name][1] for name in before_replaced), "every output rewritten"
+    assert json.loads((replaced / "patient01.json").read_text())["input_kind"] == "file"
+    assert _leftovers(replaced) == sorted(p.name for p in _outputs(replaced, "patient01"))
+
+
+def test_two_inputs_with_the_same_name_are_refused(tmp_path, tiny_models_env, helpers, capfd, cli_main):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        sitk.WriteImage(helpers.phantom_ct(), str(tmp_path / sub / "case.nii.gz"))
+    helpers.write_dicom_series(tmp_path / "c" / "case", helpers.phantom_ct(size=(40, 34, 12)))
+    out = tmp_path / "out"
+    for inputs in ([tmp_path / "a" / "case.nii.gz", tmp_path / "b" / "case.nii.gz"],
+                   [tmp_path / "a" / "case.nii.gz", tmp_path / "c" / "case"]):
+        assert cli_main(["segment", *map(str, inputs), "--output", str(out)]) == 1
+        assert "named 'case'" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+        assert _leftovers(out) == []
+
+
+def test_one_bad_input_among_several_fails_only_that_one(tmp_path, bad_inputs, tiny_models_env, small_ct_file,
+                                                        capfd, cli_main):
+    out = tmp_path / "out"
+    code = cli_main(["segment", str(small_ct_file), str(bad_inputs["tiny"].path), "--output", str(out),
+                     "--progress", "none"])
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "tiny.nii.gz" in errors[0] and "1 of 2 inputs failed" in errors[1]
+    assert _leftovers(out) == sorted(p.name for p in _outputs(out, "case01"))
+
+
+def test_models_list_and_verify(tmp_path, module_env, python_exe, tiny_models):
+    corrupted = tmp_path / "corrupted"
+    corrupted.mkdir()
+    for name in (tiny_models.liver, *tiny_models.members, tiny_models.tumor):
+        shutil.copy2(tiny_models.directory / f"{name}.json", corrupted)
+        weights = tiny_models.directory / f"{name}.safetensors"
+        if weights.exists():
+            shutil.copy2(weights, corrupted)
+    member = corrupted / f"{tiny_models.members[0]}.safetensors"
+    member.write_bytes(member.read_bytes()[:-1] + b"\x7f")
+    corrupted_env = dict(module_env, LIVERTUMORSEG_MODELS=str(corrupted))
+    runs = [["models", "list"], ["models", "list", "--json"], ["models", "verify", tiny_models.liver, tiny_models.tumor],
+            ["models", "verify"]]
+    listed, listed_json, verified, broken = _run_parallel(
+        python_exe, runs, module_env, tmp_path, envs=[module_env, module_env, module_env, corrupted_env])
+
+    assert listed.returncode == 0, listed.stderr
+    for name in (tiny_models.liver, tiny_models.tumor, *tiny_models.members):
+        assert name in listed.stdout
+    assert "[NON-CLINICAL]" in listed.stdout
+
+    assert listed_json.returncode == 0, listed_json.stderr
+    cards = {c["name"]: c for c in json.loads(listed_json.stdout)}
+    assert cards[tiny_models.liver]["location"] == str(tiny_models.directory / f"{tiny_models.liver}.json")
+    assert cards[tiny_models.tumor]["kind"] == "ensemble"
+    assert [m["model"] for m in cards[tiny_models.tumor]["members"]] == list(tiny_models.members)
+
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.count("ok   ") == 3 and "FAIL" not in verified.stdout
+
+    assert broken.returncode == 1
+    assert f"FAIL {tiny_models.members[0]}" in broken.stdout
+    assert _assert_one_error_line(broken.stderr, only_line=True).startswith("error: 1 model problem")
+
+
+def test_measure_recomputes_the_volumes_from_a_labelmap(segmented, module_env, python_exe, tmp_path, capfd,
+                                                        cli_main):
+    ct_path, out, first = segmented
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "patient01.json").read_text())
+    proc = _run(python_exe, ["measure", out / "patient01.nii.gz", "--ct", ct_path, "--output", tmp_path / "m"],
+                module_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads((tmp_path / "m" / "patient01_measurements.json").read_text())
+    for key in ("liver_volume_ml", "tumor_volume_ml", "tlvr"):
+        assert measured[key] == pytest.approx(report[key])
+    assert measured["lesions"] == report["lesions"]
+    assert json.loads(proc.stdout)["liver_volume_ml"] == pytest.approx(report["liver_volume_ml"])
+    assert (tmp_path / "m" / "patient01_lesions.csv").read_text() == (out / "patient01_lesions.csv").read_text()
+
+    # After an edit (the tumor relabelled as liver) the numbers follow the labelmap.
+    labelmap = sitk.ReadImage(str(out / "patient01.nii.gz"))
+    edited = sitk.ChangeLabel(labelmap, {2: 1})
+    sitk.WriteImage(edited, str(tmp_path / "edited.nii.gz"))
+    assert cli_main(["measure", str(tmp_path / "edited.nii.gz"), "--output", str(tmp_path / "m2")]) == 0
+    capfd.readouterr()
+    remeasured = json.loads((tmp_path / "m2" / "edited_measurements.json").read_text())
+    assert remeasured["tumor_volume_ml"] == 0 and remeasured["lesions"] == []
+    assert remeasured["liver_volume_ml"] == pytest.approx(report["liver_volume_ml"])
+
+    # The .seg.nrrd is a labelmap too, and names its outputs without '.seg'.
+    assert cli_main(["measure", str(out / "patient01.seg.nrrd"), "--output", str(tmp_path / "m3")]) == 0
+    capfd.readouterr()
+    assert json.loads((tmp_path / "m3" / "patient01_measurements.json").read_text())["tumor_volume_ml"] == \
+        pytest.approx(report["tumor_volume_ml"])
+
+    # A CT on another grid, an existing output, a missing labelmap: one error line each.
+    other_ct = tmp_path / "other.nii.gz"
+    sitk.WriteImage(load_volume(ct_path).image[1:, :, :], str(other_ct))
+    for args, fragment in [(["--ct", str(other_ct), "--output", str(tmp_path / "m4")], "same grid"),
+                           (["--output", str(tmp_path / "m2")], "already exists")]:
+        assert cli_main(["measure", str(tmp_path / "edited.nii.gz"), *args]) == 1
+        assert fragment in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+    assert cli_main(["measure", str(tmp_path / "nothing.nii.gz"), "--output", str(tmp_path / "m5")]) == 1
+    assert "does not exist" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+
+
+@pytest.fixture(scope="module")
+def large_ct_file(tmp_path_factory, helpers) -> Path:
+    """A bigger synthetic CT (about 10 M voxels) so that a run lasts long enough to be stopped."""
+    path = tmp_path_factory.mktemp("large_ct") / "large.nii"
+    sitk.WriteImage(helpers.phantom_ct(size=(256, 224, 170), spacing=(0.7, 0.65, 0.9)), str(path))
+    return path
+
+
+def test_sigterm_leaves_no_output_and_no_temporary_folder(large_ct_file, module_env, python_exe, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(_command(python_exe, ["segment", large_ct_file, "--output", out, "--progress", "json"]),
+                            env=module_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert json.loads(first)["event"] == "progress", first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "SIGTERM" in _assert_one_error_line(err, only_line=True)
+    assert _leftovers(out) == []

@@ -1,0 +1,261 @@
+"""Tests of LiverTumorSegLib.io.writers: the four outputs read back with slicerio, SimpleITK,
+nibabel, json and csv; geometry of the input grid; no overwrite without force; nothing left
+behind by a failure."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.geometry import Geometry
+from LiverTumorSegLib.io import writers
+from LiverTumorSegLib.io.terminology import LIVER, SEGMENTS, TUMOR
+from LiverTumorSegLib.io.writers import output_paths, write_outputs
+from LiverTumorSegLib.measure import CSV_HEADER, measure_labelmap
+from LiverTumorSegLib.pipeline import PipelineSettings, SegmentationResult
+
+REQUIRED_REPORT_KEYS = ("liver_volume_ml", "tumor_volume_ml", "tlvr", "lesions", "models", "device",
+                        "seconds_per_stage")
+
+
+def _result(helpers, tiny_registry, tiny_models, orientation="oblique", with_tumor=True,
+            uncertainty=False) -> tuple:
+    """A SegmentationResult built from the phantom's analytic labels on a grid of ``orientation``."""
+    ct = helpers.phantom_ct(size=(40, 34, 22), spacing=(4.0, 4.0, 5.0), direction=helpers.DIRECTIONS[orientation])
+    labels = helpers.analytic_labels_like(ct)
+    if not with_tumor:
+        labels[labels == 2] = 1
+    labels[2, 3, 4] = 2  # a one-voxel lesion outside the liver too: written as given
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.CopyInformation(ct)
+    geometry = Geometry.of(ct)
+    measurements = measure_labelmap(labels, geometry, sitk.GetArrayViewFromImage(ct))
+    cards = [tiny_registry.resolve(n) for n in (tiny_models.liver, tiny_models.tumor, *tiny_models.members)]
+    std = None
+    if uncertainty:
+        std = sitk.GetImageFromArray(np.full((5, 6, 7), 0.25, np.float32))
+        std.CopyInformation(ct[0:7, 0:6, 0:5])
+    result = SegmentationResult(labelmap=labelmap, measurements=measurements, models=[c.summary() for c in cards],
+                                device="cpu", seconds_per_stage={"liver": 1.5, "tumor": 2.0},
+                                settings=asdict(PipelineSettings()), tumor_uncertainty=std,
+                                warnings=["a warning"])
+    return ct, labels, result
+
+
+def _ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    matrix = np.eye(4)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    matrix[:3, :3] = direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+@pytest.fixture
+def written(tmp_path, helpers, tiny_registry, tiny_models):
+    ct, labels, result = _result(helpers, tiny_registry, tiny_models)
+    out = tmp_path / "out"
+    paths = write_outputs(result, Path("/data/case7.nii.gz"), "case7", "file", out)
+    return ct, labels, result, out, paths
+
+
+def test_writes_the_four_outputs_named_after_the_input(written):
+    _, _, _, out, paths = written
+    assert set(paths) == {"segmentation", "labelmap", "report", "lesions_csv"}
+    assert sorted(p.name for p in out.iterdir()) == ["case7.json", "case7.nii.gz", "case7.seg.nrrd",
+                                                     "case7_lesions.csv"]
+    assert paths == {k: str(v) for k, v in output_paths(out, "case7").items()}
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "permuted", "oblique"])
+def test_seg_nrrd_reads_back_with_slicerio(tmp_path, helpers, tiny_registry, tiny_models, orientation):
+    slicerio = pytest.importorskip("slicerio")
+    ct, labels, result = _result(helpers, tiny_registry, tiny_models, orientation)
+    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
+    seg = slicerio.read_segmentation(paths["segmentation"])
+
+    assert [s["name"] for s in seg["segments"]] == ["Liver", "Liver tumor"]
+    np.testing.assert_allclose(seg["ijkToLPS"], _ijk_to_lps(ct), atol=1e-6)
+    np.testing.assert_array_equal(seg["voxels"], labels.transpose(2, 1, 0))  # slicerio voxels are (i, j, k)
+    by_name = {s["name"]: s for s in seg["segments"]}
+    assert by_name["Liver"]["labelValue"] == 1 and by_name["Liver tumor"]["labelValue"] == 2
+    for spec in SEGMENTS:
+        np.testing.assert_allclose(by_name[spec.name]["color"], spec.color_rgb, atol=1e-6)
+
+    liver_terms = by_name["Liver"]["terminology"]
+    assert liver_terms["category"] == ["SCT", "123037004", "Anatomical Structure"]
+    assert liver_terms["type"] == ["SCT", "10200004", "Liver"]
+    tumor_terms = by_name["Liver tumor"]["terminology"]
+    assert tumor_terms["category"] == ["SCT", "49755003", "Morphologically Altered Structure"]
+    assert tumor_terms["type"] == ["SCT", "108369006", "Neoplasm"]
+    assert tumor_terms["anatomicRegion"] == ["SCT", "10200004", "Liver"]
+
+    # The extents Slicer reads are the segments' bounding boxes in (i, j, k).
+    liver_ijk = np.argwhere(labels.transpose(2, 1, 0) == 1)
+    expected = [int(v) for pair in zip(liver_ijk.min(axis=0), liver_ijk.max(axis=0)) for v in pair]
+    assert by_name["Liver"]["extent"] == expected
+
+
+def test_seg_nrrd_is_also_an_image_on_the_input_grid(written):
+    ct, labels, _, _, paths = written
+    image = sitk.ReadImage(paths["segmentation"])
+    assert image.GetSize() == ct.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), ct.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(image.GetOrigin(), ct.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(image.GetDirection(), ct.GetDirection(), atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), labels)
+
+
+def test_nifti_labelmap_reads_back_with_simpleitk_and_nibabel(written):
+    ct, labels, _, _, paths = written
+    image = sitk.ReadImage(paths["labelmap"])
+    assert image.GetPixelID() == sitk.sitkUInt8
+    assert image.GetSize() == ct.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), ct.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(image.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(image.GetDirection(), ct.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), labels)
+
+    nib = pytest.importorskip("nibabel")
+    nifti = nib.load(paths["labelmap"])
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj), labels.transpose(2, 1, 0))
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _ijk_to_lps(ct)
+    np.testing.assert_allclose(nifti.affine, ras, atol=1e-4)
+
+
+def test_json_report_has_the_required_keys_and_values(written, tiny_models):
+    _, _, result, _, paths = written
+    report = json.loads(Path(paths["report"]).read_text())
+    for key in REQUIRED_REPORT_KEYS:
+        assert key in report, key
+    m = result.measurements
+    assert report["liver_volume_ml"] == pytest.approx(m.liver_volume_ml)
+    assert report["tumor_volume_ml"] == pytest.approx(m.tumor_volume_ml)
+    assert report["tlvr"] == pytest.approx(m.tlvr)
+    assert report["liver_volume_includes_tumor"] is True
+    assert len(report["lesions"]) == len(m.lesions) == 2
+    assert report["lesions"][0]["centroid_ras_mm"] == pytest.approx(list(m.lesions[0].centroid_ras_mm))
+    assert report["device"] == "cpu" and report["seconds_per_stage"] == {"liver": 1.5, "tumor": 2.0}
+    assert report["name"] == "case7" and report["input_kind"] == "file"
+    assert report["warnings"] == ["a warning"] and report["non_clinical"] is True
+    assert report["labels"] == {"0": "background", "1": "Liver", "2": "Liver tumor"}
+    assert report["outputs"] == paths
+    models = {entry["name"]: entry for entry in report["models"]}
+    for name in (tiny_models.liver, *tiny_models.members):  # every model with weights
+        assert {"name", "version", "sha256"} <= set(models[name]), name
+        assert len(models[name]["sha256"]) == 64
+    assert models[tiny_models.tumor]["members"][0]["model"] == tiny_models.members[0]
+    assert report["settings"]["crop_margin_mm"] == PipelineSettings().crop_margin_mm
+    assert report["grid"]["size"] == list(Geometry.of(result.labelmap).size)
+
+
+def test_json_reports_the_tta_uncertainty_when_present(tmp_path, helpers, tiny_registry, tiny_models):
+    _, _, result = _result(helpers, tiny_registry, tiny_models, uncertainty=True)
+    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
+    assert json.loads(Path(paths["report"]).read_text())["tumor_tta_std_mean"] == pytest.approx(0.25)
+
+
+def test_lesions_csv_header_and_rows(written):
+    _, _, result, _, paths = written
+    with open(paths["lesions_csv"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == CSV_HEADER
+    assert len(rows) == 1 + len(result.measurements.lesions)
+    for row, lesion in zip(rows[1:], result.measurements.lesions):
+        assert int(row[0]) == lesion.id
+        assert float(row[1]) == pytest.approx(lesion.volume_ml, abs=1e-4)
+        assert [float(v) for v in row[3:6]] == pytest.approx(list(lesion.centroid_ras_mm), abs=0.01)
+        assert float(row[6]) == pytest.approx(lesion.mean_hu, abs=0.1)
+
+
+def test_no_tumor_still_writes_both_segments_and_an_empty_table(tmp_path, helpers, tiny_registry, tiny_models):
+    slicerio = pytest.importorskip("slicerio")
+    _, labels, result = _result(helpers, tiny_registry, tiny_models, with_tumor=False)
+    labels[labels == 2] = 0
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.CopyInformation(result.labelmap)
+    result.labelmap = labelmap
+    result.measurements = measure_labelmap(labels, Geometry.of(labelmap))
+    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
+    seg = slicerio.read_segmentation(paths["segmentation"])
+    assert [s["name"] for s in seg["segments"]] == [LIVER.name, TUMOR.name]
+    assert Path(paths["lesions_csv"]).read_text().strip().split(",") == list(CSV_HEADER)
+    report = json.loads(Path(paths["report"]).read_text())
+    assert report["tumor_volume_ml"] == 0 and report["tlvr"] == 0 and report["lesions"] == []
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_existing_outputs_are_not_overwritten_without_force(tmp_path, helpers, tiny_registry, tiny_models):
+    _, _, result = _result(helpers, tiny_registry, tiny_models)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c.json").write_text("{\"mine\": true}\n")
+    with pytest.raises(LiverTumorSegError, match="already exists; use --force"):
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", out)
+    assert [p.name for p in out.iterdir()] == ["c.json"]
+    assert (out / "c.json").read_text() == "{\"mine\": true}\n"
+
+    write_outputs(result, tmp_path / "c.nii.gz", "c", "file", out, force=True)
+    assert json.loads((out / "c.json").read_text())["name"] == "c"
+    assert len(list(out.iterdir())) == 4
+
+
+def _assert_nothing_left(folder: Path) -> None:
+    assert list(folder.iterdir()) == [], [p.name for p in folder.iterdir()]
+
+
+def test_a_failing_writer_leaves_no_file_and_no_temporary_folder(tmp_path, helpers, tiny_registry, tiny_models,
+                                                                 monkeypatch):
+    _, _, result = _result(helpers, tiny_registry, tiny_models)
+    out = tmp_path / "out"
+
+    def disk_full(image, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "write_labelmap", disk_full)
+    with pytest.raises(LiverTumorSegError, match="cannot write outputs.*No space left on device"):
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", out)
+    _assert_nothing_left(out)
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_a_failure_while_moving_into_place_removes_the_moved_files(tmp_path, helpers, tiny_registry, tiny_models,
+                                                                  monkeypatch, error):
+    _, _, result = _result(helpers, tiny_registry, tiny_models)
+    out = tmp_path / "out"
+    real_replace = writers.os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise error
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writers.os, "replace", replace)
+    with pytest.raises((LiverTumorSegError, KeyboardInterrupt)):
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", out)
+    assert len(calls) == 3
+    _assert_nothing_left(out)
+
+
+def test_output_folder_is_created_and_a_file_in_its_place_is_an_error(tmp_path, helpers, tiny_registry,
+                                                                       tiny_models):
+    _, _, result = _result(helpers, tiny_registry, tiny_models)
+    nested = tmp_path / "a" / "b" / "c"
+    write_outputs(result, tmp_path / "x.nii.gz", "x", "file", nested)
+    assert len(list(nested.iterdir())) == 4
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(LiverTumorSegError, match="cannot create output folder"):
+        write_outputs(result, tmp_path / "x.nii.gz", "x", "file", blocker / "out")

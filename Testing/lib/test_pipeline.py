@@ -1,0 +1,231 @@
+"""Tests of LiverTumorSegLib.pipeline with the tiny deterministic models: results on the input
+grid for any orientation, progress and cancellation, switches, device fallback on GPU
+out-of-memory, and the user errors it raises."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib import pipeline as pipeline_module
+from LiverTumorSegLib.errors import CancelledError, LiverTumorSegError
+from LiverTumorSegLib.geometry import Geometry, lps_to_ras
+from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, write_card
+from LiverTumorSegLib.models.registry import ModelRegistry
+from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.progress import Progress
+
+STAGES = ("liver", "crop", "tumor", "postprocess", "measure")
+
+
+def _pipeline(helpers, tiny_models, *extra_dirs, **settings) -> Pipeline:
+    registry = ModelRegistry([*extra_dirs, tiny_models.directory])
+    return Pipeline(helpers.tiny_pipeline_settings(**settings), registry=registry)
+
+
+def _float_ct(helpers, **kwargs) -> sitk.Image:
+    return sitk.Cast(helpers.phantom_ct(**kwargs), sitk.sitkFloat32)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "LPI", "permuted", "oblique"])
+def test_result_is_on_the_input_grid_and_finds_the_phantom(helpers, tiny_pipeline, orientation):
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5), direction=helpers.DIRECTIONS[orientation])
+    result = tiny_pipeline.run(ct)
+
+    labelmap = result.labelmap
+    assert labelmap.GetPixelID() == sitk.sitkUInt8
+    assert labelmap.GetSize() == ct.GetSize() and labelmap.GetSpacing() == ct.GetSpacing()
+    assert labelmap.GetOrigin() == ct.GetOrigin() and labelmap.GetDirection() == ct.GetDirection()
+    labels = sitk.GetArrayViewFromImage(labelmap)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    expected = helpers.analytic_labels_like(ct)
+    assert helpers.dice(labels > 0, expected > 0) > 0.95
+    assert helpers.dice(labels == 2, expected == 2) > 0.4  # boundary refinement shrinks this small sphere
+
+    m = result.measurements
+    assert len(m.lesions) == 1
+    expected_ras = lps_to_ras(helpers.LESION_CENTER_LPS)
+    np.testing.assert_allclose(m.lesions[0].centroid_ras_mm, expected_ras, atol=2.0)
+    assert m.liver_volume_ml == pytest.approx(np.count_nonzero(labels) * Geometry.of(ct).voxel_volume_ml)
+    assert 160 < m.liver_volume_ml < 220  # the phantom liver is 191 mL
+    assert m.tlvr == pytest.approx(m.tumor_volume_ml / m.liver_volume_ml)
+    assert m.lesions[0].mean_hu == pytest.approx(helpers.LESION_HU, abs=40)
+
+    assert result.device == "cpu" and result.warnings == []
+    assert set(result.seconds_per_stage) == set(STAGES)
+    assert result.settings == tiny_pipeline.settings.__dict__
+
+
+def test_same_image_in_any_orientation_gives_the_same_labels(helpers, tiny_pipeline):
+    base = _float_ct(helpers)
+    reference = sitk.GetArrayFromImage(tiny_pipeline.run(base).labelmap)
+    for code in ("RAS", "LPI", "RAI", "PSL", "SRA", "ILA"):
+        result = tiny_pipeline.run(sitk.DICOMOrient(base, code))
+        back = sitk.GetArrayFromImage(sitk.DICOMOrient(result.labelmap, "LPS"))
+        mismatch = int(np.count_nonzero(back != reference))
+        assert mismatch <= 0.001 * np.count_nonzero(reference), f"{code}: {mismatch} voxels differ"
+
+
+def test_models_of_the_run_are_recorded(tiny_pipeline, tiny_models, tiny_registry):
+    summaries = {m["name"]: m for m in tiny_pipeline.model_summaries}
+    assert set(summaries) == {tiny_models.liver, tiny_models.tumor, *tiny_models.members}
+    for name in (tiny_models.liver, *tiny_models.members):
+        card = tiny_registry.resolve(name)
+        assert summaries[name]["sha256"] == card.weights_sha256 and summaries[name]["version"] == card.version
+    weights = {m["model"]: m["weight"] for m in summaries[tiny_models.tumor]["members"]}
+    assert list(weights) == list(tiny_models.members)
+    assert tiny_pipeline.tumor_weights == pytest.approx(list(tiny_models.member_weights))
+
+
+def test_progress_reports_every_stage_in_order(helpers, tiny_pipeline, tiny_models):
+    events = []
+    tiny_pipeline.run(_float_ct(helpers), Progress(events.append))
+    order = []
+    for event in events:
+        assert 0.0 <= event.fraction <= 1.0
+        if not order or order[-1] != event.stage:
+            order.append(event.stage)
+    expected = ["liver", "crop", *[f"tumor:{m}" for m in tiny_models.members], "postprocess", "measure"]
+    assert order == expected == tiny_pipeline.stage_names()
+    for stage in expected:
+        fractions = [e.fraction for e in events if e.stage == stage]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0
+        assert fractions == sorted(fractions), stage
+
+
+def test_a_set_cancel_flag_stops_the_run(helpers, tiny_pipeline):
+    progress = Progress()
+    progress.cancel()
+    with pytest.raises(CancelledError):
+        tiny_pipeline.run(_float_ct(helpers), progress)
+
+
+def test_cancel_during_the_tumor_stage_stops_the_run(helpers, tiny_pipeline, tiny_models):
+    cancel = threading.Event()
+    seen = []
+
+    def on_event(event):
+        seen.append(event.stage)
+        if event.stage.startswith("tumor:"):
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        tiny_pipeline.run(_float_ct(helpers), Progress(on_event, cancel))
+    assert "postprocess" not in seen and "measure" not in seen
+
+
+def test_no_liver_in_view_is_a_user_error(helpers, tiny_pipeline):
+    ct = _float_ct(helpers, liver_hu=helpers.BODY_HU, lesion_hu=helpers.BODY_HU)
+    with pytest.raises(LiverTumorSegError, match="no liver found in view"):
+        tiny_pipeline.run(ct)
+
+
+def test_no_liver_is_a_user_error_even_without_a_minimum_volume(helpers, tiny_models):
+    pipeline = _pipeline(helpers, tiny_models, min_liver_ml=0.0)
+    ct = _float_ct(helpers, liver_hu=helpers.BODY_HU, lesion_hu=helpers.BODY_HU)
+    with pytest.raises(LiverTumorSegError, match="no liver found in view"):
+        pipeline.run(ct)
+
+
+def test_liver_below_the_minimum_volume_is_no_liver(helpers, tiny_models):
+    pipeline = _pipeline(helpers, tiny_models, min_liver_ml=500.0)
+    with pytest.raises(LiverTumorSegError, match="less than 500 mL"):
+        pipeline.run(_float_ct(helpers))
+
+
+def test_gpu_out_of_memory_reruns_on_the_cpu_with_a_warning(helpers, tiny_models, monkeypatch):
+    pipeline = _pipeline(helpers, tiny_models)
+    pipeline.device = torch.device("cuda")  # as if --device cuda had found a GPU
+    original = Pipeline._run_on
+    devices = []
+
+    def run_on(self, ct, device, progress, warnings):
+        devices.append(device.type)
+        if device.type == "cuda":
+            raise MemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return original(self, ct, device, progress, warnings)
+
+    monkeypatch.setattr(Pipeline, "_run_on", run_on)
+    result = pipeline.run(_float_ct(helpers))
+    assert devices == ["cuda", "cpu"]
+    assert result.device == "cpu"
+    assert len(result.warnings) == 1 and "GPU ran out of memory" in result.warnings[0]
+    assert np.count_nonzero(sitk.GetArrayViewFromImage(result.labelmap)) > 0
+
+
+def test_cpu_out_of_memory_is_a_user_error_about_memory(helpers, tiny_models, monkeypatch):
+    pipeline = _pipeline(helpers, tiny_models)
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 123456789 bytes")
+
+    monkeypatch.setattr(pipeline.liver_model.network, "forward", exhausted)
+    with pytest.raises(LiverTumorSegError, match="out of memory") as info:
+        pipeline.run(_float_ct(helpers))
+    assert "--fast" in str(info.value)
+
+
+def test_switched_off_steps_are_not_run(helpers, tiny_models, monkeypatch):
+    calls = {"refine_lesions": 0, "interslice_consistency": 0}
+    for name in calls:
+        original = getattr(pipeline_module, name)
+
+        def counting(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline_module, name, counting)
+    ct = _float_ct(helpers)
+    _pipeline(helpers, tiny_models).run(ct)
+    assert calls == {"refine_lesions": 1, "interslice_consistency": 1}
+    without = _pipeline(helpers, tiny_models, active_contour=False, interslice=False, tumor_inside_liver=False,
+                        min_lesion_ml=0.0).run(ct)
+    assert calls == {"refine_lesions": 1, "interslice_consistency": 1}
+    # Without 'tumor inside liver', dark voxels outside the liver crop stay tumor.
+    labels = sitk.GetArrayViewFromImage(without.labelmap)
+    expected = helpers.analytic_labels_like(ct)
+    assert np.count_nonzero((labels == 2) & (expected == 0)) > 0
+
+
+def test_tta_gives_an_uncertainty_map_on_the_liver_crop(helpers, tiny_models):
+    ct = _float_ct(helpers, direction=helpers.DIRECTIONS["RAS"])
+    result = _pipeline(helpers, tiny_models, tta=True).run(ct)
+    uncertainty = result.tumor_uncertainty
+    assert uncertainty is not None
+    assert uncertainty.GetSpacing() == ct.GetSpacing() and uncertainty.GetDirection() == ct.GetDirection()
+    assert all(u <= c for u, c in zip(uncertainty.GetSize(), ct.GetSize()))
+    # The crop's origin is a voxel centre of the CT grid.
+    index = ct.TransformPhysicalPointToContinuousIndex(uncertainty.GetOrigin())
+    np.testing.assert_allclose(index, np.round(index), atol=1e-6)
+    assert _pipeline(helpers, tiny_models, tta=True, fast=True).run(ct).tumor_uncertainty is None
+
+
+def test_settings_fast_and_tta():
+    assert PipelineSettings().overlap == 0.5 and PipelineSettings(fast=True).overlap == 0.1
+    assert not PipelineSettings(tta=True, fast=True).use_tta and PipelineSettings(tta=True).use_tta
+
+
+def test_unknown_or_wrong_task_models_fail_at_construction(helpers, tiny_models, tmp_path):
+    with pytest.raises(LiverTumorSegError, match="not found"):
+        _pipeline(helpers, tiny_models, liver_model="no-such-liver")
+    with pytest.raises(LiverTumorSegError, match="is a tumor model"):
+        _pipeline(helpers, tiny_models, liver_model=tiny_models.members[0])
+    with pytest.raises(LiverTumorSegError, match="is a liver model"):
+        _pipeline(helpers, tiny_models, tumor_model=tiny_models.liver)
+    write_card(EnsembleCard(name="liver-pair", version="1", task="liver",
+                            members=[EnsembleMember(tiny_models.liver, 1.0), EnsembleMember(tiny_models.liver, 1.0)]),
+               tmp_path / "liver-pair.json")
+    with pytest.raises(LiverTumorSegError, match="must be a single model"):
+        _pipeline(helpers, tiny_models, tmp_path, liver_model="liver-pair")
+
+
+def test_a_single_tumor_model_works_as_a_one_member_ensemble(helpers, tiny_models):
+    pipeline = _pipeline(helpers, tiny_models, tumor_model=tiny_models.members[0])
+    assert pipeline.tumor_weights == [1.0] and len(pipeline.tumor_members) == 1
+    result = pipeline.run(_float_ct(helpers))
+    assert len(result.measurements.lesions) == 1

@@ -1,0 +1,175 @@
+"""Tests of LiverTumorSegLib.stages: the liver stage, the crop (margin in mm, physical positions
+kept) and the tumor ensemble (weighted average of the members' probabilities)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from LiverTumorSegLib.geometry import Geometry
+from LiverTumorSegLib.inference import LoadedModel
+from LiverTumorSegLib.models.card import ModelCard
+from LiverTumorSegLib.stages.crop import crop_image, liver_box
+from LiverTumorSegLib.stages.liver import clean_liver, probability_to_mask, segment_liver
+from LiverTumorSegLib.stages.tumor import ensemble_probability, member_stage_names, tumor_mask
+
+CPU = torch.device("cpu")
+
+
+# --- crop ------------------------------------------------------------------------------------
+
+def test_liver_box_margin_is_in_millimetres_per_axis():
+    liver = np.zeros((40, 60, 80), np.uint8)
+    liver[10:20, 20:30, 30:50] = 1
+    spacing_kji = (5.0, 1.0, 0.4)
+    box = liver_box(liver, spacing_kji, margin_mm=10.0)
+    # 10 mm = 2 slices of 5 mm, 10 rows of 1 mm, 25 columns of 0.4 mm
+    assert box == (slice(8, 22), slice(10, 40), slice(5, 75))
+
+
+def test_liver_box_rounds_the_margin_up_and_clips_at_the_edges():
+    liver = np.zeros((10, 12, 14), np.uint8)
+    liver[0:3, 5:7, 10:14] = 1
+    box = liver_box(liver, (3.0, 3.0, 3.0), margin_mm=4.0)  # 4 mm -> 2 voxels of 3 mm
+    assert box == (slice(0, 5), slice(3, 9), slice(8, 14))
+    assert liver_box(liver, (3.0, 3.0, 3.0), margin_mm=0.0) == (slice(0, 3), slice(5, 7), slice(10, 14))
+
+
+def test_liver_box_of_an_empty_mask_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        liver_box(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0), 5.0)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "permuted", "oblique"])
+def test_crop_image_keeps_physical_positions_and_values(helpers, orientation):
+    ct = helpers.phantom_ct(size=(30, 26, 20), spacing=(2.0, 3.0, 4.0), direction=helpers.DIRECTIONS[orientation])
+    box = (slice(3, 15), slice(5, 21), slice(2, 29))
+    crop = crop_image(ct, box)
+    assert crop.GetSize() == (27, 16, 12)
+    assert crop.GetSpacing() == ct.GetSpacing() and crop.GetDirection() == ct.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(ct)[box])
+    whole, part = Geometry.of(ct), Geometry.of(crop)
+    for kji in [(0, 0, 0), (11, 15, 26), (4, 7, 9)]:
+        inside = np.array(kji) + [3, 5, 2]
+        np.testing.assert_allclose(part.index_to_lps(np.array(kji)), whole.index_to_lps(inside), atol=1e-9)
+
+
+# --- liver stage -----------------------------------------------------------------------------
+
+def test_probability_to_mask_thresholds_on_the_reference_grid(helpers):
+    ct = helpers.phantom_ct(size=(30, 26, 20))
+    probability = sitk.Image(ct.GetSize(), sitk.sitkFloat32)
+    probability.CopyInformation(ct)
+    array = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.float32)
+    array[5, 6, 7], array[5, 6, 8], array[5, 6, 9] = 0.49, 0.5, 0.9
+    prob = sitk.GetImageFromArray(array)
+    prob.CopyInformation(ct)
+    mask = probability_to_mask(prob, ct)
+    assert mask.dtype == np.uint8
+    assert mask.sum() == 2 and mask[5, 6, 8] == 1 and mask[5, 6, 9] == 1 and mask[5, 6, 7] == 0
+    assert probability_to_mask(prob, ct, threshold=0.95).sum() == 0
+
+
+def test_clean_liver_keeps_the_largest_component_and_fills_holes(helpers):
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:16, 2:16, 2:16] = 1
+    mask[7:10, 7:10, 7:10] = 0          # an enclosed hole (a hypodense lesion)
+    mask[18, 18, 18] = 1                # a separate speck
+    geometry = Geometry((20, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    cleaned = clean_liver(mask, geometry)
+    assert cleaned.dtype == np.uint8
+    assert cleaned[8, 8, 8] == 1 and cleaned[18, 18, 18] == 0 and cleaned.sum() == 14 ** 3
+    untouched = clean_liver(mask, geometry, keep_largest=False, fill=False)
+    np.testing.assert_array_equal(untouched, mask)
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "LPI", "permuted", "oblique"])
+def test_segment_liver_finds_the_phantom_liver_on_the_ct_grid(helpers, tiny_registry, tiny_models, orientation):
+    ct = sitk.Cast(helpers.phantom_ct(direction=helpers.DIRECTIONS[orientation]), sitk.sitkFloat32)
+    model = LoadedModel.load(tiny_registry.resolve(tiny_models.liver))
+    fractions = []
+    mask = segment_liver(ct, model, CPU, overlap=0.25, on_progress=fractions.append)
+    assert mask.shape == sitk.GetArrayViewFromImage(ct).shape and mask.dtype == np.uint8
+    expected = helpers.analytic_labels_like(ct)
+    assert helpers.dice(mask, expected > 0) > 0.95
+    assert np.all(mask[expected == 2] == 1)  # the hypodense lesion is a filled hole of the liver
+    assert fractions and fractions[-1] == 1.0
+
+
+# --- tumor ensemble --------------------------------------------------------------------------
+
+class _ConstantLogits(torch.nn.Module):
+    """Background logit 0 and foreground logit ``value`` everywhere: probability sigmoid(value)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        foreground = torch.full_like(x[:, :1], self.value)
+        return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
+
+
+def _constant_member(name: str, value: float, spacing=(4.0, 4.0, 4.0)) -> LoadedModel:
+    card = ModelCard(name=name, version="1", task="tumor", architecture="UNet", architecture_args={},
+                     spacing_mm=spacing, patch_size=(8, 8, 8), hu_window=(-100.0, 250.0),
+                     weights_file="none", weights_sha256="none")
+    return LoadedModel(card, _ConstantLogits(value))
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@pytest.mark.parametrize("weights", [(3.0, 1.0), (0.2, 0.8), (1.0, 0.0)])
+def test_ensemble_is_the_exact_weighted_mean_of_its_members(helpers, weights):
+    ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14), direction=helpers.DIRECTIONS["oblique"]), sitk.sitkFloat32)
+    members = [_constant_member("a", 2.0), _constant_member("b", -1.0, spacing=(3.0, 5.0, 6.0))]
+    calls = []
+    probability, std = ensemble_probability(ct, members, weights, CPU, on_progress=lambda i, f: calls.append((i, f)))
+    assert std is None
+    assert probability.shape == sitk.GetArrayViewFromImage(ct).shape and probability.dtype == np.float32
+    total = sum(weights)
+    expected = (weights[0] * _sigmoid(2.0) + weights[1] * _sigmoid(-1.0)) / total
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+    assert calls == [(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]
+
+
+def test_ensemble_with_tta_returns_a_weighted_std_on_the_crop_grid(helpers):
+    ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14)), sitk.sitkFloat32)
+    members = [_constant_member("a", 1.0), _constant_member("b", 3.0)]
+    probability, std = ensemble_probability(ct, members, (1.0, 1.0), CPU, tta=True)
+    assert std is not None and std.shape == probability.shape
+    np.testing.assert_allclose(std, 0.0, atol=1e-6)  # constant members agree with their flips
+    np.testing.assert_allclose(probability, (_sigmoid(1.0) + _sigmoid(3.0)) / 2, atol=1e-6)
+
+
+def test_ensemble_needs_one_weight_per_member(helpers):
+    ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14)), sitk.sitkFloat32)
+    with pytest.raises(ValueError, match="one weight per ensemble member"):
+        ensemble_probability(ct, [_constant_member("a", 1.0)], (0.5, 0.5), CPU)
+    with pytest.raises(ValueError):
+        ensemble_probability(ct, [], (), CPU)
+
+
+def test_tiny_ensemble_finds_the_hypodense_lesion(helpers, tiny_registry, tiny_models):
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    card = tiny_registry.resolve(tiny_models.tumor)
+    members = [LoadedModel.load(c) for c in tiny_registry.ensemble_members(card)]
+    probability, _ = ensemble_probability(ct, members, card.normalized_weights(), CPU)
+    labels = helpers.analytic_labels_like(ct)
+    mask = tumor_mask(probability)
+    inside_liver = mask.astype(bool) & (labels > 0)
+    assert helpers.dice(inside_liver, labels == 2) > 0.8
+    assert member_stage_names(members) == [f"tumor:{name}" for name in tiny_models.members]
+
+
+def test_tumor_mask_threshold():
+    probability = np.array([[[0.2, 0.5, 0.7]]], np.float32)
+    np.testing.assert_array_equal(tumor_mask(probability), [[[0, 1, 1]]])
+    np.testing.assert_array_equal(tumor_mask(probability, 0.6), [[[0, 0, 1]]])
+    assert tumor_mask(probability).dtype == np.uint8

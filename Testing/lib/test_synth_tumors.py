@@ -1,0 +1,227 @@
+"""Tests of LiverTumorSegLib.synth.tumors: synthetic tumours land inside the liver, away from
+vessels, with the sizes and contrasts asked, blended edges, the inputs untouched; the image
+wrapper keeps geometry and pixel type; it works on a real CT's liver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from LiverTumorSegLib import LIVER_LABEL, TUMOR_LABEL
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.synth.tumors import insert_tumors, insert_tumors_image
+
+SPACING = (2.0, 1.5, 1.5)  # (k, j, i) mm
+LIVER_HU = 100.0
+VESSEL_HU = 190.0
+
+
+@pytest.fixture(scope="module")
+def liver_case():
+    """A noisy ellipsoidal 'liver' (~100 HU) in soft tissue, crossed by a bright vessel."""
+    shape = (48, 96, 96)
+    k, j, i = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING)], indexing="ij", sparse=True)
+    center = [n * s / 2 for n, s in zip(shape, SPACING)]
+    rho2 = ((k - center[0]) / 42.0) ** 2 + ((j - center[1]) / 66.0) ** 2 + ((i - center[2]) / 66.0) ** 2
+    liver = (rho2 <= 1.0).astype(np.uint8)
+    rng = np.random.default_rng(11)
+    ct = np.where(liver > 0, LIVER_HU, 40.0) + rng.normal(0.0, 10.0, shape)
+    vessel = ((j - center[1]) ** 2 + (k - center[0]) ** 2 <= 4.0 ** 2) & (liver > 0)
+    ct[vessel] = VESSEL_HU + rng.normal(0.0, 10.0, int(vessel.sum()))
+    return ct.astype(np.int16), liver, vessel
+
+
+def run(case, seed: int = 0, n: int = 4, **kw):
+    ct, liver, _ = case
+    return insert_tumors(ct, liver, SPACING, np.random.default_rng(seed), n, **kw)
+
+
+def components_of(mask: np.ndarray, infos):
+    """Each tumour's own voxels: the connected component holding its centre."""
+    labelled, _ = ndimage.label(mask)
+    return [labelled == labelled[tuple(info["center_kji"])] for info in infos]
+
+
+def test_inputs_are_not_modified_and_results_are_new_arrays(liver_case):
+    ct, liver, _ = liver_case
+    ct_before, liver_before = ct.copy(), liver.copy()
+    new_ct, mask, infos = run(liver_case)
+    np.testing.assert_array_equal(ct, ct_before)
+    np.testing.assert_array_equal(liver, liver_before)
+    assert new_ct.dtype == np.float32 and mask.dtype == np.uint8 and mask.shape == ct.shape
+    assert not np.shares_memory(new_ct, ct)
+    assert len(infos) == 4 and mask.any()
+
+
+def test_same_seed_gives_the_same_tumours(liver_case):
+    first, second, other = run(liver_case, seed=5), run(liver_case, seed=5), run(liver_case, seed=6)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[2] == second[2]
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_tumours_and_every_changed_voxel_lie_inside_the_liver(liver_case):
+    ct, liver, _ = liver_case
+    for seed in range(4):
+        new_ct, mask, infos = run(liver_case, seed=seed, n=5)
+        changed = new_ct != ct.astype(np.float32)
+        assert not (changed & (liver == 0)).any()
+        assert not (ndimage.binary_dilation(mask > 0) & (liver == 0)).any()
+        for info, own in zip(infos, components_of(mask, infos)):
+            assert mask[tuple(info["center_kji"])] == 1
+            assert own.sum() == info["n_voxels"]
+            assert info["volume_ml"] == pytest.approx(own.sum() * np.prod(SPACING) / 1000.0)
+
+
+def test_hypodense_tumours_are_darker_than_the_patients_own_liver(liver_case):
+    ct, liver, _ = liver_case
+    for offset in (0, 60):  # the contrast follows the liver measured in this CT
+        shifted = (ct + np.where(liver > 0, offset, 0)).astype(np.int16)
+        new_ct, mask, infos = insert_tumors(shifted, liver, SPACING, np.random.default_rng(1), 4,
+                                            size_range_mm=(10.0, 30.0), hyper_fraction=0.0)
+        assert infos and all(info["contrast"] == "hypo" for info in infos)
+        for info, own in zip(infos, components_of(mask, infos)):
+            assert info["liver_median_hu"] == pytest.approx(LIVER_HU + offset, abs=3.0)
+            assert -90.0 <= info["delta_hu"] <= -15.0
+            assert new_ct[own].mean() < LIVER_HU + offset - 12.0
+
+
+def test_hyperdense_tumours_are_brighter(liver_case):
+    new_ct, mask, infos = run(liver_case, seed=2, n=3, size_range_mm=(10.0, 30.0), hyper_fraction=1.0)
+    assert infos and all(info["contrast"] == "hyper" for info in infos)
+    for own in components_of(mask, infos):
+        assert new_ct[own].mean() > LIVER_HU + 10.0
+
+
+def test_sizes_follow_the_requested_range(liver_case):
+    diameters = []
+    for seed in range(6):
+        _, mask, infos = run(liver_case, seed=seed, n=3, size_range_mm=(4.0, 40.0))
+        for info, own in zip(infos, components_of(mask, infos)):
+            assert 3.0 <= info["diameter_mm"] <= 40.0
+            diameters.append(info["diameter_mm"])
+            if info["diameter_mm"] >= 12.0:  # equivalent-sphere diameter of the label, coarse voxels aside
+                equivalent = (6.0 * own.sum() * np.prod(SPACING) / np.pi) ** (1.0 / 3.0)
+                assert 0.6 * info["diameter_mm"] < equivalent < 1.4 * info["diameter_mm"]
+    assert min(diameters) < 10.0 and max(diameters) > 20.0
+    _, mask, infos = run(liver_case, seed=9, n=3, size_range_mm=(20.0, 20.0))
+    assert all(info["diameter_mm"] == pytest.approx(20.0) for info in infos)
+
+
+def test_small_tumours_stay_clear_of_vessels(liver_case):
+    ct, liver, _ = liver_case
+    ct = ct.copy()
+    k, j, _ = np.meshgrid(*[np.arange(n) * s for n, s in zip(ct.shape, SPACING)], indexing="ij", sparse=True)
+    lattice = ((np.mod(k, 14.0) - 7.0) ** 2 + (np.mod(j, 14.0) - 7.0) ** 2 <= 2.5 ** 2) & (liver > 0)
+    ct[lattice] = VESSEL_HU
+    hits = {True: 0, False: 0}
+    for seed in range(4):
+        for avoid in (True, False):
+            _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(seed), 6,
+                                           size_range_mm=(4.0, 9.0), avoid_vessels=avoid)
+            assert infos
+            hits[avoid] += int((mask.astype(bool) & lattice).sum())
+    assert hits[True] == 0
+    assert hits[False] > 0
+
+
+def test_edges_blend_into_the_liver_and_texture_is_not_flat(liver_case):
+    ct = np.full(liver_case[0].shape, LIVER_HU, dtype=np.int16)  # noise-free, to see the blend itself
+    liver = liver_case[1]
+    new_ct, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(4), 1,
+                                        size_range_mm=(25.0, 25.0), hyper_fraction=0.0)
+    own = mask > 0
+    rim = ndimage.binary_dilation(own, iterations=2) & ~own
+    partial = rim & (new_ct < LIVER_HU - 1.0)
+    assert partial.sum() > 0.3 * rim.sum(), "the edge should fade out, not stop"
+    assert new_ct[own].std() > 2.0, "the tumour should carry a texture"
+    depth = ndimage.distance_transform_edt(own)
+    assert new_ct[depth >= 3].mean() < new_ct[rim].mean()
+
+
+def test_liver_too_small_places_fewer_tumours(liver_case):
+    ct = liver_case[0]
+    tiny = np.zeros(ct.shape, dtype=np.uint8)
+    tiny[20:24, 40:44, 40:44] = 1
+    _, mask, infos = insert_tumors(ct, tiny, SPACING, np.random.default_rng(0), 3, size_range_mm=(30.0, 60.0))
+    assert len(infos) < 3
+    assert not (mask.astype(bool) & (tiny == 0)).any()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(liver=np.zeros((48, 96, 96), np.uint8)), "empty"),
+    (dict(liver=np.ones((10, 10, 10), np.uint8)), "one shape"),
+    (dict(spacing_kji=(0.0, 1.0, 1.0)), "spacing"),
+    (dict(size_range_mm=(10.0, 5.0)), "size_range_mm"),
+    (dict(hyper_fraction=1.5), "hyper_fraction"),
+    (dict(n_tumors=-2), "n_tumors"),
+])
+def test_bad_inputs_raise_a_clear_error(liver_case, kwargs, words):
+    ct, liver, _ = liver_case
+    arguments = dict(ct_hu=ct, liver=liver, spacing_kji=SPACING, rng=np.random.default_rng(0), n_tumors=2)
+    arguments.update(kwargs)
+    with pytest.raises(LiverTumorSegError, match=words):
+        insert_tumors(**arguments)
+
+
+def _image(array: np.ndarray, like_spacing, origin, direction) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(like_spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def test_image_wrapper_keeps_geometry_pixel_type_and_labels(liver_case):
+    ct, liver, _ = liver_case
+    spacing_xyz = tuple(reversed(SPACING))
+    origin, direction = (12.5, -140.0, 300.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1)  # RAS-stored, like NIfTI
+    ct_image = _image(ct, spacing_xyz, origin, direction)
+    liver_image = _image(liver, spacing_xyz, origin, direction)
+    new_ct, labels, infos = insert_tumors_image(ct_image, liver_image, seed=3, n_tumors=3)
+    for image in (new_ct, labels):
+        assert image.GetSize() == ct_image.GetSize()
+        np.testing.assert_allclose(image.GetSpacing(), spacing_xyz)
+        np.testing.assert_allclose(image.GetOrigin(), origin)
+        np.testing.assert_allclose(image.GetDirection(), direction)
+    assert new_ct.GetPixelID() == sitk.sitkInt16 and labels.GetPixelID() == sitk.sitkUInt8
+    label_array = sitk.GetArrayFromImage(labels)
+    assert set(np.unique(label_array)) == {0, LIVER_LABEL, TUMOR_LABEL}
+    np.testing.assert_array_equal(label_array > 0, liver > 0)
+    for info in infos:
+        index = labels.TransformPhysicalPointToIndex(info["center_lps_mm"])
+        assert label_array[index[2], index[1], index[0]] == TUMOR_LABEL
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct_image), ct)  # input image untouched
+    again = insert_tumors_image(ct_image, liver_image, seed=3, n_tumors=3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again[0]), sitk.GetArrayFromImage(new_ct))
+
+
+def test_image_wrapper_refuses_a_mask_on_another_grid(liver_case):
+    ct, liver, _ = liver_case
+    ct_image = _image(ct, (1.5, 1.5, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    liver_image = _image(liver, (1.5, 1.5, 2.0), (5.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(LiverTumorSegError, match="grid"):
+        insert_tumors_image(ct_image, liver_image, seed=0, n_tumors=1)
+
+
+def test_tumours_in_a_real_ct_liver(shared_data):
+    folder = shared_data("ts_upper_abdomen_3mm")
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    liver = sitk.ReadImage(str(folder / "liver_reference.nii.gz"))
+    liver.CopyInformation(ct)
+    new_ct, labels, infos = insert_tumors_image(ct, liver, seed=0, n_tumors=4, hyper_fraction=0.0)
+    assert len(infos) == 4
+    before = sitk.GetArrayFromImage(ct)
+    after = sitk.GetArrayFromImage(new_ct)
+    label_array = sitk.GetArrayFromImage(labels)
+    liver_array = sitk.GetArrayFromImage(liver) > 0
+    assert new_ct.GetPixelID() == ct.GetPixelID()
+    np.testing.assert_array_equal(after[~liver_array], before[~liver_array])
+    tumor = label_array == TUMOR_LABEL
+    assert tumor.any() and not (tumor & ~liver_array).any()
+    liver_median = float(np.median(before[liver_array]))
+    assert infos[0]["liver_median_hu"] == pytest.approx(liver_median, abs=3.0)  # native CT: ~47 HU
+    assert after[tumor].mean() < liver_median - 10.0

@@ -1,0 +1,228 @@
+"""The Slicer module without Slicer: the .ui file loads with Qt offscreen and has every widget
+(and widget member) the module code uses; the module imports nothing heavy; its settings,
+dependency list and default model names agree with the library."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from LiverTumorSegModuleLib import dependencies, parameters, presentation, mrml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UI_FILE = REPO_ROOT / "Resources" / "UI" / "LiverTumorSeg.ui"
+MODULE_FILE = REPO_ROOT / "LiverTumorSeg" / "LiverTumorSeg.py"
+ICON_FILE = REPO_ROOT / "Resources" / "Icons" / "LiverTumorSeg.png"
+
+# Members of Slicer/CTK widgets the code may use (Qt properties, slots and signals of those classes).
+CUSTOM_WIDGET_MEMBERS = {
+    "qMRMLNodeComboBox": {"setMRMLScene", "currentNode", "setCurrentNode", "currentNodeChanged", "enabled",
+                          "toolTip", "nodeTypes"},
+    "ctkDirectoryButton": {"directory", "directoryChanged", "enabled", "toolTip"},
+    "ctkCollapsibleButton": {"collapsed", "text", "enabled"},
+}
+
+
+def ui_widgets() -> dict:
+    """name -> class of every widget in the .ui file."""
+    root = ElementTree.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+def ui_member_uses() -> dict:
+    """name -> set of members the module code uses on ``self.ui.<name>``."""
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    uses: dict = {}
+    for name, member in re.findall(r"self\.ui\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?", source):
+        uses.setdefault(name, set())
+        if member:
+            uses[name].add(member)
+    # widgets passed around in loops: "for checkBox in (self.ui.a, self.ui.b): checkBox.toggled..."
+    return uses
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_file():
+    widgets = ui_widgets()
+    used = ui_member_uses()
+    assert len(used) >= 20
+    missing = sorted(set(used) - set(widgets))
+    assert not missing, f"LiverTumorSeg.py uses widgets the .ui does not have: {missing}"
+
+
+def test_ui_uses_slicer_widget_classes_with_the_right_settings():
+    root = ElementTree.parse(UI_FILE).getroot()
+    widgets = ui_widgets()
+    assert widgets["LiverTumorSeg"] == "qMRMLWidget"
+    assert widgets["inputVolumeSelector"] == widgets["outputSegmentationSelector"] == "qMRMLNodeComboBox"
+
+    def prop(widget_name, prop_name):
+        widget = next(w for w in root.iter("widget") if w.get("name") == widget_name)
+        element = next(p for p in widget.findall("property") if p.get("name") == prop_name)
+        return element[0]
+
+    assert [s.text for s in prop("inputVolumeSelector", "nodeTypes")] == ["vtkMRMLScalarVolumeNode"]
+    assert [s.text for s in prop("outputSegmentationSelector", "nodeTypes")] == ["vtkMRMLSegmentationNode"]
+    assert prop("outputSegmentationSelector", "noneEnabled").text == "true"
+    assert prop("outputSegmentationSelector", "noneDisplay").text == "Create new segmentation"
+    assert prop("nonClinicalBadgeLabel", "text").text == "NON-CLINICAL DEMO MODEL"
+    assert "#c62828" in prop("nonClinicalBadgeLabel", "styleSheet").text  # red
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    assert {cls for cls in widgets.values() if cls[0] in "qc" and not cls.startswith("Q")} <= declared
+
+
+def test_combo_items_match_the_settings():
+    root = ElementTree.parse(UI_FILE).getroot()
+
+    def items(name):
+        widget = next(w for w in root.iter("widget") if w.get("name") == name)
+        return tuple(i.find("property/string").text for i in widget.findall("item"))
+
+    assert items("deviceComboBox") == parameters.DEVICE_CHOICES
+    assert items("qualityComboBox") == parameters.QUALITY_CHOICES
+    assert set(parameters.DEVICE_TO_CLI) == set(parameters.DEVICE_CHOICES)
+    assert set(parameters.DEVICE_TO_CLI.values()) == {"auto", "cuda", "cpu"}
+
+
+@pytest.fixture(scope="module")
+def qt_app():
+    pytest.importorskip("PySide6", reason="PySide6-Essentials is needed to load the .ui with Qt")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    return QApplication.instance() or QApplication([])
+
+
+def test_ui_file_loads_with_qt_offscreen_and_members_exist(qt_app):
+    from PySide6.QtCore import QFile, QMetaObject
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QWidget
+    import PySide6.QtWidgets as QtWidgets
+
+    loader = QUiLoader()
+    handle = QFile(str(UI_FILE))
+    assert handle.open(QFile.ReadOnly)
+    root = loader.load(handle)
+    handle.close()
+    assert root is not None, loader.errorString()
+    assert loader.errorString() == ""
+
+    classes = ui_widgets()
+    for name, members in ui_member_uses().items():
+        widget = root.findChild(QWidget, name)
+        assert widget is not None, f"{name} is not in the loaded widget tree"
+        ui_class = classes[name]
+        for member in members:
+            if ui_class in CUSTOM_WIDGET_MEMBERS:
+                assert member in CUSTOM_WIDGET_MEMBERS[ui_class], f"{name}.{member} ({ui_class}) is not known"
+                continue
+            qt_class = getattr(QtWidgets, ui_class)
+            meta: QMetaObject = qt_class.staticMetaObject
+            assert hasattr(qt_class, member) or meta.indexOfProperty(member) >= 0, \
+                f"{name}.{member}: {ui_class} has no such method, signal or property"
+
+
+def test_module_source_compiles_and_imports_nothing_heavy_at_load():
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            top_level.add(node.module.split(".")[0])
+    allowed = {"importlib", "json", "logging", "os", "time", "pathlib", "typing", "qt", "slicer", "vtk",
+               "LiverTumorSegModuleLib"}
+    assert top_level <= allowed, f"unexpected module-level imports: {sorted(top_level - allowed)}"
+
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "import LiverTumorSegModuleLib.mrml, LiverTumorSegModuleLib.task, LiverTumorSegModuleLib.process\n"
+              "import LiverTumorSegModuleLib.dependencies, LiverTumorSegModuleLib.parameters\n"
+              "import LiverTumorSegModuleLib.presentation\n"
+              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('torch', 'monai', 'scipy', 'skimage', 'safetensors', 'slicerio'))\n"
+              "print(heavy)") % str(REPO_ROOT / "LiverTumorSeg")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_parameter_node_wrapper_declares_the_same_settings():
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    wrapper = next(node for node in ast.walk(tree)
+                   if isinstance(node, ast.ClassDef) and node.name == "LiverTumorSegParameterNode")
+    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in wrapper.decorator_list)
+    declared = {}
+    for statement in wrapper.body:
+        if isinstance(statement, ast.AnnAssign):
+            declared[statement.target.id] = (ast.unparse(statement.annotation),
+                                             None if statement.value is None else ast.literal_eval(statement.value))
+    expected = {name: (f"slicer.{cls}", None) for name, cls in parameters.NODE_PARAMETERS.items()}
+    expected.update({name: (type(default).__name__, default) for name, default in parameters.VALUE_DEFAULTS.items()})
+    assert declared == expected
+
+
+def test_default_model_names_follow_the_library():
+    registry = pytest.importorskip("LiverTumorSegLib.models.registry")
+    assert parameters.DEFAULT_MODELS == {"liver": registry.DEFAULT_LIVER_MODEL, "tumor": registry.DEFAULT_TUMOR_MODEL}
+
+
+def test_dependency_list_follows_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req.replace(" ", "")
+                for req in project["dependencies"]}
+    ours = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req for _, req in dependencies.REQUIREMENTS}
+    ours["torch"] = dependencies.TORCH_REQUIREMENT
+    assert ours == declared
+
+
+def test_missing_requirements_uses_import_names():
+    present = {"numpy", "scipy", "SimpleITK", "skimage", "safetensors", "slicerio", "tqdm"}
+    assert dependencies.missing_requirements(lambda name: name in present) == ["monai>=1.3,<2"]
+    assert dependencies.torch_missing(lambda name: False)
+    assert not dependencies.missing_requirements(lambda name: True)
+
+
+def test_results_display_rows_and_card_summary():
+    rows = mrml.measurement_rows({
+        "liver_volume_ml": 1500.0, "tumor_volume_ml": 30.0, "tlvr": 0.02,
+        "lesions": [{"id": 1, "volume_ml": 30.0, "longest_axial_diameter_mm": 41.26,
+                     "centroid_ras_mm": [1.0, 2.0, 3.0], "mean_hu": 42.4, "voxel_count": 100}]})
+    cells = presentation.results_display_rows(rows)
+    assert cells[0] == ["Liver (tumor included)", "1500.00", "", "", ""]
+    assert cells[1] == ["Liver tumor (all lesions)", "30.00", "2.00", "", ""]
+    assert cells[2] == ["Lesion 1", "30.00", "2.00", "41.3", "42"]
+    assert len(presentation.RESULT_HEADERS) == len(cells[0])
+
+    card = {"name": "tumor-demo <x>", "version": "1", "task": "tumor", "non_clinical": True,
+            "description": "demo", "trained_on": "synthetic tumors", "metrics": {"dice": 0.71234, "hd95": {"mean": 5.5}},
+            "members": [{"model": "a", "weight": 0.6}, {"model": "b", "weight": 0.4}]}
+    text = presentation.card_summary_html(card)
+    assert "tumor-demo &lt;x&gt;" in text and "dice 0.712" in text and "hd95 5.500" in text
+    assert "a ×0.6, b ×0.4" in text and "Not for clinical use" in text
+    assert "Not for clinical use" not in presentation.card_summary_html(dict(card, non_clinical=False))
+
+
+def test_icon_is_a_128_pixel_png():
+    from skimage import io
+
+    image = io.imread(ICON_FILE)
+    assert image.shape[:2] == (128, 128)
+    assert image[..., 3].max() == 255 and image[..., 3].min() == 0  # shape on a transparent background
+
+
+def test_module_texts_say_not_for_clinical_use_and_name_the_methods():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert 'self.parent.title = "Liver Tumor Segmentation"' in source
+    assert 'self.parent.categories = ["Segmentation"]' in source
+    assert "Not for clinical use" in source
+    for method in ("balanced Dice loss", "greedy parameter averaging", "inter-slice", "SegResNetVAE",
+                   "label smoothing", "active-contour", "V-Net", "generalized Dice + focal loss",
+                   "weighted ensembles", "test-time-augmentation", "CT and MR"):
+        assert method in source, method
