@@ -150,7 +150,6 @@ def write_dicom_series(folder: Path, image: sitk.Image, modality: str = "CT", sl
     ImagePositionPatient/ImageOrientationPatient from the image geometry, stored values
     (HU - intercept) / slope. The direction must be right-handed (DICOM slices stack along
     row x column)."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -430,14 +429,13 @@ def tiny_registry(tiny_models_dir):
     return ModelRegistry([tiny_models_dir])
 
 
-@pytest.fixture
-def cli_env(tiny_models_dir, tmp_path) -> Dict[str, str]:
-    """Environment of a CLI subprocess using the tiny models and a private model cache."""
+@pytest.fixture(scope="session")
+def cli_env(tiny_models_dir, tmp_path_factory) -> Dict[str, str]:
+    """Environment of a CLI subprocess: the tiny models first, a private (empty) model cache."""
     env = dict(os.environ)
     env["LIVERTUMORSEG_MODELS"] = str(tiny_models_dir)
-    env["LIVERTUMORSEG_CACHE"] = str(tmp_path / "model_cache")
+    env["LIVERTUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("cli_model_cache"))
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("PYTHONWARNINGS", None)
     return env
 
 

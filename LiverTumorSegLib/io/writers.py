@@ -65,7 +65,7 @@ def write_seg_nrrd(labelmap: np.ndarray, geometry: Geometry, path: Path) -> None
                          "extent": extent, "status": "inprogress",
                          "terminology": terminology_entry_from_string(seg.slicer_string())})
     segmentation = {
-        "voxels": np.ascontiguousarray(labelmap),  # slicerio wants (i, j, k)
+        "voxels": np.ascontiguousarray(labelmap.transpose(2, 1, 0)),  # slicerio wants (i, j, k)
         "ijkToLPS": ijk_to_lps_matrix(geometry),
         "segments": segments,
         "containedRepresentationNames": ["Binary labelmap"],

@@ -304,6 +304,8 @@ class _Builder:
         self.aorta_dx = u(4, 16) * s
         self.ivc_dx = u(22, 36) * s
         self.ivc_r = (u(10, 14) * s, u(7, 11) * s)
+        self.ivc_top = (self.spine_x - self.ivc_dx - 6.0 * s,  # (x, y) where it meets the hepatic veins
+                        self.spine_y - self.vert_ry - self.ivc_r[1] - 22.0 * s)
         # ribs
         self.rib_pitch = u(28, 36) * sz
         self.rib_descent = u(150, 230) * sz
@@ -621,8 +623,6 @@ class _Builder:
             ivc &= self.organ[k] != ORGAN["aorta"]
             self.organ[k][ivc] = ORGAN["ivc"]
             self.hu[k][ivc] = v["ivc"]
-        self.ivc_top = (self.spine_x - self.ivc_dx - 6.0 * s,
-                        self.spine_y - self.vert_ry - self.ivc_r[1] - 22.0 * s)
 
     def _pelvis_in_slice(self, k, z, SX, SY, body) -> None:
         """Iliac wings flaring below the crest, then the femoral heads."""
@@ -678,15 +678,16 @@ class _Builder:
         Y = self.y[:, None]
         curve = y_top + 0.0012 / self.s * X * X
         width = np.abs(X) < self.A * 1.2
-        first = width & (np.abs(Y - curve) < 1.2) & (self.organ[0] == ORGAN["air"])
-        second = width & (np.abs(Y - curve - self._u(20, 40) * self.s) < 1.2) & (self.organ[0] == ORGAN["air"])
+        half = max(1.2, 0.6 * float(self.spacing_xyz[1]))
+        first = width & (np.abs(Y - curve) < half) & (self.organ[0] == ORGAN["air"])
+        second = width & (np.abs(Y - curve - self._u(20, 40) * self.s) < half) & (self.organ[0] == ORGAN["air"])
         table = first | second
         if table.any():
             self.organ[:, table] = ORGAN["table"]
             self.hu[:, table] = self.values["table"]
 
     def _heart(self) -> None:
-        s, sz = self.s, self.sz
+        sz = self.sz
         center = (self.cx + 0.1 * self.A, self.cy - 0.28 * self.B, self.zd + self._u(35, 55) * sz)
         axes = (0.38 * self.A, 0.36 * self.B, 60.0 * sz)
         rotation = _rotation(z_deg=self._u(20, 40))

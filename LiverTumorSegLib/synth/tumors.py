@@ -61,7 +61,8 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
     ct_crop = new_ct[crop]  # a view: blending writes straight into new_ct
     liver_crop = liver_full[crop]
     stats = _LiverStats.measure(ct_crop, liver_crop, spacing)
-    forbidden = stats.forbidden_mask(ct_crop, liver_crop, spacing) if avoid_vessels else None
+    forbidden = stats.forbidden_mask(liver_crop) if avoid_vessels else None
+    stats.smooth = None  # not needed any more
     depth = _ConservativeDepth(liver_crop, spacing)
     occupied = np.zeros(liver_crop.shape, dtype=bool)
     offset = np.array([s.start for s in crop])
@@ -158,10 +159,11 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 class _LiverStats:
-    """The liver's own intensity statistics: median parenchyma HU, robust spread, noise level."""
+    """The liver's own intensity statistics: median parenchyma HU, robust spread of the lightly
+    smoothed values, noise level, and that smoothed CT."""
 
-    def __init__(self, median: float, spread: float, noise: float) -> None:
-        self.median, self.spread, self.noise = median, spread, noise
+    def __init__(self, median: float, spread: float, noise: float, smooth: np.ndarray) -> None:
+        self.median, self.spread, self.noise, self.smooth = median, spread, noise, smooth
 
     @classmethod
     def measure(cls, ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray) -> "_LiverStats":
@@ -174,21 +176,22 @@ class _LiverStats:
         smooth_values = smooth[inner]
         spread = 1.4826 * float(np.median(np.abs(smooth_values - np.median(smooth_values))))
         noise = 1.4826 * float(np.median(np.abs(values - smooth_values)))
-        return cls(median, spread, noise)
+        return cls(median, spread, noise, smooth)
 
-    def forbidden_mask(self, ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    def forbidden_mask(self, liver: np.ndarray) -> np.ndarray:
         """Liver voxels clearly brighter (vessels) or darker (fissures, lesions, unenhanced vessels)
-        than the parenchyma, after light smoothing, grown by about a millimetre."""
-        smooth = ndimage.gaussian_filter(ct, sigma=_voxels(1.0, spacing), mode="nearest")
+        than the parenchyma after light smoothing (beyond 3 robust SDs, at least 15 HU), grown by
+        one voxel."""
         threshold = max(3.0 * self.spread, 15.0)
-        different = liver & (np.abs(smooth - self.median) > threshold)
+        different = liver & (np.abs(self.smooth - self.median) > threshold)
         grow = ndimage.generate_binary_structure(3, 1)
         return ndimage.binary_dilation(different, structure=grow, iterations=1)
 
 
 class _ConservativeDepth:
-    """Distance (mm) from liver voxels to the liver's surface, on blocks of ~2 mm for speed, made
-    conservative so that a tumour whose extent is below the depth of its centre stays inside."""
+    """Distance (mm) from liver voxels to the liver's surface, on blocks of ~2 mm for speed and
+    made conservative by a block's diagonal: it picks candidate centres deep enough for a tumour
+    (the exact check that the whole tumour lies in the liver follows in ``_try_place``)."""
 
     def __init__(self, liver: np.ndarray, spacing: np.ndarray) -> None:
         self.factor = np.maximum(1, np.floor(2.0 / spacing)).astype(int)

@@ -9,7 +9,6 @@ per failure path, runs as subprocesses in parallel to keep the suite fast."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -75,16 +74,7 @@ def _leftovers(folder: Path) -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def module_env(tiny_models_dir, tmp_path_factory) -> Dict[str, str]:
-    env = dict(os.environ)
-    env["LIVERTUMORSEG_MODELS"] = str(tiny_models_dir)
-    env["LIVERTUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("cli_cache"))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@pytest.fixture(scope="module")
-def segmented(tmp_path_factory, module_env, python_exe, helpers):
+def segmented(tmp_path_factory, cli_env, python_exe, helpers):
     """One run with the JSON progress protocol on a synthetic DICOM series folder 'patient01'
     (image axes along S, L, P): (input folder, output folder, process)."""
     root = tmp_path_factory.mktemp("cli_segment")
@@ -92,7 +82,7 @@ def segmented(tmp_path_factory, module_env, python_exe, helpers):
                                         helpers.phantom_ct(direction=helpers.DIRECTIONS["permuted"]))
     out = root / "out"
     proc = _run(python_exe, ["segment", series, "--output", out, "--device", "cpu", "--progress", "json"],
-                module_env, root)
+                cli_env, root)
     return series, out, proc
 
 
@@ -160,10 +150,10 @@ def test_bad_input_in_process_one_error_line_no_file(case, progress, bad_inputs,
     assert _leftovers(out) == []
 
 
-def test_bad_inputs_as_subprocesses(bad_inputs, module_env, python_exe, tmp_path):
+def test_bad_inputs_as_subprocesses(bad_inputs, cli_env, python_exe, tmp_path):
     runs = [["segment", bad_inputs[case].path, "--output", tmp_path / case, "--progress", "json"]
             for case in BAD_CASES_AS_SUBPROCESS]
-    for case, proc in zip(BAD_CASES_AS_SUBPROCESS, _run_parallel(python_exe, runs, module_env, tmp_path)):
+    for case, proc in zip(BAD_CASES_AS_SUBPROCESS, _run_parallel(python_exe, runs, cli_env, tmp_path)):
         assert proc.returncode == 1, (case, proc.stderr)
         line = _assert_one_error_line(proc.stderr, only_line=True)
         assert any(fragment in line.lower() for fragment in bad_inputs[case].expect), (case, line)
@@ -180,7 +170,7 @@ def _snapshot(paths: Sequence[Path]) -> Dict[str, tuple]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
 
 
-def test_existing_output_needs_force(segmented, module_env, python_exe, tmp_path, helpers):
+def test_existing_output_needs_force(segmented, cli_env, python_exe, tmp_path, helpers):
     series, first_out, first = segmented
     assert first.returncode == 0, first.stderr
     kept, replaced = tmp_path / "kept", tmp_path / "replaced"
@@ -192,7 +182,7 @@ def test_existing_output_needs_force(segmented, module_env, python_exe, tmp_path
     time.sleep(0.01)
     refused, forced = _run_parallel(python_exe, [
         ["segment", series, "--output", kept, "--progress", "none"],
-        ["segment", same_name_file, "--output", replaced, "--progress", "none", "--force"]], module_env, tmp_path)
+        ["segment", same_name_file, "--output", replaced, "--progress", "none", "--force"]], cli_env, tmp_path)
 
     assert refused.returncode == 1
     line = _assert_one_error_line(refused.stderr, only_line=True)
@@ -231,7 +221,7 @@ def test_one_bad_input_among_several_fails_only_that_one(tmp_path, bad_inputs, t
     assert _leftovers(out) == sorted(p.name for p in _outputs(out, "case01"))
 
 
-def test_models_list_and_verify(tmp_path, module_env, python_exe, tiny_models):
+def test_models_list_and_verify(tmp_path, cli_env, python_exe, tiny_models):
     corrupted = tmp_path / "corrupted"
     corrupted.mkdir()
     for name in (tiny_models.liver, *tiny_models.members, tiny_models.tumor):
@@ -241,11 +231,11 @@ def test_models_list_and_verify(tmp_path, module_env, python_exe, tiny_models):
             shutil.copy2(weights, corrupted)
     member = corrupted / f"{tiny_models.members[0]}.safetensors"
     member.write_bytes(member.read_bytes()[:-1] + b"\x7f")
-    corrupted_env = dict(module_env, LIVERTUMORSEG_MODELS=str(corrupted))
+    corrupted_env = dict(cli_env, LIVERTUMORSEG_MODELS=str(corrupted))
     runs = [["models", "list"], ["models", "list", "--json"], ["models", "verify", tiny_models.liver, tiny_models.tumor],
             ["models", "verify"]]
     listed, listed_json, verified, broken = _run_parallel(
-        python_exe, runs, module_env, tmp_path, envs=[module_env, module_env, module_env, corrupted_env])
+        python_exe, runs, cli_env, tmp_path, envs=[cli_env, cli_env, cli_env, corrupted_env])
 
     assert listed.returncode == 0, listed.stderr
     for name in (tiny_models.liver, tiny_models.tumor, *tiny_models.members):
@@ -266,13 +256,13 @@ def test_models_list_and_verify(tmp_path, module_env, python_exe, tiny_models):
     assert _assert_one_error_line(broken.stderr, only_line=True).startswith("error: 1 model problem")
 
 
-def test_measure_recomputes_the_volumes_from_a_labelmap(segmented, module_env, python_exe, tmp_path, capfd,
+def test_measure_recomputes_the_volumes_from_a_labelmap(segmented, cli_env, python_exe, tmp_path, capfd,
                                                         cli_main):
     ct_path, out, first = segmented
     assert first.returncode == 0, first.stderr
     report = json.loads((out / "patient01.json").read_text())
     proc = _run(python_exe, ["measure", out / "patient01.nii.gz", "--ct", ct_path, "--output", tmp_path / "m"],
-                module_env, tmp_path)
+                cli_env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     measured = json.loads((tmp_path / "m" / "patient01_measurements.json").read_text())
     for key in ("liver_volume_ml", "tumor_volume_ml", "tlvr"):
@@ -316,11 +306,11 @@ def large_ct_file(tmp_path_factory, helpers) -> Path:
     return path
 
 
-def test_sigterm_leaves_no_output_and_no_temporary_folder(large_ct_file, module_env, python_exe, tmp_path):
+def test_sigterm_leaves_no_output_and_no_temporary_folder(large_ct_file, cli_env, python_exe, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen(_command(python_exe, ["segment", large_ct_file, "--output", out, "--progress", "json"]),
-                            env=module_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
         assert json.loads(first)["event"] == "progress", first

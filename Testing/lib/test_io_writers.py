@@ -190,10 +190,6 @@ def test_no_tumor_still_writes_both_segments_and_an_empty_table(tmp_path, helper
     assert report["tumor_volume_ml"] == 0 and report["tlvr"] == 0 and report["lesions"] == []
 
 
-def _snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
-
-
 def test_existing_outputs_are_not_overwritten_without_force(tmp_path, helpers, tiny_registry, tiny_models):
     _, _, result = _result(helpers, tiny_registry, tiny_models)
     out = tmp_path / "out"
