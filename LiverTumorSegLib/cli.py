@@ -12,8 +12,9 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from . import __version__
 from .errors import CancelledError, LiverTumorSegError
@@ -35,33 +36,44 @@ class _JsonLines:
 
 
 class _Bars:
-    """One tqdm bar per stage on stderr."""
+    """One tqdm bar per stage on stderr when it is a terminal; otherwise one plain line per
+    finished stage (no half-drawn bars in logs). A failed stage's bar is cleared."""
 
     def __init__(self, prefix: str = "") -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.prefix = prefix
+        self.interactive = sys.stderr.isatty()
         self.bar = None
         self.stage: Optional[str] = None
+        self.started = 0.0
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.stage != self.stage:
             self.close()
             self.stage = event.stage
-            self.bar = self._tqdm(total=100, desc=f"{self.prefix}{event.stage:<28}", unit="%", leave=True,
-                                  bar_format="{desc} {bar} {n:3.0f}% {elapsed}", file=sys.stderr,
-                                  mininterval=0.5)
-        assert self.bar is not None
-        percent = round(100 * event.fraction)
-        if percent > self.bar.n:
-            self.bar.update(percent - self.bar.n)
-
-    def close(self) -> None:
+            self.started = time.perf_counter()
+            if self.interactive:
+                self.bar = self._tqdm(total=100, desc=f"{self.prefix}{event.stage:<28}", unit="%", leave=True,
+                                      bar_format="{desc} {bar} {n:3.0f}% {elapsed}", file=sys.stderr,
+                                      mininterval=0.5)
         if self.bar is not None:
+            percent = round(100 * event.fraction)
+            if percent > self.bar.n:
+                self.bar.update(percent - self.bar.n)
+        elif event.fraction >= 1.0 and self.stage is not None:
+            print(f"{self.prefix}{self.stage:<28} done ({time.perf_counter() - self.started:.1f} s)",
+                  file=sys.stderr, flush=True)
+            self.stage = None
+
+    def close(self, failed: bool = False) -> None:
+        if self.bar is not None:
+            if failed:
+                self.bar.leave = False
             self.bar.close()
             self.bar = None
-            self.stage = None
+        self.stage = None
 
 
 class _JsonLogHandler(logging.Handler):
@@ -164,17 +176,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
             progress.report("write", 0.0)
             outputs = write_outputs(result, path, volume.name, volume.source, args.output, force=args.force)
             progress.report("write", 1.0)
-        except CancelledError:
-            raise
-        except LiverTumorSegError as exc:
-            if len(args.inputs) == 1:
+        except BaseException as exc:
+            if bars is not None:
+                bars.close(failed=True)
+            if not isinstance(exc, LiverTumorSegError) or isinstance(exc, CancelledError) or len(args.inputs) == 1:
                 raise
             failures += 1
             print(f"error: {path}: {exc}", file=sys.stderr)
             continue
-        finally:
-            if bars is not None:
-                bars.close()
+        if bars is not None:
+            bars.close()
         m = result.measurements
         if args.progress == "json":
             _JsonLines.emit({"event": "result", "input": str(path), "name": volume.name, "outputs": outputs})
@@ -191,7 +202,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.card import ModelCard
     from .models.registry import ModelRegistry
 
     registry = ModelRegistry.default()

@@ -22,6 +22,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+# The tests run tiny tensors. On a busy 2-core machine, PyTorch's default of one OpenMP thread
+# per core makes them about ten times slower (threads spin-waiting for a core), so the tests and
+# the CLI processes they start use one thread unless the caller chose otherwise. Set before any
+# test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = (REPO_ROOT / ".." / "shared" / "data").resolve()
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
 import struct
+import sys
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -90,11 +93,32 @@ def _nifti_data_complete(path: Path) -> bool:
         return False
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence what C++ readers (GDCM, MetaIO) print straight to the process's stderr: the
+    user gets our one error line instead. Python-level stderr is untouched."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _read_file(path: Path) -> sitk.Image:
     if path.stat().st_size == 0:
         raise LiverTumorSegError(f"{path} is empty (0 bytes); give a CT image file")
     try:
-        image = sitk.ReadImage(str(path))
+        with _native_stderr_silenced():
+            image = sitk.ReadImage(str(path))
     except RuntimeError:
         raise LiverTumorSegError(f"{path} cannot be read as an image (not a NIfTI, NRRD, MHA/MHD or DICOM "
                                  "file, or truncated/corrupt); check the file or export it again") from None
@@ -106,14 +130,11 @@ def _read_file(path: Path) -> sitk.Image:
 
 def _read_dicom_folder(folder: Path) -> tuple:
     reader = sitk.ImageSeriesReader()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr about folders without DICOM
     try:
-        series_ids = reader.GetGDCMSeriesIDs(str(folder))
+        with _native_stderr_silenced():  # GDCM warns on stderr about folders without DICOM
+            series_ids = reader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         series_ids = ()
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series_ids:
         raise LiverTumorSegError(f"no DICOM image series found in folder {folder}; give a folder of CT "
                                  "DICOM files or an image file")
@@ -127,7 +148,8 @@ def _read_dicom_folder(folder: Path) -> tuple:
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
     try:
-        image = reader.Execute()
+        with _native_stderr_silenced():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise LiverTumorSegError(f"the DICOM series in {folder} cannot be read ({str(exc).strip().splitlines()[-1][:120]}); "
                                  "check that the files are complete") from None

@@ -2,11 +2,11 @@
 Task03 Liver (imagesTr/labelsTr + dataset.json, labels 0/1/2) and LiTS (volume-N.nii,
 segmentation-N.nii, labels 0/1/2), written with nibabel as those datasets were.
 
-The library has no dataset reader yet (``LiverTumorSegLib/io/datasets.py`` is planned), so these
-tests read the layouts' index themselves and check what the library must do with each file:
-the image loads as a CT with its geometry, the label file lies on the same grid, and the
-dataset's label values mean what the library's labels mean (1 liver, 2 tumor; the liver
-volume includes the tumor)."""
+Most tests read the layouts' index themselves and check what the library must do with each
+file: the image loads as a CT with its geometry (``load_volume``), the label file lies on the
+same grid, and the dataset's label values mean what the library's labels mean (1 liver, 2
+tumor; the liver volume includes the tumor). The last test runs the library's dataset reader
+(``LiverTumorSegLib.io.datasets``) on the same files."""
 
 from __future__ import annotations
 
@@ -150,3 +150,20 @@ def test_msd_label_file_is_not_a_ct(msd_task03):
     from LiverTumorSegLib.errors import LiverTumorSegError
     with pytest.raises(LiverTumorSegError, match="Hounsfield"):
         load_volume(msd_task03 / "labelsTr" / "liver_0.nii.gz")
+
+
+@pytest.mark.parametrize("layout", ["msd", "lits"])
+def test_dataset_reader_opens_both_layouts(layout, msd_task03, lits, helpers):
+    """The library's dataset reader finds every case of the layouts above and loads each as
+    (CT in HU, labelmap 0/1/2 on the CT's grid)."""
+    datasets = pytest.importorskip("LiverTumorSegLib.io.datasets", reason="the dataset reader is not in this tree")
+    root = msd_task03 if layout == "msd" else lits.parent
+    cases = datasets.open_dataset(root)
+    assert len(cases) == 2
+    for case in cases:
+        ct, labels = case.load()
+        assert ct.GetPixelID() == sitk.sitkFloat32 and labels.GetPixelID() == sitk.sitkUInt8
+        assert Geometry.of(ct).matches(Geometry.of(labels))
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(labels), helpers.analytic_labels_like(ct))
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ct),
+                                      sitk.GetArrayFromImage(load_volume(case.image_path).image))
