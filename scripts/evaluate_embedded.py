@@ -149,6 +149,12 @@ def main() -> int:
                                                  "liver_dice_phantoms")}
         metrics_tumor = {k: summary[k] for k in ("tumor_dpc_phantoms", "tumor_dpc_real_liver_synthetic_tumors",
                                                  "false_positive_tumor_ml_real_tumor_free")}
+        header = ("# Evaluation of the embedded demo models (non-clinical)\n\nWritten by `scripts/evaluate_embedded.py "
+                  f"--phantoms {args.phantoms} --real-tumor-cases {args.real_tumor_cases} --update-cards`: the full "
+                  "pipeline (default settings, CPU) on data no model was trained on, except the row marked "
+                  "'training case'. Dice compares masks by physical position.\n\n")
+        summary_lines = ["", "## Summary", "", "```json", json.dumps(summary, indent=1), "```", ""]
+        (args.models / "EVALUATION.md").write_text(header + "\n".join(lines) + "\n" + "\n".join(summary_lines))
         for card_path, metrics in ((args.models / "liver-demo.json", metrics_liver),
                                    (args.models / "tumor-demo-ensemble.json", metrics_tumor)):
             card = read_card(card_path)
