@@ -83,7 +83,7 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
             for step, flip in enumerate(flips):
                 xin = torch.flip(x, dims=list(flip)) if flip else x
                 prob = sliding_window_inference(
-                    xin.to(device), roi_size=card.patch_size_kji, sw_batch_size=sw_batch_size,
+                    xin.to(device), roi_size=card.inference_patch_size_kji, sw_batch_size=sw_batch_size,
                     predictor=predictor, overlap=overlap, mode="gaussian", padding_mode="constant",
                     cval=0.0, sw_device=device, device=torch.device("cpu"), progress=False)
                 if flip:

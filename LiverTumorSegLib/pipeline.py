@@ -54,7 +54,7 @@ class PipelineSettings:
 
     @property
     def overlap(self) -> float:
-        return 0.1 if self.fast else 0.5
+        return 0.0 if self.fast else 0.25
 
     @property
     def use_tta(self) -> bool:

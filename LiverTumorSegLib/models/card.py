@@ -33,6 +33,7 @@ class ModelCard:
     weights_file: str
     weights_sha256: str
     orientation: str = "LPS"
+    inference_patch_size: Optional[Tuple[int, int, int]] = None  # (x, y, z); larger windows = fewer of them
     input_channels: List[str] = field(default_factory=lambda: ["ct"])
     classes: Dict[str, str] = field(default_factory=dict)
     description: str = ""
@@ -56,6 +57,12 @@ class ModelCard:
     @property
     def patch_size_kji(self) -> Tuple[int, int, int]:
         return tuple(int(v) for v in self.patch_size[::-1])  # type: ignore[return-value]
+
+    @property
+    def inference_patch_size_kji(self) -> Tuple[int, int, int]:
+        """The sliding-window size at inference (the training patch unless the card says otherwise)."""
+        size = self.inference_patch_size or self.patch_size
+        return tuple(int(v) for v in size[::-1])  # type: ignore[return-value]
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -155,6 +162,8 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
                      weights_file=_require(d, "weights_file", path),
                      weights_sha256=_require(d, "weights_sha256", path),
                      orientation=d.get("orientation", "LPS"),
+                     inference_patch_size=(tuple(int(v) for v in d["inference_patch_size"])  # type: ignore[arg-type]
+                                           if d.get("inference_patch_size") else None),
                      input_channels=list(d.get("input_channels", ["ct"])),
                      classes=dict(d.get("classes", {})), **common)
 

@@ -206,7 +206,7 @@ def test_tta_gives_an_uncertainty_map_on_the_liver_crop(helpers, tiny_models):
 
 
 def test_settings_fast_and_tta():
-    assert PipelineSettings().overlap == 0.5 and PipelineSettings(fast=True).overlap == 0.1
+    assert PipelineSettings().overlap == 0.25 and PipelineSettings(fast=True).overlap == 0.0
     assert not PipelineSettings(tta=True, fast=True).use_tta and PipelineSettings(tta=True).use_tta
 
 
