@@ -38,6 +38,7 @@ TRAIN_REAL = SHARED / "ts_upper_abdomen_3mm"
 NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and one real CT with synthetic tumours. "
                 "NOT FOR CLINICAL USE: not validated on real patients' tumours.")
 log = logging.getLogger("train_embedded")
+PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
 
 
 def liver_card() -> ModelCard:
@@ -87,8 +88,12 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         n_tumors = (0, 2) if card.task == "liver" else (1, 6)
-        z_extent = float(np.random.default_rng(seed + 99).choice([150.0, 200.0, 240.0]))
-        ph = make_phantom(seed, size_mm=(360, 300, z_extent), spacing=phantom_spacing(seed), n_tumors=n_tumors)
+        z_extent = float(np.random.default_rng(seed + 99).choice([90.0, 150.0, 200.0, 240.0]))
+        # The liver model also sees chests and upper abdomens with the heart on the liver: what is
+        # not liver above the diaphragm.
+        view = "abdomen" if card.task == "tumor" else PHANTOM_VIEWS[seed % len(PHANTOM_VIEWS)]
+        ph = make_phantom(seed, size_mm=(360, 300, z_extent), spacing=phantom_spacing(seed), n_tumors=n_tumors,
+                          view=view)
         samples.append(prepare_sample(f"phantom-{seed}", ph.ct, ph.labels, card))
     ct, liver = real_training_case()
     for variant in range(n_real_variants):

@@ -1,13 +1,19 @@
-"""A synthetic, labelled abdominal CT phantom in LPS patient coordinates.
+"""A synthetic, labelled CT phantom of the trunk (abdomen and chest) in LPS patient coordinates.
 
 The phantom is built on an axial grid (i = patient left, j = posterior, k = superior) from
 randomly sized and placed parts calibrated on the real CTs of ../shared/data: air, an
 elliptic body with subcutaneous fat, a muscle wall with ribs, the spine, paraspinal and psoas
-muscles, lungs above a two-domed diaphragm, the heart, aorta and IVC, kidneys, spleen,
-stomach with gas and fluid, pancreas, portal vein, bowel loops, gallbladder and the liver in
-the patient's right upper abdomen with branching portal and hepatic veins; then synthetic
-liver tumours (:mod:`.tumors`), partial-volume blur and CT noise. HU values follow a random
-contrast phase (native, arterial, portal venous, delayed). Everything is drawn from one seed.
+muscles, lungs above a two-domed diaphragm, aorta and IVC, kidneys, spleen, stomach with gas
+and fluid, pancreas, portal vein, bowel loops, gallbladder and the liver in the patient's right
+upper abdomen with branching portal and hepatic veins. Above the diaphragm: the heart (four
+chambers, myocardium, epicardial fat) resting on the diaphragm over the liver's left lobe, the
+ascending aorta, arch and its branches, pulmonary trunk and arteries, SVC and pulmonary veins,
+trachea and bronchi, oesophagus, branching pulmonary vessels in the lungs, sternum and
+pectoral muscles. Then synthetic liver tumours (:mod:`.tumors`), partial-volume blur and CT
+noise. HU values follow a random contrast phase (native, arterial, portal venous, delayed).
+The field of view is an abdominal, upper-abdominal or chest CT (``view``). Everything is drawn
+from one seed; the chest comes from a second stream spawned from it, so the abdomen of a
+seed is the same with or without it.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ ORGAN_NAMES: Tuple[str, ...] = (
     "air", "subcutaneous_fat", "muscle", "visceral_fat", "bone", "lung", "heart", "aorta", "ivc",
     "portal_vein", "kidney", "spleen", "stomach", "bowel", "pancreas", "gallbladder", "liver",
     "hepatic_vessel", "spinal_canal", "table", "liver_tumor", "bladder", "retroperitoneal_fat",
+    "pericardial_fat", "pulmonary_vessel", "airway", "esophagus", "mediastinal_fat",
 )
 ORGAN = {name: index for index, name in enumerate(ORGAN_NAMES)}
 PHASES: Tuple[str, ...] = ("native", "arterial", "portal_venous", "delayed")
+# Fields of view: where the scan sits along the body (see make_phantom).
+VIEWS: Tuple[str, ...] = ("abdomen", "upper_abdomen", "thorax")
 _PHASE_PROBABILITIES = (0.2, 0.15, 0.55, 0.10)
 HU_MIN, HU_MAX = -1024, 3071
 
@@ -64,7 +73,8 @@ _FIXED_HU: Dict[str, Tuple[float, float]] = dict(
 # Texture amplitude (HU std of a smooth field) per tissue.
 _TEXTURE_HU = dict(subcutaneous_fat=5, muscle=6, visceral_fat=10, bone=40, lung=25, heart=5, aorta=2, ivc=3,
                    portal_vein=2, kidney=6, spleen=5, stomach=8, bowel=10, pancreas=14, gallbladder=2, liver=3,
-                   hepatic_vessel=2, spinal_canal=3, bladder=2, retroperitoneal_fat=10)
+                   hepatic_vessel=2, spinal_canal=3, bladder=2, retroperitoneal_fat=10, pericardial_fat=8,
+                   pulmonary_vessel=3, airway=3, esophagus=5, mediastinal_fat=10)
 
 
 @dataclass
@@ -81,17 +91,26 @@ class Phantom:
 def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240),
                  spacing: Tuple[float, float, float] = (1.5, 1.5, 3.0),
                  n_tumors: Union[int, Tuple[int, int]] = (0, 4), direction: Optional[str] = None,
-                 noise_hu: float = 12.0) -> Phantom:
+                 noise_hu: float = 12.0, view: str = "abdomen", z_offset_mm: float = 0.0) -> Phantom:
     """Build the phantom drawn from ``seed``.
 
     ``size_mm`` and ``spacing`` run along the patient's L, P, S axes (x, y, z). ``n_tumors`` is a
     count or an inclusive (low, high) range. ``direction`` None gives an axial LPS grid (identity
     direction); an orientation code such as "RAS", "LPI" or "PIR" reorients the same physical
     image (ITK's DICOMOrient convention). ``noise_hu`` is the CT noise's standard deviation.
+    ``view`` places the scan along the body: "abdomen" (the diaphragm's dome near the top, the
+    heart's lower part in view for some seeds), "upper_abdomen" (the dome 60-120 mm below the
+    top: the liver and the lower heart) or "thorax" (a chest CT: the dome near the bottom or
+    below it, so little or no liver). ``z_offset_mm`` then moves the field of view that many mm
+    further up the body (the anatomy moves down in the image); 0 keeps the view's placement.
+    A seed keeps its body, contrast phase, HU values, diaphragm, chest, kidneys, spleen and liver
+    placement in every view; the parts drawn after the liver (gallbladder, pancreas, stomach,
+    bowel, tumours) may differ, since their random draws follow how much of the liver is in view.
     """
-    _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu)
+    _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu, view, z_offset_mm)
     rng = np.random.default_rng(seed)
-    builder = _Builder(rng, size_mm, spacing)
+    chest_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    builder = _Builder(rng, size_mm, spacing, chest_rng, view=view, z_offset_mm=z_offset_mm)
     builder.build_anatomy()
     hu = builder.hu
     builder.add_texture()
@@ -123,13 +142,14 @@ def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240
         for info in infos:
             index = images[0].TransformPhysicalPointToIndex(info["center_lps_mm"])
             info["center_kji"] = tuple(int(v) for v in reversed(index))
-    properties = dict(builder.properties, seed=seed, n_tumors=len(infos), noise_hu=noise_hu)
+    properties = dict(builder.properties, seed=seed, n_tumors=len(infos), noise_hu=noise_hu, view=view,
+                      z_offset_mm=float(z_offset_mm))
     return Phantom(ct=images[0], labels=images[1], tumors=infos, organs=images[2], properties=properties)
 
 
 # ---------------------------------------------------------------------------------------------
 
-def _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu) -> None:
+def _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu, view="abdomen", z_offset_mm=0.0) -> None:
     if len(size_mm) != 3 or min(size_mm) <= 0:
         raise LiverTumorSegError(f"size_mm={size_mm} must be three positive extents in mm (x, y, z)")
     if len(spacing) != 3 or min(spacing) <= 0:
@@ -145,6 +165,10 @@ def _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu) -> None:
                                  "of each pair R/L, A/P, S/I, e.g. 'LPS', 'RAS' or 'PIR'")
     if noise_hu < 0:
         raise LiverTumorSegError(f"noise_hu={noise_hu} must be >= 0")
+    if view not in VIEWS:
+        raise LiverTumorSegError(f"view={view!r} is not a field of view; use one of {', '.join(VIEWS)}")
+    if not math.isfinite(float(z_offset_mm)):
+        raise LiverTumorSegError(f"z_offset_mm={z_offset_mm} must be a finite number of mm")
 
 
 def _is_orientation_code(code: str) -> bool:
@@ -239,8 +263,12 @@ def _rotation(z_deg: float = 0.0, y_deg: float = 0.0, x_deg: float = 0.0) -> np.
 class _Builder:
     """Draws the anatomy into ``hu`` (float32) and ``organ`` (uint8 tissue ids) on an LPS grid."""
 
-    def __init__(self, rng: np.random.Generator, size_mm, spacing) -> None:
+    def __init__(self, rng: np.random.Generator, size_mm, spacing, chest_rng: np.random.Generator,
+                 view: str = "abdomen", z_offset_mm: float = 0.0) -> None:
         self.rng = rng
+        self.chest_rng = chest_rng  # the chest's own stream: the abdomen's draws stay as they were
+        self.view = view
+        self.z_offset_mm = float(z_offset_mm)
         self.spacing_xyz = np.asarray(spacing, dtype=np.float64)
         self.spacing_kji = tuple(float(s) for s in self.spacing_xyz[::-1])
         nx, ny, nz = (max(8, int(round(e / s))) for e, s in zip(size_mm, spacing))
@@ -258,6 +286,7 @@ class _Builder:
         self.organ = np.zeros(self.shape, dtype=np.uint8)
         self.properties: Dict = {}
         self._draw_parameters(center)
+        self._draw_chest_parameters()
 
     # ----- random parameters -------------------------------------------------------------
     def _u(self, lo: float, hi: float) -> float:
@@ -274,12 +303,7 @@ class _Builder:
         self.A, self.B = a0 * scale, b0 * scale
         self.cx = fov_center[0] + u(-0.03, 0.03) * self.fov[0]
         self.cy = fov_center[1] + u(-0.04, 0.02) * self.fov[1]
-        top = float(self.z[-1])
-        # where the scan starts above the dome: mostly just above it (abdominal CT), sometimes high
-        # in the chest (chest-abdomen), sometimes just below it (dome cut off)
-        draw = rng.random()
-        drop = u(10, 70) if draw < 0.7 else (u(70, 160) if draw < 0.9 else u(-30, 10))
-        self.zd = top - min(drop * sz, 0.5 * float(self.fov[2]))  # top of the right diaphragm dome
+        self.zd = self._dome_height(rng.random())  # top of the right diaphragm dome
         self.phase = str(rng.choice(PHASES, p=_PHASE_PROBABILITIES))
         self.values = {name: u(*rng_range) for name, rng_range in _PHASE_HU[self.phase].items()}
         self.values.update({name: u(*rng_range) for name, rng_range in _FIXED_HU.items()})
@@ -323,6 +347,42 @@ class _Builder:
                                liver_hu=round(self.values["liver"], 1), dome_z_mm=round(float(self.zd), 1),
                                values_hu={k: round(v, 1) for k, v in self.values.items()}, **self.extras)
 
+    def _dome_height(self, draw: float) -> float:
+        """Height (z mm) of the right dome's top for the view; two draws in every view."""
+        u, sz = self._u, self.sz
+        top, bottom, extent = float(self.z[-1]), float(self.z[0]), float(self.fov[2])
+        if self.view == "abdomen":
+            # where the scan starts above the dome: mostly just above it (abdominal CT), sometimes
+            # high in the chest (chest-abdomen), sometimes just below it (dome cut off)
+            drop = u(10, 70) if draw < 0.7 else (u(70, 160) if draw < 0.9 else u(-30, 10))
+            zd = top - min(drop * sz, 0.5 * extent)
+        elif self.view == "upper_abdomen":  # the liver and the heart's lower part
+            zd = top - min(u(60, 120) * sz, 0.7 * extent)
+        else:  # a chest CT: the dome near the bottom, or out of view below it
+            zd = min(bottom + u(-20, 35) * sz, top - (40.0 + 100.0 * draw) * sz)
+            zd = max(zd, top - 240.0 * sz)  # the top no higher than the lungs' apices
+        return zd - self.z_offset_mm
+
+    def _draw_chest_parameters(self) -> None:
+        """Sizes and heights of the chest's parts, from the chest's own random stream."""
+        rng = self.chest_rng
+
+        def u(lo: float, hi: float) -> float:
+            return float(rng.uniform(lo, hi))
+
+        s, sz, zd = self.s, self.sz, self.zd
+        arch_z = zd + u(150, 185) * sz
+        self.chest = dict(
+            arch_z=arch_z, carina_z=arch_z - u(12, 28) * sz, pa_bifurcation_z=zd + u(100, 125) * sz,
+            apex_z=zd + u(220, 270) * sz, xiphoid_z=zd - u(20, 45) * sz, manubrium_z=arch_z + u(0, 25) * sz,
+            sternum_half=u(11, 17) * s, sternum_thick=u(9, 13) * s, pectoral=u(4, 18) * s,
+            heart_size=u(1.05, 1.3), heart_dx=u(0.06, 0.16) * self.A, heart_tilt=u(15, 30),
+            epicardial_fat=u(0.5, 4.0) * s, fat_pad=u(0.0, 16.0) * s,
+            ascending_r=u(13, 17) * s, ascending_dx=u(-10, 2) * s, trunk_r=u(12, 15) * s, svc_r=u(8, 11) * s,
+            trachea_r=u(8, 10.5) * s, esophagus_r=u(6, 8) * s, esophagus_air=bool(rng.random() < 0.4),
+            sleeve=u(4, 9) * s, mediastinum_half=u(9, 16) * s,
+            airway_wall_hu=u(20, 80), artery_scale=u(0.85, 1.0), vein_scale=u(0.9, 1.0))
+
     # ----- helpers ---------------------------------------------------------------------------
     def _box(self, lo, hi):
         """Index slices and (z, y, x) mm coordinate vectors of the box [lo, hi] (x, y, z mm)."""
@@ -350,12 +410,13 @@ class _Builder:
         return total
 
     def _ellipsoid(self, center, axes, rotation=None, margin: float = 1.0):
-        """(slices, rho^2, (z, y, x) coordinates) of an ellipsoid's bounding box; rho^2 <= 1 inside."""
+        """(slices, rho^2, (z, y, x) coordinates) of an ellipsoid's bounding box; rho^2 <= 1 inside.
+        None when the box lies outside the volume (callers skip the part)."""
         rotation = np.eye(3) if rotation is None else rotation
         reach = np.abs(rotation) @ np.asarray(axes) * margin
         box = self._box(np.asarray(center) - reach, np.asarray(center) + reach)
         if box is None:
-            return None, None, None
+            return None
         slices, z, y, x = box
         return slices, self._rho2(z, y, x, center, axes, rotation), (z, y, x)
 
@@ -400,7 +461,7 @@ class _Builder:
             self._arms()
         if self.extras["table"]:
             self._table()
-        self._heart()
+        self._chest()
         self._kidneys()
         self._spleen()
         self._liver()
@@ -413,6 +474,8 @@ class _Builder:
         self._bladder()
         liver = np.isin(self.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
         self.properties["liver_volume_ml"] = round(float(liver.sum()) * self.geometry.voxel_volume_ml, 1)
+        heart = int(np.count_nonzero(self.organ == ORGAN["heart"]))
+        self.properties["heart_volume_ml"] = round(heart * self.geometry.voxel_volume_ml, 1)
 
     def _diaphragm_map(self) -> None:
         """Height (z mm) of the diaphragm's lower surface over the axial plane: two domes that
@@ -467,7 +530,10 @@ class _Builder:
             rib_low = self.zd - self.sz * (150.0 - 95.0 * angle / math.pi)
             rib_level = np.clip((z - rib_low) / 20.0, 0.0, 1.0)
             wall_inner = fat_thickness + self.muscle_wall + rib_level * (self.rib_thick * 0.8)
-            wall = body & (depth >= fat_thickness) & (depth < wall_inner)
+            wall_outer = fat_thickness
+            if z > self.zd - 20.0 * self.sz:  # the pectoral muscles thicken the wall outwards
+                wall_outer = np.maximum(fat_thickness - self._pectoral(z, angle), np.minimum(fat_thickness, 2.5))
+            wall = body & (depth >= wall_outer) & (depth < wall_inner)
             organ[wall] = ORGAN["muscle"]
             hu[wall] = v["muscle"]
             cavity = body & (depth >= wall_inner)
@@ -479,9 +545,19 @@ class _Builder:
             hu[abdomen] = v["fat"]
             organ[diaphragm] = ORGAN["muscle"]
             hu[diaphragm] = v["muscle"]
+            if z > self.chest["apex_z"] - 80.0 * self.sz:  # around the apices: muscles of the
+                neck = lung & ~self._below_apex(z, X, Y)  # shoulder girdle outside, fat inside
+                lung &= ~neck
+                inner = neck & (depth >= wall_inner + 25.0 * self.s)
+                organ[neck] = ORGAN["muscle"]
+                hu[neck] = v["muscle"]
+                organ[inner] = ORGAN["mediastinal_fat"]
+                hu[inner] = v["fat"]
             organ[lung] = ORGAN["lung"]
             hu[lung] = v["lung"]
             self._ribs_in_slice(k, z, depth, angle, fat_thickness, rib_low, body)
+            if z > self.chest["xiphoid_z"]:
+                self._sternum_in_slice(k, z, X, Y, depth, fat_thickness, body)
             self._mediastinum_in_slice(k, z, SX, SY, lung)
             body_w = body[window]
             self._spine_in_slice(k, z, window, WX, WY, body_w)
@@ -506,12 +582,57 @@ class _Builder:
         self.hu[k][rib] = value[rib]
 
     def _mediastinum_in_slice(self, k, z, SX, SY, lung) -> None:
+        """Fat in front of the spine (around the aorta and oesophagus) and, above the heart, a
+        strip behind the sternum; the great vessels, trachea and oesophagus bring sleeves of fat."""
         if not lung.any():
             return
         s = self.s
-        band = lung & (np.abs(SX - 8.0 * s) < 24.0 * s) & (SY > -self.vert_ry - 35.0 * s) & (SY < 0)
-        self.organ[k][band] = ORGAN["visceral_fat"]
+        half = self.chest["mediastinum_half"]
+        across = (SX - 6.0 * s) / (half + 12.0 * s)
+        band = lung & (across * across + ((SY + self.vert_ry + 6.0 * s) / (30.0 * s)) ** 2 <= 1.0)
+        if z > self.zd + 85.0 * self.sz:  # above the heart: a thin strip of fat behind the sternum
+            band |= lung & (np.abs(SX - 4.0 * s) < np.float32(0.5 * half)) & (SY < -self.vert_ry - 40.0 * s)
+        self.organ[k][band] = ORGAN["mediastinal_fat"]
         self.hu[k][band] = self.values["fat"]
+
+    def _pectoral(self, z: float, angle: np.ndarray) -> np.ndarray:
+        """Extra muscle (mm, outward into the subcutaneous fat) of the pectoral muscles over the
+        front and sides of the chest."""
+        reach = min(max((z - (self.zd - 20.0 * self.sz)) / (60.0 * self.sz), 0.0), 1.0)
+        across = np.clip(1.0 - ((angle - 0.72 * math.pi) / (0.24 * math.pi)) ** 2, 0.0, 1.0)
+        return np.float32(self.chest["pectoral"] * reach) * across
+
+    def _below_apex(self, z: float, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Where the lungs may be near their apices: two shrinking discs; nothing above them."""
+        c = self.chest
+        fraction = (z - (c["apex_z"] - 80.0 * self.sz)) / (80.0 * self.sz)
+        if fraction >= 1.0:
+            return np.zeros(np.broadcast_shapes(X.shape, Y.shape), dtype=bool)
+        radius = 0.6 * self.A * math.sqrt(max(1.0 - fraction, 0.0)) + 1e-3
+        centre_y = self.cy + 0.05 * self.B
+        left = (X - np.float32(0.45 * self.A)) ** 2 + (Y - np.float32(centre_y - self.cy)) ** 2
+        right = (X + np.float32(0.45 * self.A)) ** 2 + (Y - np.float32(centre_y - self.cy)) ** 2
+        return np.minimum(left, right) <= np.float32(radius * radius)
+
+    def _sternum_in_slice(self, k, z, X, Y, depth, fat_thickness, body) -> None:
+        """The sternum in the front wall: xiphoid (narrow) below, body, manubrium (wide) above."""
+        c, v = self.chest, self.values
+        if z < self.zd:
+            half = c["sternum_half"] * (0.45 + 0.55 * (z - c["xiphoid_z"]) / max(self.zd - c["xiphoid_z"], 1e-3))
+        elif z < c["manubrium_z"]:
+            half = c["sternum_half"]
+        else:
+            half = c["sternum_half"] * 1.8
+        front = fat_thickness + 0.3 * self.muscle_wall
+        inside = (depth - front) / c["sternum_thick"]
+        across = np.abs(X) / np.float32(half)
+        sternum = body & (Y < 0) & (across <= 1.0) & (inside >= 0.0) & (inside <= 1.0)
+        if not sternum.any():
+            return
+        edge = np.minimum(np.minimum(inside, 1.0 - inside) * c["sternum_thick"], (1.0 - across) * half)
+        value = np.where(edge < 1.8 * self.s, np.float32(v["cortical_bone"]), np.float32(v["cancellous_bone"]))
+        self.organ[k][sternum] = ORGAN["bone"]
+        self.hu[k][sternum] = value[sternum]
 
     def _spine_window(self):
         """Index slices (y, x) of the window around the spine and its muscles, and the
@@ -606,7 +727,9 @@ class _Builder:
         X = self.x[None, :]
         Y = self.y[:, None]
         allowed = body & ~np.isin(self.organ[k], (ORGAN["bone"], ORGAN["spinal_canal"], ORGAN["subcutaneous_fat"]))
-        if z > bifurcation:
+        if z > self.chest["arch_z"] - 30.0 * self.sz:  # the arch (drawn with the chest) turns forward
+            aorta = np.zeros(allowed.shape, dtype=bool)
+        elif z > bifurcation:
             aorta = allowed & ((X - xa) ** 2 + (Y - ya) ** 2 <= self.aorta_r ** 2)
         else:
             spread = 10.0 * s + min((bifurcation - z) * 0.35, 45.0 * s)
@@ -686,23 +809,243 @@ class _Builder:
             self.organ[:, table] = ORGAN["table"]
             self.hu[:, table] = self.values["table"]
 
-    def _heart(self) -> None:
-        sz = self.sz
-        center = (self.cx + 0.1 * self.A, self.cy - 0.28 * self.B, self.zd + self._u(35, 55) * sz)
-        axes = (0.38 * self.A, 0.36 * self.B, 60.0 * sz)
-        rotation = _rotation(z_deg=self._u(20, 40))
-        slices, rho2, _ = self._ellipsoid(center, axes, rotation, margin=1.15)
-        if slices is None:
+    # ----- chest ------------------------------------------------------------------------------
+    # Heart parts in the heart's own frame (u: base -> apex, v: towards the left ventricle's side,
+    # i.e. left-posterior, w: up), nominal mm: (centre u, v, w), (semi-axes u, v, w), apex taper.
+    _HEART_MASSES = (((12.0, 0.0, -4.0), (56.0, 40.0, 36.0), 0.4),    # ventricles
+                     ((-34.0, 8.0, -2.0), (28.0, 46.0, 36.0), 0.0))   # atria
+    _HEART_CHAMBERS = (("left", (14.0, 12.0, -4.0), (42.0, 16.0, 22.0), 0.4),    # LV
+                       ("right", (6.0, -24.0, -2.0), (46.0, 12.0, 25.0), 0.35),  # RV
+                       ("left", (-30.0, 30.0, 0.0), (20.0, 18.0, 22.0), 0.0),    # LA
+                       ("right", (-38.0, -20.0, -4.0), (22.0, 18.0, 26.0), 0.0))  # RA
+    _LV_OUTER = ((14.0, 12.0, -4.0), (51.0, 25.0, 31.0), 0.4)  # the LV's wall, which the RV wraps
+
+    def _chest(self) -> None:
+        """Heart, great vessels, airways, oesophagus and pulmonary vessels above the diaphragm."""
+        rise, turn = self._u(35, 55), self._u(20, 40)  # the main stream's two draws for the heart
+        self._airways_and_esophagus()
+        self._heart(rise, turn)
+        self._great_vessels_of_chest()
+        self._pulmonary_vessels()
+
+    def _diaphragm_at(self, x: float, y: float) -> float:
+        i = int(np.clip(np.rint((x - self.x[0]) / self.spacing_xyz[0]), 0, self.x.size - 1))
+        j = int(np.clip(np.rint((y - self.y[0]) / self.spacing_xyz[1]), 0, self.y.size - 1))
+        return float(self.diaphragm[j, i])
+
+    def _heart(self, rise: float, turn: float) -> None:
+        """Four chambers in myocardium with epicardial fat, its long axis pointing left, forward
+        and down; it fills the space between sternum and spine and rests on the diaphragm (its
+        lower part is cut flat there) above the liver's left lobe."""
+        c, s, v = self.chest, self.s, self.values
+        tilt, azimuth = math.radians(c["heart_tilt"]), math.radians(turn + 35.0)
+        e_u = np.array([math.sin(azimuth) * math.cos(tilt), -math.cos(azimuth) * math.cos(tilt), -math.sin(tilt)])
+        e_v = np.array([math.cos(azimuth), math.sin(azimuth), 0.0])
+        frame = np.stack([e_u, e_v, np.cross(e_u, e_v)], axis=1)  # columns: local axes in (x, y, z)
+        # extent of the unit-scale heart around its centre, from points on its masses' surfaces
+        n = 400
+        golden = math.pi * (3.0 - math.sqrt(5.0))
+        height = 1.0 - 2.0 * (np.arange(n) + 0.5) / n
+        ring = np.sqrt(1.0 - height * height)
+        sphere = np.stack([ring * np.cos(golden * np.arange(n)), ring * np.sin(golden * np.arange(n)), height], 1)
+        local = np.concatenate([np.asarray(cen) + sphere * np.asarray(ax) for cen, ax, _ in self._HEART_MASSES])
+        world = local @ frame.T
+        low, high = world.min(axis=0), world.max(axis=0)
+        front = self.cy - self.B + self.fat_sc * (1.0 + self.fat_anisotropy[0] + 0.5 * self.fat_anisotropy[1]) \
+            + self.muscle_wall + self.rib_thick * 0.8 + c["sternum_thick"] * 0.3
+        back = self.spine_y - self.vert_ry - c["esophagus_r"] - 2.0 * s
+        gap = 3.0 * s
+        # mm per nominal mm along x, y, z: a shallow chest gets a flatter, wider heart
+        scale = c["heart_size"] * s
+        depth = max(min(scale, 1.25 * (back - front - gap) / (high[1] - low[1])), 0.7 * s)
+        size = np.array([min(1.12 * scale, 1.7 * depth), depth, min(scale, 1.5 * depth)])
+        low, high = low * size, high * size
+        centre_x = self.cx + c["heart_dx"]
+        centre_y = front + gap - low[1]
+        # its lowest point lies a little below the domes' tops; its lower half is stretched down
+        # onto the diaphragm (which falls away in front) and sinks 5-15 mm into it: that part is
+        # cut off, leaving a flat diaphragmatic surface on the central tendon and the left lobe
+        bottom = self.zd - 0.5 * self.left_dome_drop - 5.0 * self.sz
+        sink = (5.0 + 10.0 * (rise - 35.0) / 20.0) * self.sz
+        centre_z = bottom - low[2]
+        centre = np.array([centre_x, centre_y, centre_z])
+        self.heart = dict(centre=centre, frame=frame, size=size,
+                          points={name: centre + size * (frame @ np.asarray(p)) for name, p in (
+                              ("aortic_root", (-18.0, -2.0, 22.0)), ("right_atrium", (-38.0, -20.0, -4.0)),
+                              ("left_atrium", (-30.0, 30.0, 0.0)))})
+        reach = np.maximum(np.abs(low), np.abs(high)) + c["epicardial_fat"] + c["fat_pad"] + 4.0 * s
+        reach_down = reach.copy()
+        reach_down[2] = reach[2] / 0.55
+        box = self._box(centre - reach_down, centre + reach)
+        if box is None:
             return
-        thorax = self._allowed(slices, "lung", "visceral_fat")
-        thorax &= self.organ[slices] != ORGAN["aorta"]
-        z = self.z[slices[0]][:, None, None]
-        thorax &= z > self.diaphragm[slices[1], slices[2]][None] + 2.0
-        fat = thorax & (rho2 <= 1.15 ** 2)
-        self._paint(slices, fat, "visceral_fat", self.values["fat"])
-        heart = thorax & (rho2 <= 1.0)
-        value = np.where(rho2 > 0.72 ** 2, np.float32(self.values["myocardium"]), np.float32(self.values["blood"]))
+        slices, z, y, x = box
+        floor = self.diaphragm[slices[1], slices[2]][None]
+        stretch = np.clip((centre_z - bottom) / np.maximum(centre_z - floor + sink, 1e-3), 0.55, 1.0)
+        dz = z - np.float32(centre[2])
+        d = (x - np.float32(centre[0]), y - np.float32(centre[1]), np.where(dz < 0, dz * stretch, dz))
+        u_, v_, w_ = (sum(np.float32(frame[axis, a] / size[axis]) * d[axis] for axis in range(3)) for a in range(3))
+
+        def rho2(part) -> np.ndarray:
+            (cu, cv, cw), (au, av, aw), taper = part
+            du = (u_ - np.float32(cu)) / np.float32(au)
+            shrink = np.float32(1.0) - np.float32(taper) * np.clip(du, 0.0, 1.0) if taper else np.float32(1.0)
+            return du * du + (((v_ - np.float32(cv)) / np.float32(av)) ** 2
+                              + ((w_ - np.float32(cw)) / np.float32(aw)) ** 2) / (shrink * shrink)
+
+        softness = np.float32(0.15)
+        envelope = softness * np.logaddexp((1.0 - rho2(self._HEART_MASSES[0])) / softness,
+                                           (1.0 - rho2(self._HEART_MASSES[1])) / softness)
+        thorax = self._allowed(slices, "lung", "mediastinal_fat")
+        thorax &= z > floor + self.diaphragm_thickness[slices[1], slices[2]][None]
+        # epicardial fat: a thin layer, thicker in the grooves and in a pad at the apex on the diaphragm
+        pad = np.clip(-w_ / np.float32(25.0), 0.0, 1.0) * np.clip((u_ + 10.0) / np.float32(40.0), 0.0, 1.0)
+        groove = np.float32(3.0 * s) * (np.abs(u_ + 14.0) < 6.0)
+        texture = _SmoothField(self.chest_rng, envelope.shape, self.spacing_kji, 25.0).full()
+        fat_mm = np.float32(c["epicardial_fat"]) + np.float32(c["fat_pad"]) * pad + groove \
+            + np.float32(1.5 * s) * texture
+        fat = thorax & (envelope > -np.maximum(fat_mm, 0.0) / np.float32(20.0 * size.mean())) & (envelope <= 0)
+        self._paint(slices, fat, "pericardial_fat", v["fat"])
+        heart = thorax & (envelope > 0)
+        value = np.full(heart.shape, v["myocardium"], dtype=np.float32)
+        lv_wall = rho2(self._LV_OUTER) <= 1.0
+        blood = {"left": np.float32(v["aorta"]), "right": np.float32(v["blood"])}
+        for index, (side, centre_uvw, axes, taper) in enumerate(self._HEART_CHAMBERS):
+            chamber = rho2((centre_uvw, axes, taper)) <= 1.0
+            if index == 1:
+                chamber &= ~lv_wall
+            value[chamber] = blood[side]
         self._paint(slices, heart, "heart", value)
+
+    def _vessel(self, points, radii, organ: str, value: float, allowed: Sequence[str], sleeve: float = 0.0) -> None:
+        """A tube in a sleeve of mediastinal fat where it runs through lung."""
+        if sleeve > 0:
+            self._tube(points, [r + sleeve for r in radii], "mediastinal_fat", self.values["fat"], ("lung",))
+        self._tube(points, radii, organ, value, allowed)
+
+    def _great_vessels_of_chest(self) -> None:
+        """Ascending aorta, arch and its branches (the descending aorta is drawn slice by slice),
+        pulmonary trunk and arteries to the hila, SVC and IVC into the right atrium, pulmonary
+        veins into the left atrium."""
+        c, s, sz, v = self.chest, self.s, self.sz, self.values
+        points = self.heart["points"]
+        top = float(self.z[-1]) + 20.0
+        inside = ("lung", "mediastinal_fat", "pericardial_fat", "heart")
+        sleeve = c["sleeve"]
+        root = points["aortic_root"]
+        descending = np.array([self.spine_x + self.vert_rx * 0.8, self.spine_y - self.vert_ry * 0.6])
+        ascending_top = np.array([self.cx + c["ascending_dx"], root[1] - 4.0 * s, c["arch_z"] - 28.0 * sz])
+        apex = np.array([self.spine_x + c["trachea_r"] + 18.0 * s, 0.5 * (ascending_top[1] + descending[1]),
+                         c["arch_z"]])
+        arch_r = 0.5 * (c["ascending_r"] + self.aorta_r)
+        self._vessel([root, ascending_top, apex, (descending[0], descending[1], c["arch_z"] - 34.0 * sz)],
+                     [c["ascending_r"] * 0.9, c["ascending_r"], arch_r, self.aorta_r], "aorta", v["aorta"],
+                     inside, sleeve)
+        for start, end, radius in (
+                (0.5 * (ascending_top + apex), (self.cx - 20.0 * s, ascending_top[1] + 8.0 * s, top), 6.5 * s),
+                (apex, (self.spine_x + 10.0 * s, apex[1] - 6.0 * s, top), 4.5 * s),
+                (0.5 * (apex + np.array([descending[0], descending[1], apex[2]])),
+                 (self.spine_x + 30.0 * s, descending[1] - 6.0 * s, top), 5.5 * s)):
+            self._vessel([start, end], [radius, radius * 0.9], "aorta", v["aorta"], inside, sleeve)
+        # pulmonary trunk from the right ventricle's outflow, up and back to its bifurcation
+        trunk_r = c["trunk_r"]
+        outflow = root + np.array([16.0 * s, -14.0 * s, 6.0 * sz])
+        bifurcation = np.array([root[0] + 24.0 * s, root[1] + 16.0 * s, c["pa_bifurcation_z"]])
+        hilum_y = self.spine_y - self.vert_ry - 24.0 * s
+        self.hila = {1: np.array([self.spine_x + 54.0 * s, hilum_y + 2.0 * s, c["pa_bifurcation_z"] - 6.0 * sz]),
+                     -1: np.array([self.spine_x - 52.0 * s, hilum_y, c["pa_bifurcation_z"] - 16.0 * sz])}
+        behind_aorta = np.array([ascending_top[0] + 2.0 * s, root[1] + c["ascending_r"] + 0.8 * trunk_r + 3.0 * s,
+                                 c["pa_bifurcation_z"] - 10.0 * sz])
+        artery = v["blood"]
+        self._vessel([outflow, bifurcation], [trunk_r, trunk_r], "pulmonary_vessel", artery, inside, sleeve)
+        self._vessel([bifurcation, self.hila[1]], [0.8 * trunk_r, 0.7 * trunk_r], "pulmonary_vessel", artery,
+                     inside, sleeve)
+        self._vessel([bifurcation, behind_aorta, self.hila[-1]], [0.8 * trunk_r, 0.75 * trunk_r, 0.7 * trunk_r],
+                     "pulmonary_vessel", artery, inside, sleeve)
+        # veins: SVC down into the right atrium, IVC up into it, pulmonary veins into the left atrium
+        atrium = points["right_atrium"]
+        svc = np.array([ascending_top[0] - c["ascending_r"] - c["svc_r"] - 3.0 * s, root[1] + 6.0 * s])
+        self._vessel([(svc[0], svc[1], top), (svc[0], svc[1], atrium[2] + 25.0 * sz), atrium],
+                     [c["svc_r"], c["svc_r"], c["svc_r"]], "ivc", v["ivc"] if self.phase != "arterial" else v["blood"],
+                     inside, sleeve)
+        self._tube([(self.ivc_top[0], self.ivc_top[1], self.zd + 5.0 * sz), atrium], [self.ivc_r[0], self.ivc_r[0]],
+                   "ivc", v["ivc"], inside)
+        left_atrium = points["left_atrium"]
+        self.pulmonary_vein_ends = []
+        for side in (-1, 1):
+            for dz in (14.0, -16.0):
+                end = np.array([left_atrium[0] + side * 44.0 * s, left_atrium[1] + 6.0 * s, left_atrium[2] + dz * sz])
+                self.pulmonary_vein_ends.append((side, end))
+                self._vessel([left_atrium, end], [7.0 * s, 6.0 * s], "pulmonary_vessel", v["aorta"], inside, sleeve)
+
+    def _airways_and_esophagus(self) -> None:
+        """Trachea to the carina, main and lobar bronchi (air in a thin wall); the oesophagus
+        between trachea and spine down through the diaphragm."""
+        c, s, sz, v = self.chest, self.s, self.sz, self.values
+        top = float(self.z[-1]) + 20.0
+        radius = c["esophagus_r"]
+        eso = np.array([self.spine_x - 2.0 * s, self.spine_y - self.vert_ry - radius - 2.0 * s])
+        path = [(eso[0], eso[1], top), (eso[0] + 4.0 * s, eso[1], self.zd + 40.0 * sz),
+                (self.spine_x + 24.0 * s, self.spine_y - self.vert_ry - 2.0 * self.aorta_r - 14.0 * s,
+                 self.zd - 15.0 * sz)]
+        around = ("lung", "mediastinal_fat", "muscle")
+        self._vessel(path, [radius] * 3, "esophagus", v["muscle"], around, c["sleeve"])
+        if c["esophagus_air"]:
+            self._tube(path[:2], [0.35 * radius] * 2, "esophagus", v["gas"], ("esophagus",))
+        trachea_r = c["trachea_r"]
+        trachea = np.array([self.spine_x, eso[1] - radius - trachea_r - 2.0 * s])
+        carina = np.array([trachea[0], trachea[1], c["carina_z"]])
+        airways = [([(trachea[0], trachea[1], top), carina], trachea_r),
+                   ([carina, carina + np.array([-38.0 * s, 8.0 * s, -20.0 * sz])], 0.68 * trachea_r),
+                   ([carina, carina + np.array([46.0 * s, 12.0 * s, -38.0 * sz])], 0.6 * trachea_r)]
+        self.bronchus_ends = {-1: np.asarray(airways[1][0][1]), 1: np.asarray(airways[2][0][1])}
+        wall = 1.5 * s
+        for index, (points, r) in enumerate(airways):
+            self._vessel(points, [r + wall] * len(points), "airway", c["airway_wall_hu"], around,
+                         c["sleeve"] if index == 0 else 0.0)
+            self._tube(points, [r] * len(points), "airway", v["gas"], ("airway",) + around)
+
+    def _lung_points(self) -> Dict[int, np.ndarray]:
+        """Random points (x, y, z mm) of each lung (-1 right, 1 left), about 6 mm apart or sparser."""
+        steps = [max(1, int(round(6.0 / sp))) for sp in self.spacing_kji]
+        lung = self.organ[::steps[0], ::steps[1], ::steps[2]] == ORGAN["lung"]
+        index = np.argwhere(lung) * np.asarray(steps)
+        if len(index) == 0:
+            return {}
+        points = np.stack([self.x[index[:, 2]], self.y[index[:, 1]], self.z[index[:, 0]]], axis=1).astype(np.float64)
+        found = {}
+        for side in (-1, 1):
+            mine = points[(points[:, 0] - self.spine_x) * side > 0]
+            if len(mine) >= 20:
+                pick = self.chest_rng.choice(len(mine), size=min(len(mine), 800), replace=False)
+                found[side] = mine[pick]
+        return found
+
+    def _pulmonary_vessels(self) -> None:
+        """Branching arteries from the hila and veins towards the left atrium, tapering into the
+        periphery of each lung, and lobar bronchi beside them."""
+        c, s, v = self.chest, self.s, self.values
+        rng = self.chest_rng
+        lungs = self._lung_points()
+        wall = 1.2 * s
+        for side, points in lungs.items():
+            bronchi: List[tuple] = []
+            self._branch(self.bronchus_ends[side], points, 0.42 * c["trachea_r"], 0, 2, bronchi, "airway", rng)
+            for p0, p1, r0, r1, _ in bronchi:
+                self._tube([p0, p1], [r0 + wall, r1 + wall], "airway", c["airway_wall_hu"], ("lung",))
+                self._tube([p0, p1], [r0, r1], "airway", v["gas"], ("lung", "airway"))
+        segments: List[tuple] = []
+        for side, points in lungs.items():
+            self._branch(self.hila[side], points, 0.55 * c["trunk_r"] * c["artery_scale"], 0, 6, segments,
+                         "artery", rng)
+            ends = [end for end_side, end in self.pulmonary_vein_ends if end_side == side]
+            upper = points[:, 2] > 0.5 * (ends[0][2] + ends[1][2])
+            for end, group in zip(ends, (points[upper], points[~upper])):
+                self._branch(end, group, 5.5 * s * c["vein_scale"], 0, 5, segments, "vein", rng)
+        for p0, p1, r0, r1, kind in segments:
+            allowed = ("lung", "mediastinal_fat") if r0 > 4.0 * s else ("lung",)
+            value = v["blood"] if kind == "artery" else v["aorta"]
+            self._tube([p0, p1], [r0, r1], "pulmonary_vessel", value, allowed)
 
     def _kidneys(self) -> None:
         """Kidneys in their perirenal fat, hilum (sinus fat, pelvis) facing antero-medially."""
@@ -715,13 +1058,15 @@ class _Builder:
             rotation = _rotation(z_deg=side * self._u(25, 40), y_deg=side * self._u(5, 15))
             fat_center = center + np.array([0.0, 0.15 * axes[1], 0.0])
             fat_axes = axes * 1.05 + np.array([1.0, 1.0, 0.5]) * self._u(3, 8) * s
-            slices, rho2, _ = self._ellipsoid(fat_center, fat_axes, rotation)
-            if slices is not None:
+            found = self._ellipsoid(fat_center, fat_axes, rotation)
+            if found is not None:
+                slices, rho2, _ = found
                 self._paint(slices, (rho2 <= 1.0) & self._allowed(slices, "visceral_fat"), "retroperitoneal_fat",
                             v["fat"])
-            slices, rho2, (z, y, x) = self._ellipsoid(center, axes, rotation)
-            if slices is None:
+            found = self._ellipsoid(center, axes, rotation)
+            if found is None:
                 continue
+            slices, rho2, (z, y, x) = found
             d = (x - np.float32(center[0]), y - np.float32(center[1]), z - np.float32(center[2]))
             local = [sum(np.float32(rotation[w, a]) * d[w] for w in range(3)) / np.float32(axes[a]) for a in range(3)]
             toward_hilum = -side * local[0]  # > 0 toward the spine
@@ -741,9 +1086,10 @@ class _Builder:
                            self.zd - self._u(45, 65) * sz])
         axes = (self._u(24, 36) * s, self._u(45, 65) * s, self._u(42, 58) * sz)
         rotation = _rotation(z_deg=-self._u(25, 45), y_deg=self._u(-15, 5))
-        slices, rho2, (z, y, x) = self._ellipsoid(center, axes, rotation)
-        if slices is None:
+        found = self._ellipsoid(center, axes, rotation)
+        if found is None:
             return
+        slices, rho2, (z, y, x) = found
         hollow_center = center + rotation @ np.array([-1.1 * axes[0], 0.0, 0.0])
         hollow = self._rho2(z, y, x, hollow_center, (axes[0] * 0.9, axes[1] * 0.8, axes[2] * 0.9), rotation)
         spleen = (rho2 <= 1.0) & (hollow > 1.0) & self._allowed(slices, "visceral_fat")
@@ -807,9 +1153,10 @@ class _Builder:
                   self.zd - self._u(85, 115) * sz)
         axes = (self._u(12, 18) * s, self._u(12, 18) * s, self._u(28, 42) * sz)
         rotation = _rotation(z_deg=self._u(-30, 30), x_deg=self._u(20, 45))
-        slices, rho2, _ = self._ellipsoid(center, axes, rotation)
-        if slices is None:
+        found = self._ellipsoid(center, axes, rotation)
+        if found is None:
             return
+        slices, rho2, _ = found
         allowed = self._allowed(slices, "visceral_fat", "liver")
         wall = allowed & (rho2 <= 1.0)
         self._paint(slices, wall, "gallbladder", self.values["bowel_wall"])
@@ -845,9 +1192,10 @@ class _Builder:
                   self.zd - self._u(35, 65) * sz)
         axes = (self._u(30, 50) * s, self._u(25, 42) * s, self._u(40, 65) * sz)
         rotation = _rotation(z_deg=self._u(-30, 30), y_deg=self._u(-30, 10))
-        slices, rho2, _ = self._ellipsoid(center, axes, rotation, margin=1.3)
-        if slices is None:
+        found = self._ellipsoid(center, axes, rotation, margin=1.3)
+        if found is None:
             return
+        slices, rho2, _ = found
         rho2 -= np.float32(0.25) * _SmoothField(self.rng, rho2.shape, self.spacing_kji, 30.0).full()
         allowed = self._allowed(slices, "visceral_fat")
         stomach = allowed & (rho2 <= 1.0)
@@ -900,9 +1248,10 @@ class _Builder:
         sz, s = self.sz, self.s
         center = (self.cx, self.cy - 0.2 * self.B, self.zd - self._u(340, 380) * sz)
         axes = (self._u(35, 55) * s, self._u(30, 45) * s, self._u(30, 45) * sz)
-        slices, rho2, _ = self._ellipsoid(center, axes)
-        if slices is None:
+        found = self._ellipsoid(center, axes)
+        if found is None:
             return
+        slices, rho2, _ = found
         bladder = (rho2 <= 1.0) & self._allowed(slices, "visceral_fat", "bowel")
         self._paint(slices, bladder, "bladder", self.values["urine"])
 
@@ -939,22 +1288,24 @@ class _Builder:
             value = self.values["portal"] if kind == "portal" else self.values["hepatic_vein"]
             self._tube([p0, p1], [r0, r1], "hepatic_vessel", value, ("liver",))
 
-    def _branch(self, start, points, radius, generation, last, segments, kind) -> None:
+    def _branch(self, start, points, radius, generation, last, segments, kind,
+                rng: Optional[np.random.Generator] = None) -> None:
+        rng = self.rng if rng is None else rng
         if len(points) < 2 or generation > last or radius < 0.7:
             return
         centroid = points.mean(axis=0)
         reach = centroid - start
         if np.linalg.norm(reach) < 2.0:
             return
-        end = start + reach * self.rng.uniform(0.45, 0.75)
+        end = start + reach * rng.uniform(0.45, 0.75)
         segments.append((start, end, radius, radius * 0.9, kind))
         spread = points - centroid
         _, _, axes = np.linalg.svd(spread, full_matrices=False)
-        normal = axes[0] + 0.3 * self.rng.normal(size=3)
+        normal = axes[0] + 0.3 * rng.normal(size=3)
         side = spread @ normal > 0
-        child_radius = radius * 0.9 * self.rng.uniform(0.72, 0.85)
+        child_radius = radius * 0.9 * rng.uniform(0.72, 0.85)
         for half in (points[side], points[~side]):
-            self._branch(end, half, child_radius, generation + 1, last, segments, kind)
+            self._branch(end, half, child_radius, generation + 1, last, segments, kind, rng)
 
     # ----- texture ---------------------------------------------------------------------------
     def add_texture(self) -> None:
