@@ -114,6 +114,9 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-interslice", action="store_true", help="skip the inter-slice consistency cleanup")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="drop lesions smaller than this (mL)")
     p.add_argument("--margin-mm", type=float, default=None, help="margin around the liver for the tumor crop")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write NAME_seg.dcm, a DICOM SEG referencing the input series (DICOM folder "
+                        "inputs only; needs highdicom: pip install 'LiverTumorSegLib[dicom]')")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
 
 
@@ -137,6 +140,19 @@ def _settings_from_args(args: argparse.Namespace):
     return settings
 
 
+def _check_dicom_seg_possible(inputs: Sequence[Path]) -> None:
+    """Before any work: a DICOM SEG needs DICOM folder inputs and highdicom."""
+    files = [p for p in inputs if not p.is_dir()]
+    if files:
+        raise LiverTumorSegError(f"--dicom-seg needs DICOM folder inputs (a DICOM SEG references the CT's "
+                                 f"DICOM series); {files[0]} is a file")
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise LiverTumorSegError("--dicom-seg needs highdicom; install it with "
+                                 "pip install 'LiverTumorSegLib[dicom]'") from None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .io.volume import load_volume, output_name
     from .io.writers import check_not_overwriting, write_outputs
@@ -149,10 +165,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise LiverTumorSegError(f"several inputs would write outputs named '{duplicates[0]}'; "
                                  "segment them into different --output folders")
     for name in names:
-        check_not_overwriting(args.output, name, args.force)
+        check_not_overwriting(args.output, name, args.force, args.dicom_seg)
     for path in args.inputs:
         if not path.exists():
             raise LiverTumorSegError(f"{path} does not exist")
+    if args.dicom_seg:
+        _check_dicom_seg_possible(args.inputs)
 
     pipeline = Pipeline(_settings_from_args(args))
     failures = 0
@@ -174,7 +192,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             progress.report("load", 1.0)
             result = pipeline.run(volume.image, progress)
             progress.report("write", 0.0)
-            outputs = write_outputs(result, path, volume.name, volume.source, args.output, force=args.force)
+            outputs = write_outputs(result, path, volume.name, volume.source, args.output, force=args.force,
+                                    dicom_seg_source=path if args.dicom_seg else None)
             progress.report("write", 1.0)
         except BaseException as exc:
             if bars is not None:

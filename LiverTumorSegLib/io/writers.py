@@ -1,6 +1,7 @@
-"""Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv.
+"""Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv, and on
+request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series).
 
-All four files are written to a temporary folder inside the output folder and moved into
+All files are written to a temporary folder inside the output folder and moved into
 place only when every one is complete, so a failed or killed run leaves nothing half-written.
 Existing files are never replaced unless ``force`` is given.
 """
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,17 +25,21 @@ from ..measure import write_lesions_csv
 from .terminology import SEGMENTS
 
 OUTPUT_KEYS = ("segmentation", "labelmap", "report", "lesions_csv")
+DICOM_SEG_KEY = "dicom_seg"
 
 
-def output_paths(output_dir: Path, name: str) -> Dict[str, Path]:
+def output_paths(output_dir: Path, name: str, dicom_seg: bool = False) -> Dict[str, Path]:
     output_dir = Path(output_dir)
-    return {"segmentation": output_dir / f"{name}.seg.nrrd", "labelmap": output_dir / f"{name}.nii.gz",
-            "report": output_dir / f"{name}.json", "lesions_csv": output_dir / f"{name}_lesions.csv"}
+    paths = {"segmentation": output_dir / f"{name}.seg.nrrd", "labelmap": output_dir / f"{name}.nii.gz",
+             "report": output_dir / f"{name}.json", "lesions_csv": output_dir / f"{name}_lesions.csv"}
+    if dicom_seg:
+        paths[DICOM_SEG_KEY] = output_dir / f"{name}_seg.dcm"
+    return paths
 
 
-def check_not_overwriting(output_dir: Path, name: str, force: bool) -> None:
+def check_not_overwriting(output_dir: Path, name: str, force: bool, dicom_seg: bool = False) -> None:
     """Refuse (before any work is done) when an output file already exists and ``force`` is off."""
-    existing = [str(p) for p in output_paths(output_dir, name).values() if p.exists()]
+    existing = [str(p) for p in output_paths(output_dir, name, dicom_seg).values() if p.exists()]
     if existing and not force:
         raise LiverTumorSegError(f"output {existing[0]} already exists; use --force to overwrite it "
                                  "or choose another --output folder")
@@ -102,28 +107,34 @@ def build_report(result: Any, input_path: Path, name: str, source: str) -> Dict[
 
 
 def write_outputs(result: Any, input_path: Path, name: str, source: str, output_dir: Path,
-                  force: bool = False) -> Dict[str, str]:
-    """Write the four outputs atomically; returns their paths by key (see ``OUTPUT_KEYS``)."""
+                  force: bool = False, dicom_seg_source: Optional[Path] = None) -> Dict[str, str]:
+    """Write the four outputs atomically, plus a DICOM SEG referencing the CT series in
+    ``dicom_seg_source`` when given; returns their paths by key (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``)."""
     output_dir = Path(output_dir)
-    check_not_overwriting(output_dir, name, force)
+    with_dicom_seg = dicom_seg_source is not None
+    check_not_overwriting(output_dir, name, force, with_dicom_seg)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LiverTumorSegError(f"cannot create output folder {output_dir} ({exc.strerror})") from None
-    final = output_paths(output_dir, name)
+    final = output_paths(output_dir, name, with_dicom_seg)
     labels = sitk.GetArrayViewFromImage(result.labelmap)
     geometry = Geometry.of(result.labelmap)
     tmp = Path(tempfile.mkdtemp(prefix=".livertumorseg-", dir=output_dir))
     moved: List[Path] = []
     try:
-        staged = output_paths(tmp, name)
+        staged = output_paths(tmp, name, with_dicom_seg)
+        if with_dicom_seg:
+            from .dicom_seg import write_dicom_seg
+
+            write_dicom_seg(result.labelmap, Path(dicom_seg_source), staged[DICOM_SEG_KEY])
         write_seg_nrrd(np.asarray(labels), geometry, staged["segmentation"])
         write_labelmap(result.labelmap, staged["labelmap"])
         write_lesions_csv(staged["lesions_csv"], result.measurements)
         report = build_report(result, input_path, name, source)
         report["outputs"] = {k: str(v) for k, v in final.items()}
         staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        for key in OUTPUT_KEYS:
+        for key in final:
             os.replace(staged[key], final[key])
             moved.append(final[key])
     except BaseException as exc:  # also a cancel (SIGTERM) or Ctrl-C while moving into place

@@ -221,6 +221,38 @@ def test_one_bad_input_among_several_fails_only_that_one(tmp_path, bad_inputs, t
     assert _leftovers(out) == sorted(p.name for p in _outputs(out, "case01"))
 
 
+def test_dicom_seg_output_for_a_dicom_folder(tmp_path, tiny_models_env, helpers, capfd, cli_main):
+    from LiverTumorSegLib.io.dicom_seg import read_dicom_seg
+
+    series = helpers.write_dicom_series(tmp_path / "in" / "patient02",
+                                        helpers.phantom_ct(direction=helpers.DIRECTIONS["permuted"]))
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(series), "--output", str(out), "--dicom-seg", "--progress", "none"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in _outputs(out, "patient02")]
+                                                           + ["patient02_seg.dcm"])
+    labelmap = sitk.ReadImage(str(out / "patient02.nii.gz"))
+    labels = sitk.GetArrayFromImage(labelmap)
+    masks = read_dicom_seg(out / "patient02_seg.dcm", labelmap)
+    assert set(masks) == {"Liver", "Liver tumor"}
+    np.testing.assert_array_equal(masks["Liver"] > 0, labels == 1)
+    np.testing.assert_array_equal(masks["Liver tumor"] > 0, labels == 2)
+    assert (labels == 2).any()
+    capfd.readouterr()
+    # The DICOM SEG counts as an output: not overwritten without --force.
+    for path in _outputs(out, "patient02"):
+        path.unlink()
+    assert cli_main(["segment", str(series), "--output", str(out), "--dicom-seg", "--progress", "none"]) == 1
+    assert "patient02_seg.dcm" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+
+
+def test_dicom_seg_for_a_file_input_is_refused_before_any_work(tiny_models_env, small_ct_file, tmp_path, capfd,
+                                                               cli_main):
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(small_ct_file), "--output", str(out), "--dicom-seg"]) == 1
+    assert "DICOM folder" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+    assert _leftovers(out) == []
+
+
 def test_models_list_and_verify(tmp_path, cli_env, python_exe, tiny_models):
     corrupted = tmp_path / "corrupted"
     corrupted.mkdir()

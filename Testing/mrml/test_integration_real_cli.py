@@ -131,16 +131,20 @@ def test_cancel_of_the_real_cli_leaves_nothing(shared_data, tiny_models_dir, tmp
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
 
 
-def test_embedded_demo_models_when_present(shared_data, tmp_path):
-    """The default (embedded) models, as a Slicer user gets them; skipped until they are trained."""
+def test_embedded_demo_models_in_slicer_scene(shared_data, tmp_path):
+    """The default (embedded) models, as a Slicer user gets them: they ship with the module, so
+    their absence is a failure, and the liver they give matches the reference by position."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.metrics import dice, on_grid_of
+
     ct_path = shared_data(CT_CASE)
     listing = subprocess.run(process.models_list_command(process.cli_prefix(sys.executable)),
                              env=models_env(tmp_path / "none", tmp_path / "cache"), capture_output=True, text=True,
                              timeout=300)
-    cards = json.loads(listing.stdout) if listing.returncode == 0 else []
-    tasks = {card.get("task") for card in cards}
-    if not {"liver", "tumor"} <= tasks:
-        pytest.skip("no embedded liver and tumor models in Resources/Models yet")
+    assert listing.returncode == 0, listing.stderr
+    tasks = {card.get("task") for card in json.loads(listing.stdout)}
+    assert {"liver", "tumor"} <= tasks, "the embedded liver and tumor models must ship in Resources/Models"
     scene = slicer.vtkMRMLScene()
     volume = load_ct(scene, ct_path)
     task = SegmentationTask(scene, volume, SegmentOptions(device="cpu", fast=True),
@@ -149,4 +153,8 @@ def test_embedded_demo_models_when_present(shared_data, tmp_path):
     task.start()
     assert task.wait(timeout=600) == SUCCEEDED, task.error_message
     labels = mrml.segmentation_labelmap(task.segmentation_node, volume)
-    assert (labels > 0).sum() * np.prod(volume.GetSpacing()) / 1000.0 > 100.0  # a liver-sized result, mL
+    reference = sitk.ReadImage(str(shared_data("ts_upper_abdomen_3mm/liver_reference.nii.gz")))
+    ct = sitk.ReadImage(str(ct_path))
+    labels_image = sitk.GetImageFromArray(labels.astype(np.uint8))
+    labels_image.CopyInformation(ct)
+    assert dice(labels > 0, on_grid_of(reference, labels_image) > 0) > 0.8
