@@ -65,11 +65,7 @@ class ModelCard:
         return tuple(int(v) for v in size[::-1])  # type: ignore[return-value]
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d.pop("card_path")
-        d["format"] = CARD_FORMAT
-        d["kind"] = "model"
-        return d
+        return _card_dict(self, "model")
 
     def summary(self) -> Dict[str, Any]:
         """Name, version and weights hash: what a report records of a model it ran."""
@@ -109,11 +105,7 @@ class EnsembleCard:
         return [m.weight / total for m in self.members]
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d.pop("card_path")
-        d["format"] = CARD_FORMAT
-        d["kind"] = "ensemble"
-        return d
+        return _card_dict(self, "ensemble")
 
     def summary(self) -> Dict[str, Any]:
         return {"name": self.name, "version": self.version, "task": self.task,
@@ -122,6 +114,15 @@ class EnsembleCard:
 
 
 AnyCard = "ModelCard | EnsembleCard"
+
+
+def _card_dict(card: Any, kind: str) -> Dict[str, Any]:
+    """The JSON form of a card: its fields without the in-memory ``card_path``, plus format and kind."""
+    d = asdict(card)
+    d.pop("card_path")
+    d["format"] = CARD_FORMAT
+    d["kind"] = kind
+    return d
 
 
 def _require(d: Dict[str, Any], key: str, path: str) -> Any:
