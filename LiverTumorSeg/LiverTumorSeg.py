@@ -751,22 +751,39 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         if dicomSeg is None:
             dicomSeg = mrml.is_from_dicom(volumeNode)
         if dicomSeg:
-            dicomFolder = Path(folder) / f"{name}_DICOM_SEG"
             try:
-                self.exportDicomSeg(segmentationNode, dicomFolder)
-                paths["dicom_seg"] = dicomFolder
+                paths["dicom_seg"] = self.exportDicomSeg(segmentationNode, volumeNode, paths["labelmap"],
+                                                         Path(folder), name, overwrite)
             except Exception as exc:
                 log("warning", f"DICOM SEG export failed: {exc}")
         return paths
 
+    def exportDicomSeg(self, segmentationNode, volumeNode, labelmapPath: Path, folder: Path, name: str,
+                       overwrite: bool = False) -> Path:
+        """DICOM SEG ``NAME_seg.dcm`` with the library's writer (highdicom) from the DICOM database's
+        files of the CT; without highdicom, through Slicer's DICOMSegmentationPlugin
+        (QuantitativeReporting) into the folder ``NAME_DICOM_SEG``."""
+        try:
+            import highdicom  # noqa: F401
+        except ImportError:
+            pluginFolder = folder / f"{name}_DICOM_SEG"
+            self.exportDicomSegWithPlugin(segmentationNode, pluginFolder)
+            return pluginFolder
+        segPath = folder / f"{name}_seg.dcm"
+        if segPath.exists() and not overwrite:
+            raise FileExistsError(f"{segPath} already exists; choose another folder or allow overwriting")
+        files = mrml.dicom_instance_files(volumeNode, slicer.dicomDatabase)
+        return mrml.write_dicom_seg_file(labelmapPath, files, segPath)
+
     @staticmethod
-    def exportDicomSeg(segmentationNode, folder: Path) -> None:
+    def exportDicomSegWithPlugin(segmentationNode, folder: Path) -> None:
         """DICOM SEG through Slicer's DICOMSegmentationPlugin (QuantitativeReporting extension)."""
         try:
             import DICOMSegmentationPlugin
         except ImportError:
-            raise RuntimeError("DICOM SEG export needs the QuantitativeReporting extension "
-                               "(DICOMSegmentationPlugin); install it with the Extensions Manager") from None
+            raise RuntimeError("DICOM SEG export needs highdicom (pip install highdicom in Slicer's Python "
+                               "console: slicer.util.pip_install('highdicom')) or the QuantitativeReporting "
+                               "extension (Extensions Manager)") from None
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         item = hierarchy.GetItemByDataNode(segmentationNode)
         exporter = DICOMSegmentationPlugin.DICOMSegmentationPluginClass()

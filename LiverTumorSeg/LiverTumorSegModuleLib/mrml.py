@@ -621,6 +621,43 @@ def is_from_dicom(volume_node) -> bool:
     return bool(uids and uids.strip())
 
 
+def dicom_instance_files(volume_node, database) -> List[Path]:
+    """The files of the DICOM instances ``volume_node`` was loaded from, found in Slicer's DICOM
+    ``database`` (``slicer.dicomDatabase``: ``fileForInstance(uid)``)."""
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids:
+        raise RuntimeError(f"volume '{volume_node.GetName()}' was not loaded from DICOM; a DICOM SEG must "
+                           "reference the CT's DICOM series")
+    files = [Path(database.fileForInstance(uid) or "") for uid in uids]
+    missing = [uid for uid, path in zip(uids, files) if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of the {len(uids)} DICOM files of '{volume_node.GetName()}' are no "
+                           "longer in the DICOM database; import the series again")
+    return files
+
+
+def write_dicom_seg_file(labelmap_path: Path, instance_files: Sequence[Path], seg_path: Path) -> Path:
+    """A DICOM SEG of an exported 0/1/2 labelmap file that references the CT's ``instance_files``,
+    written by the library (highdicom); the instance files are only linked, never changed."""
+    import os
+    import shutil
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.io.dicom_seg import write_dicom_seg
+
+    with tempfile.TemporaryDirectory(prefix="livertumorseg-dicom-") as staging:
+        for index, source in enumerate(instance_files):
+            link = Path(staging) / f"{index:05d}.dcm"
+            try:
+                os.symlink(Path(source).resolve(), link)
+            except OSError:  # no symlinks (Windows without the privilege): copy
+                shutil.copy2(source, link)
+        write_dicom_seg(sitk.ReadImage(str(labelmap_path)), Path(staging), Path(seg_path))
+    return Path(seg_path)
+
+
 def iter_our_segments(segmentation_node) -> Iterable[Tuple[SegmentTerminology, Any]]:
     """Our segments present in the node, with their terminology."""
     segmentation = segmentation_node.GetSegmentation()

@@ -1,6 +1,6 @@
 """The main job as a user runs it: the command line with the embedded default models (no model
 argument) on the real CTs of ../shared/data. Accuracy floors are set below what
-scripts/evaluate_embedded.py measured (Resources/Models/EVALUATION.md), so a broken model,
+scripts/evaluate_embedded.py measured (Resources/Models/MODEL_CARD.md), so a broken model,
 a flipped axis or a shifted origin fails here."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from LiverTumorSegLib.models.registry import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_
     embedded_models_dir
 
 OUTPUTS = (".seg.nrrd", ".nii.gz", ".json", "_lesions.csv")
-# Floors below the measured values (EVALUATION.md); the contract hook and the closing note
+# Floors below the measured values (MODEL_CARD.md); the contract hook and the closing note
 # report the measured numbers themselves.
 MIN_LIVER_DICE = {"ts_upper_abdomen_3mm": 0.85, "ts_dicom_upper_abdomen": 0.80}
 
@@ -53,6 +53,12 @@ def test_embedded_models_are_shipped_and_verify():
         assert card.weights_path.stat().st_size < 8 * 1024 * 1024  # committed small
     total = sum(c.weights_path.stat().st_size for c in [liver] + members)
     assert total < 16 * 1024 * 1024
+    # The model card was generated from these very weights (retraining without re-evaluating fails).
+    model_card = (embedded_models_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "NOT FOR CLINICAL USE" in model_card and "Held out" in model_card
+    for card in [liver] + members:
+        assert card.weights_sha256 in model_card, f"MODEL_CARD.md does not describe the shipped {card.name}"
+    assert liver.metrics.get("evaluation") and tumor.metrics.get("evaluation")
 
 
 @pytest.mark.parametrize("case, relative, reference", [

@@ -318,3 +318,58 @@ def test_is_from_dicom(scene):
 def test_table_rows_without_a_liver():
     rows = mrml.measurement_rows({"liver_volume_ml": 0.0, "tumor_volume_ml": 0.0, "tlvr": None, "lesions": []})
     assert math.isnan(rows[1][mrml.COLUMN_TLVR]) and rows[0][mrml.COLUMN_VOLUME] == 0.0
+
+
+class DicomDatabaseFiles:
+    """Slicer's DICOM database as the export sees it (``fileForInstance``), over files on disk;
+    slicer-core has no ctkDICOMDatabase."""
+
+    def __init__(self, files_by_uid):
+        self.files_by_uid = files_by_uid
+
+    def fileForInstance(self, uid):  # noqa: N802 (Slicer's name)
+        return self.files_by_uid.get(uid, "")
+
+
+def test_dicom_seg_export_references_the_ct_instances(scene, tmp_path, helpers):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from LiverTumorSegLib.io.dicom_seg import read_dicom_seg
+
+    volume, _ = add_ct_volume(scene)
+    ct_path = tmp_path / "ct.nrrd"
+    mrml.write_volume_file(volume, ct_path)
+    series = helpers.write_dicom_series(tmp_path / "dicom", sitk.ReadImage(str(ct_path)))
+    files_by_uid = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): str(f)
+                    for f in sorted(series.iterdir())}
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(files_by_uid))
+    labels = liver_with_two_tumors()
+    (tmp_path / "run").mkdir()
+    node, _ = mrml.import_results(scene, volume, write_result_files(tmp_path / "run", volume, labels))
+    paths = mrml.export_results(node, volume, tmp_path / "export", "case 1")
+    before = {f: (series / f).read_bytes() for f in sorted(p.name for p in series.iterdir())}
+
+    files = mrml.dicom_instance_files(volume, DicomDatabaseFiles(files_by_uid))
+    seg_path = mrml.write_dicom_seg_file(paths["labelmap"], files, tmp_path / "export" / "case 1_seg.dcm")
+
+    seg = pydicom.dcmread(str(seg_path))
+    assert seg.Modality == "SEG"
+    referenced = {str(item.ReferencedSOPInstanceUID) for series_item in seg.ReferencedSeriesSequence
+                  for item in series_item.ReferencedInstanceSequence}
+    assert referenced == set(files_by_uid)
+    masks = read_dicom_seg(seg_path, sitk.ReadImage(str(paths["labelmap"])))
+    assert np.array_equal(masks["Liver"] > 0, labels == 1)
+    assert np.array_equal(masks["Liver tumor"] > 0, labels == 2)
+    assert {f: (series / f).read_bytes() for f in before} == before  # the CT files are untouched
+    assert sorted(p.name for p in series.iterdir()) == sorted(before)
+
+
+def test_dicom_instance_files_names_what_is_missing(scene, tmp_path):
+    volume, _ = add_ct_volume(scene)
+    with pytest.raises(RuntimeError, match="not loaded from DICOM"):
+        mrml.dicom_instance_files(volume, DicomDatabaseFiles({}))
+    present = tmp_path / "a.dcm"
+    present.write_bytes(b"x")
+    volume.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    with pytest.raises(RuntimeError, match="1 of the 2 DICOM files"):
+        mrml.dicom_instance_files(volume, DicomDatabaseFiles({"1.2.3": str(present)}))
