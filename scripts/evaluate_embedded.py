@@ -163,10 +163,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "work_tmp" / "evaluation")
     parser.add_argument("--update-cards", action="store_true")
     parser.add_argument("--models", type=Path, default=ROOT / "Resources" / "Models")
+    parser.add_argument("--no-active-contour", action="store_true", help="ablation: skip the lesion refinement")
+    parser.add_argument("--no-interslice", action="store_true", help="ablation: skip the inter-slice cleanup")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(PipelineSettings(device="cpu"), ModelRegistry([args.models]))
+    if args.update_cards and (args.no_active_contour or args.no_interslice):
+        parser.error("the cards record the default settings: no ablation with --update-cards")
+    settings = PipelineSettings(device="cpu", active_contour=not args.no_active_contour,
+                                interslice=not args.no_interslice)
+    pipeline = Pipeline(settings, ModelRegistry([args.models]))
     rows, overlays = [], []
 
     real = [("ts_upper_abdomen_3mm", SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
