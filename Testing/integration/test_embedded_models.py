@@ -98,6 +98,17 @@ def test_default_run_writes_four_outputs_on_the_input_grid_with_a_good_liver(sha
     assert report["tumor_volume_ml"] < 0.05 * report["liver_volume_ml"]
 
 
+def test_chest_ct_without_liver_is_refused_as_no_liver_in_view(shared_data, tmp_path):
+    """The chest CT holds the heart where the liver would be: the default liver model must not
+    call it liver, and the run ends with the no-liver error and no output."""
+    out = tmp_path / "out"
+    proc = _segment([shared_data("ts_thorax_1p5mm/ct.nii.gz")], out)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.strip().startswith("error: no liver found in view"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_mr_is_refused_with_one_error_line(shared_data, tmp_path):
     out = tmp_path / "out"
     proc = _segment([shared_data("ts_mr_3mm/mr.nii.gz")], out)
