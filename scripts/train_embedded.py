@@ -26,7 +26,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, write_card  # noqa: E402
+from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card  # noqa: E402
 from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
 from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
@@ -116,6 +116,8 @@ def main() -> int:
     parser.add_argument("--validation-phantoms", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,tumor", help="which models to train: liver, tumor or both")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                        help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.time()
@@ -129,15 +131,30 @@ def main() -> int:
     return 0
 
 
+def initial_card(args: argparse.Namespace, name: str):
+    """The card to fine-tune ``name`` from (``--init-from``), or None to start from scratch."""
+    if args.init_from is None:
+        return None
+    return read_card(args.init_from / f"{name}.json")
+
+
+def fine_tuned_from(start) -> str:
+    """What the card says of its starting point: the earlier model's training, then the new steps."""
+    if start is None:
+        return ""
+    return f", fine-tuned from {start.name} {start.weights_sha256[:12]} (which had: {start.trained_on.split('. Held out')[0]})"
+
+
 def train_liver(args: argparse.Namespace) -> None:
     started = time.time()
     card = liver_card()
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
     log.info("liver: %d samples prepared (%.0f s)", len(samples), time.time() - started)
-    liver = train_model(card, samples, args.out, TrainConfig(steps=args.liver_steps, seed=args.seed))
+    start = initial_card(args, card.name)
+    liver = train_model(card, samples, args.out, TrainConfig(steps=args.liver_steps, seed=args.seed, init_from=start))
     liver.trained_on = (f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and the real CT "
                         f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours); "
-                        f"{args.liver_steps} steps. Held out: ts_dicom_upper_abdomen.")
+                        f"{args.liver_steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen.")
     write_card(liver, args.out / f"{liver.name}.json")
 
 
@@ -147,12 +164,14 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     for member_card in tumor_cards():
         tumor_samples = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0) \
             if tumor_samples is None else tumor_samples
+        start = initial_card(args, member_card.name)
         trained = train_model(member_card, tumor_samples, args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
-                                          positive_fraction=0.6))
+                                          positive_fraction=0.6, init_from=start))
         trained.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and "
                               f"of the real CT ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic "
-                              f"tumours; {args.tumor_steps} steps. Held out: ts_dicom_upper_abdomen.")
+                              f"tumours; {args.tumor_steps} steps{fine_tuned_from(start)}. "
+                              "Held out: ts_dicom_upper_abdomen.")
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)
 

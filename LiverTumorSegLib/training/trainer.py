@@ -18,9 +18,10 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import LiverTumorSegError
 from ..models.card import ModelCard, write_card
 from ..models.networks import build_network, forward_logits
-from ..models.weights import save_weights
+from ..models.weights import load_weights, save_weights
 from .data import TrainingSample
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     affine: bool = True
     threads: Optional[int] = None
+    init_from: Optional[ModelCard] = None  # fine-tune: start from this card's (sha256-checked) weights
 
 
 def _augmentations(patch_size_kji: Sequence[int], affine: bool):
@@ -84,6 +86,16 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
     return image, target
 
 
+def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
+    """Start from ``source``'s weights; it must be the same network as ``card``'s."""
+    if (source.architecture, source.architecture_args) != (card.architecture, card.architecture_args):
+        raise LiverTumorSegError(f"cannot fine-tune {card.name} from {source.name}: different networks "
+                                 f"({source.architecture} {source.architecture_args} vs "
+                                 f"{card.architecture} {card.architecture_args})")
+    network.load_state_dict(load_weights(source.weights_path, source.weights_sha256), strict=True)
+    log.info("%s: starting from the weights of %s (%s)", card.name, source.name, source.weights_sha256[:12])
+
+
 def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path, config: TrainConfig,
                 on_step: Optional[Callable[[int, float], None]] = None) -> ModelCard:
     """Train ``card``'s network on ``samples``; write ``<name>.safetensors`` and ``<name>.json``
@@ -96,6 +108,8 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
     set_determinism(seed=config.seed)
     rng = np.random.default_rng(config.seed)
     network = build_network(card.architecture, card.architecture_args)
+    if config.init_from is not None:
+        _load_initial_weights(network, card, config.init_from)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
