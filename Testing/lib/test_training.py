@@ -4,7 +4,6 @@ weights favour the member that segments better."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
