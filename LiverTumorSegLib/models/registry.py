@@ -8,6 +8,7 @@ Search order: directories in ``$LIVERTUMORSEG_MODELS`` (os.pathsep-separated), t
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ Card = Union[ModelCard, EnsembleCard]
 
 
 def embedded_models_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    """The embedded default models: ``Resources/Models`` beside the package (source tree, editable
+    install, Slicer extension), else ``<prefix>/share/livertumorseg/models`` (wheel install)."""
+    beside = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    if beside.is_dir():
+        return beside
+    for prefix in (sys.prefix, sys.base_prefix):
+        installed = Path(prefix) / "share" / "livertumorseg" / "models"
+        if installed.is_dir():
+            return installed
+    return beside
 
 
 def user_cache_dir() -> Path:

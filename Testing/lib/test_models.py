@@ -362,3 +362,18 @@ def test_models_verify_detects_a_corrupted_file(tmp_path, monkeypatch, tiny_mode
     captured = capsys.readouterr()
     assert f"FAIL {tiny_models.members[1]}" in captured.out and "sha256" in captured.out
     assert captured.err.startswith("error: 1 model problem")
+
+
+def test_embedded_models_dir_source_tree_then_wheel_install(tmp_path, monkeypatch):
+    """Source tree / Slicer extension: Resources/Models beside the package; a wheel install puts
+    the models in <prefix>/share/livertumorseg/models (pyproject data-files)."""
+    from LiverTumorSegLib.models import registry
+
+    assert registry.embedded_models_dir() == Path(registry.__file__).resolve().parents[2] / "Resources" / "Models"
+    site = tmp_path / "lib" / "site-packages" / "LiverTumorSegLib" / "models"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(registry, "__file__", str(site / "registry.py"))
+    installed = tmp_path / "share" / "livertumorseg" / "models"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(registry.sys, "prefix", str(tmp_path))
+    assert registry.embedded_models_dir() == installed
