@@ -86,8 +86,9 @@ class Pipeline:
         liver_members = self.registry.ensemble_members(liver_card)
         if len(liver_members) != 1:
             raise LiverTumorSegError(f"liver model '{liver_card.name}' must be a single model")
-        self.liver_model = LoadedModel.load(liver_members[0])
-        self.tumor_members = [LoadedModel.load(c) for c in self.registry.ensemble_members(tumor_card)]
+        self.liver_model = LoadedModel.load(self.registry.with_weights(liver_members[0]))
+        self.tumor_members = [LoadedModel.load(self.registry.with_weights(c))
+                              for c in self.registry.ensemble_members(tumor_card)]
         self.tumor_weights = (tumor_card.normalized_weights() if hasattr(tumor_card, "normalized_weights")
                               else [1.0])
         self.model_summaries = [liver_card.summary(), tumor_card.summary()] + \

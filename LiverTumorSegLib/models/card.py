@@ -33,6 +33,7 @@ class ModelCard:
     weights_file: str
     weights_sha256: str
     orientation: str = "LPS"
+    weights_url: Optional[str] = None  # where the weights are downloaded from when not beside the card
     inference_patch_size: Optional[Tuple[int, int, int]] = None  # (x, y, z); larger windows = fewer of them
     input_channels: List[str] = field(default_factory=lambda: ["ct"])
     classes: Dict[str, str] = field(default_factory=dict)
@@ -162,6 +163,7 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
                      spacing_mm=spacing, patch_size=patch, hu_window=window,  # type: ignore[arg-type]
                      weights_file=_require(d, "weights_file", path),
                      weights_sha256=_require(d, "weights_sha256", path),
+                     weights_url=d.get("weights_url") or None,
                      orientation=d.get("orientation", "LPS"),
                      inference_patch_size=(tuple(int(v) for v in d["inference_patch_size"])  # type: ignore[arg-type]
                                            if d.get("inference_patch_size") else None),

@@ -1,4 +1,5 @@
-"""Find models by name: embedded (Resources/Models), a user cache, or a card file imported by path.
+"""Find models by name: embedded (Resources/Models), a user cache, or a card file imported by path;
+weights a card names by URL are downloaded into the user cache on first use.
 
 Search order: directories in ``$LIVERTUMORSEG_MODELS`` (os.pathsep-separated), the embedded
 ``Resources/Models`` beside this package, then the user cache (``$LIVERTUMORSEG_CACHE`` or
@@ -11,9 +12,9 @@ import os
 import sys
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 from ..errors import LiverTumorSegError
 from .card import EnsembleCard, ModelCard, read_card
@@ -51,6 +52,7 @@ class ModelRegistry:
     """Resolves model and ensemble names to cards; ``search_dirs`` in priority order."""
 
     search_dirs: List[Path]
+    cache_dir: Optional[Path] = None  # where downloaded weights go (default: the user cache)
 
     @classmethod
     def default(cls) -> "ModelRegistry":
@@ -113,10 +115,28 @@ class ModelRegistry:
             members.append(resolved)
         return members
 
+    def with_weights(self, card: ModelCard, on_progress: Optional[Callable[[float], None]] = None) -> ModelCard:
+        """``card`` with its weights on disk: beside the card, already downloaded into the cache, or
+        downloaded now from the card's URL (sha256 checked)."""
+        if card.weights_path.is_file():
+            return card
+        cache_dir = Path(self.cache_dir or user_cache_dir())
+        cached = replace(card, card_path=str(cache_dir / f"{card.name}.json"))
+        if cached.weights_path.is_file() and sha256_of(cached.weights_path) == card.weights_sha256:
+            return cached
+        if not card.weights_url:
+            raise LiverTumorSegError(f"the weights file {card.weights_path} of model '{card.name}' is missing; "
+                                     "import the model with 'livertumorseg models import CARD.json'")
+        from .download import fetch_weights
+
+        return fetch_weights(card, cache_dir, on_progress)
+
     def verify(self, card: ModelCard) -> Optional[str]:
         """None when the weights file exists and matches the card's sha256, else the problem."""
         path = card.weights_path
         if not path.is_file():
+            if card.weights_url:
+                return f"weights file {path} is not downloaded yet (fetched from {card.weights_url} on first use)"
             return f"weights file {path} is missing"
         actual = sha256_of(path)
         if actual != card.weights_sha256:
