@@ -32,3 +32,28 @@ def on_grid_of(reference: sitk.Image, image: sitk.Image) -> np.ndarray:
     resampled = sitk.Resample(reference, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               reference.GetPixelID())
     return sitk.GetArrayFromImage(resampled)
+
+
+def equivalent_diameter_mm(n_voxels: int, voxel_volume_mm3: float) -> float:
+    """Diameter of the sphere with the volume of ``n_voxels`` voxels."""
+    return float((6.0 * n_voxels * voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))
+
+
+def lesion_detection(prediction: np.ndarray, reference: np.ndarray, voxel_volume_mm3: float) -> Dict[str, object]:
+    """Lesion-wise detection: each reference lesion (26-connected component) is found when any
+    predicted voxel overlaps it; predicted lesions that touch no reference lesion are false
+    positives. Returns ``{"reference": [{"diameter_mm", "detected"}...], "false_positives": n}``."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3, 3), dtype=bool)
+    p, r = np.asarray(prediction).astype(bool), np.asarray(reference).astype(bool)
+    ref_labels, n_ref = ndimage.label(r, structure)
+    pred_labels, n_pred = ndimage.label(p, structure)
+    sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
+    hit = np.zeros(n_ref + 1, dtype=bool)
+    hit[np.unique(ref_labels[p])] = True
+    lesions = [{"diameter_mm": round(equivalent_diameter_mm(int(sizes[i]), voxel_volume_mm3), 1),
+                "detected": bool(hit[i])} for i in range(1, n_ref + 1)]
+    touching = np.unique(pred_labels[r])
+    false_positives = n_pred - int(np.count_nonzero(touching))
+    return {"reference": lesions, "false_positives": int(false_positives)}

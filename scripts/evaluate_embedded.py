@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from LiverTumorSegLib.errors import LiverTumorSegError  # noqa: E402
 from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
-from LiverTumorSegLib.metrics import dice, on_grid_of  # noqa: E402
+from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of  # noqa: E402
 from LiverTumorSegLib.models.card import read_card, write_card  # noqa: E402
 from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
@@ -69,9 +69,26 @@ def evaluate_case(pipeline: Pipeline, name: str, ct: sitk.Image, reference: sitk
         if (ref == 2).any():
             row["tumor_dice"] = round(dice(pred == 2, ref == 2), 4)
             row["reference_tumor_ml"] = round(float((ref == 2).sum()) * np.prod(ct.GetSpacing()) / 1000, 2)
+            detection = lesion_detection(pred == 2, ref == 2, float(np.prod(ct.GetSpacing())))
+            row["lesions_found"] = [[lesion["diameter_mm"], lesion["detected"]] for lesion in detection["reference"]]
+            row["false_positive_lesions"] = detection["false_positives"]
     overlays.append(axial_overlay(ct, result.labelmap, reference, n_slices=4, scale=1))
     log.info("%s", row)
     return row
+
+
+SIZE_BINS_MM = ((0.0, 10.0), (10.0, 20.0), (20.0, float("inf")))
+
+
+def detection_by_size(rows: list) -> dict:
+    """Share of reference lesions found, by equivalent diameter, over every case with tumours."""
+    found: dict = {}
+    for lo, hi in SIZE_BINS_MM:
+        hits = [detected for r in rows for diameter, detected in r.get("lesions_found", []) if lo <= diameter < hi]
+        label = f"{lo:g}-{hi:g} mm" if hi != float("inf") else f">={lo:g} mm"
+        found[label] = {"found": int(sum(hits)), "of": len(hits),
+                        "sensitivity": round(sum(hits) / len(hits), 3) if hits else None}
+    return found
 
 
 TARGETS = ("Targets of the core-pipeline issue: real liver Dice >= 0.90; held-out phantoms liver Dice >= 0.95 "
@@ -131,6 +148,11 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             f"| tumor Dice per case, held-out phantoms | {_mean_ci(summary, 'tumor_dpc_phantoms')} |",
             f"| tumor Dice per case, held-out real liver + synthetic tumours | "
             f"{_mean_ci(summary, 'tumor_dpc_real_liver_synthetic_tumors')} |",
+            "| lesions found, by equivalent diameter (all cases with tumours) | "
+            + "; ".join(f"{k}: {v['found']}/{v['of']}" for k, v in summary["lesion_sensitivity_by_diameter"].items())
+            + " |",
+            f"| false-positive lesions per case (cases with tumours) | "
+            f"{json.dumps(summary['false_positive_lesions_per_case'])} |",
             f"| false-positive tumor (mL) on real tumor-free livers | "
             f"{json.dumps(summary['false_positive_tumor_ml_real_tumor_free'])} |",
             "", "## Limitations", "",
@@ -214,11 +236,15 @@ def main() -> int:
         "false_positive_tumor_ml_real_tumor_free": {r["case"]: r.get("tumor_ml") for r in rows
                                                     if r["kind"].startswith("real")},
     }
+    summary["lesion_sensitivity_by_diameter"] = detection_by_size(rows)
+    summary["false_positive_lesions_per_case"] = {r["case"]: r["false_positive_lesions"] for r in rows
+                                                  if "false_positive_lesions" in r}
     for key in ("liver_dice_phantoms", "tumor_dpc_phantoms", "tumor_dpc_real_liver_synthetic_tumors"):
         values = summary[key]
         if values:
             summary[key.replace("dpc", "dpc_mean").replace("dice_phantoms", "dice_phantoms_mean")] = \
-                {"mean": round(float(np.mean(values)), 4), "ci95": [round(v, 4) for v in bootstrap_ci(values)]}
+                {"mean": round(float(np.mean(values)), 4),
+                 "ci95": [round(v, 4) for v in bootstrap_ci(values)] if len(values) > 1 else None}
     (args.out / "evaluation.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     lines = ["| case | kind | liver Dice | tumor Dice | liver mL | tumor mL | lesions | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
