@@ -560,6 +560,15 @@ def existing_exports(folder: Path, name: str) -> List[Path]:
     return [p for p in export_paths(folder, name).values() if p.exists()]
 
 
+def _write_with_storage_node(storage, node, path: Path, compress: bool = True) -> None:
+    """Write ``node`` to ``path`` with a (not scene-added) storage node, as Slicer's Save does."""
+    storage.SetFileName(str(path))
+    if compress:
+        storage.SetUseCompression(1)
+    if not storage.WriteData(node):
+        raise OSError(f"could not write {path}")
+
+
 def export_results(segmentation_node, volume_node, folder: Path, name: str, overwrite: bool = False) -> Dict[str, Path]:
     """Write the segmentation (.seg.nrrd), its 0/1/2 labelmap (.nii.gz), the measurements table
     (CSV), the lesions CSV and a JSON report into ``folder``; measurements are computed from the
@@ -578,11 +587,7 @@ def export_results(segmentation_node, volume_node, folder: Path, name: str, over
     measurements = measure_segmentation(segmentation_node, volume_node)
     labels = segmentation_labelmap(segmentation_node, volume_node)
 
-    seg_storage = slicer.vtkMRMLSegmentationStorageNode()
-    seg_storage.SetFileName(str(paths["segmentation"]))
-    seg_storage.SetUseCompression(1)
-    if not seg_storage.WriteData(segmentation_node):
-        raise OSError(f"could not write {paths['segmentation']}")
+    _write_with_storage_node(slicer.vtkMRMLSegmentationStorageNode(), segmentation_node, paths["segmentation"])
 
     labelmap_node = slicer.vtkMRMLLabelMapVolumeNode()
     labelmap_node.SetName(name)
@@ -590,18 +595,11 @@ def export_results(segmentation_node, volume_node, folder: Path, name: str, over
     volume_node.GetIJKToRASMatrix(matrix)
     labelmap_node.SetIJKToRASMatrix(matrix)
     labelmap_node.SetAndObserveImageData(_fill_uint8(vtk.vtkImageData(), labels))
-    volume_storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    volume_storage.SetFileName(str(paths["labelmap"]))
-    volume_storage.SetUseCompression(1)
-    if not volume_storage.WriteData(labelmap_node):
-        raise OSError(f"could not write {paths['labelmap']}")
+    _write_with_storage_node(slicer.vtkMRMLVolumeArchetypeStorageNode(), labelmap_node, paths["labelmap"])
 
     table_node = slicer.vtkMRMLTableNode()
     update_measurements_table(None, measurements.to_dict(), table_node)
-    table_storage = slicer.vtkMRMLTableStorageNode()
-    table_storage.SetFileName(str(paths["table"]))
-    if not table_storage.WriteData(table_node):
-        raise OSError(f"could not write {paths['table']}")
+    _write_with_storage_node(slicer.vtkMRMLTableStorageNode(), table_node, paths["table"], compress=False)
 
     write_lesions_csv(paths["lesions_csv"], measurements)
 
