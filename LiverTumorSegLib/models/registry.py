@@ -120,8 +120,7 @@ class ModelRegistry:
         downloaded now from the card's URL (sha256 checked)."""
         if card.weights_path.is_file():
             return card
-        cache_dir = Path(self.cache_dir or user_cache_dir())
-        cached = replace(card, card_path=str(cache_dir / f"{card.name}.json"))
+        cached = self._in_cache(card)
         if cached.weights_path.is_file() and sha256_of(cached.weights_path) == card.weights_sha256:
             return cached
         if not card.weights_url:
@@ -129,14 +128,22 @@ class ModelRegistry:
                                      "import the model with 'livertumorseg models import CARD.json'")
         from .download import fetch_weights
 
-        return fetch_weights(card, cache_dir, on_progress)
+        return fetch_weights(card, Path(cached.card_path).parent, on_progress)
+
+    def _in_cache(self, card: ModelCard) -> ModelCard:
+        """``card`` as it is once its weights are downloaded into the cache."""
+        cache_dir = Path(self.cache_dir or user_cache_dir())
+        return replace(card, card_path=str(cache_dir / f"{card.name}.json"))
 
     def verify(self, card: ModelCard) -> Optional[str]:
         """None when the weights file exists and matches the card's sha256, else the problem."""
         path = card.weights_path
+        if not path.is_file() and card.weights_url:
+            path = self._in_cache(card).weights_path
+            if not path.is_file():
+                return f"weights file {card.weights_file} is not downloaded yet (fetched from {card.weights_url} " \
+                       "on first use)"
         if not path.is_file():
-            if card.weights_url:
-                return f"weights file {path} is not downloaded yet (fetched from {card.weights_url} on first use)"
             return f"weights file {path} is missing"
         actual = sha256_of(path)
         if actual != card.weights_sha256:

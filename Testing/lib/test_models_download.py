@@ -67,6 +67,7 @@ def test_weights_are_downloaded_once_then_used_from_the_cache(remote_models, tmp
     fetched = registry.with_weights(card, on_progress=fractions.append)
     assert fetched.weights_path == cache / card.weights_file
     assert registry.verify(fetched) is None and fractions[-1] == 1.0
+    assert registry.verify(card) is None  # the card as found (weights not beside it): its cached copy counts
     assert read_card(cache / f"{card.name}.json").weights_sha256 == card.weights_sha256
     assert sorted(p.name for p in cache.iterdir()) == sorted([card.weights_file, f"{card.name}.json"])
     # Offline afterwards: the cached copy is used, nothing is fetched.
