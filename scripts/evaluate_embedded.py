@@ -159,7 +159,8 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "* Trained on one real CT: expect under- or over-segmentation on other scanners, phases and "
             "anatomy; no real tumour was ever seen in training, so tumour detection on patients is unproven.",
             "* Small models sized for CPU training and inference (3 mm liver, 1.5 mm tumor grids): lesions under "
-            "about 5 mm are missed.",
+            "10 mm are mostly missed (see the lesion-detection row), and the liver boundary is drawn from a 3 mm "
+            "grid.",
             "* Replace them with models trained on real, annotated data (`livertumorseg models import`).",
             "", "## Per case", "", *table_lines, ""]
     return "\n".join(out)
@@ -202,7 +203,8 @@ def main() -> int:
             ("ts_dicom_upper_abdomen", SHARED / "ts_dicom_upper_abdomen" / "dicom",
              SHARED / "ts_dicom_upper_abdomen" / "liver_reference.nii.gz", "real (held out)"),
             ("ts_abdomen_3mm", SHARED / "ts_abdomen_3mm" / "ct.nii.gz", None, "real (training patient, more slices)"),
-            ("ts_thorax_1p5mm", SHARED / "ts_thorax_1p5mm" / "ct.nii.gz", None, "real (chest, little/no liver)")]
+            ("ts_thorax_1p5mm", SHARED / "ts_thorax_1p5mm" / "ct.nii.gz", None,
+             "real (chest; only the liver dome, under the heart)")]
     for name, ct_path, ref_path, kind in real:
         if not ct_path.exists():
             continue

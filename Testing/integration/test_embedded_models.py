@@ -98,15 +98,19 @@ def test_default_run_writes_four_outputs_on_the_input_grid_with_a_good_liver(sha
     assert report["tumor_volume_ml"] < 0.05 * report["liver_volume_ml"]
 
 
-def test_chest_ct_without_liver_is_refused_as_no_liver_in_view(shared_data, tmp_path):
-    """The chest CT holds the heart where the liver would be: the default liver model must not
-    call it liver, and the run ends with the no-liver error and no output."""
+def test_chest_ct_liver_dome_below_the_heart(shared_data, tmp_path):
+    """The chest CT's lowest slices hold the top of the liver, under the heart (seen on overlays:
+    the heart fills the upper slices). The liver found must lie in the lower part of the scan, not
+    in the heart, and be a dome-sized volume."""
+    ct_path = shared_data("ts_thorax_1p5mm/ct.nii.gz")
     out = tmp_path / "out"
-    proc = _segment([shared_data("ts_thorax_1p5mm/ct.nii.gz")], out)
-    assert proc.returncode == 1, proc.stdout
-    assert proc.stderr.strip().startswith("error: no liver found in view"), proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not out.exists() or not any(out.iterdir())
+    proc = _segment([ct_path], out)
+    assert proc.returncode == 0, proc.stderr
+    labelmap = sitk.DICOMOrient(sitk.ReadImage(str(out / "ct.nii.gz")), "LPS")  # k runs from feet to head
+    liver_slices = np.flatnonzero((sitk.GetArrayViewFromImage(labelmap) > 0).any(axis=(1, 2)))
+    assert liver_slices.max() < 0.45 * labelmap.GetSize()[2], "liver found up in the heart's slices"
+    report = json.loads((out / "ct.json").read_text())
+    assert 100 < report["liver_volume_ml"] < 600
 
 
 def test_mr_is_refused_with_one_error_line(shared_data, tmp_path):
