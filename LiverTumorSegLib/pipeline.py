@@ -25,7 +25,7 @@ from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_i
 from .postprocess.interslice import interslice_consistency
 from .progress import Progress
 from .stages.crop import crop_image, liver_box
-from .stages.liver import segment_liver
+from .stages.liver import liver_cut_by_scan, segment_liver
 from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,10 @@ class SegmentationResult:
     settings: Dict
     tumor_uncertainty: Optional[sitk.Image] = None  # TTA std on the liver crop, when TTA ran
     warnings: List[str] = field(default_factory=list)
+
+
+PARTIAL_LIVER_WARNING = ("the liver reaches the first or last slice of the scan: it is only partly in view, so the "
+                         "liver volume and TLVR cover only the part in view")
 
 
 class Pipeline:
@@ -136,6 +140,8 @@ class Pipeline:
         if liver_ml < s.min_liver_ml or not liver.any():
             raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
                                      f"{s.min_liver_ml:.0f} mL); give an abdominal CT that covers the liver")
+        if liver_cut_by_scan(liver, geometry.axial_array_axis()):
+            warnings.append(PARTIAL_LIVER_WARNING)
 
         with timed("crop"):
             spacing_kji = geometry.spacing[::-1]

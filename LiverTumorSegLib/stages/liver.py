@@ -36,3 +36,12 @@ def segment_liver(ct: sitk.Image, model: LoadedModel, device: torch.device, over
     probability, _ = predict_image(ct, model, device, overlap=overlap, tta=False, on_progress=on_progress)
     mask = probability_to_mask(probability, ct, threshold)
     return clean_liver(mask, Geometry.of(ct), keep_largest, fill)
+
+
+def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:
+    """True when the liver reaches the first or last axial slice: part of it is outside the scan."""
+    if not mask.any():
+        return False
+    first = np.take(mask, 0, axis=axial_axis)
+    last = np.take(mask, mask.shape[axial_axis] - 1, axis=axial_axis)
+    return bool(first.any() or last.any())

@@ -16,7 +16,7 @@ from LiverTumorSegLib.errors import CancelledError, LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry, lps_to_ras
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, write_card
 from LiverTumorSegLib.models.registry import ModelRegistry
-from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.pipeline import PARTIAL_LIVER_WARNING, Pipeline, PipelineSettings
 from LiverTumorSegLib.progress import Progress
 
 STAGES = ("liver", "crop", "tumor", "postprocess", "measure")
@@ -135,6 +135,21 @@ def test_liver_below_the_minimum_volume_is_no_liver(helpers, tiny_models):
     pipeline = _pipeline(helpers, tiny_models, min_liver_ml=500.0)
     with pytest.raises(LiverTumorSegError, match="less than 500 mL"):
         pipeline.run(_float_ct(helpers))
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "permuted"])
+def test_liver_cut_by_the_scan_gives_a_partial_view_warning(helpers, tiny_models, orientation):
+    pipeline = _pipeline(helpers, tiny_models, min_liver_ml=10.0)
+    ct = _float_ct(helpers, direction=helpers.DIRECTIONS[orientation])
+    axial = Geometry.of(ct).axial_array_axis()  # array axis (k, j, i) along the patient's feet-head
+    sitk_axis = 2 - axial
+    size = list(ct.GetSize())
+    index = [0, 0, 0]
+    index[sitk_axis], size[sitk_axis] = size[sitk_axis] // 2 - 3, 6  # six slices through the liver's middle
+    cut = sitk.RegionOfInterest(ct, size, index)
+    result = pipeline.run(cut)
+    assert PARTIAL_LIVER_WARNING in result.warnings
+    assert PARTIAL_LIVER_WARNING not in pipeline.run(ct).warnings
 
 
 def test_gpu_out_of_memory_reruns_on_the_cpu_with_a_warning(helpers, tiny_models, monkeypatch):

@@ -14,7 +14,7 @@ from LiverTumorSegLib.geometry import Geometry
 from LiverTumorSegLib.inference import LoadedModel
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.stages.crop import crop_image, liver_box
-from LiverTumorSegLib.stages.liver import clean_liver, probability_to_mask, segment_liver
+from LiverTumorSegLib.stages.liver import clean_liver, liver_cut_by_scan, probability_to_mask, segment_liver
 from LiverTumorSegLib.stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 CPU = torch.device("cpu")
@@ -72,6 +72,27 @@ def test_probability_to_mask_thresholds_on_the_reference_grid(helpers):
     assert mask.dtype == np.uint8
     assert mask.sum() == 2 and mask[5, 6, 8] == 1 and mask[5, 6, 9] == 1 and mask[5, 6, 7] == 0
     assert probability_to_mask(prob, ct, threshold=0.95).sum() == 0
+
+
+@pytest.mark.parametrize("axial_axis", [0, 1, 2])
+def test_liver_cut_by_scan_looks_at_the_first_and_last_axial_slices(axial_axis):
+    mask = np.zeros((7, 8, 9), np.uint8)
+    inside = [slice(2, 5)] * 3
+    mask[tuple(inside)] = 1
+    assert not liver_cut_by_scan(mask, axial_axis)
+    for end in (0, -1):
+        touching = mask.copy()
+        index = [slice(2, 5)] * 3
+        index[axial_axis] = end
+        touching[tuple(index)] = 1
+        assert liver_cut_by_scan(touching, axial_axis)
+        other = (axial_axis + 1) % 3  # touching a side of the image is not a cut along the body axis
+        sideways = mask.copy()
+        index = [slice(2, 5)] * 3
+        index[other] = end
+        sideways[tuple(index)] = 1
+        assert not liver_cut_by_scan(sideways, axial_axis)
+    assert not liver_cut_by_scan(np.zeros_like(mask), axial_axis)
 
 
 def test_clean_liver_keeps_the_largest_component_and_fills_holes(helpers):
