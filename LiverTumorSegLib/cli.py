@@ -146,11 +146,9 @@ def _check_dicom_seg_possible(inputs: Sequence[Path]) -> None:
     if files:
         raise LiverTumorSegError(f"--dicom-seg needs DICOM folder inputs (a DICOM SEG references the CT's "
                                  f"DICOM series); {files[0]} is a file")
-    try:
-        import highdicom  # noqa: F401
-    except ImportError:
-        raise LiverTumorSegError("--dicom-seg needs highdicom; install it with "
-                                 "pip install 'LiverTumorSegLib[dicom]'") from None
+    from .io.dicom_seg import require_highdicom
+
+    require_highdicom()
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

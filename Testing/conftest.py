@@ -255,20 +255,15 @@ def build_bad_inputs(root: Path) -> Dict[str, BadInput]:
     empty = folder("empty") / "empty.nii.gz"
     empty.write_bytes(b"")
     bad["empty_file"] = BadInput(empty, ("empty", "0 bytes"))
-    good = folder("truncated") / "whole.nii.gz"
-    _write(phantom_ct(), good)
-    data = good.read_bytes()
-    truncated = good.parent / "truncated.nii.gz"
-    truncated.write_bytes(data[: len(data) // 2])
-    good.unlink()
-    bad["truncated_nii_gz"] = BadInput(truncated, ("truncated",))
-    good = folder("truncated_raw") / "whole.nii"
-    _write(phantom_ct(), good)
-    data = good.read_bytes()
-    truncated = good.parent / "truncated_raw.nii"
-    truncated.write_bytes(data[: len(data) // 2])
-    good.unlink()
-    bad["truncated_nii"] = BadInput(truncated, ("truncated",))
+    for case, folder_name, suffix in (("truncated_nii_gz", "truncated", ".nii.gz"),
+                                      ("truncated_nii", "truncated_raw", ".nii")):
+        good = folder(folder_name) / f"whole{suffix}"
+        _write(phantom_ct(), good)
+        data = good.read_bytes()
+        truncated = good.parent / f"{folder_name}{suffix}"
+        truncated.write_bytes(data[: len(data) // 2])
+        good.unlink()
+        bad[case] = BadInput(truncated, ("truncated",))
     text = folder("text") / "notes.txt"
     text.write_text("Patient notes, not an image.\n" * 20)
     bad["text_file"] = BadInput(text, ("cannot be read as an image",))

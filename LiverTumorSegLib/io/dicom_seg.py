@@ -55,7 +55,8 @@ def _require_pydicom():
     return pydicom
 
 
-def _require_highdicom():
+def require_highdicom():
+    """The highdicom module, or a user error saying how to install it."""
     try:
         import highdicom
     except ImportError:
@@ -240,7 +241,7 @@ def write_dicom_seg_masks(masks: Sequence[sitk.Image], segments: Sequence[Segmen
     the masks lie on the grid of a CT series in ``source_dicom_folder``, which the SEG references."""
     if not masks or len(masks) != len(segments):
         raise ValueError("give one SegmentTerminology per mask, and at least one mask")
-    hd = _require_highdicom()
+    hd = require_highdicom()
     reference = Geometry.of(masks[0])
     for mask in masks[1:]:
         if not Geometry.of(mask).matches(reference):
