@@ -111,6 +111,7 @@ if parameterNodeWrapper is not None:
         device: str = "auto"
         quality: str = "full"
         tta: bool = False
+        liverRefine: bool = True
         activeContour: bool = True
         interslice: bool = True
         exportDirectory: str = ""
@@ -174,7 +175,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tumorModelComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.qualityComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        for checkBox in (self.ui.ttaCheckBox, self.ui.activeContourCheckBox, self.ui.intersliceCheckBox):
+        for checkBox in (self.ui.ttaCheckBox, self.ui.liverRefineCheckBox, self.ui.activeContourCheckBox,
+                         self.ui.intersliceCheckBox):
             checkBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.exportDirectoryButton.directoryChanged.connect(self.updateParameterNodeFromGUI)
 
@@ -249,6 +251,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _selectComboText(self.ui.deviceComboBox, p.device)
             _selectComboText(self.ui.qualityComboBox, p.quality)
             self.ui.ttaCheckBox.checked = p.tta
+            self.ui.liverRefineCheckBox.checked = p.liverRefine
             self.ui.activeContourCheckBox.checked = p.activeContour
             self.ui.intersliceCheckBox.checked = p.interslice
             if p.exportDirectory:
@@ -274,6 +277,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.device = self.ui.deviceComboBox.currentText
             p.quality = self.ui.qualityComboBox.currentText
             p.tta = self.ui.ttaCheckBox.checked
+            p.liverRefine = self.ui.liverRefineCheckBox.checked
             p.activeContour = self.ui.activeContourCheckBox.checked
             p.interslice = self.ui.intersliceCheckBox.checked
             p.exportDirectory = self.ui.exportDirectoryButton.directory
@@ -292,7 +296,8 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "Segment the liver and liver tumors in the background")
         for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.liverModelComboBox,
                        self.ui.tumorModelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox,
-                       self.ui.ttaCheckBox, self.ui.activeContourCheckBox, self.ui.intersliceCheckBox,
+                       self.ui.ttaCheckBox, self.ui.liverRefineCheckBox, self.ui.activeContourCheckBox,
+                       self.ui.intersliceCheckBox,
                        self.ui.installDependenciesButton, self.ui.refreshModelsButton):
             widget.enabled = not running
         for button in (self.ui.recomputeButton, self.ui.editButton, self.ui.exportButton):
@@ -617,7 +622,8 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def optionsFromParameters(p) -> SegmentOptions:
         return SegmentOptions(device=parameters.DEVICE_TO_CLI.get(p.device, "auto"), fast=p.quality == "fast",
-                              tta=p.tta, active_contour=p.activeContour, interslice=p.interslice,
+                              tta=p.tta, liver_refine=p.liverRefine, active_contour=p.activeContour,
+                              interslice=p.interslice,
                               liver_model=p.liverModel or None, tumor_model=p.tumorModel or None)
 
     # -- dependencies -----------------------------------------------------------------------

@@ -110,6 +110,8 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation of the tumor ensemble "
                                                       "(reports an uncertainty)")
+    p.add_argument("--no-liver-refine", action="store_true",
+                   help="skip the liver refinement model (the liver stage's mask is used as it is)")
     p.add_argument("--no-active-contour", action="store_true", help="skip the active-contour lesion refinement")
     p.add_argument("--no-interslice", action="store_true", help="skip the inter-slice consistency cleanup")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="drop lesions smaller than this (mL)")
@@ -124,7 +126,8 @@ def _settings_from_args(args: argparse.Namespace):
     from .pipeline import PipelineSettings
 
     settings = PipelineSettings(device=args.device, fast=args.fast, tta=args.tta,
-                                active_contour=not args.no_active_contour, interslice=not args.no_interslice)
+                                active_contour=not args.no_active_contour, interslice=not args.no_interslice,
+                                refine_liver=not args.no_liver_refine)
     if args.liver_model:
         settings.liver_model = args.liver_model
     if args.tumor_model:

@@ -61,15 +61,33 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         or "can't allocate memory" in text or "not enough memory" in text
 
 
+def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = None) -> np.ndarray:
+    """The network input (channels, k, j, i) float32 in the card's channel order: the CT with the
+    card's HU window, and for a ``liver_prior`` channel the liver mask so far (0..1, same grid)."""
+    channels = []
+    for name in card.input_channels:
+        if name == "ct":
+            channels.append(normalize_hu(hu, card.hu_window))
+        elif name == "liver_prior":
+            if prior is None or prior.shape != hu.shape:
+                raise ValueError(f"model '{card.name}' needs a liver prior of the CT's shape {hu.shape}")
+            channels.append(np.clip(prior, 0.0, 1.0).astype(np.float32, copy=False))
+        else:
+            raise ValueError(f"model '{card.name}': unknown input channel '{name}'")
+    return np.stack(channels)
+
+
 def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device, overlap: float = 0.25,
                        tta: bool = False, sw_batch_size: int = 1,
-                       on_progress: Optional[Callable[[float], None]] = None) -> tuple:
+                       on_progress: Optional[Callable[[float], None]] = None,
+                       prior: Optional[np.ndarray] = None) -> tuple:
     """Foreground probability (float32, same shape as ``hu``) and, with ``tta``, the per-voxel
-    standard deviation across the flips (else None). ``hu`` is the CT on the model's grid."""
+    standard deviation across the flips (else None). ``hu`` is the CT on the model's grid;
+    ``prior`` the liver mask so far on the same grid, for models with a ``liver_prior`` channel."""
     from monai.inferers import sliding_window_inference
 
     card = model.card
-    x = torch.from_numpy(normalize_hu(hu, card.hu_window))[None, None]
+    x = torch.from_numpy(model_input(card, hu, prior))[None]
     flips = TTA_FLIPS if tta else [()]
     network = model.network.to(device)
     total_steps = len(flips)
@@ -106,16 +124,23 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
 
 
 def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, overlap: float = 0.25,
-                  tta: bool = False, on_progress: Optional[Callable[[float], None]] = None) -> tuple:
+                  tta: bool = False, on_progress: Optional[Callable[[float], None]] = None,
+                  prior: Optional["sitk.Image"] = None) -> tuple:
     """Foreground probability of ``model`` for the CT region ``ct`` as images on the model's grid
-    (probability, and TTA standard deviation or None)."""
+    (probability, and TTA standard deviation or None). ``prior``: the liver mask so far (any grid
+    covering ``ct``), for models with a ``liver_prior`` channel; resampled linearly (soft edges)."""
     import SimpleITK as sitk
 
-    from .preprocess import resample_ct_to_model
+    from .preprocess import resample_ct_to_model, resample_to
 
     on_model_grid = resample_ct_to_model(ct, model.card.spacing_mm, model.card.orientation)
     hu = sitk.GetArrayViewFromImage(on_model_grid)
-    prob, std = predict_foreground(model, hu, device, overlap=overlap, tta=tta, on_progress=on_progress)
+    prior_array = None
+    if prior is not None:
+        prior_on_grid = resample_to(prior, on_model_grid, sitk.sitkLinear, 0.0)
+        prior_array = sitk.GetArrayFromImage(prior_on_grid)
+    prob, std = predict_foreground(model, hu, device, overlap=overlap, tta=tta, on_progress=on_progress,
+                                   prior=prior_array)
 
     def as_image(array: np.ndarray) -> sitk.Image:
         image = sitk.GetImageFromArray(array)

@@ -8,7 +8,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,13 +19,14 @@ from .errors import LiverTumorSegError
 from .geometry import Geometry
 from .inference import LoadedModel, resolve_device
 from .measure import Measurements, measure_labelmap
+from .models.card import ModelCard
 from .models.registry import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL, ModelRegistry
 from .postprocess.active_contour import refine_lesions
 from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
 from .postprocess.interslice import interslice_consistency
 from .progress import Progress
-from .stages.crop import crop_image, liver_box
-from .stages.liver import liver_cut_by_scan, segment_liver
+from .stages.crop import Box, crop_image, liver_box
+from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver
 from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class PipelineSettings:
     tta: bool = False  # flip test-time augmentation of the tumor ensemble (+ uncertainty map)
     liver_threshold: float = 0.5
     tumor_threshold: float = 0.5
+    refine_liver: bool = True  # run the liver model's refinement model (its card's refine_model), if any
     keep_largest_liver: bool = True
     fill_liver_holes: bool = True
     crop_margin_mm: float = 15.0
@@ -91,17 +93,30 @@ class Pipeline:
         if len(liver_members) != 1:
             raise LiverTumorSegError(f"liver model '{liver_card.name}' must be a single model")
         self.liver_model = LoadedModel.load(self.registry.with_weights(liver_members[0]))
+        self.liver_refine_model: Optional[LoadedModel] = None
+        refine_name = liver_members[0].refine_model
+        if refine_name and self.settings.refine_liver:
+            refine_card = self.registry.resolve(refine_name, task="liver_refine")
+            if not isinstance(refine_card, ModelCard):
+                raise LiverTumorSegError(f"liver refinement model '{refine_name}' must be a single model")
+            self.liver_refine_model = LoadedModel.load(self.registry.with_weights(refine_card))
         self.tumor_members = [LoadedModel.load(self.registry.with_weights(c))
                               for c in self.registry.ensemble_members(tumor_card)]
         self.tumor_weights = (tumor_card.normalized_weights() if hasattr(tumor_card, "normalized_weights")
                               else [1.0])
-        self.model_summaries = [liver_card.summary(), tumor_card.summary()] + \
-            ([m.card.summary() for m in self.tumor_members] if tumor_card.kind == "ensemble" else [])
+        summaries = [liver_card.summary()]
+        if self.liver_refine_model is not None:
+            summaries.append(self.liver_refine_model.card.summary())
+        summaries.append(tumor_card.summary())
+        if tumor_card.kind == "ensemble":
+            summaries += [m.card.summary() for m in self.tumor_members]
+        self.model_summaries = summaries
         self.device = resolve_device(self.settings.device)
 
     def stage_names(self) -> List[str]:
         """Progress stages in order, for front ends that show them before the run."""
-        return ["liver", "crop"] + member_stage_names(self.tumor_members) + ["postprocess", "measure"]
+        refine = ["liver_refine"] if self.liver_refine_model is not None else []
+        return ["liver", "crop"] + refine + member_stage_names(self.tumor_members) + ["postprocess", "measure"]
 
     def run(self, ct: sitk.Image, progress: Optional[Progress] = None) -> SegmentationResult:
         """Segment one CT (float32 HU image). Falls back to the CPU once on GPU out-of-memory."""
@@ -140,13 +155,18 @@ class Pipeline:
         if liver_ml < s.min_liver_ml or not liver.any():
             raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
                                      f"{s.min_liver_ml:.0f} mL); give an abdominal CT that covers the liver")
-        if liver_cut_by_scan(liver, geometry.axial_array_axis()):
-            warnings.append(PARTIAL_LIVER_WARNING)
 
         with timed("crop"):
             spacing_kji = geometry.spacing[::-1]
             box = liver_box(liver, spacing_kji, s.crop_margin_mm)
             ct_crop = crop_image(ct, box)
+
+        if self.liver_refine_model is not None:
+            with timed("liver_refine"):
+                liver = self._refined_liver(ct_crop, liver, box, geometry, device,
+                                            lambda f: progress.report("liver_refine", 0.9 * f))
+        if liver_cut_by_scan(liver, geometry.axial_array_axis()):
+            warnings.append(PARTIAL_LIVER_WARNING)
 
         stages = member_stage_names(self.tumor_members)
 
@@ -193,6 +213,22 @@ class Pipeline:
         return SegmentationResult(labelmap=labelmap, measurements=measurements, models=self.model_summaries,
                                   device=device.type, seconds_per_stage=timings, settings=asdict(s),
                                   tumor_uncertainty=uncertainty_image, warnings=warnings)
+
+    def _refined_liver(self, ct_crop: sitk.Image, liver: np.ndarray, box: Box, geometry: Geometry,
+                       device: torch.device, on_progress: Callable[[float], None]) -> np.ndarray:
+        """The refinement model's liver (inside the crop, cleaned like the liver stage's); the
+        liver stage's mask when the refinement finds no liver at all."""
+        s = self.settings
+        assert self.liver_refine_model is not None
+        refined_crop = refine_liver(ct_crop, liver[box], self.liver_refine_model, device, overlap=s.overlap,
+                                    threshold=s.liver_threshold, on_progress=on_progress)
+        refined = np.zeros_like(liver)
+        refined[box] = refined_crop
+        refined = clean_liver(refined, geometry, s.keep_largest_liver, s.fill_liver_holes)
+        if not refined.any():
+            log.warning("the liver refinement model found no liver; keeping the liver stage's mask")
+            return liver
+        return refined
 
 
 assert LIVER_LABEL == 1 and TUMOR_LABEL == 2  # the labelmap contract of every writer

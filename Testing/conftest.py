@@ -323,20 +323,28 @@ LIVER_THRESHOLD_HU = 100.0
 TUMOR_MEMBERS = (("tiny-tumor-a", 35.0, 3.0), ("tiny-tumor-b", 25.0, 1.0))  # name, threshold HU, weight
 THRESHOLD_UNET_ARGS = {"in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [1],
                        "num_res_units": 0, "norm": None, "act": "relu"}
+REFINE_UNET_ARGS = dict(THRESHOLD_UNET_ARGS, in_channels=2)  # channels: CT, liver prior
 RANDOM_UNET_ARGS = {"in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}
 
 
 def threshold_unet_state(threshold_hu: float, brighter_is_foreground: bool, seed: int = 0) -> dict:
     """A MONAI UNet state dict (seeded init, then hand-set) computing, per voxel,
     logit(foreground) - logit(background) = +-GAIN * (x - t), x the normalised HU."""
+    t = (threshold_hu - TINY_HU_WINDOW[0]) / (TINY_HU_WINDOW[1] - TINY_HU_WINDOW[0])
+    return channel_threshold_unet_state(THRESHOLD_UNET_ARGS, 0, t, brighter_is_foreground, seed)
+
+
+def channel_threshold_unet_state(args: dict, channel: int, t: float, brighter_is_foreground: bool,
+                                 seed: int = 0) -> dict:
+    """Like :func:`threshold_unet_state` on input channel ``channel`` of a UNet built with
+    ``args`` (e.g. 2 input channels: CT, liver prior), threshold ``t`` in that channel's units."""
     import torch
     from monai.networks.nets import UNet
 
     torch.manual_seed(seed)
-    net = UNet(spatial_dims=3, **THRESHOLD_UNET_ARGS)
+    net = UNet(spatial_dims=3, **args)
     state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
-    state["model.0.conv.weight"][0, 0, 1, 1, 1] = 1.0       # hidden channel 0 = relu(x) = x
-    t = (threshold_hu - TINY_HU_WINDOW[0]) / (TINY_HU_WINDOW[1] - TINY_HU_WINDOW[0])
+    state["model.0.conv.weight"][0, channel, 1, 1, 1] = 1.0  # hidden channel 0 = relu(x) = x
     sign = 1.0 if brighter_is_foreground else -1.0
     state["model.2.conv.weight"][0, 1, 1, 1, 1] = sign * TINY_GAIN  # transposed conv: (in, out, k, k, k)
     state["model.2.conv.bias"][1] = -sign * TINY_GAIN * t
@@ -352,7 +360,7 @@ def random_unet_state(seed: int = 0) -> dict:
 
 
 def write_model(directory: Path, name: str, task: str, state: dict, args: dict, spacing: Sequence[float],
-                patch: Sequence[int] = (16, 16, 16), description: str = "") -> Path:
+                patch: Sequence[int] = (16, 16, 16), description: str = "", **card_fields) -> Path:
     """Save ``state`` with save_weights and its card with write_card; returns the card path."""
     from LiverTumorSegLib.models.card import ModelCard, write_card
     from LiverTumorSegLib.models.weights import save_weights
@@ -363,10 +371,26 @@ def write_model(directory: Path, name: str, task: str, state: dict, args: dict, 
                      spacing_mm=tuple(float(s) for s in spacing), patch_size=tuple(int(p) for p in patch),
                      hu_window=TINY_HU_WINDOW, weights_file=weights_file, weights_sha256=sha,
                      classes={"0": "background", "1": task}, description=description or "test fixture",
-                     trained_on="nothing: hand-set weights for plumbing tests", source="Testing/conftest.py")
+                     trained_on="nothing: hand-set weights for plumbing tests", source="Testing/conftest.py",
+                     **card_fields)
     card_path = directory / f"{name}.json"
     write_card(card, card_path)
     return card_path
+
+
+def write_refined_liver_models(directory: Path, refine_channel: int, refine_threshold: float,
+                               liver_name: str = "tiny-liver-refined", refine_name: str = "tiny-liver-refine") -> str:
+    """A liver model (the tiny one: brighter than 100 HU) whose card names a liver_refine model
+    that thresholds its input channel ``refine_channel`` (0: CT, normalised; 1: liver prior) at
+    ``refine_threshold``; returns the liver model's name."""
+    write_model(directory, refine_name, "liver_refine",
+                channel_threshold_unet_state(REFINE_UNET_ARGS, refine_channel, refine_threshold, True),
+                REFINE_UNET_ARGS, spacing=(2.0, 2.0, 2.0), input_channels=["ct", "liver_prior"],
+                description=f"liver = input channel {refine_channel} above {refine_threshold}")
+    write_model(directory, liver_name, "liver", threshold_unet_state(LIVER_THRESHOLD_HU, brighter_is_foreground=True),
+                THRESHOLD_UNET_ARGS, spacing=(5.0, 5.0, 5.0), refine_model=refine_name,
+                description="liver = voxels brighter than 100 HU, then refined")
+    return liver_name
 
 
 @dataclass(frozen=True)
@@ -480,6 +504,8 @@ def helpers():
         write_dicom_series = staticmethod(write_dicom_series)
         write_model = staticmethod(write_model)
         threshold_unet_state = staticmethod(threshold_unet_state)
+        channel_threshold_unet_state = staticmethod(channel_threshold_unet_state)
+        write_refined_liver_models = staticmethod(write_refined_liver_models)
         random_unet_state = staticmethod(random_unet_state)
         tiny_pipeline_settings = staticmethod(tiny_pipeline_settings)
         dice = staticmethod(dice)
@@ -496,6 +522,7 @@ def helpers():
         TINY_HU_WINDOW = TINY_HU_WINDOW
         THRESHOLD_UNET_ARGS = THRESHOLD_UNET_ARGS
         RANDOM_UNET_ARGS = RANDOM_UNET_ARGS
+        REFINE_UNET_ARGS = REFINE_UNET_ARGS
         LOAD_ERROR_CASES = LOAD_ERROR_CASES
         PIPELINE_ERROR_CASES = PIPELINE_ERROR_CASES
         Grid = Grid

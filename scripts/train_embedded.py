@@ -39,6 +39,7 @@ NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and one 
                 "NOT FOR CLINICAL USE: not validated on real patients' tumours.")
 log = logging.getLogger("train_embedded")
 PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
+LIVER_REFINE_NAME = "liver-refine-demo"
 
 
 def liver_card() -> ModelCard:
@@ -48,8 +49,21 @@ def liver_card() -> ModelCard:
                            "strides": [2, 2, 2], "num_res_units": 1},
         spacing_mm=(3.0, 3.0, 3.0), patch_size=(80, 80, 48), hu_window=(-250.0, 350.0),
         weights_file="", weights_sha256="", classes={"0": "background", "1": "liver (tumors included)"},
+        refine_model=LIVER_REFINE_NAME,
         description="Global-view liver model (whole CT at 3 mm).", non_clinical=True, intended_use=NON_CLINICAL,
         source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+
+
+def liver_refine_card() -> ModelCard:
+    return ModelCard(
+        name=LIVER_REFINE_NAME, version="0.1.0", task="liver_refine", architecture="UNet",
+        architecture_args={"in_channels": 2, "out_channels": 2, "channels": [16, 32, 64, 128],
+                           "strides": [2, 2, 2], "num_res_units": 1},
+        spacing_mm=(1.5, 1.5, 1.5), patch_size=(64, 64, 64), hu_window=(-150.0, 250.0),
+        input_channels=["ct", "liver_prior"], weights_file="", weights_sha256="",
+        classes={"0": "background", "1": "liver (tumors included)"},
+        description="Local-view liver refinement (liver crop at 1.5 mm; inputs: the CT and the liver stage's mask).",
+        non_clinical=True, intended_use=NON_CLINICAL, source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
 
 
 def tumor_cards() -> list:
@@ -87,13 +101,15 @@ def phantom_spacing(seed: int) -> tuple:
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> list:
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
-        n_tumors = (0, 2) if card.task == "liver" else (1, 6)
+        n_tumors = (1, 6) if card.task == "tumor" else (0, 2)
         z_extent = float(np.random.default_rng(seed + 99).choice([90.0, 150.0, 200.0, 240.0]))
         # The liver model also sees chests and upper abdomens with the heart on the liver: what is
         # not liver above the diaphragm.
         view = "abdomen" if card.task == "tumor" else PHANTOM_VIEWS[seed % len(PHANTOM_VIEWS)]
         ph = make_phantom(seed, size_mm=(360, 300, z_extent), spacing=phantom_spacing(seed), n_tumors=n_tumors,
                           view=view)
+        if card.task != "liver" and not np.any(sitk.GetArrayViewFromImage(ph.labels)):
+            continue  # a chest view with no liver: nothing to crop (the pipeline stops before the crop)
         samples.append(prepare_sample(f"phantom-{seed}", ph.ct, ph.labels, card))
     ct, liver = real_training_case()
     for variant in range(n_real_variants):
@@ -113,9 +129,11 @@ def main() -> int:
     parser.add_argument("--real-variants", type=int, default=8)
     parser.add_argument("--liver-steps", type=int, default=1500)
     parser.add_argument("--tumor-steps", type=int, default=1500)
+    parser.add_argument("--refine-steps", type=int, default=1500)
     parser.add_argument("--validation-phantoms", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tasks", default="liver,tumor", help="which models to train: liver, tumor or both")
+    parser.add_argument("--tasks", default="liver,liver_refine,tumor",
+                        help="which models to train, comma-separated: liver, liver_refine, tumor")
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
     args = parser.parse_args()
@@ -125,6 +143,8 @@ def main() -> int:
     tasks = set(args.tasks.split(","))
     if "liver" in tasks:
         train_liver(args)
+    if "liver_refine" in tasks:
+        train_liver_refine(args)
     if "tumor" in tasks:
         train_tumor_ensemble(args)
     log.info("done in %.0f s", time.time() - started)
@@ -135,7 +155,11 @@ def initial_card(args: argparse.Namespace, name: str):
     """The card to fine-tune ``name`` from (``--init-from``), or None to start from scratch."""
     if args.init_from is None:
         return None
-    return read_card(args.init_from / f"{name}.json")
+    path = args.init_from / f"{name}.json"
+    if not path.exists():
+        log.info("%s: no card in %s to fine-tune from; training from scratch", name, args.init_from)
+        return None
+    return read_card(path)
 
 
 def fine_tuned_from(start) -> str:
@@ -156,6 +180,21 @@ def train_liver(args: argparse.Namespace) -> None:
                         f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours); "
                         f"{args.liver_steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen.")
     write_card(liver, args.out / f"{liver.name}.json")
+
+
+def train_liver_refine(args: argparse.Namespace) -> None:
+    started = time.time()
+    card = liver_refine_card()
+    samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
+    log.info("liver refinement: %d samples prepared (%.0f s)", len(samples), time.time() - started)
+    start = initial_card(args, card.name)
+    refine = train_model(card, samples, args.out, TrainConfig(steps=args.refine_steps, seed=args.seed + 100,
+                                                              init_from=start))
+    refine.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and of the "
+                         f"real CT ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours), "
+                         "with simulated liver-stage masks as the prior (LiverTumorSegLib.training.prior); "
+                         f"{args.refine_steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen.")
+    write_card(refine, args.out / f"{refine.name}.json")
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:

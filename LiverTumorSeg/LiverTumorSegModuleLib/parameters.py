@@ -24,6 +24,7 @@ VALUE_DEFAULTS: Dict[str, Any] = {
     "device": "auto",
     "quality": "full",
     "tta": False,
+    "liverRefine": True,
     "activeContour": True,
     "interslice": True,
     "exportDirectory": "",

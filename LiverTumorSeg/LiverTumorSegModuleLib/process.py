@@ -65,6 +65,7 @@ class SegmentOptions:
     device: str = "auto"  # auto | cpu | cuda
     fast: bool = False
     tta: bool = False
+    liver_refine: bool = True
     active_contour: bool = True
     interslice: bool = True
     liver_model: Optional[str] = None
@@ -81,6 +82,8 @@ class SegmentOptions:
             args.append("--force")
         if self.tta:
             args.append("--tta")
+        if not self.liver_refine:
+            args.append("--no-liver-refine")
         if not self.active_contour:
             args.append("--no-active-contour")
         if not self.interslice:
@@ -458,10 +461,11 @@ class CliProcess:
 
 
 STAGE_WEIGHTS: Tuple[Tuple[str, float], ...] = (
-    ("load", 0.04), ("liver", 0.26), ("crop", 0.02), ("tumor", 0.42), ("postprocess", 0.12),
+    ("load", 0.04), ("liver", 0.20), ("crop", 0.02), ("liver_refine", 0.10), ("tumor", 0.38), ("postprocess", 0.12),
     ("measure", 0.03), ("write", 0.03), ("import", 0.08))
 
 STAGE_TITLES = {"load": "Loading the CT", "liver": "Liver (global view)", "crop": "Cropping to the liver",
+                "liver_refine": "Liver refinement (local view)",
                 "postprocess": "Post-processing", "measure": "Measuring", "write": "Writing results",
                 "import": "Importing into the scene"}
 

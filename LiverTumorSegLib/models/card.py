@@ -15,7 +15,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import LiverTumorSegError
 
 CARD_FORMAT = "livertumorseg-model-card/1"
-TASKS = ("liver", "tumor")
+# liver: whole CT -> liver; liver_refine: liver crop + the liver stage's mask -> a finer liver;
+# tumor: liver crop -> tumor.
+TASKS = ("liver", "liver_refine", "tumor")
+# What a model's input channels can be: the CT (HU window applied) and the liver mask so far.
+INPUT_CHANNELS = ("ct", "liver_prior")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ModelCard:
     weights_url: Optional[str] = None  # where the weights are downloaded from when not beside the card
     inference_patch_size: Optional[Tuple[int, int, int]] = None  # (x, y, z); larger windows = fewer of them
     input_channels: List[str] = field(default_factory=lambda: ["ct"])
+    refine_model: Optional[str] = None  # liver models: a liver_refine model run on the crop after this one
     classes: Dict[str, str] = field(default_factory=dict)
     description: str = ""
     trained_on: str = ""
@@ -158,6 +163,14 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
     window = tuple(float(v) for v in _require(d, "hu_window", path))
     if len(spacing) != 3 or len(patch) != 3 or len(window) != 2 or window[0] >= window[1]:
         raise LiverTumorSegError(f"model card {path} has a malformed spacing_mm, patch_size or hu_window")
+    channels = [str(c) for c in d.get("input_channels", ["ct"])]
+    if not channels or channels[0] != "ct" or any(c not in INPUT_CHANNELS for c in channels) \
+            or len(set(channels)) != len(channels):
+        raise LiverTumorSegError(f"model card {path} has input_channels {channels}; expected 'ct' first, then "
+                                 f"any of {INPUT_CHANNELS[1:]} once each")
+    if (task == "liver_refine") != ("liver_prior" in channels):
+        raise LiverTumorSegError(f"model card {path}: a liver_refine model takes the channels ['ct', "
+                                 f"'liver_prior'], and only it takes 'liver_prior' (got task {task}, {channels})")
     return ModelCard(architecture=_require(d, "architecture", path),
                      architecture_args=dict(d.get("architecture_args", {})),
                      spacing_mm=spacing, patch_size=patch, hu_window=window,  # type: ignore[arg-type]
@@ -167,7 +180,7 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
                      orientation=d.get("orientation", "LPS"),
                      inference_patch_size=(tuple(int(v) for v in d["inference_patch_size"])  # type: ignore[arg-type]
                                            if d.get("inference_patch_size") else None),
-                     input_channels=list(d.get("input_channels", ["ct"])),
+                     input_channels=channels, refine_model=d.get("refine_model") or None,
                      classes=dict(d.get("classes", {})), **common)
 
 

@@ -1,4 +1,6 @@
-"""Liver stage (global view): the liver model on the whole CT, back on the CT grid, cleaned."""
+"""Liver stage (global view): the liver model on the whole CT, back on the CT grid, cleaned;
+then, when the liver model names one, a refinement model on the liver crop (local view, finer
+grid) that takes the CT and that first mask and redraws the liver (a cascade)."""
 
 from __future__ import annotations
 
@@ -45,3 +47,15 @@ def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:
     first = np.take(mask, 0, axis=axial_axis)
     last = np.take(mask, mask.shape[axial_axis] - 1, axis=axial_axis)
     return bool(first.any() or last.any())
+
+
+def refine_liver(ct_crop: sitk.Image, coarse_crop: np.ndarray, model: LoadedModel, device: torch.device,
+                 overlap: float = 0.25, threshold: float = 0.5,
+                 on_progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
+    """The refinement model's liver on the crop's grid (uint8, (k, j, i)), not yet cleaned.
+    ``coarse_crop``: the liver stage's mask on the same crop, given to the model as its prior."""
+    prior = sitk.GetImageFromArray(np.asarray(coarse_crop, dtype=np.float32))
+    prior.CopyInformation(ct_crop)
+    probability, _ = predict_image(ct_crop, model, device, overlap=overlap, tta=False, on_progress=on_progress,
+                                   prior=prior)
+    return probability_to_mask(probability, ct_crop, threshold)

@@ -11,28 +11,34 @@ import SimpleITK as sitk
 from ..models.card import ModelCard
 from ..preprocess import model_grid, normalize_hu, resample_to
 from ..stages.crop import crop_image, liver_box
+from .prior import signed_distance_mm
 
 
 @dataclass
 class TrainingSample:
-    """A normalised CT (float32, (k, j, i)) and its binary target on one model's grid."""
+    """A normalised CT (float32, (k, j, i)) and its binary target on one model's grid; for a
+    liver refinement model also the target's signed distance (mm), from which a simulated
+    liver-stage mask is drawn for every patch (``training.prior``)."""
 
     name: str
     image: np.ndarray
     target: np.ndarray  # uint8 0/1
+    prior_distance: Optional[np.ndarray] = None  # float32 mm, negative inside the liver
 
 
 def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCard,
                    crop_margin_mm: Optional[float] = None) -> TrainingSample:
     """Put a labelled CT (labels 0/1 liver/2 tumor) on ``card``'s grid.
 
-    A liver card learns liver+tumor (the liver includes its tumors); a tumor card learns the
-    tumor label on the liver crop (``crop_margin_mm`` as in the pipeline's crop stage)."""
+    A liver card learns liver+tumor (the liver includes its tumors) on the whole CT; a liver
+    refinement card learns the same on the liver crop; a tumor card learns the tumor label on the
+    liver crop (``crop_margin_mm`` as in the pipeline's crop stage)."""
     label_array = sitk.GetArrayViewFromImage(labels)
-    if card.task == "tumor":
+    if card.task in ("tumor", "liver_refine"):
         margin = 15.0 if crop_margin_mm is None else crop_margin_mm
         box = liver_box(label_array > 0, ct.GetSpacing()[::-1], margin)
         ct, labels = crop_image(ct, box), crop_image(labels, box)
+    if card.task == "tumor":
         target_value = (sitk.GetArrayViewFromImage(labels) == 2).astype(np.float32)
     else:
         target_value = (sitk.GetArrayViewFromImage(labels) > 0).astype(np.float32)
@@ -41,6 +47,7 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
     target_image = sitk.GetImageFromArray(target_value)
     target_image.CopyInformation(labels)
     target_on_grid = resample_to(target_image, grid, sitk.sitkLinear, 0.0)
-    return TrainingSample(name=name,
-                          image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
-                          target=(sitk.GetArrayViewFromImage(target_on_grid) >= 0.5).astype(np.uint8))
+    target = (sitk.GetArrayViewFromImage(target_on_grid) >= 0.5).astype(np.uint8)
+    distance = signed_distance_mm(target, grid.GetSpacing()[::-1]) if "liver_prior" in card.input_channels else None
+    return TrainingSample(name=name, image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
+                          target=target, prior_distance=distance)

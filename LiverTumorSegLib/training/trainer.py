@@ -23,6 +23,7 @@ from ..models.card import ModelCard, write_card
 from ..models.networks import build_network, forward_logits
 from ..models.weights import load_weights, save_weights
 from .data import TrainingSample
+from .prior import OUTSIDE_MM, simulate_liver_prior
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,18 @@ class TrainConfig:
     init_from: Optional[ModelCard] = None  # fine-tune: start from this card's (sha256-checked) weights
 
 
-def _augmentations(patch_size_kji: Sequence[int], affine: bool):
+def _augmentations(patch_size_kji: Sequence[int], affine: bool, with_prior: bool = False):
+    """Spatial transforms on the CT, the label and (``with_prior``) the liver prior alike;
+    intensity transforms on the CT only."""
     from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
                                   RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd)
 
-    keys = ["image", "label"]
+    keys = ["image", "label"] + (["prior"] if with_prior else [])
+    modes = ("bilinear", "nearest") + (("bilinear",) if with_prior else ())
     transforms = []
     if affine:
         transforms.append(RandAffined(keys=keys, prob=0.5, rotate_range=(0.15, 0.15, 0.15),
-                                      scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest"),
+                                      scale_range=(0.15, 0.15, 0.15), mode=modes,
                                       padding_mode="border", spatial_size=tuple(patch_size_kji)))
     transforms += [
         RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
@@ -63,8 +67,9 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool):
 
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
                  positive: bool) -> tuple:
-    """A patch (zero/air padded where it leaves the volume), centred on a foreground voxel when
-    ``positive`` and the sample has one, else anywhere."""
+    """A patch ``(image, target, prior_distance or None)`` (padded with zero / zero / far outside
+    where it leaves the volume), centred on a foreground voxel when ``positive`` and the sample
+    has one, else anywhere."""
     shape = np.array(sample.image.shape)
     patch = np.array(patch_kji)
     if positive and sample.target.any():
@@ -83,7 +88,11 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
     dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
     image[dst] = sample.image[src]
     target[dst] = sample.target[src]
-    return image, target
+    distance = None
+    if sample.prior_distance is not None:
+        distance = np.full(tuple(patch), OUTSIDE_MM, np.float32)
+        distance[dst] = sample.prior_distance[src]
+    return image, target, distance
 
 
 def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
@@ -115,7 +124,11 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=1e-4, smooth_dr=1e-4)
-    augment = _augmentations(card.patch_size_kji, config.affine)
+    with_prior = "liver_prior" in card.input_channels
+    if with_prior and any(sample.prior_distance is None for sample in samples):
+        raise LiverTumorSegError(f"{card.name} takes a liver prior: prepare its samples with prepare_sample "
+                                 "for this card (they carry the reference's signed distance)")
+    augment = _augmentations(card.patch_size_kji, config.affine, with_prior)
     network.train()
     started = time.perf_counter()
     running = None
@@ -123,9 +136,15 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
         images, targets = [], []
         for _ in range(config.batch_size):
             sample = samples[rng.integers(len(samples))]
-            image, target = sample_patch(sample, card.patch_size_kji, rng, rng.random() < config.positive_fraction)
-            item = augment({"image": image[None], "label": target[None].astype(np.float32)})
-            images.append(torch.as_tensor(np.asarray(item["image"]), dtype=torch.float32))
+            image, target, distance = sample_patch(sample, card.patch_size_kji, rng,
+                                                   rng.random() < config.positive_fraction)
+            item = {"image": image[None], "label": target[None].astype(np.float32)}
+            if with_prior:
+                item["prior"] = simulate_liver_prior(distance, card.spacing_mm[::-1], rng)[None]
+            item = augment(item)
+            channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32)
+                        for key in (("image", "prior") if with_prior else ("image",))]
+            images.append(torch.cat(channels))
             targets.append(torch.as_tensor(np.asarray(item["label"]), dtype=torch.float32))
         batch, target_batch = torch.stack(images), torch.stack(targets).round()
         optimizer.zero_grad(set_to_none=True)

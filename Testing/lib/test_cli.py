@@ -355,3 +355,17 @@ def test_sigterm_leaves_no_output_and_no_temporary_folder(large_ct_file, cli_env
     assert proc.returncode == 130, err
     assert "SIGTERM" in _assert_one_error_line(err, only_line=True)
     assert _leftovers(out) == []
+
+
+def test_segment_switches_reach_the_pipeline_settings():
+    from LiverTumorSegLib.cli import _settings_from_args, build_parser
+
+    parse = build_parser().parse_args
+    default = _settings_from_args(parse(["segment", "ct.nii.gz", "--output", "out"]))
+    assert default.refine_liver and default.active_contour and default.interslice and not default.tta
+    switched = _settings_from_args(parse(["segment", "ct.nii.gz", "--output", "out", "--no-liver-refine",
+                                          "--no-active-contour", "--no-interslice", "--tta", "--fast",
+                                          "--min-lesion-ml", "0.3", "--margin-mm", "7"]))
+    assert (switched.refine_liver, switched.active_contour, switched.interslice, switched.tta, switched.fast) == \
+        (False, False, False, True, True)
+    assert switched.min_lesion_ml == 0.3 and switched.crop_margin_mm == 7.0

@@ -67,6 +67,21 @@ def test_ensemble_card_round_trip_and_weights(tmp_path):
     assert back.normalized_weights() == [0.75, 0.25]
 
 
+def test_refinement_cards_round_trip(tmp_path):
+    """A liver card names its refinement model; the refinement card takes the CT and the liver prior."""
+    liver = _model_card(refine_model="r")
+    refine = _model_card(name="r", task="liver_refine", input_channels=["ct", "liver_prior"])
+    for card in (liver, refine):
+        write_card(card, tmp_path / f"{card.name}.json")
+        assert read_card(tmp_path / f"{card.name}.json").to_dict() == card.to_dict()
+    assert read_card(tmp_path / "m.json").refine_model == "r"
+    assert read_card(tmp_path / "r.json").input_channels == ["ct", "liver_prior"]
+    data = _model_card().to_dict()
+    del data["refine_model"], data["input_channels"]  # cards written before these fields
+    old = card_from_dict(data)
+    assert old.refine_model is None and old.input_channels == ["ct"]
+
+
 def test_card_without_location_has_no_weights_path():
     with pytest.raises(LiverTumorSegError, match="no location"):
         _ = _model_card().weights_path
@@ -90,6 +105,12 @@ def test_card_missing_a_required_field_names_it(field):
     ({"spacing_mm": [1.0, 1.0]}, "malformed"),
     ({"patch_size": [32, 32]}, "malformed"),
     ({"hu_window": [250.0, -100.0]}, "malformed"),
+    ({"input_channels": ["liver_prior", "ct"]}, "expected 'ct' first"),
+    ({"input_channels": ["ct", "ct"]}, "expected 'ct' first"),
+    ({"input_channels": ["ct", "pet"]}, "expected 'ct' first"),
+    ({"input_channels": []}, "expected 'ct' first"),
+    ({"input_channels": ["ct", "liver_prior"]}, "only it takes 'liver_prior'"),  # a liver model with a prior
+    ({"task": "liver_refine"}, "a liver_refine model takes"),  # a refinement model without its prior
 ])
 def test_malformed_model_card(change, fragment):
     data = _model_card().to_dict()

@@ -244,3 +244,56 @@ def test_a_single_tumor_model_works_as_a_one_member_ensemble(helpers, tiny_model
     assert pipeline.tumor_weights == [1.0] and len(pipeline.tumor_members) == 1
     result = pipeline.run(_float_ct(helpers))
     assert len(result.measurements.lesions) == 1
+
+
+# --- liver refinement (a liver card that names a liver_refine model) -------------------------
+
+def test_liver_refinement_runs_on_the_crop_after_the_liver_stage(helpers, tiny_models, tmp_path):
+    """The refinement model here calls all body (> -50 HU) liver: the result is the body inside
+    the liver stage's crop (liver box + margin), so the refined mask visibly replaced the coarse one."""
+    t = (-50.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=0, refine_threshold=t)
+    pipeline = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, crop_margin_mm=9.0)
+    assert pipeline.stage_names() == ["liver", "crop", "liver_refine", *[f"tumor:{m}" for m in tiny_models.members],
+                                      "postprocess", "measure"]
+    assert "tiny-liver-refine" in {m["name"] for m in pipeline.model_summaries}
+    ct = _float_ct(helpers)
+    events = []
+    result = pipeline.run(ct, Progress(events.append))
+    assert [e.stage for e in events if e.stage == "liver_refine"][-1] == "liver_refine"
+    assert "liver_refine" in result.seconds_per_stage
+
+    unrefined = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, refine_liver=False)
+    assert "liver_refine" not in unrefined.stage_names()
+    coarse = sitk.GetArrayFromImage(unrefined.run(ct).labelmap) > 0
+    expected = helpers.analytic_labels_like(ct) > 0
+    assert helpers.dice(coarse, expected) > 0.95
+
+    liver = sitk.GetArrayViewFromImage(result.labelmap) > 0
+    inside_box = np.zeros_like(liver)
+    inside_box[pipeline_module.liver_box(coarse, Geometry.of(ct).spacing[::-1], 9.0)] = True
+    body = sitk.GetArrayViewFromImage(ct) > -50
+    assert np.count_nonzero(liver & ~inside_box) == 0
+    assert helpers.dice(liver, body & inside_box) > 0.95
+    assert np.count_nonzero(liver) > 1.5 * np.count_nonzero(expected)
+
+
+def test_a_refinement_that_finds_no_liver_keeps_the_liver_stage_mask(helpers, tiny_models, tmp_path):
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=2.0)  # never
+    ct = _float_ct(helpers)
+    refined = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name).run(ct)
+    plain = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, refine_liver=False).run(ct)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(refined.labelmap),
+                                  sitk.GetArrayViewFromImage(plain.labelmap))
+
+
+def test_a_missing_or_wrong_refinement_model_fails_at_construction(helpers, tiny_models, tmp_path):
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
+    (tmp_path / "tiny-liver-refine.json").unlink()
+    with pytest.raises(LiverTumorSegError, match="'tiny-liver-refine' not found"):
+        _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name)
+    helpers.write_model(tmp_path, "liver-refined-by-tumor", "liver",
+                        helpers.threshold_unet_state(100.0, brighter_is_foreground=True), helpers.THRESHOLD_UNET_ARGS,
+                        spacing=(5.0, 5.0, 5.0), refine_model=tiny_models.members[0])
+    with pytest.raises(LiverTumorSegError, match="is a tumor model"):
+        _pipeline(helpers, tiny_models, tmp_path, liver_model="liver-refined-by-tumor")

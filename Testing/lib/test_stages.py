@@ -14,7 +14,8 @@ from LiverTumorSegLib.geometry import Geometry
 from LiverTumorSegLib.inference import LoadedModel
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.stages.crop import crop_image, liver_box
-from LiverTumorSegLib.stages.liver import clean_liver, liver_cut_by_scan, probability_to_mask, segment_liver
+from LiverTumorSegLib.stages.liver import (clean_liver, liver_cut_by_scan, probability_to_mask, refine_liver,
+                                           segment_liver)
 from LiverTumorSegLib.stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 CPU = torch.device("cpu")
@@ -119,6 +120,52 @@ def test_segment_liver_finds_the_phantom_liver_on_the_ct_grid(helpers, tiny_regi
     assert helpers.dice(mask, expected > 0) > 0.95
     assert np.all(mask[expected == 2] == 1)  # the hypodense lesion is a filled hole of the liver
     assert fractions and fractions[-1] == 1.0
+
+
+def _refine_model(helpers, tmp_path, channel: int, threshold: float) -> LoadedModel:
+    from LiverTumorSegLib.models.registry import ModelRegistry
+
+    helpers.write_refined_liver_models(tmp_path, channel, threshold)
+    return LoadedModel.load(ModelRegistry([tmp_path]).resolve("tiny-liver-refine", task="liver_refine"))
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "permuted", "oblique"])
+def test_refine_liver_gets_the_prior_at_the_right_place(helpers, tmp_path, orientation):
+    """A refinement model that copies its prior channel gives back the coarse mask, whatever it
+    is (here a box that is not the liver): the prior reaches the model aligned with the CT."""
+    ct = sitk.Cast(helpers.phantom_ct(direction=helpers.DIRECTIONS[orientation]), sitk.sitkFloat32)
+    box = (slice(3, 25), slice(5, 30), slice(8, 40))
+    ct_crop = crop_image(ct, box)
+    coarse = np.zeros(sitk.GetArrayViewFromImage(ct_crop).shape, np.uint8)
+    coarse[2:9, 3:12, 4:14] = 1  # far from the centre: any flip or shift would miss it
+    fractions = []
+    refined = refine_liver(ct_crop, coarse, _refine_model(helpers, tmp_path, channel=1, threshold=0.5), CPU,
+                           on_progress=fractions.append)
+    assert refined.shape == coarse.shape and refined.dtype == np.uint8
+    assert helpers.dice(refined, coarse) > 0.9
+    assert fractions[-1] == 1.0
+
+
+def test_refine_liver_draws_the_liver_from_the_ct(helpers, tmp_path):
+    """A refinement model that reads the CT (brighter than 100 HU) finds the phantom liver in the
+    crop even from a poor prior."""
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    expected = helpers.analytic_labels_like(ct) > 0
+    box = liver_box(expected, Geometry.of(ct).spacing[::-1], 10.0)
+    ct_crop = crop_image(ct, box)
+    poor_prior = np.zeros(expected[box].shape, np.uint8)
+    poor_prior[2:6] = 1
+    t = (100.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
+    refined = refine_liver(ct_crop, poor_prior, _refine_model(helpers, tmp_path, channel=0, threshold=t), CPU)
+    assert helpers.dice(clean_liver(refined, Geometry.of(ct_crop)), expected[box]) > 0.95
+
+
+def test_a_model_without_a_prior_channel_refuses_a_missing_prior(helpers, tmp_path):
+    from LiverTumorSegLib.inference import predict_foreground
+
+    model = _refine_model(helpers, tmp_path, channel=1, threshold=0.5)
+    with pytest.raises(ValueError, match="needs a liver prior"):
+        predict_foreground(model, np.zeros((8, 8, 8), np.float32), CPU)
 
 
 # --- tumor ensemble --------------------------------------------------------------------------

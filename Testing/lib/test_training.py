@@ -107,3 +107,104 @@ def test_ensemble_weights_favour_the_better_member(trained, tmp_path):
     assert weights[1] > weights[0]
     assert scores["0,1"] > scores["1,0"] + 0.3
     assert max(scores.values()) == scores[",".join(f"{w:g}" for w in weights)]
+
+
+# --- liver refinement: simulated priors and a two-channel (CT + liver prior) model ------------
+
+def test_signed_distance_is_negative_inside_and_in_millimetres():
+    from LiverTumorSegLib.training.prior import OUTSIDE_MM, signed_distance_mm
+
+    mask = np.zeros((10, 10, 20), np.uint8)
+    mask[2:8, 2:8, 5:15] = 1
+    distance = signed_distance_mm(mask, (2.0, 1.0, 0.5))
+    assert distance.dtype == np.float32
+    assert np.all(distance[mask > 0] < 0) and np.all(distance[mask == 0] > 0)
+    assert distance[5, 5, 4] == pytest.approx(0.5) and distance[5, 5, 0] == pytest.approx(2.5)
+    assert distance[5, 5, 5] == pytest.approx(-0.5) and distance[1, 5, 10] == pytest.approx(2.0)
+    assert np.all(signed_distance_mm(np.zeros((3, 3, 3)), (1, 1, 1)) == OUTSIDE_MM)
+
+
+def test_simulated_priors_are_plausible_wrong_livers():
+    from LiverTumorSegLib.training.prior import signed_distance_mm, simulate_liver_prior
+
+    target = np.zeros((40, 40, 40), np.uint8)
+    target[8:32, 10:30, 6:34] = 1
+    distance = signed_distance_mm(target, (1.5, 1.5, 1.5))
+    exact = simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(0), max_shift_mm=0.0, bias_mm=0.0,
+                                 chunk_probability=0.0)
+    np.testing.assert_array_equal(exact >= 0.5, target > 0)
+    assert exact.min() == 0.0 and exact.max() == 1.0
+    draws = [simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(seed)) for seed in range(20)]
+    scores = [dice(d >= 0.5, target) for d in draws]
+    assert all(0.0 <= d.min() and d.max() <= 1.0 and d.dtype == np.float32 for d in draws)
+    assert 0.6 < min(scores) and np.median(scores) < 0.99 and max(scores) > 0.9, scores
+    np.testing.assert_array_equal(draws[3], simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(3)))
+
+
+def two_box_samples(n: int, seed: int = 0) -> list:
+    """Two equally bright boxes per volume; the target is one of them, chosen at random: only the
+    prior says which (as only the liver stage says which bright organ is the liver)."""
+    from LiverTumorSegLib.training.prior import signed_distance_mm
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(n):
+        boxes = [np.zeros((24, 24, 24), np.uint8) for _ in range(2)]
+        boxes[0][rng.integers(2, 5):11, rng.integers(2, 8):rng.integers(14, 22), 3:rng.integers(9, 12)] = 1
+        boxes[1][rng.integers(13, 16):22, rng.integers(2, 8):rng.integers(14, 22), rng.integers(12, 15):21] = 1
+        target = boxes[int(rng.integers(2))]
+        hu = np.where((boxes[0] + boxes[1]) > 0, 150.0, 0.0) + rng.normal(0, 15, target.shape)
+        image = ((hu - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0])).astype(np.float32)
+        samples.append(TrainingSample(f"two-boxes-{index}", image, target, signed_distance_mm(target, (2.0,) * 3)))
+    return samples
+
+
+def refine_card() -> ModelCard:
+    card = tiny_card("refine-unet")
+    card.task, card.input_channels = "liver_refine", ["ct", "liver_prior"]
+    card.architecture_args = dict(card.architecture_args, in_channels=2)
+    return card
+
+
+def test_a_refinement_model_learns_from_the_ct_and_the_prior(tmp_path):
+    from scipy import ndimage
+
+    card = train_model(refine_card(), two_box_samples(8), tmp_path, TrainConfig(steps=200, seed=0, **QUICK))
+    model = LoadedModel.load(read_card(card.card_path))
+    cpu = torch.device("cpu")
+    refined_scores, prior_scores, other_box = [], [], []
+    for sample in two_box_samples(4, seed=7):
+        rough = ndimage.binary_dilation(sample.target, iterations=2)  # a coarse, too large liver mask
+        prob, _ = predict_foreground(model, to_hu(sample), cpu, prior=rough.astype(np.float32))
+        refined_scores.append(dice(prob >= 0.5, sample.target))
+        prior_scores.append(dice(rough, sample.target))
+        other = (sample.image > 0.55) & ~(sample.target > 0)  # the bright box that is not the target
+        other = ndimage.binary_opening(other)
+        other_box.append(np.count_nonzero((prob >= 0.5) & other) / np.count_nonzero(other))
+    assert min(refined_scores) > 0.7 and np.mean(refined_scores) > np.mean(prior_scores) + 0.2, \
+        (refined_scores, prior_scores)
+    assert np.mean(other_box) < 0.3, other_box  # the prior picks the box: the other bright box stays mostly out
+
+
+def test_a_refinement_model_needs_samples_with_prior_distances(tmp_path):
+    with pytest.raises(LiverTumorSegError, match="takes a liver prior"):
+        train_model(refine_card(), bright_box_samples(2), tmp_path, TrainConfig(steps=1, **QUICK))
+
+
+def test_refinement_samples_are_liver_crops_with_distances(helpers):
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.training.data import prepare_sample
+
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
+    labels.CopyInformation(ct)
+    card = refine_card()
+    card.spacing_mm = (3.0, 3.0, 3.0)
+    sample = prepare_sample("phantom", ct, labels, card)
+    liver_voxels = np.count_nonzero(sitk.GetArrayViewFromImage(labels)) * np.prod(ct.GetSpacing()) / 27.0
+    assert np.count_nonzero(sample.target) == pytest.approx(liver_voxels, rel=0.1)  # liver incl. its lesion
+    assert sample.image.shape == sample.target.shape == sample.prior_distance.shape
+    assert sample.image.shape[2] < 0.75 * ct.GetSize()[0]  # cropped to the liver (76 mm) + 2 x 15 mm
+    assert np.all(sample.prior_distance[sample.target > 0] < 0) and np.all(sample.prior_distance[sample.target == 0] > 0)
+    assert prepare_sample("phantom", ct, labels, tiny_card("plain")).prior_distance is None

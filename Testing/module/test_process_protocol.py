@@ -213,14 +213,14 @@ def test_start_without_input_fails_cleanly(tmp_path):
 
 
 def test_segment_command_follows_the_cli_contract(tmp_path):
-    options = SegmentOptions(device="cuda", fast=True, force=True, tta=True, active_contour=False,
-                             interslice=False, liver_model="liver-x", tumor_model="tumor-y")
+    options = SegmentOptions(device="cuda", fast=True, force=True, tta=True, liver_refine=False,
+                             active_contour=False, interslice=False, liver_model="liver-x", tumor_model="tumor-y")
     command = process.segment_command(["PY", "-m", "LiverTumorSegLib"], Path("in.nrrd"), Path("out"), options)
     assert command[:8] == ["PY", "-m", "LiverTumorSegLib", "segment", "in.nrrd", "--output", "out", "--progress"]
     assert command[8] == "json"
     rest = command[9:]
     assert rest[rest.index("--device") + 1] == "cuda"
-    for flag in ("--fast", "--force", "--tta", "--no-active-contour", "--no-interslice"):
+    for flag in ("--fast", "--force", "--tta", "--no-liver-refine", "--no-active-contour", "--no-interslice"):
         assert flag in rest
     assert rest[rest.index("--liver-model") + 1] == "liver-x" and rest[rest.index("--tumor-model") + 1] == "tumor-y"
     default = SegmentOptions().to_args()
@@ -232,8 +232,8 @@ def test_segment_command_follows_the_cli_contract(tmp_path):
 def test_the_real_cli_parses_the_module_command_line(tmp_path):
     """The real library's parser accepts every flag the module sends (the run stops at the
     missing input, before any model is loaded)."""
-    options = SegmentOptions(device="cpu", fast=True, force=True, tta=True, active_contour=False,
-                             interslice=False, liver_model="liver-demo", tumor_model="tumor-demo-ensemble")
+    options = SegmentOptions(device="cpu", fast=True, force=True, tta=True, liver_refine=False,
+                             active_contour=False, interslice=False, liver_model="liver-demo", tumor_model="tumor-demo-ensemble")
     missing = tmp_path / "missing.nrrd"
     command = process.segment_command(process.cli_prefix(sys.executable), missing, tmp_path / "out", options)
     completed = subprocess.run(command, env=process.library_environment(), cwd=tmp_path, capture_output=True,

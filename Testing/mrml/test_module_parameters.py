@@ -26,6 +26,7 @@ def test_defaults_and_typed_values_survive_a_scene_reload(tmp_path):
     settings.quality = "fast"
     settings.tta = True
     settings.activeContour = False
+    settings.liverRefine = False
     settings.tumorModel = "tumor-x"
 
     path = tmp_path / "scene.mrml"
@@ -36,8 +37,8 @@ def test_defaults_and_typed_values_survive_a_scene_reload(tmp_path):
     assert reloaded.Import()
     again = ParameterNodeAdapter(reloaded.GetFirstNodeByName("LiverTumorSeg"))
     assert again.inputVolume.GetName() == "CT" and again.outputSegmentation.GetName() == "seg"
-    assert (again.device, again.quality, again.tta, again.activeContour, again.interslice) == \
-        ("GPU", "fast", True, False, True)
+    assert (again.device, again.quality, again.tta, again.liverRefine, again.activeContour, again.interslice) == \
+        ("GPU", "fast", True, False, False, True)
     assert again.tumorModel == "tumor-x" and again.liverModel == ""
 
     settings.outputSegmentation = None

@@ -1,0 +1,58 @@
+"""Simulated liver-stage masks: the prior channel of a liver refinement model in training.
+
+A refinement model sees the CT crop and the liver stage's mask and redraws the liver. Trained
+on the reference liver as its prior it would learn to copy it; trained on the liver stage's own
+output on its training cases it would see almost perfect priors (the liver model fits those).
+So the prior is the reference made wrong the way a coarse model is wrong: its surface moved in
+and out by a smooth random field and a global bias (millimetres), sometimes with a chunk missing
+(an under-segmented tip) or a chunk added (a neighbour organ taken as liver), with soft edges
+like a mask resampled from a coarser grid.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+OUTSIDE_MM = 100.0  # signed distance used for voxels outside the sample (far outside the liver)
+
+
+def signed_distance_mm(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Signed distance (float32, mm) to the mask's surface: negative inside, positive outside."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.full(mask.shape, OUTSIDE_MM, np.float32)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing_kji)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing_kji)
+    return np.clip(outside - inside, -OUTSIDE_MM, OUTSIDE_MM).astype(np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], nodes: int, sigma_mm: float) -> np.ndarray:
+    """A smooth random field (float32, ``shape``): ``nodes``^3 normal values, trilinearly upsampled."""
+    coarse = rng.normal(0.0, sigma_mm, size=(nodes,) * 3).astype(np.float32)
+    zoom = [s / nodes for s in shape]
+    field = ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)
+    return field[tuple(slice(0, s) for s in shape)]
+
+
+def simulate_liver_prior(distance_mm: np.ndarray, spacing_kji: Sequence[float], rng: np.random.Generator,
+                         max_shift_mm: float = 5.0, bias_mm: float = 1.5, chunk_probability: float = 0.3,
+                         chunk_radius_mm: Sequence[float] = (8.0, 25.0)) -> np.ndarray:
+    """A plausible liver-stage mask (float32 in [0, 1]) from the reference's signed distance
+    ``distance_mm`` (negative inside): surface moved by a smooth field of standard deviation up to
+    ``max_shift_mm`` plus a global bias, with probability ``chunk_probability`` a ball removed or
+    added, edges one voxel soft."""
+    distance = np.asarray(distance_mm, np.float32)
+    shift = _smooth_field(rng, distance.shape, nodes=int(rng.integers(2, 6)),
+                          sigma_mm=float(rng.uniform(0.0, max_shift_mm)))
+    moved = distance + shift + np.float32(rng.normal(0.0, bias_mm))
+    if rng.random() < chunk_probability:
+        centre = np.array([rng.integers(0, s) for s in distance.shape], np.float32)
+        radius = float(rng.uniform(*chunk_radius_mm))
+        grids = np.ogrid[tuple(slice(0, s) for s in distance.shape)]
+        ball = sum(((g - c) * float(sp)) ** 2 for g, c, sp in zip(grids, centre, spacing_kji)) <= radius ** 2
+        moved = np.where(ball, OUTSIDE_MM if rng.random() < 0.6 else -OUTSIDE_MM, moved)
+    step = float(min(spacing_kji))
+    return np.clip(0.5 - moved / step, 0.0, 1.0).astype(np.float32)
