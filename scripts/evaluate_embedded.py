@@ -111,6 +111,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
     what was held out, and what they measured; generated, so it cannot drift from the weights."""
     registry = ModelRegistry([args.models])
     liver = registry.resolve("liver-demo", task="liver")
+    refine = [registry.resolve(liver.refine_model, task="liver_refine")] if liver.refine_model else []
     ensemble = registry.resolve("tumor-demo-ensemble", task="tumor")
     members = registry.ensemble_members(ensemble)
     out = ["# Embedded demo models: model card", "",
@@ -119,7 +120,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
            "do not edit by hand.", "", "## Models", "",
            "| name | task | architecture | spacing (mm) | training patch | HU window | weights | sha256 |",
            "|---|---|---|---|---|---|---|---|"]
-    for card in [liver] + members:
+    for card in [liver] + refine + members:
         size_kb = card.weights_path.stat().st_size / 1024
         out.append(f"| {card.name} | {card.task} | {card.architecture} {json.dumps(card.architecture_args)} | "
                    f"{card.spacing_mm} | {card.patch_size} | {card.hu_window} | {size_kb:.0f} KB | "
@@ -129,6 +130,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "weights fitted on validation phantoms (seeds 5002+) by `fit_ensemble_weights`.", "",
             "## Training data", "",
             f"* liver-demo: {liver.trained_on}",
+            *[f"* {card.name} (refines liver-demo's mask on the liver crop): {card.trained_on}" for card in refine],
             f"* tumor members: {members[0].trained_on}",
             "* Synthetic phantoms: `LiverTumorSegLib.synth.phantom` (abdomen, upper abdomen and chest views, "
             "random spacing 0.8-3 mm in-plane, 1.5-5 mm slices). Synthetic tumours: "
@@ -158,9 +160,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "", "## Limitations", "",
             "* Trained on one real CT: expect under- or over-segmentation on other scanners, phases and "
             "anatomy; no real tumour was ever seen in training, so tumour detection on patients is unproven.",
-            "* Small models sized for CPU training and inference (3 mm liver, 1.5 mm tumor grids): lesions under "
-            "10 mm are mostly missed (see the lesion-detection row), and the liver boundary is drawn from a 3 mm "
-            "grid.",
+            "* Small models sized for CPU training and inference (liver found at 3 mm"
+            + (" and redrawn at 1.5 mm on its crop" if refine else "") + ", tumors at 1.5 mm): lesions under "
+            "10 mm are mostly missed (see the lesion-detection row).",
             "* Replace them with models trained on real, annotated data (`livertumorseg models import`).",
             "", "## Per case", "", *table_lines, ""]
     return "\n".join(out)
@@ -171,8 +173,11 @@ def update_cards_and_model_card(args: argparse.Namespace, summary: dict, table_l
                                              "liver_dice_phantoms")}
     metrics_tumor = {k: summary[k] for k in ("tumor_dpc_phantoms", "tumor_dpc_real_liver_synthetic_tumors",
                                              "false_positive_tumor_ml_real_tumor_free")}
-    for card_path, metrics in ((args.models / "liver-demo.json", metrics_liver),
-                               (args.models / "tumor-demo-ensemble.json", metrics_tumor)):
+    liver = read_card(args.models / "liver-demo.json")
+    refine_cards = [args.models / f"{liver.refine_model}.json"] if liver.refine_model else []
+    for card_path, metrics in ([(args.models / "liver-demo.json", metrics_liver)]
+                               + [(path, metrics_liver) for path in refine_cards]
+                               + [(args.models / "tumor-demo-ensemble.json", metrics_tumor)]):
         card = read_card(card_path)
         card.metrics.update({"evaluation": metrics, "evaluated_by": "scripts/evaluate_embedded.py"})
         write_card(card, card_path)
@@ -186,15 +191,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "work_tmp" / "evaluation")
     parser.add_argument("--update-cards", action="store_true")
     parser.add_argument("--models", type=Path, default=ROOT / "Resources" / "Models")
+    parser.add_argument("--no-liver-refine", action="store_true", help="ablation: skip the liver refinement model")
     parser.add_argument("--no-active-contour", action="store_true", help="ablation: skip the lesion refinement")
     parser.add_argument("--no-interslice", action="store_true", help="ablation: skip the inter-slice cleanup")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.update_cards and (args.no_active_contour or args.no_interslice):
+    if args.update_cards and (args.no_active_contour or args.no_interslice or args.no_liver_refine):
         parser.error("the cards record the default settings: no ablation with --update-cards")
     settings = PipelineSettings(device="cpu", active_contour=not args.no_active_contour,
-                                interslice=not args.no_interslice)
+                                interslice=not args.no_interslice, refine_liver=not args.no_liver_refine)
     pipeline = Pipeline(settings, ModelRegistry([args.models]))
     rows, overlays = [], []
 
