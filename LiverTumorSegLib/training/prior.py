@@ -4,14 +4,18 @@ A refinement model sees the CT crop and the liver stage's mask and redraws the l
 on the reference liver as its prior it would learn to copy it; trained on the liver stage's own
 output on its training cases it would see almost perfect priors (the liver model fits those).
 So the prior is the reference made wrong the way a coarse model is wrong: its surface moved in
-and out by a smooth random field and a global bias (millimetres), sometimes with a chunk missing
+and out by a smooth random field and a global bias (millimetres), often with a chunk missing
 (an under-segmented tip) or a chunk added (a neighbour organ taken as liver), with soft edges
-like a mask resampled from a coarser grid.
+like a mask resampled from a coarser grid. The defaults are harsh on purpose: with milder errors
+(shifts up to 5 mm, a chunk in 30% of patches) the model learned to trust the prior and
+corrected little of the liver stage's real errors (phantom liver Dice 0.940 -> 0.942, while
+the same model given the reference as prior reached 0.975).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -37,13 +41,30 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], nodes: int, si
     return field[tuple(slice(0, s) for s in shape)]
 
 
+@dataclass(frozen=True)
+class PriorSimulation:
+    """How wrong the simulated liver-stage masks are: a smooth surface shift of standard deviation
+    up to ``max_shift_mm``, a global bias of standard deviation ``bias_mm``, and with probability
+    ``chunk_probability`` a ball (radius in ``chunk_radius_mm``) removed or added. The defaults
+    suit a liver (1-2 L); scale them to the organ."""
+
+    max_shift_mm: float = 8.0
+    bias_mm: float = 2.5
+    chunk_probability: float = 0.7
+    chunk_radius_mm: Tuple[float, float] = (10.0, 40.0)
+
+    def __call__(self, distance_mm: np.ndarray, spacing_kji: Sequence[float],
+                 rng: np.random.Generator) -> np.ndarray:
+        return simulate_liver_prior(distance_mm, spacing_kji, rng, self.max_shift_mm, self.bias_mm,
+                                    self.chunk_probability, self.chunk_radius_mm)
+
+
 def simulate_liver_prior(distance_mm: np.ndarray, spacing_kji: Sequence[float], rng: np.random.Generator,
-                         max_shift_mm: float = 5.0, bias_mm: float = 1.5, chunk_probability: float = 0.3,
-                         chunk_radius_mm: Sequence[float] = (8.0, 25.0)) -> np.ndarray:
+                         max_shift_mm: float = PriorSimulation.max_shift_mm, bias_mm: float = PriorSimulation.bias_mm,
+                         chunk_probability: float = PriorSimulation.chunk_probability,
+                         chunk_radius_mm: Sequence[float] = PriorSimulation.chunk_radius_mm) -> np.ndarray:
     """A plausible liver-stage mask (float32 in [0, 1]) from the reference's signed distance
-    ``distance_mm`` (negative inside): surface moved by a smooth field of standard deviation up to
-    ``max_shift_mm`` plus a global bias, with probability ``chunk_probability`` a ball removed or
-    added, edges one voxel soft."""
+    ``distance_mm`` (negative inside): see :class:`PriorSimulation`; edges one voxel soft."""
     distance = np.asarray(distance_mm, np.float32)
     shift = _smooth_field(rng, distance.shape, nodes=int(rng.integers(2, 6)),
                           sigma_mm=float(rng.uniform(0.0, max_shift_mm)))

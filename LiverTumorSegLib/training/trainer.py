@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -23,7 +23,7 @@ from ..models.card import ModelCard, write_card
 from ..models.networks import build_network, forward_logits
 from ..models.weights import load_weights, save_weights
 from .data import TrainingSample
-from .prior import OUTSIDE_MM, simulate_liver_prior
+from .prior import OUTSIDE_MM, PriorSimulation
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class TrainConfig:
     affine: bool = True
     threads: Optional[int] = None
     init_from: Optional[ModelCard] = None  # fine-tune: start from this card's (sha256-checked) weights
+    prior_simulation: PriorSimulation = field(default_factory=PriorSimulation)  # liver_refine models only
 
 
 def _augmentations(patch_size_kji: Sequence[int], affine: bool, with_prior: bool = False):
@@ -140,7 +141,7 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
                                                    rng.random() < config.positive_fraction)
             item = {"image": image[None], "label": target[None].astype(np.float32)}
             if with_prior:
-                item["prior"] = simulate_liver_prior(distance, card.spacing_mm[::-1], rng)[None]
+                item["prior"] = config.prior_simulation(distance, card.spacing_mm[::-1], rng)[None]
             item = augment(item)
             channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32)
                         for key in (("image", "prior") if with_prior else ("image",))]

@@ -125,20 +125,21 @@ def test_signed_distance_is_negative_inside_and_in_millimetres():
 
 
 def test_simulated_priors_are_plausible_wrong_livers():
-    from LiverTumorSegLib.training.prior import signed_distance_mm, simulate_liver_prior
+    from LiverTumorSegLib.training.prior import PriorSimulation, signed_distance_mm, simulate_liver_prior
 
-    target = np.zeros((40, 40, 40), np.uint8)
-    target[8:32, 10:30, 6:34] = 1
-    distance = signed_distance_mm(target, (1.5, 1.5, 1.5))
-    exact = simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(0), max_shift_mm=0.0, bias_mm=0.0,
-                                 chunk_probability=0.0)
+    target = np.zeros((64, 64, 64), np.uint8)
+    target[12:52, 14:50, 10:54] = 1  # 10 x 9 x 11 cm at 2.5 mm: liver-sized
+    spacing = (2.5,) * 3
+    distance = signed_distance_mm(target, spacing)
+    exact = PriorSimulation(0.0, 0.0, 0.0)(distance, spacing, np.random.default_rng(0))
     np.testing.assert_array_equal(exact >= 0.5, target > 0)
     assert exact.min() == 0.0 and exact.max() == 1.0
-    draws = [simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(seed)) for seed in range(20)]
+    draws = [simulate_liver_prior(distance, spacing, np.random.default_rng(seed)) for seed in range(20)]
     scores = [dice(d >= 0.5, target) for d in draws]
     assert all(0.0 <= d.min() and d.max() <= 1.0 and d.dtype == np.float32 for d in draws)
-    assert 0.6 < min(scores) and np.median(scores) < 0.99 and max(scores) > 0.9, scores
-    np.testing.assert_array_equal(draws[3], simulate_liver_prior(distance, (1.5,) * 3, np.random.default_rng(3)))
+    # Wrong like a coarse liver model (Dice 0.85-0.97), never unrecognisable, never always right.
+    assert min(scores) > 0.8 and np.median(scores) < 0.97 and sum(s < 0.95 for s in scores) >= 5, scores
+    np.testing.assert_array_equal(draws[3], simulate_liver_prior(distance, spacing, np.random.default_rng(3)))
 
 
 def two_box_samples(n: int, seed: int = 0) -> list:
@@ -169,7 +170,11 @@ def refine_card() -> ModelCard:
 def test_a_refinement_model_learns_from_the_ct_and_the_prior(tmp_path):
     from scipy import ndimage
 
-    card = train_model(refine_card(), two_box_samples(8), tmp_path, TrainConfig(steps=200, seed=0, **QUICK))
+    from LiverTumorSegLib.training.prior import PriorSimulation
+
+    boxes_scale = PriorSimulation(max_shift_mm=5.0, bias_mm=1.5, chunk_probability=0.3, chunk_radius_mm=(8.0, 25.0))
+    card = train_model(refine_card(), two_box_samples(8), tmp_path,
+                       TrainConfig(steps=200, seed=0, prior_simulation=boxes_scale, **QUICK))
     model = LoadedModel.load(read_card(card.card_path))
     cpu = torch.device("cpu")
     refined_scores, prior_scores, other_box = [], [], []
