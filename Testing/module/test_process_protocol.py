@@ -293,10 +293,12 @@ def test_error_message_from_stderr():
     assert "exit code -9" in process.error_message_from_stderr("", -9)
 
 
-def test_staged_progress_is_monotonic_and_covers_every_stage():
+@pytest.mark.parametrize("refine", [["liver_refine"], []])  # the liver model may have no refinement model
+def test_staged_progress_is_monotonic_and_covers_every_stage(refine):
     staged = StagedProgress(tumor_members=2)
     seen = []
-    for stage in ("load", "liver", "crop", "tumor:a", "tumor:b", "postprocess", "measure", "write", "import"):
+    for stage in ("load", "liver", "crop", *refine, "tumor:a", "tumor:b", "postprocess", "measure", "write",
+                  "import"):
         for fraction in (0.0, 0.5, 1.0):
             seen.append(staged.update(stage, fraction))
     fractions = [f for f, _ in seen]
@@ -304,6 +306,8 @@ def test_staged_progress_is_monotonic_and_covers_every_stage():
     assert fractions[-1] == pytest.approx(1.0)
     titles = [t for _, t in seen]
     assert "Tumor model a (1/2)" in titles and "Tumor model b (2/2)" in titles and "Liver (global view)" in titles
+    assert ("Liver refinement (local view)" in titles) == bool(refine)
+    assert sum(weight for _, weight in process.STAGE_WEIGHTS) == pytest.approx(1.0)
     # an unknown stage keeps the bar where it is
     assert staged.update("something-new", 0.5)[0] == pytest.approx(1.0)
     # without a known member count, members are counted as they come
