@@ -169,32 +169,29 @@ def fine_tuned_from(start) -> str:
     return f", fine-tuned from {start.name} {start.weights_sha256[:12]} (which had: {start.trained_on.split('. Held out')[0]})"
 
 
-def train_liver(args: argparse.Namespace) -> None:
+def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, seed: int, data: str) -> None:
+    """Train one (non-ensemble) model card on the phantoms and the real training case; ``data``
+    opens the card's ``trained_on`` text."""
     started = time.time()
-    card = liver_card()
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
-    log.info("liver: %d samples prepared (%.0f s)", len(samples), time.time() - started)
+    log.info("%s: %d samples prepared (%.0f s)", card.name, len(samples), time.time() - started)
     start = initial_card(args, card.name)
-    liver = train_model(card, samples, args.out, TrainConfig(steps=args.liver_steps, seed=args.seed, init_from=start))
-    liver.trained_on = (f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and the real CT "
-                        f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours); "
-                        f"{args.liver_steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen.")
-    write_card(liver, args.out / f"{liver.name}.json")
+    trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start))
+    trained.trained_on = f"{data}; {steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen."
+    write_card(trained, args.out / f"{trained.name}.json")
+
+
+def train_liver(args: argparse.Namespace) -> None:
+    train_single_model(args, liver_card(), args.liver_steps, args.seed,
+                       f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and the real CT "
+                       f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours)")
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
-    started = time.time()
-    card = liver_refine_card()
-    samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
-    log.info("liver refinement: %d samples prepared (%.0f s)", len(samples), time.time() - started)
-    start = initial_card(args, card.name)
-    refine = train_model(card, samples, args.out, TrainConfig(steps=args.refine_steps, seed=args.seed + 100,
-                                                              init_from=start))
-    refine.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and of the "
-                         f"real CT ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours), "
-                         "with simulated liver-stage masks as the prior (LiverTumorSegLib.training.prior); "
-                         f"{args.refine_steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen.")
-    write_card(refine, args.out / f"{refine.name}.json")
+    train_single_model(args, liver_refine_card(), args.refine_steps, args.seed + 100,
+                       f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and of the "
+                       f"real CT ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours), "
+                       "with simulated liver-stage masks as the prior (LiverTumorSegLib.training.prior)")
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:

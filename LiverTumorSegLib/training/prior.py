@@ -55,25 +55,17 @@ class PriorSimulation:
 
     def __call__(self, distance_mm: np.ndarray, spacing_kji: Sequence[float],
                  rng: np.random.Generator) -> np.ndarray:
-        return simulate_liver_prior(distance_mm, spacing_kji, rng, self.max_shift_mm, self.bias_mm,
-                                    self.chunk_probability, self.chunk_radius_mm)
-
-
-def simulate_liver_prior(distance_mm: np.ndarray, spacing_kji: Sequence[float], rng: np.random.Generator,
-                         max_shift_mm: float = PriorSimulation.max_shift_mm, bias_mm: float = PriorSimulation.bias_mm,
-                         chunk_probability: float = PriorSimulation.chunk_probability,
-                         chunk_radius_mm: Sequence[float] = PriorSimulation.chunk_radius_mm) -> np.ndarray:
-    """A plausible liver-stage mask (float32 in [0, 1]) from the reference's signed distance
-    ``distance_mm`` (negative inside): see :class:`PriorSimulation`; edges one voxel soft."""
-    distance = np.asarray(distance_mm, np.float32)
-    shift = _smooth_field(rng, distance.shape, nodes=int(rng.integers(2, 6)),
-                          sigma_mm=float(rng.uniform(0.0, max_shift_mm)))
-    moved = distance + shift + np.float32(rng.normal(0.0, bias_mm))
-    if rng.random() < chunk_probability:
-        centre = np.array([rng.integers(0, s) for s in distance.shape], np.float32)
-        radius = float(rng.uniform(*chunk_radius_mm))
-        grids = np.ogrid[tuple(slice(0, s) for s in distance.shape)]
-        ball = sum(((g - c) * float(sp)) ** 2 for g, c, sp in zip(grids, centre, spacing_kji)) <= radius ** 2
-        moved = np.where(ball, OUTSIDE_MM if rng.random() < 0.6 else -OUTSIDE_MM, moved)
-    step = float(min(spacing_kji))
-    return np.clip(0.5 - moved / step, 0.0, 1.0).astype(np.float32)
+        """A plausible liver-stage mask (float32 in [0, 1]) from the reference's signed distance
+        ``distance_mm`` (negative inside), edges one voxel soft."""
+        distance = np.asarray(distance_mm, np.float32)
+        shift = _smooth_field(rng, distance.shape, nodes=int(rng.integers(2, 6)),
+                              sigma_mm=float(rng.uniform(0.0, self.max_shift_mm)))
+        moved = distance + shift + np.float32(rng.normal(0.0, self.bias_mm))
+        if rng.random() < self.chunk_probability:
+            centre = np.array([rng.integers(0, s) for s in distance.shape], np.float32)
+            radius = float(rng.uniform(*self.chunk_radius_mm))
+            grids = np.ogrid[tuple(slice(0, s) for s in distance.shape)]
+            ball = sum(((g - c) * float(sp)) ** 2 for g, c, sp in zip(grids, centre, spacing_kji)) <= radius ** 2
+            moved = np.where(ball, OUTSIDE_MM if rng.random() < 0.6 else -OUTSIDE_MM, moved)
+        step = float(min(spacing_kji))
+        return np.clip(0.5 - moved / step, 0.0, 1.0).astype(np.float32)

@@ -125,7 +125,7 @@ def test_signed_distance_is_negative_inside_and_in_millimetres():
 
 
 def test_simulated_priors_are_plausible_wrong_livers():
-    from LiverTumorSegLib.training.prior import PriorSimulation, signed_distance_mm, simulate_liver_prior
+    from LiverTumorSegLib.training.prior import PriorSimulation, signed_distance_mm
 
     target = np.zeros((64, 64, 64), np.uint8)
     target[12:52, 14:50, 10:54] = 1  # 10 x 9 x 11 cm at 2.5 mm: liver-sized
@@ -134,12 +134,12 @@ def test_simulated_priors_are_plausible_wrong_livers():
     exact = PriorSimulation(0.0, 0.0, 0.0)(distance, spacing, np.random.default_rng(0))
     np.testing.assert_array_equal(exact >= 0.5, target > 0)
     assert exact.min() == 0.0 and exact.max() == 1.0
-    draws = [simulate_liver_prior(distance, spacing, np.random.default_rng(seed)) for seed in range(20)]
+    draws = [PriorSimulation()(distance, spacing, np.random.default_rng(seed)) for seed in range(20)]
     scores = [dice(d >= 0.5, target) for d in draws]
     assert all(0.0 <= d.min() and d.max() <= 1.0 and d.dtype == np.float32 for d in draws)
     # Wrong like a coarse liver model (Dice 0.85-0.97), never unrecognisable, never always right.
     assert min(scores) > 0.8 and np.median(scores) < 0.97 and sum(s < 0.95 for s in scores) >= 5, scores
-    np.testing.assert_array_equal(draws[3], simulate_liver_prior(distance, spacing, np.random.default_rng(3)))
+    np.testing.assert_array_equal(draws[3], PriorSimulation()(distance, spacing, np.random.default_rng(3)))
 
 
 def two_box_samples(n: int, seed: int = 0) -> list:
