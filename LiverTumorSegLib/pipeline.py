@@ -26,7 +26,7 @@ from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_i
 from .postprocess.interslice import interslice_consistency
 from .progress import Progress
 from .stages.crop import Box, crop_image, liver_box
-from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver
+from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver, tumor_search_region
 from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class PipelineSettings:
     tumor_threshold: float = 0.5
     refine_liver: bool = True  # run the liver model's refinement model (its card's refine_model), if any
     keep_largest_liver: bool = True
-    fill_liver_holes: bool = True
+    fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
     crop_margin_mm: float = 15.0
     tumor_inside_liver: bool = True
     interslice: bool = True
@@ -180,22 +180,22 @@ class Pipeline:
         timings["tumor"] = round(time.perf_counter() - start, 3)
 
         with timed("postprocess"):
-            liver_crop = liver[box]
+            axial = geometry.axial_array_axis()
+            region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
             tumor = tumor_mask(probability, s.tumor_threshold)
             del probability
-            axial = geometry.axial_array_axis()
             if s.tumor_inside_liver:
-                tumor = tumor_inside_liver(tumor, liver_crop)
+                tumor = tumor_inside_liver(tumor, region)
             if s.interslice:
                 tumor = interslice_consistency(tumor, axial)
             if s.active_contour and tumor.any():
                 hu_crop = sitk.GetArrayViewFromImage(ct_crop)
-                tumor = refine_lesions(hu_crop, tumor, liver_crop, spacing_kji,
+                tumor = refine_lesions(hu_crop, tumor, region, spacing_kji,
                                        iterations=s.active_contour_iterations, progress=progress)
             if s.min_lesion_ml > 0:
                 tumor = remove_small_lesions(tumor, geometry.voxel_volume_ml, s.min_lesion_ml)
             if s.tumor_inside_liver:
-                tumor = tumor_inside_liver(tumor, liver_crop)
+                tumor = tumor_inside_liver(tumor, region)
             full_tumor = np.zeros_like(liver)
             full_tumor[box] = tumor
             labels = compose_labelmap(liver, full_tumor)
@@ -224,7 +224,7 @@ class Pipeline:
                                     threshold=s.liver_threshold, on_progress=on_progress)
         refined = np.zeros_like(liver)
         refined[box] = refined_crop
-        refined = clean_liver(refined, geometry, s.keep_largest_liver, s.fill_liver_holes)
+        refined = clean_liver(refined, s.keep_largest_liver, s.fill_liver_holes)
         if not refined.any():
             log.warning("the liver refinement model found no liver; keeping the liver stage's mask")
             return liver

@@ -16,8 +16,8 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
 
 
 def tumor_inside_liver(tumor: np.ndarray, liver: np.ndarray) -> np.ndarray:
-    """The tumor voxels that lie inside the liver mask (uint8 0/1). Pass the liver mask that
-    includes the tumor (as the liver stage's hole-filled mask does)."""
+    """The tumor voxels that lie inside the liver mask (uint8 0/1). Pass a liver mask that
+    includes the tumor (such as the liver stage's ``tumor_search_region``)."""
     tumor, liver = np.asarray(tumor), np.asarray(liver)
     _check_same_shape(tumor, liver, "tumor and liver masks")
     return np.logical_and(tumor, liver).view(np.uint8)

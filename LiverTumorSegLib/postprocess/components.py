@@ -112,12 +112,13 @@ def _in_plane_structure(axial_axis: int) -> np.ndarray:
     return structure
 
 
-def fill_holes(mask: np.ndarray, axial_axis: int) -> np.ndarray:
-    """Fill holes enclosed in 3-D, then holes enclosed within each slice along ``axial_axis``
-    (a vessel entering at the liver hilum leaves a channel to the outside in 3-D, but in each
-    axial slice its cross-section is an enclosed hole). Returns uint8 0/1."""
-    if axial_axis not in (0, 1, 2):
-        raise ValueError(f"axial_axis must be 0, 1 or 2, got {axial_axis}")
+def fill_holes(mask: np.ndarray, axial_axis: Optional[int] = None) -> np.ndarray:
+    """Fill holes enclosed in 3-D; with ``axial_axis``, then also holes enclosed within each
+    slice along it (a channel that opens to the outside in 3-D, such as the IVC running through
+    the liver or a vessel entering at the hilum, is an enclosed hole in each axial slice).
+    Returns uint8 0/1."""
+    if axial_axis is not None and axial_axis not in (0, 1, 2):
+        raise ValueError(f"axial_axis must be None, 0, 1 or 2, got {axial_axis}")
     mask = as_mask(mask)
     result = np.zeros(mask.shape, np.uint8)
     box = bounding_box(mask)
@@ -126,6 +127,7 @@ def fill_holes(mask: np.ndarray, axial_axis: int) -> np.ndarray:
     # Background outside the tight box is all connected to the outside, so filling inside the
     # box (whose border counts as outside) is the same as filling the whole volume.
     filled = ndimage.binary_fill_holes(mask[box])
-    filled = ndimage.binary_fill_holes(filled, structure=_in_plane_structure(axial_axis))
+    if axial_axis is not None:
+        filled = ndimage.binary_fill_holes(filled, structure=_in_plane_structure(axial_axis))
     result[box] = filled
     return result

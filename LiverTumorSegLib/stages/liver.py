@@ -10,7 +10,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..geometry import Geometry
 from ..inference import LoadedModel, predict_image
 from ..postprocess.components import fill_holes, largest_component
 from ..preprocess import resample_to
@@ -22,13 +21,22 @@ def probability_to_mask(probability: sitk.Image, reference: sitk.Image, threshol
     return (sitk.GetArrayViewFromImage(on_grid) >= threshold).astype(np.uint8)
 
 
-def clean_liver(mask: np.ndarray, geometry: Geometry, keep_largest: bool = True, fill: bool = True) -> np.ndarray:
-    """Largest 3-D connected component, then enclosed and per-axial-slice holes filled."""
+def clean_liver(mask: np.ndarray, keep_largest: bool = True, fill: bool = True) -> np.ndarray:
+    """Largest 3-D connected component with its enclosed holes filled. Holes open to the outside
+    in 3-D stay open: the IVC and the portal vein at the hilum are not liver."""
     if keep_largest:
         mask = largest_component(mask)
     if fill:
-        mask = fill_holes(mask, geometry.axial_array_axis())
+        mask = fill_holes(mask)
     return mask.astype(np.uint8, copy=False)
+
+
+def tumor_search_region(liver: np.ndarray, axial_axis: int) -> np.ndarray:
+    """Where the tumor stage may place lesions: the liver with its holes within each slice along
+    the array's ``axial_axis`` filled too. A lesion at the liver's edge that the liver model left
+    out shows as such a hole, so the tumor ensemble's finding there is kept and becomes part of
+    the liver (the liver includes its tumors); the IVC is in this region but is not liver."""
+    return fill_holes(liver, axial_axis)
 
 
 def segment_liver(ct: sitk.Image, model: LoadedModel, device: torch.device, overlap: float = 0.25,
@@ -37,7 +45,7 @@ def segment_liver(ct: sitk.Image, model: LoadedModel, device: torch.device, over
     """Liver mask (uint8, CT grid, (k, j, i)) from the whole CT."""
     probability, _ = predict_image(ct, model, device, overlap=overlap, tta=False, on_progress=on_progress)
     mask = probability_to_mask(probability, ct, threshold)
-    return clean_liver(mask, Geometry.of(ct), keep_largest, fill)
+    return clean_liver(mask, keep_largest, fill)
 
 
 def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:

@@ -207,6 +207,48 @@ def test_switched_off_steps_are_not_run(helpers, tiny_models, monkeypatch):
     assert np.count_nonzero((labels == 2) & (expected == 0)) > 0
 
 
+def _with_vertical_tunnels(ct: sitk.Image, tunnels) -> sitk.Image:
+    """``ct`` with cylinders along S through the whole scan: ((x, y) LPS mm, radius mm, HU) each."""
+    hu = sitk.GetArrayFromImage(ct)
+    size = ct.GetSize()
+    index = np.indices(hu.shape)[::-1].reshape(3, -1).T  # (i, j, k) per voxel
+    x, y, _ = np.array([ct.TransformContinuousIndexToPhysicalPoint(p) for p in index.tolist()]).T
+    for (cx, cy), radius, value in tunnels:
+        inside = ((x - cx) ** 2 + (y - cy) ** 2 <= radius ** 2).reshape(size[::-1])
+        hu[inside] = value
+    out = sitk.GetImageFromArray(hu)
+    out.CopyInformation(ct)
+    return out
+
+
+def test_a_vessel_through_the_liver_is_not_liver_but_a_lesion_in_such_a_hole_is_tumor(helpers, tiny_models,
+                                                                                     tmp_path):
+    # Two cylinders run through the liver along S, open in 3-D at both ends and enclosed in each
+    # axial slice: one at body HU (the IVC: neither liver nor tumor to the tiny models), one dark
+    # (a lesion the liver model leaves out of the liver, which the tumor models find).
+    ivc, lesion = (-30.0, -12.0), (0.0, -8.0)
+    ct = _with_vertical_tunnels(_float_ct(helpers), [(ivc, 8.0, helpers.BODY_HU), (lesion, 8.0, helpers.LESION_HU)])
+    expected = helpers.analytic_labels_like(ct)
+
+    def core(center):  # voxels within 4 mm of the cylinder's axis, in the liver's middle 35 mm
+        only = sitk.GetArrayFromImage(_with_vertical_tunnels(ct * 0, [(center, 4.0, 1)])) == 1
+        middle = np.zeros_like(only)
+        middle[len(only) // 2 - 5:len(only) // 2 + 5] = True  # LPS grid: k runs along S, 3.5 mm apart
+        return only & middle & (expected > 0)
+
+    # The tiny liver model on the CT's own grid, so that thin liver walls are kept.
+    helpers.write_model(tmp_path, "tiny-liver-fine", "liver", helpers.threshold_unet_state(100.0, True),
+                        helpers.THRESHOLD_UNET_ARGS, spacing=ct.GetSpacing())
+    labels = sitk.GetArrayFromImage(_pipeline(helpers, tiny_models, tmp_path, liver_model="tiny-liver-fine")
+                                    .run(ct).labelmap)
+    assert core(ivc).sum() > 30 and core(lesion).sum() > 30
+    assert not labels[core(ivc)].any()  # the vessel stays background (not filled into the liver)
+    assert np.mean(labels[core(lesion)] == 2) > 0.9  # the lesion is tumor, so part of the liver
+    unfilled = sitk.GetArrayFromImage(_pipeline(helpers, tiny_models, tmp_path, liver_model="tiny-liver-fine",
+                                                fill_liver_holes=False).run(ct).labelmap)
+    assert not unfilled[core(lesion)].any()  # without hole filling, tumors stay inside the liver mask
+
+
 def test_tta_gives_an_uncertainty_map_on_the_liver_crop(helpers, tiny_models):
     ct = _float_ct(helpers, direction=helpers.DIRECTIONS["RAS"])
     result = _pipeline(helpers, tiny_models, tta=True).run(ct)

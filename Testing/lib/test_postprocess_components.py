@@ -108,6 +108,21 @@ def test_fill_holes_fills_a_channel_open_in_3d_but_closed_in_each_axial_slice(ax
 
 
 @pytest.mark.parametrize("axial_axis", [0, 1, 2])
+def test_fill_holes_without_an_axis_fills_only_3d_cavities(axial_axis):
+    # The same tunnel (the IVC through the liver) stays open when only 3-D holes are filled,
+    # while an enclosed cavity beside it is filled.
+    mask = np.zeros((11, 11, 11), np.uint8)
+    mask[1:10, 1:10, 1:10] = 1
+    tunnel = [slice(2, 4)] * 3
+    tunnel[axial_axis] = slice(None)
+    mask[tuple(tunnel)] = 0
+    mask[6:8, 6:8, 6:8] = 0
+    result = fill_holes(mask)
+    assert result.sum() == 9 ** 3 - 2 * 2 * 9
+    assert not result[tuple(tunnel)].any() and result[6:8, 6:8, 6:8].all()
+
+
+@pytest.mark.parametrize("axial_axis", [0, 1, 2])
 def test_fill_holes_leaves_a_notch_open_to_the_side(axial_axis):
     # A tunnel perpendicular to the axial axis opens to the outside within each axial slice.
     other = (axial_axis + 1) % 3

@@ -15,7 +15,7 @@ from LiverTumorSegLib.inference import LoadedModel
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.stages.crop import crop_image, liver_box
 from LiverTumorSegLib.stages.liver import (clean_liver, liver_cut_by_scan, probability_to_mask, refine_liver,
-                                           segment_liver)
+                                           segment_liver, tumor_search_region)
 from LiverTumorSegLib.stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 CPU = torch.device("cpu")
@@ -96,17 +96,32 @@ def test_liver_cut_by_scan_looks_at_the_first_and_last_axial_slices(axial_axis):
     assert not liver_cut_by_scan(np.zeros_like(mask), axial_axis)
 
 
-def test_clean_liver_keeps_the_largest_component_and_fills_holes(helpers):
+def test_clean_liver_keeps_the_largest_component_and_fills_holes():
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[2:16, 2:16, 2:16] = 1
     mask[7:10, 7:10, 7:10] = 0          # an enclosed hole (a hypodense lesion)
     mask[18, 18, 18] = 1                # a separate speck
-    geometry = Geometry((20, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    cleaned = clean_liver(mask, geometry)
+    cleaned = clean_liver(mask)
     assert cleaned.dtype == np.uint8
     assert cleaned[8, 8, 8] == 1 and cleaned[18, 18, 18] == 0 and cleaned.sum() == 14 ** 3
-    untouched = clean_liver(mask, geometry, keep_largest=False, fill=False)
+    untouched = clean_liver(mask, keep_largest=False, fill=False)
     np.testing.assert_array_equal(untouched, mask)
+
+
+@pytest.mark.parametrize("axial_axis", [0, 1, 2])
+def test_a_vessel_through_the_liver_stays_out_of_it_but_is_in_the_tumor_search_region(axial_axis):
+    # The IVC runs through the liver along the body's axis: open at both ends in 3-D (not liver),
+    # an enclosed hole in each axial slice (where a lesion the liver model left out would be).
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:16, 2:16, 2:16] = 1
+    vessel = [slice(4, 7)] * 3
+    vessel[axial_axis] = slice(None)
+    mask[tuple(vessel)] = 0
+    liver = clean_liver(mask)
+    assert not liver[tuple(vessel)].any() and liver.sum() == 14 ** 3 - 9 * 14
+    region = tumor_search_region(liver, axial_axis)
+    assert region.dtype == np.uint8 and region.sum() == 14 ** 3
+    np.testing.assert_array_equal(region & liver, liver)
 
 
 @pytest.mark.parametrize("orientation", ["LPS", "LPI", "permuted", "oblique"])
@@ -157,7 +172,7 @@ def test_refine_liver_draws_the_liver_from_the_ct(helpers, tmp_path):
     poor_prior[2:6] = 1
     t = (100.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
     refined = refine_liver(ct_crop, poor_prior, _refine_model(helpers, tmp_path, channel=0, threshold=t), CPU)
-    assert helpers.dice(clean_liver(refined, Geometry.of(ct_crop)), expected[box]) > 0.95
+    assert helpers.dice(clean_liver(refined), expected[box]) > 0.95
 
 
 def test_a_model_without_a_prior_channel_refuses_a_missing_prior(helpers, tmp_path):
