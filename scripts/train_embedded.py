@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--liver-steps", type=int, default=1500)
     parser.add_argument("--tumor-steps", type=int, default=1500)
     parser.add_argument("--refine-steps", type=int, default=1500)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+                        help="peak learning rate (linear warm-up, cosine decay); lower it to fine-tune")
     parser.add_argument("--validation-phantoms", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
@@ -176,8 +178,10 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
     log.info("%s: %d samples prepared (%.0f s)", card.name, len(samples), time.time() - started)
     start = initial_card(args, card.name)
-    trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start))
-    trained.trained_on = f"{data}; {steps} steps{fine_tuned_from(start)}. Held out: ts_dicom_upper_abdomen."
+    trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
+                                                                    learning_rate=args.learning_rate))
+    trained.trained_on = (f"{data}; {steps} steps, peak learning rate {args.learning_rate:g}{fine_tuned_from(start)}. "
+                          "Held out: ts_dicom_upper_abdomen.")
     write_card(trained, args.out / f"{trained.name}.json")
 
 
@@ -203,10 +207,11 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         start = initial_card(args, member_card.name)
         trained = train_model(member_card, tumor_samples, args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
-                                          positive_fraction=0.6, init_from=start))
+                                          positive_fraction=0.6, init_from=start, learning_rate=args.learning_rate))
         trained.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and "
                               f"of the real CT ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic "
-                              f"tumours; {args.tumor_steps} steps{fine_tuned_from(start)}. "
+                              f"tumours; {args.tumor_steps} steps, peak learning rate {args.learning_rate:g}"
+                              f"{fine_tuned_from(start)}. "
                               "Held out: ts_dicom_upper_abdomen.")
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)
