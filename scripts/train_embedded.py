@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +32,7 @@ from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
 from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
 from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
+from LiverTumorSegLib.training.history import describe_training  # noqa: E402
 from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -40,6 +42,7 @@ NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and one 
 log = logging.getLogger("train_embedded")
 PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
 LIVER_REFINE_NAME = "liver-refine-demo"
+HELD_OUT = "ts_dicom_upper_abdomen"  # the real case no model is trained on
 
 
 def liver_card() -> ModelCard:
@@ -98,7 +101,7 @@ def phantom_spacing(seed: int) -> tuple:
     return (inplane, inplane, float(rng.choice([1.5, 2.0, 3.0, 5.0])))
 
 
-def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> list:
+def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> List[TrainingSample]:
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         n_tumors = (1, 6) if card.task == "tumor" else (0, 2)
@@ -164,13 +167,6 @@ def initial_card(args: argparse.Namespace, name: str):
     return read_card(path)
 
 
-def fine_tuned_from(start) -> str:
-    """What the card says of its starting point: the earlier model's training, then the new steps."""
-    if start is None:
-        return ""
-    return f", fine-tuned from {start.name} {start.weights_sha256[:12]} (which had: {start.trained_on.split('. Held out')[0]})"
-
-
 def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, seed: int, data: str) -> None:
     """Train one (non-ensemble) model card on the phantoms and the real training case; ``data``
     opens the card's ``trained_on`` text."""
@@ -180,8 +176,8 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     start = initial_card(args, card.name)
     trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
                                                                     learning_rate=args.learning_rate))
-    trained.trained_on = (f"{data}; {steps} steps, peak learning rate {args.learning_rate:g}{fine_tuned_from(start)}. "
-                          "Held out: ts_dicom_upper_abdomen.")
+    trained.trained_on = describe_training(f"{data}; {steps} steps, peak learning rate {args.learning_rate:g}",
+                                           start, HELD_OUT)
     write_card(trained, args.out / f"{trained.name}.json")
 
 
@@ -208,11 +204,10 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         trained = train_model(member_card, tumor_samples, args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
                                           positive_fraction=0.6, init_from=start, learning_rate=args.learning_rate))
-        trained.trained_on = (f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and "
-                              f"of the real CT ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic "
-                              f"tumours; {args.tumor_steps} steps, peak learning rate {args.learning_rate:g}"
-                              f"{fine_tuned_from(start)}. "
-                              "Held out: ts_dicom_upper_abdomen.")
+        trained.trained_on = describe_training(
+            f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and of the real CT "
+            f"ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic tumours; {args.tumor_steps} steps, "
+            f"peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)
 
