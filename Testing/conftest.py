@@ -149,6 +149,19 @@ def analytic_labels_like(image: sitk.Image) -> np.ndarray:
                                tuple(image.GetOrigin())))
 
 
+def pierced_cube(size: int, cube: slice, tunnel: slice, along: int) -> Tuple[np.ndarray, tuple]:
+    """A uint8 ``size``^3 mask, ones on ``cube`` along every axis, pierced by a square tunnel
+    (``tunnel`` across) that runs along array axis ``along`` through the whole volume: open at
+    both ends in 3-D, an enclosed hole in each slice across it. Returns the mask and the
+    tunnel's index."""
+    mask = np.zeros((size,) * 3, np.uint8)
+    mask[cube, cube, cube] = 1
+    index = [tunnel] * 3
+    index[along] = slice(None)
+    mask[tuple(index)] = 0
+    return mask, tuple(index)
+
+
 def write_dicom_series(folder: Path, image: sitk.Image, modality: str = "CT", slope: float = 1.0,
                        intercept: float = -1024.0, signed: bool = False, shuffle_names: bool = True,
                        series_description: str = "synthetic") -> Path:
@@ -500,6 +513,7 @@ def helpers():
         phantom_ct = staticmethod(phantom_ct)
         phantom_labels = staticmethod(phantom_labels)
         analytic_labels_like = staticmethod(analytic_labels_like)
+        pierced_cube = staticmethod(pierced_cube)
         centered_grid = staticmethod(centered_grid)
         write_dicom_series = staticmethod(write_dicom_series)
         write_model = staticmethod(write_model)

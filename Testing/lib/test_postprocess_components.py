@@ -95,42 +95,29 @@ def test_fill_holes_fills_a_3d_enclosed_cavity():
 
 
 @pytest.mark.parametrize("axial_axis", [0, 1, 2])
-def test_fill_holes_fills_a_channel_open_in_3d_but_closed_in_each_axial_slice(axial_axis):
+def test_fill_holes_fills_a_channel_open_in_3d_but_closed_in_each_axial_slice(helpers, axial_axis):
     # A cube pierced by a tunnel along the axial axis: not a 3-D hole (it opens to the outside
     # at both ends), but each axial slice shows it as an enclosed hole.
-    mask = np.zeros((9, 9, 9), np.uint8)
-    mask[1:8, 1:8, 1:8] = 1
-    tunnel = [slice(3, 6)] * 3
-    tunnel[axial_axis] = slice(None)
-    mask[tuple(tunnel)] = 0
+    mask, _ = helpers.pierced_cube(9, slice(1, 8), slice(3, 6), along=axial_axis)
     result = fill_holes(mask, axial_axis)
     assert result.sum() == 7 ** 3
 
 
 @pytest.mark.parametrize("axial_axis", [0, 1, 2])
-def test_fill_holes_without_an_axis_fills_only_3d_cavities(axial_axis):
+def test_fill_holes_without_an_axis_fills_only_3d_cavities(helpers, axial_axis):
     # The same tunnel (the IVC through the liver) stays open when only 3-D holes are filled,
     # while an enclosed cavity beside it is filled.
-    mask = np.zeros((11, 11, 11), np.uint8)
-    mask[1:10, 1:10, 1:10] = 1
-    tunnel = [slice(2, 4)] * 3
-    tunnel[axial_axis] = slice(None)
-    mask[tuple(tunnel)] = 0
+    mask, tunnel = helpers.pierced_cube(11, slice(1, 10), slice(2, 4), along=axial_axis)
     mask[6:8, 6:8, 6:8] = 0
     result = fill_holes(mask)
     assert result.sum() == 9 ** 3 - 2 * 2 * 9
-    assert not result[tuple(tunnel)].any() and result[6:8, 6:8, 6:8].all()
+    assert not result[tunnel].any() and result[6:8, 6:8, 6:8].all()
 
 
 @pytest.mark.parametrize("axial_axis", [0, 1, 2])
-def test_fill_holes_leaves_a_notch_open_to_the_side(axial_axis):
+def test_fill_holes_leaves_a_notch_open_to_the_side(helpers, axial_axis):
     # A tunnel perpendicular to the axial axis opens to the outside within each axial slice.
-    other = (axial_axis + 1) % 3
-    mask = np.zeros((9, 9, 9), np.uint8)
-    mask[1:8, 1:8, 1:8] = 1
-    tunnel = [slice(3, 6)] * 3
-    tunnel[other] = slice(None)
-    mask[tuple(tunnel)] = 0
+    mask, _ = helpers.pierced_cube(9, slice(1, 8), slice(3, 6), along=(axial_axis + 1) % 3)
     result = fill_holes(mask, axial_axis)
     np.testing.assert_array_equal(result, mask)
 

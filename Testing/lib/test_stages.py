@@ -109,16 +109,12 @@ def test_clean_liver_keeps_the_largest_component_and_fills_holes():
 
 
 @pytest.mark.parametrize("axial_axis", [0, 1, 2])
-def test_a_vessel_through_the_liver_stays_out_of_it_but_is_in_the_tumor_search_region(axial_axis):
+def test_a_vessel_through_the_liver_stays_out_of_it_but_is_in_the_tumor_search_region(helpers, axial_axis):
     # The IVC runs through the liver along the body's axis: open at both ends in 3-D (not liver),
     # an enclosed hole in each axial slice (where a lesion the liver model left out would be).
-    mask = np.zeros((20, 20, 20), np.uint8)
-    mask[2:16, 2:16, 2:16] = 1
-    vessel = [slice(4, 7)] * 3
-    vessel[axial_axis] = slice(None)
-    mask[tuple(vessel)] = 0
+    mask, vessel = helpers.pierced_cube(20, slice(2, 16), slice(4, 7), along=axial_axis)
     liver = clean_liver(mask)
-    assert not liver[tuple(vessel)].any() and liver.sum() == 14 ** 3 - 9 * 14
+    assert not liver[vessel].any() and liver.sum() == 14 ** 3 - 9 * 14
     region = tumor_search_region(liver, axial_axis)
     assert region.dtype == np.uint8 and region.sum() == 14 ** 3
     np.testing.assert_array_equal(region & liver, liver)
