@@ -7,11 +7,19 @@ distorted ellipsoid; its texture is smoothed, scaled noise around a mean that is
 hypodense relative to the patient's own liver (measured from the CT); sizes are log-uniform
 from tiny (< 5 mm) to large (> 50 mm); its edge is blended into the background like partial
 volume. The image's own noise is kept inside the tumour, so noise level is no give-away.
+
+A :class:`TumorRecipe` says what kind of tumours to draw; :data:`TUMOR_KINDS` holds the kinds
+that real scans show and that a model trained on ellipsoids wholly inside the liver misses:
+large iso- to mildly hypodense heterogeneous masses (up to 15 cm), many metastases (up to 30,
+some confluent), lesions that reach the surface and bulge it, small lesions, hypervascular
+lesions whose look depends on the contrast phase, and capsules, necrosis and calcification.
+A tumour that bulges out of the liver makes the liver bigger: the liver label includes it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,28 +33,110 @@ from ..geometry import Geometry
 # Weight below which a tumour is treated as absent (its outer extent; the faint rest of the
 # partial-volume tail is cut at the liver's boundary, where it is invisible under noise).
 _EXTENT_WEIGHT = 0.05
-# Hypo/hyperdense contrast ranges (HU relative to the liver median) before size scaling.
-_HYPO_DELTA_HU = (20.0, 90.0)
-_HYPER_DELTA_HU = (20.0, 60.0)
-_MIN_ABS_DELTA_HU = 15.0
+_MIN_ABS_DELTA_HU = 8.0
 _MAX_ATTEMPTS = 40
+# Outside the liver a bulging tumour may only displace fat and soft tissue (not air, bone or
+# bright contrast), and at most ``outside_mm`` from the liver's surface.
+_BULGE_HU = (-200.0, 200.0)
 
 
+@dataclass(frozen=True)
+class TumorRecipe:
+    """How to draw tumours. Ranges are (low, high); HU offsets are magnitudes relative to the
+    liver's own median HU. The default is the original mixed recipe (ellipsoids wholly inside
+    the liver, mostly hypodense)."""
+
+    kind: str = "classic"
+    count: Tuple[int, int] = (1, 5)  # tumours per case, used by :func:`insert_tumor_kind`
+    size_range_mm: Tuple[float, float] = (4.0, 60.0)  # equivalent diameter, log-uniform
+    hyper_fraction: float = 0.15  # share of hyperdense (arterially enhancing) tumours
+    hypo_delta_hu: Tuple[float, float] = (20.0, 90.0)
+    hyper_delta_hu: Tuple[float, float] = (20.0, 60.0)
+    small_are_subtler: bool = True  # tiny tumours get a smaller contrast (partial volume)
+    texture_hu: Tuple[float, float] = (4.0, 12.0)  # standard deviation of the tumour's texture
+    texture_scale_mm: Tuple[float, float] = (1.0, 3.5)
+    necrosis_probability: float = 0.4  # of hypodense tumours over 30 mm
+    rim_probability: float = 0.25  # enhancing rim or capsule, tumours over 16 mm
+    calcification_probability: float = 0.0
+    outside_mm: float = 0.0  # how far a tumour may bulge beyond the liver's surface
+    surface_fraction: float = 0.0  # share of tumours centred at the liver's surface
+    confluent_fraction: float = 0.0  # share of tumours placed overlapping an earlier one
+    vessel_tolerance: float = 1.0  # scales how much vessel a tumour may engulf
+
+    def __post_init__(self) -> None:
+        lo, hi = self.size_range_mm
+        if not 0 < lo <= hi:
+            raise LiverTumorSegError(f"size_range_mm={self.size_range_mm} must be (smallest, largest) diameters > 0")
+        if not 0.0 <= self.hyper_fraction <= 1.0:
+            raise LiverTumorSegError(f"hyper_fraction={self.hyper_fraction} must lie in [0, 1]")
+        if self.count[0] < 0 or self.count[1] < self.count[0]:
+            raise LiverTumorSegError(f"count={self.count} must be a (low, high) range of counts >= 0")
+        if self.outside_mm < 0:
+            raise LiverTumorSegError(f"outside_mm={self.outside_mm} must be >= 0")
+
+
+# The kinds of tumour that real portal-venous (and arterial) scans show, each a recipe.
+TUMOR_KINDS: Dict[str, TumorRecipe] = {
+    "classic": TumorRecipe(),
+    # A large hepatocellular carcinoma or confluent metastasis: 5-15 cm, only 10-40 HU below
+    # the liver, coarse heterogeneous texture, engulfed vessels, often reaching the surface.
+    "large_isodense": TumorRecipe(
+        kind="large_isodense", count=(1, 2), size_range_mm=(50.0, 150.0), hyper_fraction=0.0,
+        hypo_delta_hu=(10.0, 40.0), small_are_subtler=False, texture_hu=(6.0, 18.0), texture_scale_mm=(2.5, 8.0),
+        necrosis_probability=0.5, rim_probability=0.3, calcification_probability=0.15, outside_mm=20.0,
+        surface_fraction=0.3, vessel_tolerance=2.0),
+    # A liver crowded with metastases: many 5-40 mm hypodense lesions, some confluent, some at
+    # the surface, some with a target-like rim.
+    "metastases": TumorRecipe(
+        kind="metastases", count=(8, 30), size_range_mm=(5.0, 40.0), hyper_fraction=0.05,
+        hypo_delta_hu=(20.0, 80.0), rim_probability=0.35, calcification_probability=0.05, outside_mm=8.0,
+        surface_fraction=0.25, confluent_fraction=0.25),
+    # Lesions centred at the liver's surface that bulge it and deform its outline.
+    "surface": TumorRecipe(
+        kind="surface", count=(1, 4), size_range_mm=(12.0, 70.0), hyper_fraction=0.1,
+        hypo_delta_hu=(15.0, 70.0), outside_mm=20.0, surface_fraction=1.0, rim_probability=0.3),
+    # Small lesions, 5-12 mm: hard to see, easy to miss.
+    "small": TumorRecipe(kind="small", count=(2, 8), size_range_mm=(5.0, 12.0), hyper_fraction=0.15,
+                         hypo_delta_hu=(25.0, 70.0)),
+    # Hypervascular lesions in the arterial phase: brighter than the liver, heterogeneous.
+    "hypervascular_arterial": TumorRecipe(
+        kind="hypervascular_arterial", count=(1, 4), size_range_mm=(10.0, 80.0), hyper_fraction=1.0,
+        hyper_delta_hu=(25.0, 80.0), texture_hu=(6.0, 16.0), necrosis_probability=0.0, rim_probability=0.0,
+        outside_mm=10.0, surface_fraction=0.2),
+    # The same lesions in the portal-venous or delayed phase: washout (mildly hypodense) with an
+    # enhancing capsule.
+    "hypervascular_washout": TumorRecipe(
+        kind="hypervascular_washout", count=(1, 4), size_range_mm=(15.0, 90.0), hyper_fraction=0.0,
+        hypo_delta_hu=(8.0, 30.0), small_are_subtler=False, texture_hu=(5.0, 14.0), texture_scale_mm=(2.0, 6.0),
+        necrosis_probability=0.3, rim_probability=0.9, calcification_probability=0.05, outside_mm=10.0,
+        surface_fraction=0.2, vessel_tolerance=1.5),
+}
 def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float, float, float],
                   rng: np.random.Generator, n_tumors: int,
-                  size_range_mm: Tuple[float, float] = (4.0, 60.0), hyper_fraction: float = 0.15,
-                  avoid_vessels: bool = True) -> Tuple[np.ndarray, np.ndarray, List[dict]]:
-    """Insert up to ``n_tumors`` synthetic tumours into the liver of ``ct_hu``.
+                  size_range_mm: Optional[Tuple[float, float]] = None, hyper_fraction: Optional[float] = None,
+                  avoid_vessels: bool = True,
+                  recipe: Optional[TumorRecipe] = None) -> Tuple[np.ndarray, np.ndarray, List[dict]]:
+    """Insert up to ``n_tumors`` synthetic tumours drawn by ``recipe`` (default: the classic
+    recipe) into the liver of ``ct_hu``; ``size_range_mm`` and ``hyper_fraction`` override the
+    recipe's.
 
     ``ct_hu`` (HU) and ``liver`` (nonzero = liver) are (k, j, i) arrays on one grid with
     ``spacing_kji`` in mm. Returns ``(new_ct float32, tumor_mask uint8 0/1, infos)``; the inputs
-    are not modified. Each info has ``center_kji``, ``diameter_mm``, ``radius_mm``, ``contrast``
-    ("hypo"|"hyper"), ``delta_hu``, ``volume_ml``, ``n_voxels``, ``mean_hu``, ``rim``, ``necrotic``.
-    Fewer tumours than asked are placed when the liver has no room left (``len(infos)`` says).
+    are not modified. A tumour lies inside the liver unless the recipe lets it bulge out
+    (``outside_mm``): then the mask also covers the bulge, which the caller must count as liver.
+    Each info has ``center_kji``, ``diameter_mm``, ``radius_mm``, ``contrast`` ("hypo"|"hyper"),
+    ``delta_hu``, ``volume_ml``, ``n_voxels``, ``mean_hu``, ``rim``, ``necrotic``, ``calcified``,
+    ``kind``, ``at_surface``, ``confluent``, ``outside_ml``. Fewer tumours than asked are placed
+    when the liver has no room left (``len(infos)`` says).
     """
+    recipe = recipe or TUMOR_KINDS["classic"]
+    if size_range_mm is not None:
+        recipe = replace(recipe, size_range_mm=tuple(size_range_mm))
+    if hyper_fraction is not None:
+        recipe = replace(recipe, hyper_fraction=float(hyper_fraction))
     ct_in = np.asarray(ct_hu)
     liver_in = np.asarray(liver)
-    _check_inputs(ct_in, liver_in, spacing_kji, n_tumors, size_range_mm, hyper_fraction)
+    _check_inputs(ct_in, liver_in, spacing_kji, n_tumors)
     spacing = np.asarray(spacing_kji, dtype=np.float64)
     new_ct = ct_in.astype(np.float32, copy=True)
     tumor_mask = np.zeros(ct_in.shape, dtype=np.uint8)
@@ -57,43 +147,53 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
         raise LiverTumorSegError("the liver mask is empty, so there is nowhere to insert tumours; "
                                  "pass a mask with the liver as nonzero voxels on the CT's grid")
 
-    crop = _bounding_box(liver_full, pad=2)
+    crop = _bounding_box(liver_full, pad=2 + int(math.ceil(recipe.outside_mm / float(spacing.min()))))
     ct_crop = new_ct[crop]  # a view: blending writes straight into new_ct
+    tumor_crop = tumor_mask[crop]
     liver_crop = liver_full[crop]
     stats = _LiverStats.measure(ct_crop, liver_crop, spacing)
     forbidden = stats.forbidden_mask(liver_crop) if avoid_vessels else None
     stats.smooth = None  # not needed any more
     depth = _ConservativeDepth(liver_crop, spacing)
+    allowance = _bulge_allowance(ct_crop, liver_crop, spacing, recipe.outside_mm)
     occupied = np.zeros(liver_crop.shape, dtype=bool)
     offset = np.array([s.start for s in crop])
+    placed_centers: List[Tuple[np.ndarray, float]] = []
     infos: List[dict] = []
-    log_lo, log_hi = math.log(size_range_mm[0]), math.log(size_range_mm[1])
+    log_lo, log_hi = math.log(recipe.size_range_mm[0]), math.log(recipe.size_range_mm[1])
     for _ in range(n_tumors):
-        contrast = "hyper" if rng.random() < hyper_fraction else "hypo"
+        contrast = "hyper" if rng.random() < recipe.hyper_fraction else "hypo"
         diameter = float(math.exp(rng.uniform(log_lo, log_hi)))
+        at_surface = bool(rng.random() < recipe.surface_fraction)
+        confluent = bool(placed_centers) and bool(rng.random() < recipe.confluent_fraction)
         placed = None
         for attempt in range(_MAX_ATTEMPTS):
             if attempt and attempt % 8 == 0:
-                diameter = max(diameter * 0.75, min(size_range_mm[0], 3.0))
+                diameter = max(diameter * 0.75, min(recipe.size_range_mm[0], 3.0))
             shape = _TumorShape.random(rng, diameter, spacing)
-            center = depth.random_center(rng, shape.inner_extent_mm, occupied)
+            center = _pick_center(rng, shape, depth, occupied, liver_crop, spacing, recipe,
+                                  placed_centers if confluent else None, at_surface)
             if center is None:
-                diameter = max(diameter * 0.75, min(size_range_mm[0], 3.0))
+                diameter = max(diameter * 0.75, min(recipe.size_range_mm[0], 3.0))
                 continue
-            placed = _try_place(rng, shape, center, liver_crop, forbidden, occupied, spacing)
+            placed = _try_place(rng, shape, center, liver_crop, allowance, forbidden,
+                                None if confluent else occupied, spacing, recipe.vessel_tolerance)
             if placed is not None:
                 break
         if placed is None:
             continue
         box, weight, signed_mm, core = placed
-        delta = _draw_delta(rng, contrast, diameter)
-        info = _blend_tumor(ct_crop, box, weight, signed_mm, core, shape, stats, delta, rng, spacing)
+        delta = _draw_delta(rng, contrast, diameter, recipe)
+        info = _blend_tumor(ct_crop, box, weight, signed_mm, core, shape, stats, delta, rng, spacing, recipe)
         occupied[box] |= ndimage.binary_dilation(weight > _EXTENT_WEIGHT, iterations=1)
-        tumor_mask[crop][box][core] = 1
+        tumor_crop[box][core] = 1
+        placed_centers.append((np.asarray(center, dtype=np.float64), shape.radius))
+        voxel_ml = float(np.prod(spacing)) / 1000.0
         info.update(center_kji=tuple(int(c) for c in np.asarray(center) + offset), contrast=contrast,
                     diameter_mm=round(diameter, 3), radius_mm=round(diameter / 2.0, 3),
-                    volume_ml=float(core.sum() * np.prod(spacing) / 1000.0), n_voxels=int(core.sum()),
-                    liver_median_hu=round(stats.median, 2))
+                    volume_ml=float(core.sum()) * voxel_ml, n_voxels=int(core.sum()),
+                    liver_median_hu=round(stats.median, 2), kind=recipe.kind, at_surface=at_surface,
+                    confluent=confluent, outside_ml=float((core & ~liver_crop[box]).sum()) * voxel_ml)
         infos.append(info)
     return new_ct, tumor_mask, infos
 
@@ -102,8 +202,9 @@ def insert_tumors_image(ct: sitk.Image, liver: sitk.Image, seed: int, n_tumors: 
                         **kw) -> Tuple[sitk.Image, sitk.Image, List[dict]]:
     """:func:`insert_tumors` on SimpleITK images with a seed; geometry and the CT's pixel type kept.
 
-    Returns ``(ct, labels, infos)`` where labels are 0 background, 1 liver, 2 tumour and each
-    info also carries ``center_lps_mm``.
+    Returns ``(ct, labels, infos)`` where labels are 0 background, 1 liver, 2 tumour (a tumour
+    that bulges out of the liver is tumour, so the liver grows by it) and each info also carries
+    ``center_lps_mm``.
     """
     geometry = Geometry.of(ct)
     if not geometry.matches(Geometry.of(liver)):
@@ -125,21 +226,26 @@ def insert_tumors_image(ct: sitk.Image, liver: sitk.Image, seed: int, n_tumors: 
     return out_ct, out_labels, infos
 
 
+def insert_tumor_kind(ct: sitk.Image, liver: sitk.Image, seed: int,
+                      kind: str) -> Tuple[sitk.Image, sitk.Image, List[dict]]:
+    """Tumours of one of :data:`TUMOR_KINDS` (their count drawn from the recipe) inserted into
+    ``liver`` of ``ct``, as :func:`insert_tumors_image`."""
+    if kind not in TUMOR_KINDS:
+        raise LiverTumorSegError(f"unknown tumour kind '{kind}'; choose one of {', '.join(TUMOR_KINDS)}")
+    recipe = TUMOR_KINDS[kind]
+    count = int(np.random.default_rng([seed, 17]).integers(recipe.count[0], recipe.count[1] + 1))
+    return insert_tumors_image(ct, liver, seed=seed, n_tumors=count, recipe=recipe)
+
+
 # ---------------------------------------------------------------------------------------------
 
-def _check_inputs(ct: np.ndarray, liver: np.ndarray, spacing_kji, n_tumors: int,
-                  size_range_mm, hyper_fraction: float) -> None:
+def _check_inputs(ct: np.ndarray, liver: np.ndarray, spacing_kji, n_tumors: int) -> None:
     if ct.ndim != 3 or ct.shape != liver.shape:
         raise LiverTumorSegError(f"the CT {ct.shape} and liver mask {liver.shape} must be 3D arrays of one shape")
     if len(spacing_kji) != 3 or min(spacing_kji) <= 0:
         raise LiverTumorSegError(f"spacing {spacing_kji} must be three positive millimetre values")
     if n_tumors < 0:
         raise LiverTumorSegError(f"n_tumors={n_tumors} must be zero or more")
-    lo, hi = size_range_mm
-    if not 0 < lo <= hi:
-        raise LiverTumorSegError(f"size_range_mm={size_range_mm} must be (smallest, largest) diameters > 0")
-    if not 0.0 <= hyper_fraction <= 1.0:
-        raise LiverTumorSegError(f"hyper_fraction={hyper_fraction} must lie in [0, 1]")
 
 
 def _bounding_box(mask: np.ndarray, pad: int) -> Tuple[slice, ...]:
@@ -205,11 +311,14 @@ class _ConservativeDepth:
         border = np.pad(full, 1)  # outside the crop counts as not liver
         depth = ndimage.distance_transform_edt(border, sampling=block_spacing)[1:-1, 1:-1, 1:-1]
         self.depth = (depth - float(np.linalg.norm(block_spacing))).astype(np.float32)
+        self.full = full
         self.shape = liver.shape
 
     def random_center(self, rng: np.random.Generator, extent_mm: float,
-                      occupied: np.ndarray) -> Optional[Tuple[int, int, int]]:
-        candidates = np.flatnonzero(self.depth >= extent_mm)
+                      occupied: np.ndarray, max_depth_mm: float = math.inf) -> Optional[Tuple[int, int, int]]:
+        """A voxel at least ``extent_mm`` (and at most ``max_depth_mm``) below the liver's
+        surface, not yet occupied; None when there is none."""
+        candidates = np.flatnonzero(self.full & (self.depth >= extent_mm) & (self.depth <= max_depth_mm))
         if candidates.size == 0:
             return None
         f = self.factor
@@ -219,6 +328,44 @@ class _ConservativeDepth:
             if not occupied[center]:
                 return center
         return None
+
+    @property
+    def max_depth_mm(self) -> float:
+        return float(self.depth[self.full].max()) if self.full.any() else 0.0
+
+
+def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _ConservativeDepth, occupied: np.ndarray,
+                 liver: np.ndarray, spacing: np.ndarray, recipe: TumorRecipe,
+                 neighbours: Optional[List[Tuple[np.ndarray, float]]], at_surface: bool) -> Optional[Tuple[int, ...]]:
+    """Where to try the next tumour: overlapping an earlier one (``neighbours``, confluent
+    lesions), at the liver's surface, or deep enough to fit (partly, when it may bulge out)."""
+    if neighbours:
+        center0, radius0 = neighbours[rng.integers(len(neighbours))]
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        distance_mm = (radius0 + shape.radius) * rng.uniform(0.5, 0.9)
+        center = np.rint(center0 + direction * distance_mm / spacing).astype(int)
+        if (center < 0).any() or (center >= np.asarray(liver.shape)).any() or not liver[tuple(center)]:
+            return None
+        return tuple(int(c) for c in center)
+    if recipe.outside_mm <= 0:
+        return depth.random_center(rng, shape.inner_extent_mm, occupied)
+    if at_surface:  # centred within a third of its radius of the surface
+        return depth.random_center(rng, -math.inf, occupied, max_depth_mm=max(shape.radius / 3.0, 2.0))
+    return depth.random_center(rng, min(shape.inner_extent_mm, 0.6 * depth.max_depth_mm), occupied)
+
+
+def _bulge_allowance(ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray, outside_mm: float) -> Optional[np.ndarray]:
+    """Where a tumour may lie (float32 0..1): 1 in the liver; outside it, fat and soft tissue
+    within ``outside_mm`` of the surface, fading over the last 2 mm; None when tumours stay inside."""
+    if outside_mm <= 0:
+        return None
+    distance = ndimage.distance_transform_edt(~liver, sampling=spacing)
+    soft = (ct >= _BULGE_HU[0]) & (ct <= _BULGE_HU[1])
+    allowance = np.clip((outside_mm - distance) / 2.0, 0.0, 1.0).astype(np.float32)
+    allowance[~soft] = 0.0
+    allowance[liver] = 1.0
+    return allowance
 
 
 class _TumorShape:
@@ -270,28 +417,40 @@ class _TumorShape:
         return weight.astype(np.float32), signed_mm.astype(np.float32)
 
 
-def _try_place(rng: np.random.Generator, shape: _TumorShape, center: Tuple[int, int, int], liver: np.ndarray,
-               forbidden: Optional[np.ndarray], occupied: np.ndarray, spacing: np.ndarray):
-    """Rasterise the tumour at ``center``; None unless all of it lies inside the liver, clear of
-    other tumours and (but for a size-dependent fraction) of vessels."""
+def _try_place(rng: np.random.Generator, shape: _TumorShape, center: Tuple[int, ...], liver: np.ndarray,
+               allowance: Optional[np.ndarray], forbidden: Optional[np.ndarray], occupied: Optional[np.ndarray],
+               spacing: np.ndarray, vessel_tolerance: float = 1.0):
+    """Rasterise the tumour at ``center``; None unless it fits. Without ``allowance`` all of it
+    must lie inside the liver; with it, the tumour is cut to the allowance and must keep most of
+    its volume, three quarters of it inside the liver. It must also stay clear of ``occupied`` (other
+    tumours; None for a confluent one) and, but for a size-dependent fraction, of vessels."""
     half = np.ceil(shape.extent_mm / spacing).astype(int) + 1
     lo = np.asarray(center) - half
     hi = np.asarray(center) + half + 1
-    if (lo < 0).any() or (hi > np.asarray(liver.shape)).any():
+    if allowance is None and ((lo < 0).any() or (hi > np.asarray(liver.shape)).any()):
         return None
+    lo, hi = np.maximum(lo, 0), np.minimum(hi, np.asarray(liver.shape))
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     weight, signed_mm = shape.rasterize(rng, tuple(hi - lo), np.asarray(center) - lo, spacing)
+    whole_core = int((weight >= 0.5).sum())
+    if allowance is None:
+        if ((weight >= _EXTENT_WEIGHT) & ~liver[box]).any():
+            return None
+    else:
+        weight *= allowance[box]
     touched = weight >= _EXTENT_WEIGHT
-    if (touched & ~liver[box]).any():
-        return None
     weight[~touched] = 0.0
     core = weight >= 0.5
-    if not core.any():
+    n_core = int(core.sum())
+    if n_core == 0:
         return None
-    if (touched & occupied[box]).any():
+    if allowance is not None and (n_core < 0.4 * whole_core or (core & liver[box]).sum() < 0.75 * n_core):
+        return None
+    if occupied is not None and (touched & occupied[box]).any():
         return None
     if forbidden is not None:
-        if (core & forbidden[box]).sum() > _allowed_vessel_fraction(shape.radius) * core.sum():
+        allowed = min(_allowed_vessel_fraction(shape.radius) * vessel_tolerance, 0.5)
+        if (core & forbidden[box]).sum() > allowed * n_core:
             return None
     return box, weight, signed_mm, core
 
@@ -305,17 +464,18 @@ def _allowed_vessel_fraction(radius_mm: float) -> float:
     return 0.1 if radius_mm < 20.0 else 0.25
 
 
-def _draw_delta(rng: np.random.Generator, contrast: str, diameter: float) -> float:
-    """HU offset of the tumour's mean from the liver median; tiny tumours are subtler."""
-    size_factor = float(np.clip(0.55 + 0.45 * (diameter - 4.0) / 16.0, 0.55, 1.0))
-    lo, hi = _HYPO_DELTA_HU if contrast == "hypo" else _HYPER_DELTA_HU
-    magnitude = max(rng.uniform(lo, hi) * size_factor, _MIN_ABS_DELTA_HU)
+def _draw_delta(rng: np.random.Generator, contrast: str, diameter: float, recipe: TumorRecipe) -> float:
+    """HU offset of the tumour's mean from the liver median; tiny tumours are subtler unless the
+    recipe says otherwise."""
+    size_factor = float(np.clip(0.55 + 0.45 * (diameter - 4.0) / 16.0, 0.55, 1.0)) if recipe.small_are_subtler else 1.0
+    lo, hi = recipe.hypo_delta_hu if contrast == "hypo" else recipe.hyper_delta_hu
+    magnitude = max(rng.uniform(lo, hi) * size_factor, min(_MIN_ABS_DELTA_HU, lo))
     return -magnitude if contrast == "hypo" else magnitude
 
 
 def _blend_tumor(ct: np.ndarray, box: Tuple[slice, ...], weight: np.ndarray, signed_mm: np.ndarray, core: np.ndarray,
                  shape: _TumorShape, stats: _LiverStats, delta: float, rng: np.random.Generator,
-                 spacing: np.ndarray) -> Dict:
+                 spacing: np.ndarray, recipe: TumorRecipe) -> Dict:
     """Write the tumour into ``ct[box]``: its texture replaces the smooth background, the
     image's own fine noise stays."""
     region = ct[box]
@@ -324,21 +484,38 @@ def _blend_tumor(ct: np.ndarray, box: Tuple[slice, ...], weight: np.ndarray, sig
     cap = max(3.0 * stats.noise, 4.0)
     fine_noise = np.clip(region - background, -cap, cap)
     mean_hu = max(stats.median + delta, -5.0)
-    texture_scale_mm = rng.uniform(1.0, 3.5)
-    texture = rng.uniform(4.0, 12.0) * _unit_noise(rng, region.shape, _voxels(texture_scale_mm, spacing))
+    texture_scale_mm = rng.uniform(*recipe.texture_scale_mm)
+    texture = rng.uniform(*recipe.texture_hu) * _unit_noise(rng, region.shape, _voxels(texture_scale_mm, spacing))
     tumor_hu = mean_hu + texture
-    necrotic = bool(delta < 0 and shape.radius > 15.0 and rng.random() < 0.4)
+    necrotic = bool(delta < 0 and shape.radius > 15.0 and rng.random() < recipe.necrosis_probability)
     if necrotic:
         inner = 1.0 / (1.0 + np.exp(-(signed_mm - rng.uniform(0.4, 0.7) * shape.radius) / 2.0))
         tumor_hu = tumor_hu - rng.uniform(10.0, 30.0) * inner
-    rim = bool(shape.radius >= 8.0 and rng.random() < 0.25)
+    rim = bool(shape.radius >= 8.0 and rng.random() < recipe.rim_probability)
     if rim:
         thickness = rng.uniform(1.0, min(2.5, 0.2 * shape.radius))
         ring = np.exp(-((signed_mm - thickness / 2.0) / (thickness / 2.0)) ** 2)
         tumor_hu = tumor_hu + (stats.median + rng.uniform(10.0, 40.0) - mean_hu) * ring
+    calcified = bool(shape.radius >= 6.0 and rng.random() < recipe.calcification_probability)
+    if calcified:
+        tumor_hu = tumor_hu + _calcifications(rng, core, spacing)
     region += weight * (tumor_hu + fine_noise - region)
     return {"delta_hu": round(float(delta), 2), "mean_hu": round(float(region[core].mean()), 2),
-            "rim": rim, "necrotic": necrotic}
+            "rim": rim, "necrotic": necrotic, "calcified": calcified}
+
+
+def _calcifications(rng: np.random.Generator, core: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """1-4 bright specks (150-500 HU above the tumour, 1-5 mm) at random places in the core."""
+    specks = np.zeros(core.shape, dtype=np.float32)
+    inside = np.flatnonzero(core)
+    for _ in range(int(rng.integers(1, 5))):
+        point = np.array(np.unravel_index(int(inside[rng.integers(inside.size)]), core.shape))
+        radius = rng.uniform(0.5, 2.5)
+        grids = [((np.arange(n) - c) * s).astype(np.float32) for n, c, s in zip(core.shape, point, spacing)]
+        kk, jj, ii = np.meshgrid(*grids, indexing="ij", sparse=True)
+        blob = np.exp(-(kk ** 2 + jj ** 2 + ii ** 2) / (2.0 * radius ** 2))
+        specks = np.maximum(specks, rng.uniform(150.0, 500.0) * blob)
+    return specks
 
 
 def _unit_noise(rng: np.random.Generator, shape: Tuple[int, ...], sigma_vox: np.ndarray) -> np.ndarray:

@@ -225,3 +225,113 @@ def test_tumours_in_a_real_ct_liver(shared_data):
     liver_median = float(np.median(before[liver_array]))
     assert infos[0]["liver_median_hu"] == pytest.approx(liver_median, abs=3.0)  # native CT: ~47 HU
     assert after[tumor].mean() < liver_median - 10.0
+
+
+# --- tumour kinds (recipes) ----------------------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, TumorRecipe, insert_tumor_kind  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real_liver(shared_data):
+    folder = shared_data("ts_upper_abdomen_3mm")
+    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    liver = sitk.ReadImage(str(folder / "liver_reference.nii.gz"))
+    liver.CopyInformation(ct)
+    return ct, liver
+
+
+@pytest.mark.parametrize("kind", sorted(TUMOR_KINDS))
+def test_every_kind_keeps_its_tumours_in_the_liver_label(real_liver, kind):
+    ct, liver = real_liver
+    new_ct, labels, infos = insert_tumor_kind(ct, liver, seed=3, kind=kind)
+    recipe = TUMOR_KINDS[kind]
+    label_array = sitk.GetArrayFromImage(labels)
+    liver_array = sitk.GetArrayFromImage(liver) > 0
+    assert infos and all(info["kind"] == kind for info in infos)
+    assert (label_array == TUMOR_LABEL).any()
+    assert not (liver_array & (label_array == 0)).any()  # the liver never shrinks; tumours are liver
+    outside = (label_array > 0) & ~liver_array
+    assert not (outside & (label_array != TUMOR_LABEL)).any()  # what grew is tumour
+    if recipe.outside_mm == 0:
+        assert not outside.any()
+    else:  # a bulge stays near the surface, in fat or soft tissue
+        distance = ndimage.distance_transform_edt(~liver_array, sampling=ct.GetSpacing()[::-1])
+        assert distance[outside].max(initial=0.0) <= recipe.outside_mm + 0.01
+        before = sitk.GetArrayFromImage(ct)
+        assert (before[outside] >= -200).all() and (before[outside] <= 200).all()
+    # the CT changes only in the liver and in a tumour's partial-volume edge just beyond it
+    changed = sitk.GetArrayFromImage(new_ct) != sitk.GetArrayFromImage(ct)
+    to_tumour_mm = ndimage.distance_transform_edt(label_array != TUMOR_LABEL, sampling=ct.GetSpacing()[::-1])
+    assert to_tumour_mm[changed & (label_array == 0)].max(initial=0.0) <= 8.0
+
+
+def test_large_isodense_tumours_are_large_and_subtle(real_liver):
+    ct, liver = real_liver
+    found = []
+    for seed in range(3):
+        _, labels, infos = insert_tumor_kind(ct, liver, seed=seed, kind="large_isodense")
+        found += infos
+    biggest = max(info["diameter_mm"] for info in found)
+    assert biggest >= 50.0
+    for info in found:
+        assert -40.0 <= info["delta_hu"] <= -8.0
+    # iso- to mildly hypodense: the tumour's mean stays within 45 HU of the liver's median
+    assert all(abs(info["mean_hu"] - info["liver_median_hu"]) < 45.0 for info in found)
+
+
+def test_metastases_are_many_and_some_confluent(liver_case):
+    ct, liver, _ = liver_case
+    recipe = TUMOR_KINDS["metastases"]
+    _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(4), 20, recipe=recipe)
+    assert len(infos) >= 12
+    confluent = [info for info in infos if info["confluent"]]
+    assert confluent
+    _, n_components = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert n_components < len(infos)  # confluent lesions merge
+
+
+def test_surface_lesions_bulge_the_outline(liver_case):
+    ct, liver, _ = liver_case
+    _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(2), 3, recipe=TUMOR_KINDS["surface"])
+    assert infos and all(info["at_surface"] for info in infos)
+    assert sum(info["outside_ml"] for info in infos) > 0.0
+    assert (mask.astype(bool) & ~liver.astype(bool)).any()
+
+
+def test_classic_tumours_never_leave_the_liver(liver_case):
+    ct, liver, _ = liver_case
+    _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(9), 6, size_range_mm=(20.0, 60.0))
+    assert infos and not (mask.astype(bool) & ~liver.astype(bool)).any()
+    assert all(info["outside_ml"] == 0.0 for info in infos)
+
+
+def test_calcifications_are_bright_specks(liver_case):
+    ct, liver, _ = liver_case
+    recipe = replace(TUMOR_KINDS["classic"], calcification_probability=1.0, size_range_mm=(25.0, 30.0),
+                     hyper_fraction=0.0)
+    new_ct, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(1), 1, recipe=recipe)
+    assert infos[0]["calcified"]
+    assert new_ct[mask > 0].max() > LIVER_HU + 120.0
+
+
+def test_hypervascular_kinds_follow_the_phase(liver_case):
+    ct, liver, _ = liver_case
+    _, _, arterial = insert_tumors(ct, liver, SPACING, np.random.default_rng(3), 3,
+                                   recipe=TUMOR_KINDS["hypervascular_arterial"])
+    _, _, washout = insert_tumors(ct, liver, SPACING, np.random.default_rng(3), 3,
+                                  recipe=TUMOR_KINDS["hypervascular_washout"])
+    assert arterial and all(info["delta_hu"] > 0 for info in arterial)
+    assert washout and all(-30.0 <= info["delta_hu"] < 0 for info in washout)
+
+
+def test_recipe_and_kind_are_checked(real_liver):
+    ct, liver = real_liver
+    with pytest.raises(LiverTumorSegError, match="unknown tumour kind"):
+        insert_tumor_kind(ct, liver, seed=0, kind="banana")
+    with pytest.raises(LiverTumorSegError, match="outside_mm"):
+        TumorRecipe(outside_mm=-1.0)
+    with pytest.raises(LiverTumorSegError, match="count"):
+        TumorRecipe(count=(3, 1))
