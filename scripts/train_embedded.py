@@ -2,9 +2,13 @@
 """Train the embedded default models (non-clinical demos) with the project's own trainer.
 
 Data, all made or shipped here:
-  * synthetic abdominal CT phantoms (LiverTumorSegLib.synth.phantom), seeds 0..N-1;
+  * synthetic abdominal CT phantoms (LiverTumorSegLib.synth.phantom), seeds 0..N-1, with
+    synthetic tumours of every kind (LiverTumorSegLib.synth.tumors.TUMOR_KINDS);
   * the real CT ../shared/data/ts_upper_abdomen_3mm (its reference liver), with synthetic
-    tumours inserted into its real liver (LiverTumorSegLib.synth.tumors).
+    tumours of every kind inserted into its real liver;
+  * for the tumor models only, also the real CT ../shared/data/chaos_ct_1 (CHAOS challenge,
+    expert liver mask; CC BY-SA 4.0) with synthetic tumours. The liver models never see it: it
+    is their held-out real case with an expert reference.
 Held out of all training: the real DICOM case ../shared/data/ts_dicom_upper_abdomen (and the
 abdomen/thorax/MR cases); the evaluation script uses them and phantom seeds >= 10000.
 
@@ -29,20 +33,33 @@ sys.path.insert(0, str(ROOT))
 
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card  # noqa: E402
 from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
-from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
+from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
+from LiverTumorSegLib.synth.tumors import insert_tumor_kind  # noqa: E402
 from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
 from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
 from LiverTumorSegLib.training.history import describe_training  # noqa: E402
 from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-TRAIN_REAL = SHARED / "ts_upper_abdomen_3mm"
-NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and one real CT with synthetic tumours. "
+NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and two real CTs with synthetic tumours. "
                 "NOT FOR CLINICAL USE: not validated on real patients' tumours.")
 log = logging.getLogger("train_embedded")
 PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
 LIVER_REFINE_NAME = "liver-refine-demo"
 HELD_OUT = "ts_dicom_upper_abdomen"  # the real case no model is trained on
+# Real training CTs per task: (name, CT path, reference liver path). chaos_ct_1 (expert liver
+# mask) trains the tumor models only; the liver models keep it as their held-out expert case.
+REAL_CASES = {
+    "ts_upper_abdomen_3mm": (SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
+                             SHARED / "ts_upper_abdomen_3mm" / "liver_reference.nii.gz"),
+    "chaos_ct_1": (SHARED / "chaos_ct_1" / "dicom", SHARED / "chaos_ct_1" / "liver_reference.nii.gz"),
+}
+REAL_FOR_TASK = {"liver": ("ts_upper_abdomen_3mm",), "liver_refine": ("ts_upper_abdomen_3mm",),
+                 "tumor": ("ts_upper_abdomen_3mm", "chaos_ct_1")}
+# How often each synthetic tumour kind is drawn: the kinds real scans show and the first models
+# missed (large iso-dense masses, many metastases, surface lesions) most.
+KIND_MIX = {"classic": 1.0, "large_isodense": 2.0, "metastases": 2.0, "surface": 1.5, "small": 1.0,
+            "hypervascular_arterial": 0.5, "hypervascular_washout": 1.0}
 
 
 def liver_card() -> ModelCard:
@@ -89,10 +106,20 @@ def tumor_cards() -> list:
     ]
 
 
-def real_training_case() -> tuple:
-    ct = sitk.ReadImage(str(TRAIN_REAL / "ct.nii.gz"), sitk.sitkFloat32)
-    liver = sitk.ReadImage(str(TRAIN_REAL / "liver_reference.nii.gz"), sitk.sitkUInt8)
+def real_case(name: str) -> tuple:
+    """A real training CT (float32 HU) and its reference liver (uint8, on the CT's grid)."""
+    ct_path, liver_path = REAL_CASES[name]
+    ct = sitk.Cast(load_volume(ct_path).image, sitk.sitkFloat32)
+    liver = sitk.ReadImage(str(liver_path), sitk.sitkUInt8)
+    liver.CopyInformation(ct)
     return ct, liver
+
+
+def draw_kind(seed: int) -> str:
+    """A tumour kind drawn from KIND_MIX, reproducibly from ``seed``."""
+    names = list(KIND_MIX)
+    weights = np.array([KIND_MIX[n] for n in names])
+    return str(np.random.default_rng([seed, 31]).choice(names, p=weights / weights.sum()))
 
 
 def phantom_spacing(seed: int) -> tuple:
@@ -102,26 +129,37 @@ def phantom_spacing(seed: int) -> tuple:
 
 
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> List[TrainingSample]:
+    """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
+    and ``n_real_variants`` variants of each real training CT of the card's task (all with
+    tumours for a tumor model, every other one for a liver model)."""
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
-        n_tumors = (1, 6) if card.task == "tumor" else (0, 2)
+        with_kind = seed % 3 != 0
+        n_tumors = 0 if with_kind else ((1, 6) if card.task == "tumor" else (0, 2))
         z_extent = float(np.random.default_rng(seed + 99).choice([90.0, 150.0, 200.0, 240.0]))
         # The liver model also sees chests and upper abdomens with the heart on the liver: what is
         # not liver above the diaphragm.
         view = "abdomen" if card.task == "tumor" else PHANTOM_VIEWS[seed % len(PHANTOM_VIEWS)]
         ph = make_phantom(seed, size_mm=(360, 300, z_extent), spacing=phantom_spacing(seed), n_tumors=n_tumors,
                           view=view)
-        if card.task != "liver" and not np.any(sitk.GetArrayViewFromImage(ph.labels)):
+        labels = ph.labels
+        has_liver = bool(np.any(sitk.GetArrayViewFromImage(labels)))
+        if card.task != "liver" and not has_liver:
             continue  # a chest view with no liver: nothing to crop (the pipeline stops before the crop)
-        samples.append(prepare_sample(f"phantom-{seed}", ph.ct, ph.labels, card))
-    ct, liver = real_training_case()
-    for variant in range(n_real_variants):
-        if card.task == "tumor" or variant % 2:
-            ct_v, labels_v, _ = insert_tumors_image(ct, liver, seed=seed_base + 5000 + variant,
-                                                    n_tumors=int(np.random.default_rng(variant).integers(1, 6)))
-        else:
-            ct_v, labels_v = ct, liver
-        samples.append(prepare_sample(f"real-train-{variant}", ct_v, labels_v, card))
+        ct = ph.ct
+        if with_kind and has_liver:
+            ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
+                                              kind=draw_kind(seed))
+        samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card))
+    for name in REAL_FOR_TASK[card.task]:
+        ct, liver = real_case(name)
+        for variant in range(n_real_variants):
+            seed = seed_base + 5000 + variant + 100 * (name != "ts_upper_abdomen_3mm")
+            if card.task == "tumor" or variant % 2:
+                ct_v, labels_v, _ = insert_tumor_kind(ct, liver, seed=seed, kind=draw_kind(seed))
+            else:
+                ct_v, labels_v = ct, liver
+            samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card))
     return samples
 
 
@@ -183,14 +221,16 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
 
 def train_liver(args: argparse.Namespace) -> None:
     train_single_model(args, liver_card(), args.liver_steps, args.seed,
-                       f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and the real CT "
-                       f"ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours)")
+                       f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds with synthetic "
+                       f"tumours of every kind) and the real CT ts_upper_abdomen_3mm ({args.real_variants} variants, "
+                       "half with synthetic tumours of every kind)")
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
     train_single_model(args, liver_refine_card(), args.refine_steps, args.seed + 100,
-                       f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}) and of the "
-                       f"real CT ts_upper_abdomen_3mm ({args.real_variants} variants, half with synthetic tumours), "
+                       f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds "
+                       f"with synthetic tumours of every kind) and of the real CT ts_upper_abdomen_3mm "
+                       f"({args.real_variants} variants, half with synthetic tumours of every kind), "
                        "with simulated liver-stage masks as the prior (LiverTumorSegLib.training.prior)")
 
 
@@ -205,9 +245,10 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
                                           positive_fraction=0.6, init_from=start, learning_rate=args.learning_rate))
         trained.trained_on = describe_training(
-            f"liver crops of {args.phantoms} synthetic phantoms with 1-5 synthetic tumours and of the real CT "
-            f"ts_upper_abdomen_3mm with {args.real_variants} sets of synthetic tumours; {args.tumor_steps} steps, "
-            f"peak learning rate {args.learning_rate:g}", start, HELD_OUT)
+            f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
+            f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0) with "
+            f"{args.real_variants} sets of synthetic tumours each (kinds: {', '.join(KIND_MIX)}); "
+            f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)
 
