@@ -4,6 +4,11 @@ One source of truth for the .seg.nrrd writer, the DICOM SEG writer and the Slice
 Terminology strings use 3D Slicer's serialization:
 ``context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier``,
 each code as ``scheme^value^meaning``.
+
+The context must be a terminology list that holds the category and type, or Slicer's terminology
+selector cannot find the entry: the liver is in Slicer's General Anatomy list; Neoplasm
+(SCT 108369006) is only in the DICOM master list (General Anatomy has no Neoplasm). The DICOM SEG
+writer uses the same category, type and anatomic region codes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from .. import LIVER_LABEL, TUMOR_LABEL
 
 Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
 
-CATEGORY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
+CATEGORY_CONTEXT = GENERAL_ANATOMY_CONTEXT  # the default context of a SegmentTerminology
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
@@ -30,12 +37,13 @@ class SegmentTerminology:
     category: Code
     type: Code
     anatomic_region: Code = ("", "", "")
+    context: str = CATEGORY_CONTEXT  # the Slicer terminology list that holds category and type
 
     def slicer_string(self) -> str:
         """The ``SegmentN_Terminology`` value 3D Slicer reads from a .seg.nrrd header."""
         empty = "^".join(("", "", ""))
         return "~".join([
-            CATEGORY_CONTEXT,
+            self.context,
             "^".join(self.category),
             "^".join(self.type),
             empty,
@@ -66,6 +74,7 @@ TUMOR = SegmentTerminology(
     category=("SCT", "49755003", "Morphologically Altered Structure"),
     type=("SCT", "108369006", "Neoplasm"),
     anatomic_region=("SCT", "10200004", "Liver"),
+    context=DICOM_MASTER_CONTEXT,  # General Anatomy has no Neoplasm
 )
 
 SEGMENTS: Tuple[SegmentTerminology, ...] = (LIVER, TUMOR)
