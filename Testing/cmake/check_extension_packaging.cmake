@@ -53,6 +53,26 @@ macro(find_package name)
   endif()
 endmacro()
 
+# SlicerExtensionCPack -> slicerFunctionGenerateExtensionDescription (Slicer 5.x) writes the catalog entry
+# (.s4ext). It passes the EXTENSION_* variables unquoted to cmake_parse_arguments with one-value
+# keywords, so a ";" in a value splits it and the catalog keeps only the part before the first ";".
+function(_recorder_generate_extension_description)
+  set(_one_value DESTINATION_DIR EXTENSION_BUILD_SUBDIRECTORY EXTENSION_CATEGORY EXTENSION_CONTRIBUTORS
+    EXTENSION_DESCRIPTION EXTENSION_ENABLED EXTENSION_HOMEPAGE EXTENSION_ICONURL EXTENSION_NAME
+    EXTENSION_SCREENSHOTURLS EXTENSION_STATUS EXTENSION_WC_REVISION EXTENSION_WC_ROOT EXTENSION_WC_TYPE
+    EXTENSION_WC_URL SLICER_REVISION SLICER_WC_ROOT)
+  cmake_parse_arguments(MY "" "${_one_value}" "EXTENSION_DEPENDS" ${ARGN})
+  set(_errors "${_recorder_errors}")
+  foreach(_variable EXTENSION_CATEGORY EXTENSION_CONTRIBUTORS EXTENSION_DESCRIPTION EXTENSION_HOMEPAGE
+                    EXTENSION_ICONURL)
+    if(NOT "${MY_${_variable}}" STREQUAL "${${_variable}}")
+      list(APPEND _errors "${_variable} contains a semicolon: SlicerExtensionCPack passes it unquoted, so the extension catalog would show only '${MY_${_variable}}'")
+    endif()
+  endforeach()
+  set(_recorder_errors "${_errors}" PARENT_SCOPE)
+  set(_recorder_catalog_description "${MY_EXTENSION_DESCRIPTION}" PARENT_SCOPE)
+endfunction()
+
 macro(include path)
   if("${path}" STREQUAL "${Slicer_USE_FILE}")
     list(APPEND _recorder_events "include:UseSlicer")
@@ -60,6 +80,18 @@ macro(include path)
     list(APPEND _recorder_events "include:GenerateConfig")
   elseif("${path}" STREQUAL "${Slicer_EXTENSION_CPACK}")
     list(APPEND _recorder_events "include:CPack")
+    _recorder_generate_extension_description(
+      EXTENSION_NAME ${PROJECT_NAME}
+      EXTENSION_CATEGORY ${EXTENSION_CATEGORY}
+      EXTENSION_ICONURL ${EXTENSION_ICONURL}
+      EXTENSION_STATUS ${EXTENSION_STATUS}
+      EXTENSION_HOMEPAGE ${EXTENSION_HOMEPAGE}
+      EXTENSION_CONTRIBUTORS ${EXTENSION_CONTRIBUTORS}
+      EXTENSION_DESCRIPTION ${EXTENSION_DESCRIPTION}
+      EXTENSION_SCREENSHOTURLS ${EXTENSION_SCREENSHOTURLS}
+      EXTENSION_DEPENDS ${EXTENSION_DEPENDS}
+      DESTINATION_DIR ${CMAKE_BINARY_DIR}
+      )
   else()
     _include(${ARGV})
   endif()
@@ -234,6 +266,7 @@ endforeach()
 foreach(_variable EXTENSION_HOMEPAGE EXTENSION_CATEGORY EXTENSION_DEPENDS EXTENSION_ICONURL)
   string(APPEND _manifest "EXTENSION|${_variable}|${${_variable}}\n")
 endforeach()
+string(APPEND _manifest "CATALOG|EXTENSION_DESCRIPTION|${_recorder_catalog_description}\n")
 _file(WRITE "${MANIFEST_FILE}" "${_manifest}")
 
 if(_recorder_errors)

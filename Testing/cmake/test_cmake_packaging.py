@@ -29,7 +29,7 @@ def run_check(source_dir: Path, work_dir: Path) -> tuple:
 
 
 def packaged(entries) -> dict:
-    return dict(line.split("|", 1) for line in entries if not line.startswith(("TEST|", "EXTENSION|")))
+    return dict(line.split("|", 1) for line in entries if not line.startswith(("TEST|", "EXTENSION|", "CATALOG|")))
 
 
 def copy_extension(destination: Path) -> Path:
@@ -143,3 +143,28 @@ def test_new_library_and_model_files_are_picked_up(tmp_path):
     files = packaged(entries)
     assert {"LiverTumorSegLib/brand_new.py", "Resources/Models/new-model.json",
             "Resources/Models/new-model.safetensors"} <= set(files)
+
+
+def test_the_extension_catalog_gets_the_whole_description(tmp_path):
+    """SlicerExtensionCPack passes EXTENSION_DESCRIPTION unquoted: a ';' would cut it (and its
+    "not for clinical use") in the extension catalog."""
+    completed, entries = run_check(REPO_ROOT, tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    catalog = next(line.split("|", 2)[2] for line in entries if line.startswith("CATALOG|EXTENSION_DESCRIPTION|"))
+    assert catalog.startswith("Liver and liver-tumor segmentation of abdominal CT.")
+    assert catalog.endswith("The embedded demo models are not for clinical use.")
+    assert ";" not in catalog
+
+
+def test_a_semicolon_in_the_description_fails(tmp_path):
+    source = copy_extension(tmp_path / "src")
+    cmake_file = source / "CMakeLists.txt"
+    text = cmake_file.read_text()
+    assert "Runs in the background" in text
+    cmake_file.write_text(text.replace("Runs in the background", "Runs; in the background", 1))
+    work = tmp_path / "work"
+    work.mkdir()
+    completed, entries = run_check(source, work)
+    assert completed.returncode != 0
+    assert "EXTENSION_DESCRIPTION contains a semicolon" in completed.stderr
+    assert "CATALOG|EXTENSION_DESCRIPTION|Liver and liver-tumor segmentation of abdominal CT. Runs" in entries
