@@ -8,6 +8,7 @@ Both are plain JSON so a person can read them and a registry can serve them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,6 +21,9 @@ CARD_FORMAT = "livertumorseg-model-card/1"
 TASKS = ("liver", "liver_refine", "tumor")
 # What a model's input channels can be: the CT (HU window applied) and the liver mask so far.
 INPUT_CHANNELS = ("ct", "liver_prior")
+# Model names become file and folder names in the cache: letters, digits, '.', '_', '-', not
+# starting with '.' (no '/', '..', hidden files), at most 128 characters.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -138,6 +142,22 @@ def _require(d: Dict[str, Any], key: str, path: str) -> Any:
     return d[key]
 
 
+def check_model_name(name: Any, path: str = "<memory>", what: str = "model name") -> str:
+    """``name`` when it is a safe model name (see MODEL_NAME_PATTERN), else a LiverTumorSegError."""
+    if not isinstance(name, str) or not MODEL_NAME_PATTERN.fullmatch(name):
+        raise LiverTumorSegError(f"model card {path} has the {what} {name!r}; a model name uses only letters, "
+                                 "digits, '.', '_' and '-', does not start with '.' and has at most 128 characters")
+    return name
+
+
+def _check_weights_file(name: Any, path: str) -> str:
+    """``name`` when it is a plain file name (the weights lie beside their card), else an error."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\:\0"):
+        raise LiverTumorSegError(f"model card {path} has the weights_file {name!r}; it must be the name of a "
+                                 "file beside the card, without a folder")
+    return name
+
+
 def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | EnsembleCard":
     """Build a card from parsed JSON, checking the fields a pipeline relies on."""
     if not isinstance(d, dict) or d.get("format") != CARD_FORMAT:
@@ -146,14 +166,15 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
     task = _require(d, "task", path)
     if task not in TASKS:
         raise LiverTumorSegError(f"model card {path} has task '{task}'; expected one of {TASKS}")
-    common = dict(name=_require(d, "name", path), version=str(_require(d, "version", path)), task=task,
+    common = dict(name=check_model_name(_require(d, "name", path), path),
+                  version=str(_require(d, "version", path)), task=task,
                   description=d.get("description", ""), trained_on=d.get("trained_on", ""),
                   source=d.get("source", ""), metrics=d.get("metrics", {}),
                   non_clinical=bool(d.get("non_clinical", True)), intended_use=d.get("intended_use", ""),
                   card_path=None if path == "<memory>" else str(path))
     if d.get("kind") == "ensemble":
-        members = [EnsembleMember(str(_require(m, "model", path)), float(_require(m, "weight", path)))
-                   for m in _require(d, "members", path)]
+        members = [EnsembleMember(check_model_name(_require(m, "model", path), path, "member name"),
+                                  float(_require(m, "weight", path))) for m in _require(d, "members", path)]
         if len(members) < 1 or any(m.weight < 0 for m in members) or sum(m.weight for m in members) <= 0:
             raise LiverTumorSegError(f"ensemble card {path} needs members with non-negative weights "
                                      "that sum to more than 0")
@@ -174,13 +195,15 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
     return ModelCard(architecture=_require(d, "architecture", path),
                      architecture_args=dict(d.get("architecture_args", {})),
                      spacing_mm=spacing, patch_size=patch, hu_window=window,  # type: ignore[arg-type]
-                     weights_file=_require(d, "weights_file", path),
+                     weights_file=_check_weights_file(_require(d, "weights_file", path), path),
                      weights_sha256=_require(d, "weights_sha256", path),
                      weights_url=d.get("weights_url") or None,
                      orientation=d.get("orientation", "LPS"),
                      inference_patch_size=(tuple(int(v) for v in d["inference_patch_size"])  # type: ignore[arg-type]
                                            if d.get("inference_patch_size") else None),
-                     input_channels=channels, refine_model=d.get("refine_model") or None,
+                     input_channels=channels,
+                     refine_model=(check_model_name(d["refine_model"], path, "refine_model")
+                                   if d.get("refine_model") else None),
                      classes=dict(d.get("classes", {})), **common)
 
 

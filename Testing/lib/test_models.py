@@ -111,12 +111,37 @@ def test_card_missing_a_required_field_names_it(field):
     ({"input_channels": []}, "expected 'ct' first"),
     ({"input_channels": ["ct", "liver_prior"]}, "only it takes 'liver_prior'"),  # a liver model with a prior
     ({"task": "liver_refine"}, "a liver_refine model takes"),  # a refinement model without its prior
+    ({"name": "../x"}, "model name '../x'; a model name uses only"),
+    ({"name": "a/b"}, "model name 'a/b'; a model name uses only"),
+    ({"name": "a\\b"}, "a model name uses only"),
+    ({"name": ".hidden"}, "a model name uses only"),
+    ({"name": ""}, "a model name uses only"),
+    ({"name": "two words"}, "a model name uses only"),
+    ({"name": "x" * 129}, "a model name uses only"),
+    ({"name": 7}, "a model name uses only"),
+    ({"refine_model": "../r"}, "refine_model '../r'"),
+    ({"weights_file": "../m.safetensors"}, "weights_file '../m.safetensors'; it must be the name of a file beside"),
+    ({"weights_file": "sub/m.safetensors"}, "it must be the name of a file beside"),
+    ({"weights_file": "/tmp/m.safetensors"}, "it must be the name of a file beside"),
+    ({"weights_file": ".."}, "it must be the name of a file beside"),
 ])
 def test_malformed_model_card(change, fragment):
     data = _model_card().to_dict()
     data.update(change)
     with pytest.raises(LiverTumorSegError, match=fragment):
         card_from_dict(data, "x.json")
+
+
+@pytest.mark.parametrize("name", ["liver-demo", "m", "Tumor_v1.2-final", "0", "a" * 128])
+def test_safe_model_names_are_accepted(name):
+    assert card_from_dict(dict(_model_card().to_dict(), name=name), "x.json").name == name
+
+
+def test_ensemble_member_names_are_checked():
+    data = {"format": CARD_FORMAT, "kind": "ensemble", "name": "e", "version": "1", "task": "tumor",
+            "members": [{"model": "a", "weight": 1.0}, {"model": "../b", "weight": 1.0}]}
+    with pytest.raises(LiverTumorSegError, match="member name '../b'; a model name uses only"):
+        card_from_dict(data, "e.json")
 
 
 @pytest.mark.parametrize("members", [[], [{"model": "a", "weight": -1.0}, {"model": "b", "weight": 2.0}],
