@@ -1,4 +1,4 @@
-"""Download a model's weights from the URL its card names, into the user cache.
+"""Download a model's weights from the URL its card names, into the model's folder of the user cache.
 
 The file is streamed to a temporary name beside its destination while its sha256 is computed,
 and moved into place only when the hash matches the card: an interrupted or tampered download
@@ -31,6 +31,7 @@ def fetch_weights(card: ModelCard, cache_dir: Path, on_progress: Optional[Callab
     if not card.weights_url:
         raise LiverTumorSegError(f"model '{card.name}' names no weights URL to download from")
     cache_dir = Path(cache_dir)
+    created = not cache_dir.exists()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=cache_dir, prefix=f".{card.weights_file}.", suffix=".partial",
@@ -67,6 +68,11 @@ def fetch_weights(card: ModelCard, cache_dir: Path, on_progress: Optional[Callab
                                  "here and run 'livertumorseg models import CARD.json'") from None
     finally:
         partial.unlink(missing_ok=True)
+        if created and not (cache_dir / card.weights_file).exists():
+            try:
+                cache_dir.rmdir()  # a failed download leaves no (empty) model folder behind
+            except OSError:
+                pass
     cached = replace(card, card_path=str(cache_dir / f"{card.name}.json"))
     write_card(cached, cache_dir / f"{card.name}.json")
     if on_progress is not None:

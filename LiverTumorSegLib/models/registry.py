@@ -4,6 +4,10 @@ weights a card names by URL are downloaded into the user cache on first use.
 Search order: directories in ``$LIVERTUMORSEG_MODELS`` (os.pathsep-separated), the embedded
 ``Resources/Models`` beside this package, then the user cache (``$LIVERTUMORSEG_CACHE`` or
 ``~/.cache/livertumorseg/models``). The first card with the requested name wins.
+
+The cache holds one folder per model, ``<cache>/<name>/<name>.json`` with its weights file beside
+it, so that models whose weights files share a name (``model.safetensors``) never overwrite each
+other; cards of the older flat layout (``<cache>/<card>.json``) are still read.
 """
 
 from __future__ import annotations
@@ -59,13 +63,25 @@ class ModelRegistry:
         dirs = [Path(p) for p in os.environ.get("LIVERTUMORSEG_MODELS", "").split(os.pathsep) if p]
         return cls(dirs + [embedded_models_dir(), user_cache_dir()])
 
+    def _cache(self) -> Path:
+        return Path(self.cache_dir or user_cache_dir())
+
+    def _card_files(self, directory: Path) -> List[Path]:
+        """The JSON files of a search folder; in the cache also those of its per-model folders
+        (listed first: they replace cards of the older flat layout)."""
+        files = sorted(directory.glob("*.json"))
+        if directory == self._cache():
+            folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+            files = [f / f"{f.name}.json" for f in folders if (f / f"{f.name}.json").is_file()] + files
+        return files
+
     def cards(self) -> Dict[str, Card]:
         """All cards found, by name (first directory wins)."""
         found: Dict[str, Card] = {}
         for directory in self.search_dirs:
             if not directory.is_dir():
                 continue
-            for path in sorted(directory.glob("*.json")):
+            for path in self._card_files(directory):
                 try:
                     card = read_card(path)
                 except LiverTumorSegError:
@@ -78,7 +94,7 @@ class ModelRegistry:
         broken: Dict[str, str] = {}
         for directory in self.search_dirs:
             if directory.is_dir():
-                for path in sorted(directory.glob("*.json")):
+                for path in self._card_files(directory):
                     try:
                         read_card(path)
                     except LiverTumorSegError as exc:
@@ -120,26 +136,31 @@ class ModelRegistry:
         downloaded now from the card's URL (sha256 checked)."""
         if card.weights_path.is_file():
             return card
-        cached = self._in_cache(card)
-        if cached.weights_path.is_file() and sha256_of(cached.weights_path) == card.weights_sha256:
-            return cached
+        for cached in self._cached_copies(card):
+            if cached.weights_path.is_file() and sha256_of(cached.weights_path) == card.weights_sha256:
+                return cached
         if not card.weights_url:
             raise LiverTumorSegError(f"the weights file {card.weights_path} of model '{card.name}' is missing; "
                                      "import the model with 'livertumorseg models import CARD.json'")
         from .download import fetch_weights
 
-        return fetch_weights(card, Path(cached.card_path).parent, on_progress)
+        return fetch_weights(card, self.model_folder(card.name), on_progress)
 
-    def _in_cache(self, card: ModelCard) -> ModelCard:
-        """``card`` as it is once its weights are downloaded into the cache."""
-        cache_dir = Path(self.cache_dir or user_cache_dir())
-        return replace(card, card_path=str(cache_dir / f"{card.name}.json"))
+    def model_folder(self, name: str) -> Path:
+        """The cache folder that holds model ``name`` (its card and weights, nothing else)."""
+        return self._cache() / name
+
+    def _cached_copies(self, card: ModelCard) -> List[ModelCard]:
+        """Where ``card``'s downloaded weights may lie: its cache folder, then the older flat layout."""
+        return [replace(card, card_path=str(self.model_folder(card.name) / f"{card.name}.json")),
+                replace(card, card_path=str(self._cache() / f"{card.name}.json"))]
 
     def verify(self, card: ModelCard) -> Optional[str]:
         """None when the weights file exists and matches the card's sha256, else the problem."""
         path = card.weights_path
         if not path.is_file() and card.weights_url:
-            path = self._in_cache(card).weights_path
+            path = next((c.weights_path for c in self._cached_copies(card) if c.weights_path.is_file()),
+                        self._cached_copies(card)[0].weights_path)
             if not path.is_file():
                 return f"weights file {card.weights_file} is not downloaded yet (fetched from {card.weights_url} " \
                        "on first use)"
@@ -151,21 +172,59 @@ class ModelRegistry:
         return None
 
     def import_card(self, card_file: Path, destination: Optional[Path] = None, force: bool = False) -> Card:
-        """Copy a card and its weights file into the user cache after checking the sha256."""
+        """Copy a card and its weights file into their own folder of the user cache, after checking
+        the sha256; a refused import leaves the cache as it was."""
         card = read_card(Path(card_file))
-        destination = destination or user_cache_dir()
+        cache = Path(destination or self._cache())
+        registry = replace(self, cache_dir=cache)
+        weights: Optional[Path] = None
         if isinstance(card, ModelCard):
-            problem = self.verify(card)
+            problem = registry.verify(card)
             if problem:
                 raise LiverTumorSegError(f"cannot import '{card.name}': {problem}")
-        target_card = destination / Path(card_file).name
-        if target_card.exists() and not force:
-            raise LiverTumorSegError(f"{target_card} already exists; use --force to replace it")
-        destination.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=destination) as tmp:
-            if isinstance(card, ModelCard):
-                shutil.copy2(card.weights_path, Path(tmp) / card.weights_file)
-                os.replace(Path(tmp) / card.weights_file, destination / card.weights_file)
-            shutil.copy2(card_file, Path(tmp) / target_card.name)
-            os.replace(Path(tmp) / target_card.name, target_card)
-        return read_card(target_card)
+            weights = card.weights_path if card.weights_path.is_file() else \
+                next(c.weights_path for c in registry._cached_copies(card) if c.weights_path.is_file())
+        target = registry.model_folder(card.name)
+        flat = self._flat_cards(cache, card.name)  # the same model in the older flat layout
+        if (target.exists() or flat) and not force:
+            raise LiverTumorSegError(f"model '{card.name}' already exists in the cache "
+                                     f"({target if target.exists() else flat[0]}); use --force to replace it")
+        retired: Optional[Path] = None
+        staging: Optional[Path] = None
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=cache, prefix=f".import-{card.name}."))
+            if weights is not None:
+                shutil.copy2(weights, staging / card.weights_file)
+            shutil.copy2(card_file, staging / f"{card.name}.json")
+            if target.exists():
+                retired = cache / f".retired{staging.name}"
+                os.replace(target, retired)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if retired is not None:
+                    os.replace(retired, target)
+                raise
+            for old in flat:
+                old.unlink()  # the folder replaces it (its weights file may belong to another flat card)
+        except OSError as exc:
+            raise LiverTumorSegError(f"cannot import '{card.name}' into the model cache {cache} "
+                                     f"({exc.strerror or exc}); set LIVERTUMORSEG_CACHE to a writable folder") from None
+        finally:
+            for leftover in (staging, retired):
+                if leftover is not None:
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return read_card(target / f"{card.name}.json")
+
+    @staticmethod
+    def _flat_cards(cache: Path, name: str) -> List[Path]:
+        """Cards of model ``name`` in the older flat cache layout (``<cache>/<card>.json``)."""
+        found = []
+        for path in sorted(cache.glob("*.json")) if cache.is_dir() else []:
+            try:
+                if read_card(path).name == name:
+                    found.append(path)
+            except LiverTumorSegError:
+                continue
+        return found

@@ -359,23 +359,103 @@ def test_models_import_into_the_user_cache_and_force(tmp_path, monkeypatch, tiny
 
     assert cli_main(["models", "import", str(card_file)]) == 0
     assert "imported tiny-random-unet" in capsys.readouterr().out
-    assert sorted(p.name for p in cache.iterdir()) == ["tiny-random-unet.json", "tiny-random-unet.safetensors"]
+    folder = cache / "tiny-random-unet"
+    assert _tree(cache) == ["tiny-random-unet/tiny-random-unet.json", "tiny-random-unet/tiny-random-unet.safetensors"]
     imported = ModelRegistry.default().resolve(tiny_models.random_model)
-    assert Path(imported.card_path).parent == cache
+    assert Path(imported.card_path).parent == folder
     LoadedModel.load(imported)
 
-    before = (cache / "tiny-random-unet.json").read_text()
+    before = (folder / "tiny-random-unet.json").read_text()
     data = json.loads(card_file.read_text())
     data["version"] = "2.0"
     card_file.write_text(json.dumps(data))
     assert cli_main(["models", "import", str(card_file)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and "--force" in err
-    assert (cache / "tiny-random-unet.json").read_text() == before
+    assert (folder / "tiny-random-unet.json").read_text() == before
 
     assert cli_main(["models", "import", str(card_file), "--force"]) == 0
     assert ModelRegistry.default().resolve(tiny_models.random_model).version == "2.0"
-    assert sorted(p.name for p in cache.iterdir()) == ["tiny-random-unet.json", "tiny-random-unet.safetensors"]
+    assert _tree(cache) == ["tiny-random-unet/tiny-random-unet.json", "tiny-random-unet/tiny-random-unet.safetensors"]
+
+
+def _tree(folder: Path) -> list:
+    """Every file under ``folder`` (hidden ones too), relative, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) \
+        if folder.exists() else []
+
+
+def _write_source_model(folder: Path, name: str, weights: bytes = b"", state=None, card_file: str = "card.json",
+                        weights_file: str = "model.safetensors", **card_fields) -> Path:
+    """A model as a training tool leaves it: ``card.json`` and ``model.safetensors`` in ``folder``
+    (``state`` saved as safetensors, or the raw bytes ``weights``); returns the card file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        save_weights(state, folder / weights_file)
+    else:
+        (folder / weights_file).write_bytes(weights)
+    card = _model_card(name=name, task="tumor", weights_file=weights_file,
+                       weights_sha256=sha256_of(folder / weights_file), **card_fields)
+    write_card(card, folder / card_file)
+    return folder / card_file
+
+
+@pytest.fixture
+def user_cache(tmp_path, monkeypatch) -> Path:
+    """LIVERTUMORSEG_CACHE -> an empty folder; no other model folders."""
+    monkeypatch.setenv("LIVERTUMORSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIVERTUMORSEG_MODELS", str(tmp_path / "nothing"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("card_files", ["named after the model", "card.json"])
+def test_models_whose_weights_files_share_a_name_do_not_overwrite_each_other(card_files, tmp_path, user_cache,
+                                                                             helpers, capsys, cli_main):
+    """Two models whose weights are both model.safetensors (as most training tools write them),
+    with cards named after the models or also sharing one file name."""
+    states = {"first": helpers.random_unet_state(1), "second": helpers.random_unet_state(2)}
+    for name, state in states.items():
+        card_file = _write_source_model(tmp_path / "downloads" / name, name, state=state,
+                                        card_file="card.json" if card_files == "card.json" else f"{name}.json")
+        assert cli_main(["models", "import", str(card_file)]) == 0, capsys.readouterr().err
+    registry = ModelRegistry.default()
+    for name, state in states.items():
+        card = registry.resolve(name)
+        assert registry.verify(card) is None
+        loaded = LoadedModel.load(card).network.state_dict()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert cli_main(["models", "verify", "first", "second"]) == 0
+    assert _tree(user_cache) == ["first/first.json", "first/model.safetensors",  # one folder per model
+                                 "second/model.safetensors", "second/second.json"]
+
+
+def test_the_older_flat_cache_layout_is_still_read_and_replaced_on_force(tmp_path, user_cache, tiny_models,
+                                                                          capsys, cli_main):
+    _copy_models(tiny_models.directory, user_cache, [tiny_models.random_model])  # <cache>/<name>.json + weights
+    card = ModelRegistry.default().resolve(tiny_models.random_model)
+    assert Path(card.card_path) == user_cache / "tiny-random-unet.json"
+    LoadedModel.load(card)
+    source = _copy_models(tiny_models.directory, tmp_path / "download", [tiny_models.random_model])
+    assert cli_main(["models", "import", str(source / "tiny-random-unet.json")]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(["models", "import", str(source / "tiny-random-unet.json"), "--force"]) == 0
+    assert _tree(user_cache) == ["tiny-random-unet.safetensors",  # the flat card's weights stay (may be shared)
+                                 "tiny-random-unet/tiny-random-unet.json",
+                                 "tiny-random-unet/tiny-random-unet.safetensors"]
+    assert Path(ModelRegistry.default().resolve(tiny_models.random_model).card_path).parent == \
+        user_cache / "tiny-random-unet"
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden"])
+def test_models_import_refuses_unsafe_names(name, tmp_path, user_cache, helpers, capsys, cli_main):
+    card_file = _write_source_model(tmp_path / "download" / "src", "placeholder", state=helpers.random_unet_state(0))
+    data = json.loads(card_file.read_text())
+    data["name"] = name
+    card_file.write_text(json.dumps(data))
+    assert cli_main(["models", "import", str(card_file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model card ") and f"model name '{name}'" in err and err.count("\n") == 1
+    assert _tree(user_cache) == [] and not (tmp_path / "escaped").exists() and not (tmp_path / "a").exists()
 
 
 def test_models_import_refuses_mismatching_weights(tmp_path, monkeypatch, tiny_models, capsys, cli_main):

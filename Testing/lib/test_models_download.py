@@ -65,21 +65,51 @@ def test_weights_are_downloaded_once_then_used_from_the_cache(remote_models, tmp
     assert "not downloaded yet" in registry.verify(card)
     fractions = []
     fetched = registry.with_weights(card, on_progress=fractions.append)
-    assert fetched.weights_path == cache / card.weights_file
+    folder = cache / card.name  # the model's own folder in the cache
+    assert fetched.weights_path == folder / card.weights_file
     assert registry.verify(fetched) is None and fractions[-1] == 1.0
     assert registry.verify(card) is None  # the card as found (weights not beside it): its cached copy counts
-    assert read_card(cache / f"{card.name}.json").weights_sha256 == card.weights_sha256
-    assert sorted(p.name for p in cache.iterdir()) == sorted([card.weights_file, f"{card.name}.json"])
+    assert read_card(folder / f"{card.name}.json").weights_sha256 == card.weights_sha256
+    assert [p.name for p in cache.iterdir()] == [card.name]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([card.weights_file, f"{card.name}.json"])
     # Offline afterwards: the cached copy is used, nothing is fetched.
     (served / card.weights_file).unlink()
-    assert registry.with_weights(card).weights_path == cache / card.weights_file
+    assert registry.with_weights(card).weights_path == folder / card.weights_file
+
+
+def test_downloads_whose_weights_files_share_a_name_do_not_overwrite_each_other(remote_models, tmp_path,
+                                                                                tiny_models):
+    """Two cards whose weights URLs both end in model.safetensors: each download keeps its own file."""
+    models, card, served = remote_models
+    second = read_card(models / f"{tiny_models.members[1]}.json")
+    shutil.move(str(second.weights_path), served / "second.safetensors")
+    shutil.move(str(served / card.weights_file), served / "first.safetensors")
+    base = card.weights_url.rsplit("/", 1)[0]
+    cards = [replace(c, weights_file="model.safetensors", weights_url=f"{base}/{served_name}")
+             for c, served_name in ((card, "first.safetensors"), (second, "second.safetensors"))]
+    registry = ModelRegistry([models], cache_dir=tmp_path / "cache")
+    for remote in cards:
+        registry.with_weights(remote)
+    for remote in cards:
+        assert registry.verify(remote) is None
+        assert registry.with_weights(remote).weights_path == tmp_path / "cache" / remote.name / "model.safetensors"
+
+
+def test_weights_downloaded_into_the_older_flat_cache_are_still_used(remote_models, tmp_path):
+    models, card, served = remote_models
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.move(str(served / card.weights_file), cache / card.weights_file)  # <cache>/<weights>: the old layout
+    registry = ModelRegistry([models], cache_dir=cache)
+    assert registry.verify(card) is None
+    assert registry.with_weights(card).weights_path == cache / card.weights_file  # offline: nothing to fetch
 
 
 def test_pipeline_fetches_missing_member_weights(remote_models, tmp_path, tiny_models):
     models, card, _ = remote_models
     pipeline = Pipeline(PipelineSettings(device="cpu"), ModelRegistry([models], cache_dir=tmp_path / "cache"))
     assert [m.card.name for m in pipeline.tumor_members] == list(tiny_models.members)
-    assert (tmp_path / "cache" / card.weights_file).is_file()
+    assert (tmp_path / "cache" / card.name / card.weights_file).is_file()
 
 
 def test_a_different_file_on_the_server_is_refused_and_leaves_nothing(remote_models, tmp_path):
