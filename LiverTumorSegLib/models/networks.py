@@ -56,7 +56,7 @@ def build_network(architecture: str, args: Dict[str, Any]) -> torch.nn.Module:
                                  f"supported: {', '.join(sorted(ARCHITECTURES))}")
     try:
         return ARCHITECTURES[architecture](**args)
-    except TypeError as exc:
+    except (TypeError, ValueError, AssertionError) as exc:  # MONAI checks its arguments with all three
         raise LiverTumorSegError(f"model card arguments do not fit {architecture}: {exc}") from None
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Union
 
 from ..errors import LiverTumorSegError
 from .card import EnsembleCard, ModelCard, read_card
-from .weights import sha256_of
+from .weights import check_weights_fit, sha256_of
 
 DEFAULT_LIVER_MODEL = "liver-demo"
 DEFAULT_TUMOR_MODEL = "tumor-demo-ensemble"
@@ -173,7 +173,8 @@ class ModelRegistry:
 
     def import_card(self, card_file: Path, destination: Optional[Path] = None, force: bool = False) -> Card:
         """Copy a card and its weights file into their own folder of the user cache, after checking
-        the sha256; a refused import leaves the cache as it was."""
+        the sha256 and that the weights are a safetensors file holding the card's network; a refused
+        import leaves the cache as it was."""
         card = read_card(Path(card_file))
         cache = Path(destination or self._cache())
         registry = replace(self, cache_dir=cache)
@@ -184,6 +185,10 @@ class ModelRegistry:
                 raise LiverTumorSegError(f"cannot import '{card.name}': {problem}")
             weights = card.weights_path if card.weights_path.is_file() else \
                 next(c.weights_path for c in registry._cached_copies(card) if c.weights_path.is_file())
+            try:
+                check_weights_fit(weights, card.architecture, card.architecture_args)
+            except LiverTumorSegError as exc:
+                raise LiverTumorSegError(f"cannot import '{card.name}': {exc}") from None
         target = registry.model_folder(card.name)
         flat = self._flat_cards(cache, card.name)  # the same model in the older flat layout
         if (target.exists() or flat) and not force:

@@ -337,6 +337,8 @@ def test_unknown_architecture_and_bad_arguments():
     assert all(name in str(info.value) for name in ARCHITECTURES)
     with pytest.raises(LiverTumorSegError, match="do not fit UNet"):
         build_network("UNet", {"in_channels": 1, "no_such_argument": 3})
+    with pytest.raises(LiverTumorSegError, match="do not fit UNet"):  # MONAI's own check: a ValueError
+        build_network("UNet", {"in_channels": 1, "out_channels": 2, "channels": [4], "strides": []})
 
 
 def test_forward_logits_unwraps_network_tuples():
@@ -444,6 +446,83 @@ def test_the_older_flat_cache_layout_is_still_read_and_replaced_on_force(tmp_pat
                                  "tiny-random-unet/tiny-random-unet.safetensors"]
     assert Path(ModelRegistry.default().resolve(tiny_models.random_model).card_path).parent == \
         user_cache / "tiny-random-unet"
+
+
+def _pickle_bytes(tmp_path: Path, marker: Path) -> bytes:
+    """A torch checkpoint whose unpickling creates ``marker``."""
+    torch.save({"weight": torch.zeros(2), "payload": _CreatesMarker(str(marker))}, tmp_path / "evil.pt")
+    return (tmp_path / "evil.pt").read_bytes()
+
+
+def _valid_weights(helpers) -> bytes:
+    from safetensors.torch import save as save_bytes
+
+    return save_bytes({k: v.contiguous() for k, v in helpers.random_unet_state(0).items()})
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("pickle", "cannot be read as safetensors"),
+    ("truncated", "cannot be read as safetensors"),
+    ("text", "cannot be read as safetensors"),
+    ("empty", "cannot be read as safetensors"),
+    ("wrong_shapes", "with the wrong shape"),
+    ("missing_tensor", "missing"),
+    ("extra_tensor", "unexpected"),
+    ("unknown_architecture", "unknown architecture"),
+    ("bad_architecture_args", "arguments do not fit UNet"),
+])
+def test_models_import_refuses_weights_that_cannot_load(kind, fragment, tmp_path, user_cache, helpers, tiny_models,
+                                                        capsys, cli_main):
+    """The card's sha256 matches each of these files: only reading them shows they cannot load.
+    The refusal is one error line and leaves the cache exactly as it was; a pickle is never unpickled."""
+    from safetensors.torch import save as save_bytes
+
+    source = _copy_models(tiny_models.directory, tmp_path / "installed", [tiny_models.random_model])
+    assert cli_main(["models", "import", str(source / "tiny-random-unet.json")]) == 0
+    before = {p: p.read_bytes() for p in user_cache.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    marker = tmp_path / "pickle_code_ran"
+    state = {k: v.contiguous() for k, v in helpers.random_unet_state(0).items()}
+    card_fields = {}
+    if kind == "pickle":
+        weights = _pickle_bytes(tmp_path, marker)
+    elif kind == "truncated":
+        weights = _valid_weights(helpers)[:-100]
+    elif kind == "text":
+        weights = b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123\n"
+    elif kind == "empty":
+        weights = b""
+    elif kind == "wrong_shapes":
+        weights, card_fields = _valid_weights(helpers), {"architecture_args": dict(helpers.RANDOM_UNET_ARGS,
+                                                                                   channels=[8, 16])}
+    elif kind == "missing_tensor":
+        weights = save_bytes(dict(list(state.items())[1:]))
+    elif kind == "extra_tensor":
+        weights = save_bytes(dict(state, extra=torch.zeros(3)))
+    elif kind == "unknown_architecture":
+        weights, card_fields = _valid_weights(helpers), {"architecture": "ResNet9000"}
+    else:
+        weights, card_fields = _valid_weights(helpers), {"architecture_args": dict(helpers.RANDOM_UNET_ARGS,
+                                                                                   channels=[4], strides=[])}
+    card_file = _write_source_model(tmp_path / "download", "incoming", weights, **card_fields)
+
+    assert cli_main(["models", "import", str(card_file)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: cannot import 'incoming': ") and fragment in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and captured.out == ""
+    assert {p: p.read_bytes() for p in user_cache.rglob("*") if p.is_file()} == before
+    assert not marker.exists(), "importing the weights executed pickled code"
+    if kind == "pickle":  # the file really is dangerous: an unsafe load runs its payload
+        torch.load(tmp_path / "evil.pt", weights_only=False)
+        assert marker.exists()
+
+
+def test_models_import_accepts_weights_that_fit(tmp_path, user_cache, helpers, capsys, cli_main):
+    """The checks above refuse only what cannot load: a safetensors file of the card's network passes."""
+    card_file = _write_source_model(tmp_path / "download", "incoming", _valid_weights(helpers))
+    assert cli_main(["models", "import", str(card_file)]) == 0, capsys.readouterr().err
+    LoadedModel.load(ModelRegistry.default().resolve("incoming"))
 
 
 @pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden"])
