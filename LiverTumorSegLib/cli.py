@@ -21,6 +21,7 @@ from .errors import CancelledError, LiverTumorSegError
 from .progress import ProgressEvent
 
 log = logging.getLogger("livertumorseg")
+VERBOSE_HELP = "show the log of this library and the ones it uses (INFO and DEBUG); by default only warnings"
 
 
 class _JsonLines:
@@ -91,8 +92,10 @@ def _configure_logging(progress_mode: str, verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("monai", "torch", "matplotlib"):
+    # Quiet by default: warnings and errors only, from this library and from the ones it uses
+    # (highdicom alone logs ~9 INFO lines per DICOM SEG); --verbose shows everything.
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for noisy in ("monai", "torch", "matplotlib"):  # their DEBUG output is noise even with --verbose
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -313,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumor segmentation of CT "
                                      "(LiverTumorSegLib). Embedded demo models are NOT for clinical use.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("--debug", action="store_true", help="show the traceback of internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment_parser(sub)
@@ -323,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     ver = msub.add_parser("verify", help="check weights files against their cards' sha256")
     ver.add_argument("names", nargs="*")
-    imp = msub.add_parser("import", help="copy a model card and its weights into the user cache")
+    imp = msub.add_parser("import", help="copy a model card and its weights into the user cache (each model in "
+                                         "its own folder), after checking that the weights fit the card")
     imp.add_argument("card", type=Path)
     imp.add_argument("--force", action="store_true")
     meas = sub.add_parser("measure", help="recompute volumes, TLVR and the lesion table from a labelmap")
@@ -331,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--ct", type=Path, default=None, help="the CT, for the lesions' mean HU")
     meas.add_argument("--output", "-o", type=Path, required=True)
     meas.add_argument("--force", action="store_true")
+    for command in (sub.choices["segment"], lst, ver, imp, meas):  # also accepted after the command
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 

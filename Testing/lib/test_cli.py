@@ -237,12 +237,30 @@ def test_dicom_seg_output_for_a_dicom_folder(tmp_path, tiny_models_env, helpers,
     np.testing.assert_array_equal(masks["Liver"] > 0, labels == 1)
     np.testing.assert_array_equal(masks["Liver tumor"] > 0, labels == 2)
     assert (labels == 2).any()
-    capfd.readouterr()
+    err = capfd.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith(("INFO:", "DEBUG:"))], err  # highdicom's
     # The DICOM SEG counts as an output: not overwritten without --force.
     for path in _outputs(out, "patient02"):
         path.unlink()
     assert cli_main(["segment", str(series), "--output", str(out), "--dicom-seg", "--progress", "none"]) == 1
     assert "patient02_seg.dcm" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+
+
+@pytest.mark.parametrize("argv", [["models", "list"], ["--verbose", "models", "list"], ["models", "list", "--verbose"]])
+def test_library_logging_is_quiet_unless_verbose(argv, tiny_models_env, capfd, cli_main):
+    """Other libraries' INFO lines (highdicom logs ~9 per DICOM SEG) and ours show only with
+    --verbose (before or after the command); warnings always show."""
+    import logging
+
+    assert cli_main(argv) == 0
+    capfd.readouterr()
+    logging.getLogger("highdicom.seg.sop").info("highdicom says something")
+    logging.getLogger("LiverTumorSegLib.models.download").info("downloading")
+    logging.getLogger("highdicom").warning("a real problem")
+    lines = capfd.readouterr().err.splitlines()
+    verbose = "--verbose" in argv
+    assert ("INFO: highdicom says something" in lines) == verbose and ("INFO: downloading" in lines) == verbose
+    assert "WARNING: a real problem" in lines
 
 
 def test_dicom_seg_for_a_file_input_is_refused_before_any_work(tiny_models_env, small_ct_file, tmp_path, capfd,
