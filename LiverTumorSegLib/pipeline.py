@@ -42,7 +42,8 @@ class PipelineSettings:
     fast: bool = False  # less sliding-window overlap, no test-time augmentation
     tta: bool = False  # flip test-time augmentation of the tumor ensemble (+ uncertainty map)
     liver_threshold: float = 0.5
-    tumor_threshold: float = 0.5
+    tumor_threshold: float = 0.5  # a lesion needs voxels at least this probable (its seed)
+    tumor_grow_threshold: Optional[float] = None  # ... and extends over connected voxels above this (hysteresis)
     refine_liver: bool = True  # run the liver model's refinement model (its card's refine_model), if any
     keep_largest_liver: bool = True
     fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
@@ -61,6 +62,19 @@ class PipelineSettings:
     @property
     def use_tta(self) -> bool:
         return self.tta and not self.fast
+
+
+@dataclass
+class TumorEvidence:
+    """What the tumor post-processing starts from: the liver (CT grid), the crop box, the CT crop,
+    the tumor search region and the ensemble's probability (and TTA uncertainty) on the crop."""
+
+    liver: np.ndarray
+    box: Box
+    ct_crop: sitk.Image
+    region: np.ndarray
+    probability: np.ndarray
+    uncertainty: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -135,19 +149,35 @@ class Pipeline:
 
     def _run_on(self, ct: sitk.Image, device: torch.device, progress: Progress,
                 warnings: List[str]) -> SegmentationResult:
+        timings: Dict[str, float] = {}
+        evidence = self._evidence(ct, device, progress, warnings, timings)
+        return self._finish(ct, evidence, self.settings, device, progress, warnings, timings)
+
+    def tumor_evidence(self, ct: sitk.Image) -> TumorEvidence:
+        """The stages up to the tumor ensemble's probability, for tuning the post-processing on
+        validation data without running the models again (see :meth:`finish`)."""
+        return self._evidence(ct, self.device, Progress(), [], {})
+
+    def finish(self, ct: sitk.Image, evidence: TumorEvidence,
+               settings: Optional[PipelineSettings] = None) -> SegmentationResult:
+        """Post-processing and measurements of ``evidence`` with ``settings`` (default: this
+        pipeline's); only the post-processing switches of ``settings`` are used."""
+        return self._finish(ct, evidence, settings or self.settings, self.device, Progress(), [], {})
+
+    @staticmethod
+    @contextmanager
+    def _timed(stage: str, progress: Progress, timings: Dict[str, float]) -> Iterator[None]:
+        progress.report(stage, 0.0)
+        start = time.perf_counter()
+        yield
+        timings[stage] = round(time.perf_counter() - start, 3)
+        progress.report(stage, 1.0)
+
+    def _evidence(self, ct: sitk.Image, device: torch.device, progress: Progress, warnings: List[str],
+                  timings: Dict[str, float]) -> TumorEvidence:
         s = self.settings
         geometry = Geometry.of(ct)
-        timings: Dict[str, float] = {}
-
-        @contextmanager
-        def timed(stage: str) -> Iterator[None]:
-            progress.report(stage, 0.0)
-            start = time.perf_counter()
-            yield
-            timings[stage] = round(time.perf_counter() - start, 3)
-            progress.report(stage, 1.0)
-
-        with timed("liver"):
+        with self._timed("liver", progress, timings):
             liver = segment_liver(ct, self.liver_model, device, overlap=s.overlap, threshold=s.liver_threshold,
                                   keep_largest=s.keep_largest_liver, fill=s.fill_liver_holes,
                                   on_progress=lambda f: progress.report("liver", 0.9 * f))
@@ -156,13 +186,13 @@ class Pipeline:
             raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
                                      f"{s.min_liver_ml:.0f} mL); give an abdominal CT that covers the liver")
 
-        with timed("crop"):
+        with self._timed("crop", progress, timings):
             spacing_kji = geometry.spacing[::-1]
             box = liver_box(liver, spacing_kji, s.crop_margin_mm)
             ct_crop = crop_image(ct, box)
 
         if self.liver_refine_model is not None:
-            with timed("liver_refine"):
+            with self._timed("liver_refine", progress, timings):
                 liver = self._refined_liver(ct_crop, liver, box, geometry, device,
                                             lambda f: progress.report("liver_refine", 0.9 * f))
         if liver_cut_by_scan(liver, geometry.axial_array_axis()):
@@ -178,12 +208,19 @@ class Pipeline:
                                                         overlap=s.overlap, tta=s.use_tta,
                                                         on_progress=member_progress)
         timings["tumor"] = round(time.perf_counter() - start, 3)
+        axial = geometry.axial_array_axis()
+        region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
+        return TumorEvidence(liver=liver, box=box, ct_crop=ct_crop, region=region, probability=probability,
+                             uncertainty=uncertainty)
 
-        with timed("postprocess"):
+    def _finish(self, ct: sitk.Image, evidence: TumorEvidence, s: PipelineSettings, device: torch.device,
+                progress: Progress, warnings: List[str], timings: Dict[str, float]) -> SegmentationResult:
+        geometry = Geometry.of(ct)
+        spacing_kji = geometry.spacing[::-1]
+        liver, box, ct_crop, region = evidence.liver, evidence.box, evidence.ct_crop, evidence.region
+        with self._timed("postprocess", progress, timings):
             axial = geometry.axial_array_axis()
-            region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
-            tumor = tumor_mask(probability, s.tumor_threshold)
-            del probability
+            tumor = tumor_mask(evidence.probability, s.tumor_threshold, s.tumor_grow_threshold)
             if s.tumor_inside_liver:
                 tumor = tumor_inside_liver(tumor, region)
             if s.interslice:
@@ -201,18 +238,18 @@ class Pipeline:
             labels = compose_labelmap(liver, full_tumor)
             del full_tumor
 
-        with timed("measure"):
+        with self._timed("measure", progress, timings):
             measurements = measure_labelmap(labels, geometry, sitk.GetArrayViewFromImage(ct))
 
         labelmap = sitk.GetImageFromArray(labels)
         labelmap.CopyInformation(ct)
         uncertainty_image = None
-        if uncertainty is not None:
-            uncertainty_image = sitk.GetImageFromArray(uncertainty)
+        if evidence.uncertainty is not None:
+            uncertainty_image = sitk.GetImageFromArray(evidence.uncertainty)
             uncertainty_image.CopyInformation(ct_crop)
         return SegmentationResult(labelmap=labelmap, measurements=measurements, models=self.model_summaries,
                                   device=device.type, seconds_per_stage=timings, settings=asdict(s),
-                                  tumor_uncertainty=uncertainty_image, warnings=warnings)
+                                  tumor_uncertainty=uncertainty_image, warnings=list(warnings))
 
     def _refined_liver(self, ct_crop: sitk.Image, liver: np.ndarray, box: Box, geometry: Geometry,
                        device: torch.device, on_progress: Callable[[float], None]) -> np.ndarray:

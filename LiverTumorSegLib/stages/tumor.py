@@ -40,8 +40,18 @@ def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], we
     return prob_sum.astype(np.float32, copy=False), std_sum
 
 
-def tumor_mask(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    return (probability >= threshold).astype(np.uint8)
+def tumor_mask(probability: np.ndarray, threshold: float = 0.5, grow_threshold: Optional[float] = None) -> np.ndarray:
+    """uint8 0/1 tumor mask: voxels at least ``threshold`` probable; with ``grow_threshold``
+    (hysteresis), also the voxels at least that probable that connect (6-neighbours) to such a
+    voxel, so a lesion the models see with a confident core gets its fainter rim as well, while a
+    faint region with no confident voxel stays out."""
+    if grow_threshold is None or grow_threshold >= threshold:
+        return (probability >= threshold).astype(np.uint8)
+    from skimage.filters import apply_hysteresis_threshold
+
+    # skimage compares with '>' on both thresholds; nudge them so 'at least' holds as documented
+    low, high = np.nextafter(np.float32(grow_threshold), np.float32(-1)), np.nextafter(np.float32(threshold), np.float32(-1))
+    return apply_hysteresis_threshold(probability, low, high).astype(np.uint8)
 
 
 def member_stage_names(members: Sequence[LoadedModel]) -> List[str]:

@@ -5,6 +5,7 @@ out-of-memory, and the user errors it raises."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -339,3 +340,25 @@ def test_a_missing_or_wrong_refinement_model_fails_at_construction(helpers, tiny
                         spacing=(5.0, 5.0, 5.0), refine_model=tiny_models.members[0])
     with pytest.raises(LiverTumorSegError, match="is a tumor model"):
         _pipeline(helpers, tiny_models, tmp_path, liver_model="liver-refined-by-tumor")
+
+
+def test_finish_on_saved_evidence_equals_a_full_run_and_takes_other_postprocessing(helpers, tiny_pipeline):
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    full = tiny_pipeline.run(ct)
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    again = tiny_pipeline.finish(ct, evidence)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(again.labelmap), sitk.GetArrayViewFromImage(full.labelmap))
+    stricter = replace(tiny_pipeline.settings, tumor_threshold=1.01)  # no voxel is that probable
+    none = tiny_pipeline.finish(ct, evidence, stricter)
+    assert not (sitk.GetArrayViewFromImage(none.labelmap) == 2).any()
+    assert none.measurements.liver_volume_ml == pytest.approx(full.measurements.liver_volume_ml)
+
+
+def test_grow_threshold_only_adds_to_the_lesions_found(helpers, tiny_pipeline):
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    plain = replace(tiny_pipeline.settings, active_contour=False)
+    grown = replace(plain, tumor_grow_threshold=0.05)
+    base = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
+    more = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, grown).labelmap) == 2
+    assert base.any() and more.sum() > base.sum() and not (base & ~more).any()

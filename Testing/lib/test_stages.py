@@ -252,3 +252,17 @@ def test_tumor_mask_threshold():
     np.testing.assert_array_equal(tumor_mask(probability), [[[0, 1, 1]]])
     np.testing.assert_array_equal(tumor_mask(probability, 0.6), [[[0, 0, 1]]])
     assert tumor_mask(probability).dtype == np.uint8
+
+
+def test_tumor_mask_hysteresis_grows_confident_lesions_only():
+    # two blobs: one with a confident core and a faint rim, one only faint
+    probability = np.zeros((1, 1, 12), np.float32)
+    probability[0, 0, 1:6] = [0.35, 0.45, 0.8, 0.45, 0.3]
+    probability[0, 0, 8:11] = [0.4, 0.45, 0.4]
+    np.testing.assert_array_equal(tumor_mask(probability, 0.5), (probability >= 0.5).astype(np.uint8))
+    grown = tumor_mask(probability, 0.5, grow_threshold=0.3)
+    np.testing.assert_array_equal(grown[0, 0], [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert grown.dtype == np.uint8
+    # 'at least' on both thresholds; a grow threshold at or above the seed threshold is plain thresholding
+    np.testing.assert_array_equal(tumor_mask(probability, 0.8, grow_threshold=0.45)[0, 0, 1:6], [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(tumor_mask(probability, 0.5, grow_threshold=0.6), tumor_mask(probability, 0.5))
