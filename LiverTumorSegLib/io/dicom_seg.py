@@ -125,14 +125,17 @@ def _read_headers(folder: Path) -> List[Tuple[Path, Any]]:
 def _fill_missing_uids(datasets: List[Any], folder: Path) -> None:
     """Anonymised exports sometimes blank the instance, series or study UIDs; a SEG must name them.
     Instance UIDs come back from the file meta; blank series/study/frame-of-reference UIDs get a
-    UID derived from the slices' instance UIDs (the same on every export), with a warning.
-    Absent patient/study attributes the SEG must carry (type 2) become empty ones."""
+    UID derived from the slices' instance UIDs (the same on every export). The SEG then references
+    UIDs that the instances themselves do not carry, so one warning says that a PACS cannot link
+    it to the series. Absent patient/study attributes the SEG must carry (type 2) become empty ones."""
     from pydicom.uid import generate_uid
 
+    missing: Dict[str, str] = {}  # attribute -> what the SEG references instead
     for ds in datasets:
         meta = getattr(ds, "file_meta", None)
         if not str(ds.get("SOPInstanceUID", "")).strip() and meta is not None:
             ds.SOPInstanceUID = meta.get("MediaStorageSOPInstanceUID", "")
+            missing["SOPInstanceUID"] = "the files' meta headers' instance UIDs"
         if not str(ds.get("SOPClassUID", "")).strip() and meta is not None:
             ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
         if not str(ds.get("SOPInstanceUID", "")).strip():
@@ -146,10 +149,14 @@ def _fill_missing_uids(datasets: List[Any], folder: Path) -> None:
         values = {str(ds.get(keyword, "")).strip() for ds in datasets}
         if values == {""}:
             derived = generate_uid(entropy_srcs=[keyword] + instances)
-            log.warning("the DICOM series in %s has no %s (anonymised?); the SEG uses the derived UID %s",
-                        folder, keyword, derived)
+            missing[keyword] = f"the derived UID {derived}"
             for ds in datasets:
                 setattr(ds, keyword, derived)
+    if missing:
+        log.warning("the DICOM series in %s has no %s in its slices (anonymised?), so the DICOM SEG references "
+                    "UIDs that the slices themselves do not carry (%s): a PACS or DICOM viewer cannot link the SEG "
+                    "to this series. Use the SEG only with these files, or export the series again with its UIDs "
+                    "and segment that", folder, ", ".join(missing), "; ".join(f"{k}: {v}" for k, v in missing.items()))
 
 
 def _match_series(labelmap: sitk.Image, folder: Path) -> _SourceSeries:

@@ -193,6 +193,45 @@ def test_overlapping_custom_segments_round_trip(series, tmp_path):
     np.testing.assert_array_equal(read["Mass"], tumor)
 
 
+def _blank_uids(folder: Path, copy: Path, keywords) -> Path:
+    """A copy of the series in ``folder`` whose slices have the attributes ``keywords`` blanked
+    (as anonymisers do; the file meta keeps the instance UID)."""
+    shutil.copytree(folder, copy)
+    for path in copy.iterdir():
+        ds = pydicom.dcmread(str(path))
+        for keyword in keywords:
+            setattr(ds, keyword, "")
+        ds.save_as(str(path))
+    return copy
+
+
+@pytest.mark.parametrize("blanked", [(), ("SOPInstanceUID",), ("SeriesInstanceUID", "StudyInstanceUID"),
+                                     ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                                      "FrameOfReferenceUID")])
+def test_series_without_its_uids_gets_a_seg_with_a_warning_that_pacs_cannot_link_it(blanked, series, tmp_path,
+                                                                                     caplog):
+    """The SEG still references the slices (by the file meta's instance UIDs, and UIDs derived for
+    the blank series/study); the slices themselves do not carry those UIDs, which the warning says."""
+    folder, image, labelmap = series
+    source = _blank_uids(folder, tmp_path / "anonymised", blanked)
+    path = tmp_path / "seg.dcm"
+    with caplog.at_level("WARNING", logger="LiverTumorSegLib.io.dicom_seg"):
+        write_dicom_seg(labelmap, source, path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    seg = pydicom.dcmread(str(path), stop_before_pixels=True)
+    slices = _source_headers(source)
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    carried = {str(ds.SOPInstanceUID) for ds in slices} | {str(ds.SeriesInstanceUID) for ds in slices}
+    if not blanked:
+        assert warnings == [] and referenced <= carried and referenced_series_uids(seg)[0] in carried
+        return
+    assert not (referenced | set(referenced_series_uids(seg))) <= carried  # what PACS could not resolve
+    assert len(warnings) == 1, warnings
+    assert "a PACS or DICOM viewer cannot link the SEG to this series" in warnings[0] and str(source) in warnings[0]
+    assert all(keyword in warnings[0] for keyword in blanked)
+    np.testing.assert_array_equal(read_dicom_seg(path, image)["Liver"], sitk.GetArrayFromImage(labelmap) == LIVER_LABEL)
+
+
 def test_empty_labelmap_writes_a_readable_seg(series, tmp_path):
     folder, image, labelmap = series
     empty = sitk.Image(labelmap.GetSize(), sitk.sitkUInt8)
@@ -236,7 +275,7 @@ def test_reading_a_file_that_is_not_a_seg_is_refused(series, tmp_path):
         read_dicom_seg(tmp_path / "missing.dcm", image)
 
 
-def test_real_series_round_trip(shared_data, tmp_path):
+def test_real_series_round_trip(shared_data, tmp_path, caplog):
     """The real 20-slice CT series (JPEG 2000, anonymised: blank study/series UIDs) with its liver
     reference, plus a block of tumor, written and read back unchanged."""
     folder = shared_data("ts_dicom_upper_abdomen/dicom")
@@ -250,7 +289,9 @@ def test_real_series_round_trip(shared_data, tmp_path):
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(image)
     path = tmp_path / "real_seg.dcm"
-    write_dicom_seg(labelmap, folder, path)
+    with caplog.at_level("WARNING", logger="LiverTumorSegLib.io.dicom_seg"):
+        write_dicom_seg(labelmap, folder, path)
+    assert "cannot link the SEG" in caplog.text  # its slices carry no instance, series or study UIDs
     seg = pydicom.dcmread(str(path), stop_before_pixels=True)
     assert seg.SOPClassUID == SEGMENTATION_STORAGE and seg.StudyInstanceUID and seg.SeriesInstanceUID
     instances = {pydicom.dcmread(str(p), stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
