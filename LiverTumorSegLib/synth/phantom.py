@@ -39,6 +39,7 @@ ORGAN_NAMES: Tuple[str, ...] = (
     "pericardial_fat", "pulmonary_vessel", "airway", "esophagus", "mediastinal_fat",
 )
 ORGAN = {name: index for index, name in enumerate(ORGAN_NAMES)}
+_RESERVED = 255  # an organ id kept free for a moment while the liver is drawn (fat it must not take)
 PHASES: Tuple[str, ...] = ("native", "arterial", "portal_venous", "delayed")
 # Fields of view: where the scan sits along the body (see make_phantom).
 VIEWS: Tuple[str, ...] = ("abdomen", "upper_abdomen", "thorax")
@@ -70,9 +71,21 @@ _FIXED_HU: Dict[str, Tuple[float, float]] = dict(
     csf=(5, 20), cartilage=(110, 200), gas=(-1000, -960), fluid=(0, 25), bile=(0, 20), urine=(0, 15),
     table=(200, 500), skin=(20, 50),
 )
+# What fills the stomach, with its share of the seeds: food at soft-tissue density (as dense as
+# liver parenchyma in some phases: the hard negative that real scans show), food under an
+# air-fluid level, water, air, positive oral contrast, or nothing (collapsed, thick wall).
+STOMACH_FILLINGS: Tuple[str, ...] = ("food", "mixed", "water", "air", "contrast", "collapsed")
+_STOMACH_FILLING_PROBABILITIES = (0.28, 0.14, 0.16, 0.12, 0.14, 0.16)
+# HU of the stomach's contents: mottled food, oral contrast (denser where it settles), water.
+_STOMACH_CONTENT_HU: Dict[str, Tuple[float, float]] = dict(food=(30, 70), contrast=(150, 400), water=(0, 25))
+# How much brighter than the bowel wall the enhancing gastric mucosa is, per phase.
+_MUCOSA_BOOST_HU: Dict[str, Tuple[float, float]] = dict(native=(0, 5), arterial=(25, 60), portal_venous=(10, 35),
+                                                        delayed=(0, 15))
+# Share of the seeds whose stomach is placed against the liver's left lobe (no fat between).
+_STOMACH_TOUCH_PROBABILITY = 0.8
 # Texture amplitude (HU std of a smooth field) per tissue.
 _TEXTURE_HU = dict(subcutaneous_fat=5, muscle=6, visceral_fat=10, bone=40, lung=25, heart=5, aorta=2, ivc=3,
-                   portal_vein=2, kidney=6, spleen=5, stomach=8, bowel=10, pancreas=14, gallbladder=2, liver=3,
+                   portal_vein=2, kidney=6, spleen=5, stomach=5, bowel=10, pancreas=14, gallbladder=2, liver=3,
                    hepatic_vessel=2, spinal_canal=3, bladder=2, retroperitoneal_fat=10, pericardial_fat=8,
                    pulmonary_vessel=3, airway=3, esophagus=5, mediastinal_fat=10)
 
@@ -109,8 +122,9 @@ def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240
     """
     _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu, view, z_offset_mm)
     rng = np.random.default_rng(seed)
-    chest_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    builder = _Builder(rng, size_mm, spacing, chest_rng, view=view, z_offset_mm=z_offset_mm)
+    chest_stream, neighbour_stream = np.random.SeedSequence(seed).spawn(2)
+    builder = _Builder(rng, size_mm, spacing, np.random.default_rng(chest_stream), view=view,
+                       z_offset_mm=z_offset_mm, neighbour_rng=np.random.default_rng(neighbour_stream))
     builder.build_anatomy()
     hu = builder.hu
     builder.add_texture()
@@ -176,6 +190,29 @@ def _is_orientation_code(code: str) -> bool:
     pairs = ("RL", "AP", "SI")
     found = [next((i for i, pair in enumerate(pairs) if letter in pair), -1) for letter in str(code).upper()]
     return len(found) == 3 and sorted(found) == [0, 1, 2]
+
+
+def _stomach_filling(draw: float) -> str:
+    """The stomach's filling for a uniform draw in [0, 1) (STOMACH_FILLINGS by their shares)."""
+    edges = np.cumsum(_STOMACH_FILLING_PROBABILITIES)
+    return STOMACH_FILLINGS[min(int(np.searchsorted(edges, draw, side="right")), len(STOMACH_FILLINGS) - 1)]
+
+
+def _path_gap(points: np.ndarray, radii: Sequence[float], cloud: np.ndarray) -> Tuple[float, np.ndarray]:
+    """Signed gap (mm) between a tube through ``points`` (x, y, z mm) with ``radii`` and the
+    nearest point of ``cloud`` (negative: that point lies inside the tube), and the unit
+    direction from the tube's axis towards that point."""
+    best, direction = math.inf, np.zeros(3)
+    for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:]):
+        seg = p1 - p0
+        t = np.clip((cloud - p0) @ seg / max(float(seg @ seg), 1e-6), 0.0, 1.0)
+        diff = cloud - (p0 + t[:, None] * seg)
+        norm = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        gap = norm - (r0 + (r1 - r0) * t)
+        i = int(np.argmin(gap))
+        if gap[i] < best:
+            best, direction = float(gap[i]), diff[i] / max(float(norm[i]), 1e-6)
+    return best, direction
 
 
 def _image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -264,9 +301,13 @@ class _Builder:
     """Draws the anatomy into ``hu`` (float32) and ``organ`` (uint8 tissue ids) on an LPS grid."""
 
     def __init__(self, rng: np.random.Generator, size_mm, spacing, chest_rng: np.random.Generator,
-                 view: str = "abdomen", z_offset_mm: float = 0.0) -> None:
+                 view: str = "abdomen", z_offset_mm: float = 0.0,
+                 neighbour_rng: Optional[np.random.Generator] = None) -> None:
         self.rng = rng
         self.chest_rng = chest_rng  # the chest's own stream: the abdomen's draws stay as they were
+        # the stomach's, duodenum's and colon's own stream: their shape and contents do not depend
+        # on what was drawn before them (how much of the liver is in view)
+        self.neighbour_rng = np.random.default_rng(0) if neighbour_rng is None else neighbour_rng
         self.view = view
         self.z_offset_mm = float(z_offset_mm)
         self.spacing_xyz = np.asarray(spacing, dtype=np.float64)
@@ -341,7 +382,8 @@ class _Builder:
         self.dome_fall = u(22, 40) * sz
         self.recess = u(30, 50) * sz
         self.extras = dict(arms=bool(rng.random() < 0.25), table=bool(rng.random() < 0.7),
-                           gallbladder=bool(rng.random() < 0.75), collapsed_stomach=bool(rng.random() < 0.2))
+                           gallbladder=bool(rng.random() < 0.75),
+                           stomach_filling=_stomach_filling(float(rng.random())))
         self.properties = dict(phase=self.phase, fatty_liver=self.fatty_liver,
                                body_semi_axes_mm=(round(float(self.A), 1), round(float(self.B), 1)),
                                liver_hu=round(self.values["liver"], 1), dome_z_mm=round(float(self.zd), 1),
@@ -469,9 +511,10 @@ class _Builder:
         if self.extras["gallbladder"]:
             self._gallbladder()
         self._pancreas_and_veins()
-        self._stomach()
         self._bowel()
         self._bladder()
+        neighbours = self._liver_neighbours()
+        self.properties.update(liver_neighbours=neighbours, stomach_touches_liver="stomach" in neighbours)
         liver = np.isin(self.organ, (ORGAN["liver"], ORGAN["hepatic_vessel"]))
         self.properties["liver_volume_ml"] = round(float(liver.sum()) * self.geometry.voxel_volume_ml, 1)
         heart = int(np.count_nonzero(self.organ == ORGAN["heart"]))
@@ -1120,6 +1163,7 @@ class _Builder:
             hi = np.maximum(hi, np.asarray(lobe["center"]) + reach)
         box = self._box(lo, hi)
         if box is None:
+            self._stomach(None)
             return
         slices, z, y, x = box
         softness = 0.12
@@ -1138,6 +1182,15 @@ class _Builder:
         shape = field_.shape
         bumps = _SmoothField(self.rng, shape, self.spacing_kji, u(30, 50)).full()
         field_ += np.float32(u(0.12, 0.25)) * bumps
+        # the stomach, duodenum and colon come first: the liver then wraps around them (the
+        # gastric, duodenal and colic impressions), touching them with nothing between
+        steps = [max(1, int(round(4.0 / sp))) for sp in self.spacing_kji]
+        coarse = (field_[::steps[0], ::steps[1], ::steps[2]] > 0) & (
+            self.organ[slices][::steps[0], ::steps[1], ::steps[2]] == ORGAN["visceral_fat"])
+        index = np.argwhere(coarse) * np.asarray(steps)
+        cloud = np.stack([self.x[slices[2]][index[:, 2]], self.y[slices[1]][index[:, 1]],
+                          self.z[slices[0]][index[:, 0]]], axis=1).astype(np.float64) if len(index) >= 20 else None
+        self._stomach(cloud)
         liver = (field_ > 0) & self._allowed(slices, "visceral_fat")
         # keep the largest piece only
         labels, count = ndimage.label(liver)
@@ -1146,6 +1199,8 @@ class _Builder:
             liver = labels == (1 + int(np.argmax(sizes)))
         self._paint(slices, liver, "liver", self.values["liver"])
         self.liver_box = slices
+        organ = self.organ[slices]
+        organ[organ == _RESERVED] = ORGAN["visceral_fat"]  # the fat kept between stomach and liver
 
     def _gallbladder(self) -> None:
         s, sz = self.s, self.sz
@@ -1186,31 +1241,228 @@ class _Builder:
                     (xs + 4.0 * s, front - 22.0 * s, low)], [4.0 * s, 3.5 * s, 2.5 * s], "aorta", v["aorta"],
                    ("visceral_fat",))
 
-    def _stomach(self) -> None:
-        s, sz, v = self.s, self.sz, self.values
-        center = (self.cx + self._u(0.12, 0.35) * self.A, self.cy - self._u(0.0, 0.3) * self.B,
-                  self.zd - self._u(35, 65) * sz)
-        axes = (self._u(30, 50) * s, self._u(25, 42) * s, self._u(40, 65) * sz)
-        rotation = _rotation(z_deg=self._u(-30, 30), y_deg=self._u(-30, 10))
-        found = self._ellipsoid(center, axes, rotation, margin=1.3)
+    # ----- the liver's neighbours: stomach, duodenum, colon ----------------------------------------
+    @staticmethod
+    def _move_to_gap(points: np.ndarray, radii: Sequence[float], cloud: Optional[np.ndarray], gap_mm: float,
+                     max_shift_mm: float) -> np.ndarray:
+        """``points`` moved together so that the tube through them keeps ``gap_mm`` from ``cloud``
+        (negative: it presses that deep into it, so the organ painted around the liver touches it)."""
+        points = np.asarray(points, dtype=np.float64)
+        if cloud is None:
+            return points
+        shift = np.zeros(3)
+        for _ in range(4):
+            gap, direction = _path_gap(points + shift, radii, cloud)
+            if abs(gap - gap_mm) < 1.0:
+                break
+            shift = shift + (gap - gap_mm) * direction
+            length = float(np.linalg.norm(shift))
+            if length > max_shift_mm:
+                shift *= max_shift_mm / length
+        return points + shift
+
+    def _hollow(self, points: np.ndarray, radii: Sequence[float], rng: np.random.Generator, wobble_mm: float,
+                wobble_scale_mm: float, margin_mm: float = 0.0):
+        """A hollow organ: the tube through ``points`` (x, y, z mm) with ``radii``, its surface made
+        irregular by ``wobble_mm`` of a smooth field, in the visceral fat only (so it wraps around
+        the organs drawn before it). Returns the index slices, its mask, the depth (mm) of each of
+        its voxels below its surface, the (z, y, x) mm coordinates and the shell of visceral fat
+        ``margin_mm`` thick around it, or None when none of it is in view."""
+        points = np.asarray(points, dtype=np.float64)
+        reach = max(radii) + 2.5 * wobble_mm + 2.0 + margin_mm
+        box = self._box(points.min(axis=0) - reach, points.max(axis=0) + reach)
+        if box is None:
+            return None
+        slices, z, y, x = box
+        distance = None
+        for p0, p1, r0, r1 in zip(points[:-1], points[1:], radii[:-1], radii[1:]):
+            p0, seg = p0.astype(np.float32), (p1 - p0).astype(np.float32)
+            t = ((x - p0[0]) * seg[0] + (y - p0[1]) * seg[1] + (z - p0[2]) * seg[2]) / np.float32(
+                max(float(seg @ seg), 1e-6))
+            t = np.clip(t, np.float32(0.0), np.float32(1.0))
+            d = np.sqrt((x - p0[0] - t * seg[0]) ** 2 + (y - p0[1] - t * seg[1]) ** 2 + (z - p0[2] - t * seg[2]) ** 2)
+            d -= np.float32(r0) + np.float32(r1 - r0) * t
+            distance = d if distance is None else np.minimum(distance, d)
+        if wobble_mm > 0:
+            distance += np.float32(wobble_mm) * _SmoothField(rng, distance.shape, self.spacing_kji,
+                                                             wobble_scale_mm).full()
+        fat = self._allowed(slices, "visceral_fat")
+        mask = (distance <= 0) & fat
+        if not mask.any():
+            return None
+        shell = fat & (distance > 0) & (distance <= np.float32(margin_mm)) if margin_mm > 0 else None
+        depth = ndimage.distance_transform_edt(mask, sampling=self.spacing_kji).astype(np.float32)
+        return slices, mask, depth, (z, y, x), shell
+
+    @staticmethod
+    def _levels(lumen: np.ndarray, y: np.ndarray, fractions: Sequence[float]) -> List[np.ndarray]:
+        """Layers of the lumen by gravity (the patient supine: what is denser lies posterior, +y):
+        the front ``fractions[0]`` of its volume, the next ``fractions[1]``, ..., then the rest."""
+        ys = np.broadcast_to(y, lumen.shape)[lumen]
+        layers, done = [], np.zeros(lumen.shape, dtype=bool)
+        cumulative = 0.0
+        for fraction in fractions:
+            cumulative += fraction
+            if fraction <= 0:
+                layers.append(np.zeros(lumen.shape, dtype=bool))
+                continue
+            level = np.float32(np.quantile(ys, min(cumulative, 1.0))) if cumulative < 1.0 else np.float32(np.inf)
+            layer = lumen & (y <= level) & ~done
+            layers.append(layer)
+            done |= layer
+        layers.append(lumen & ~done)
+        return layers
+
+    def _food(self, shape, rng: np.random.Generator, base_hu: float, bubbles: bool) -> np.ndarray:
+        """Mottled food at soft-tissue density: a smooth texture of 6-12 HU around ``base_hu`` on a
+        4-9 mm scale, and for some seeds gas bubbles in it."""
+        food = np.float32(base_hu) + np.float32(rng.uniform(6, 12)) * _SmoothField(
+            rng, shape, self.spacing_kji, rng.uniform(4, 9)).full()
+        if bubbles:
+            bubble = _SmoothField(rng, shape, self.spacing_kji, rng.uniform(3, 6)).full() > np.float32(
+                rng.uniform(2.0, 2.6))
+            food[bubble] = np.float32(self.values["gas"])
+        return food
+
+    def _stomach(self, cloud: Optional[np.ndarray]) -> None:
+        """The stomach: fundus under the left dome, body down and forward behind and under the
+        liver's left lobe, antrum across the midline to the pylorus; then the duodenum (bulb,
+        descending part beside the pancreatic head and the liver, the start of its third part) and
+        the hepatic flexure of the colon under the right lobe. For most seeds the stomach presses
+        against the left lobe with no fat between (``_STOMACH_TOUCH_PROBABILITY``), as in most
+        patients; the duodenum and colon touch the liver's inferior surface for some. The filling
+        (STOMACH_FILLINGS) is drawn per seed; all are background in the labels. Drawn just before
+        the liver is painted (``cloud``: points of the liver to be, or None), which then wraps
+        around them; where the stomach is not to touch the liver, a shell of fat is kept free
+        around it."""
+        rng = self.neighbour_rng
+
+        def u(lo: float, hi: float) -> float:
+            return float(rng.uniform(lo, hi))
+
+        s, sz, A, B, v = self.s, self.sz, self.A, self.B, self.values
+        cx, cy, zd = self.cx, self.cy, self.zd
+        filling = self.extras["stomach_filling"]
+        # all scalar draws first: the same for a seed in every view
+        touch = bool(rng.random() < _STOMACH_TOUCH_PROBABILITY)
+        press_mm = u(5, 20)  # how deep the liver to be reaches into the tube
+        fat_mm = 0.0 if touch else u(4, 15)  # fat kept between the stomach and the liver
+        distension = u(0.45, 0.6) if filling == "collapsed" else u(0.85, 1.25)
+        stomach = np.array([
+            (cx + u(0.3, 0.42) * A, cy + u(-0.1, 0.12) * B, zd - self.left_dome_drop - u(20, 35) * sz),  # fundus
+            (cx + u(0.2, 0.32) * A, cy - u(0.15, 0.3) * B, zd - u(60, 80) * sz),  # body
+            (cx + u(-0.05, 0.1) * A, cy - u(0.35, 0.5) * B, zd - u(85, 105) * sz),  # antrum
+            (cx - u(0.12, 0.2) * A, cy - u(0.28, 0.4) * B, zd - u(85, 100) * sz)])  # pylorus
+        stomach_r = [u(28, 40) * s * distension, u(24, 36) * s * distension, u(16, 24) * s * distension, u(7, 10) * s]
+        wall_mm = (u(5, 10) if filling == "collapsed" else u(2, 4)) * s
+        boost = u(*_MUCOSA_BOOST_HU[self.phase])
+        content_hu = dict(food=u(38, 62), mixed=u(38, 62), water=u(*_STOMACH_CONTENT_HU["water"]),
+                          contrast=u(170, 320), air=v["gas"], collapsed=v["fluid"])[filling]
+        settle_hu = u(0, 80)  # contrast: denser where it settles (posterior)
+        gas_fraction = dict(food=u(0.0, 0.08) if rng.random() < 0.5 else 0.0, mixed=u(0.2, 0.55),
+                            water=u(0.0, 0.25) if rng.random() < 0.6 else 0.0, air=u(0.7, 1.0),
+                            contrast=u(0.05, 0.3) if rng.random() < 0.5 else 0.0,
+                            collapsed=1.0 if rng.random() < 0.5 else 0.0)[filling]
+        fluid_fraction = u(0.05, 0.25) if filling == "mixed" else 0.0  # between the gas and the food
+        bubbles = bool(rng.random() < 0.6)
+        duodenum = np.array([
+            (cx - u(0.25, 0.32) * A, cy - u(0.15, 0.25) * B, stomach[3][2] + u(-5, 8) * sz),  # bulb
+            (self.spine_x - u(45, 60) * s, self.spine_y - self.vert_ry - u(10, 25) * s, zd - u(105, 120) * sz),
+            (self.spine_x - u(45, 60) * s, self.spine_y - self.vert_ry - u(5, 20) * s, zd - u(150, 170) * sz),
+            (self.spine_x + u(0, 20) * s, self.spine_y - self.vert_ry - 2.0 * self.aorta_r - u(8, 16) * s,
+             zd - u(165, 180) * sz)])
+        oral_contrast = filling == "contrast" and rng.random() < 0.8
+        duodenum_content = "contrast" if oral_contrast else str(rng.choice(
+            ("fluid", "gas", "collapsed", "chyme"), p=(0.35, 0.15, 0.3, 0.2)))
+        duodenum_r = u(9, 14) * s * (0.6 if duodenum_content == "collapsed" else 1.0)
+        duodenum_touch = bool(rng.random() < 0.5)
+        duodenum_press = u(2, 8)
+        colon = np.array([(cx - u(0.5, 0.6) * A, cy + u(-0.05, 0.1) * B, zd - u(150, 175) * sz),
+                          (cx - u(0.38, 0.48) * A, cy - u(0.15, 0.3) * B, zd - u(115, 135) * sz),
+                          (cx - u(0.05, 0.15) * A, cy - u(0.5, 0.6) * B, zd - u(115, 135) * sz),
+                          (cx + u(0.2, 0.35) * A, cy - u(0.45, 0.55) * B, zd - u(120, 140) * sz)])
+        colon_content = str(rng.choice(("feces", "gas", "collapsed"), p=(0.45, 0.3, 0.25)))
+        colon_r = u(14, 24) * s * (0.6 if colon_content == "collapsed" else 1.0)
+        colon_drawn, colon_touch, colon_press = bool(rng.random() < 0.85), bool(rng.random() < 0.6), u(2, 8)
+        self.oral_contrast = oral_contrast
+
+        moved = self._move_to_gap(stomach, stomach_r, cloud, -press_mm, 60.0 * s)
+        duodenum = duodenum + (moved[0] - stomach[0])
+        stomach = moved
+        if duodenum_touch:
+            duodenum = self._move_to_gap(duodenum, [duodenum_r] * 4, cloud, -duodenum_press, 30.0 * s)
+        if colon_touch:
+            colon = self._move_to_gap(colon, [colon_r] * 4, cloud, -colon_press, 30.0 * s)
+
+        found = self._hollow(stomach, stomach_r, rng, (1.0 if filling == "collapsed" else 4.0) * s, 30.0, fat_mm)
+        volume_ml = 0.0
+        if found is not None:
+            slices, mask, depth, (_, y, _), shell = found
+            if shell is not None:
+                self.organ[slices][shell] = _RESERVED
+            lumen = mask & (depth > max(wall_mm, min(self.spacing_kji)))
+            value = np.full(mask.shape, v["bowel_wall"], dtype=np.float32)
+            value[mask & ~lumen & (depth > 0.5 * wall_mm)] = v["bowel_wall"] + boost  # enhancing mucosa
+            if lumen.any():
+                gas, fluid, rest = self._levels(lumen, y, (gas_fraction, fluid_fraction))
+                value[gas] = v["gas"]
+                value[fluid] = v["fluid"]
+                if filling in ("food", "mixed"):
+                    value[rest] = self._food(mask.shape, rng, content_hu, bubbles)[rest]
+                elif filling == "contrast":
+                    ys = np.broadcast_to(y, mask.shape)[rest]
+                    if ys.size:
+                        lo, hi = float(ys.min()), float(ys.max())
+                        settle = np.clip((y - np.float32(lo)) / np.float32(max(hi - lo, 1.0)), 0.0, 1.0)
+                        layered = np.broadcast_to(np.float32(content_hu) + np.float32(settle_hu) * settle, mask.shape)
+                        value[rest] = layered[rest]
+                else:
+                    value[rest] = content_hu
+            self._paint(slices, mask, "stomach", value)
+            volume_ml = float(mask.sum()) * self.geometry.voxel_volume_ml
+        self.properties.update(stomach_content_hu=round(float(content_hu), 1),
+                               stomach_gas_fraction=round(float(gas_fraction), 2),
+                               stomach_volume_ml=round(volume_ml, 1), stomach_placed_against_liver=touch,
+                               duodenum_content=duodenum_content,
+                               colon_content=colon_content if colon_drawn else "none")
+        self._tubular_bowel(np.vstack([stomach[-1:], duodenum]), [stomach_r[-1]] + [duodenum_r] * 4,
+                            duodenum_content, rng)
+        if colon_drawn:
+            self._tubular_bowel(colon, [colon_r] * 4, colon_content, rng)
+
+    def _tubular_bowel(self, points: np.ndarray, radii: Sequence[float], content: str,
+                       rng: np.random.Generator) -> None:
+        """Duodenum or colon: wall, and inside it fluid, gas, oral contrast, chyme or feces
+        (mottled, with gas), or nothing (collapsed: soft tissue throughout)."""
+        v = self.values
+        found = self._hollow(points, radii, rng, 2.0 * self.s, 25.0)
         if found is None:
             return
-        slices, rho2, _ = found
-        rho2 -= np.float32(0.25) * _SmoothField(self.rng, rho2.shape, self.spacing_kji, 30.0).full()
-        allowed = self._allowed(slices, "visceral_fat")
-        stomach = allowed & (rho2 <= 1.0)
-        self._paint(slices, stomach, "stomach", v["bowel_wall"])
-        if self.extras["collapsed_stomach"]:
-            lumen_fraction = 0.45
-        else:
-            lumen_fraction = 1.0 - 4.0 * s / min(axes)
-        lumen = stomach & (rho2 <= lumen_fraction ** 2)
-        y = self.y[slices[1]][None, :, None]
-        level = center[1] + self._u(-0.6, 0.6) * axes[1]
-        gas = lumen & (y < level)
-        fluid_value = v["fluid"] + (self._u(0, 40) if self.rng.random() < 0.3 else 0.0)
-        self._paint(slices, lumen, "stomach", fluid_value)
-        self._paint(slices, gas, "stomach", v["gas"])
+        slices, mask, depth, _, _ = found
+        lumen = mask & (depth > max(rng.uniform(1.5, 3.0) * self.s, min(self.spacing_kji)))
+        value = np.full(mask.shape, v["bowel_wall"], dtype=np.float32)
+        if content == "fluid":
+            value[lumen] = v["fluid"]
+        elif content == "gas":
+            value[lumen] = v["gas"]
+        elif content == "contrast":
+            value[lumen] = rng.uniform(150, 350)
+        elif content == "chyme":
+            value[lumen] = self._food(mask.shape, rng, rng.uniform(20, 45), False)[lumen]
+        elif content == "feces":
+            feces = self._food(mask.shape, rng, rng.uniform(-30, 40), True)
+            value[lumen] = feces[lumen]
+        self._paint(slices, mask, "bowel", value)
+
+    def _liver_neighbours(self) -> List[str]:
+        """Tissues with a voxel face to face with the liver's (no gap between)."""
+        if not hasattr(self, "liver_box"):
+            return []
+        box = tuple(slice(max(sl.start - 1, 0), sl.stop + 1) for sl in self.liver_box)
+        organ = self.organ[box]
+        liver = (organ == ORGAN["liver"]) | (organ == ORGAN["hepatic_vessel"])
+        shell = ndimage.binary_dilation(liver) & ~liver
+        return sorted(ORGAN_NAMES[i] for i in np.unique(organ[shell]))
 
     def _bowel(self) -> None:
         """Loops along the curves where two smooth random fields are both near zero (tubes that
@@ -1240,7 +1492,8 @@ class _Builder:
         lumen = loops & (magnitude < width * np.float32(0.5))
         content = _SmoothField(self.rng, allowed.shape, self.spacing_kji, self._u(15, 25) * s).full()
         gas_level = np.float32(self._u(0.8, 1.8))
-        fluid = v["fluid"] + (self._u(100, 250) if self.rng.random() < 0.1 else 0.0)
+        contrast = self.rng.random() < 0.1 or getattr(self, "oral_contrast", False)
+        fluid = v["fluid"] + (self._u(100, 250) if contrast else 0.0)
         value = np.where(content > gas_level, np.float32(v["gas"]), np.float32(fluid))
         self._paint(slices, lumen, "bowel", value)
 
