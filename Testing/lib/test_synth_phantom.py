@@ -1,7 +1,8 @@
 """Tests of LiverTumorSegLib.synth.phantom: deterministic, geometry as asked, anatomy where it
 belongs in physical LPS coordinates (liver on the patient's right, heart above it on the
 diaphragm, anterior and left), tumours inside the liver and darker than it when hypodense,
-plausible HU per tissue, any orientation, chest and upper-abdomen fields of view, thin slabs."""
+plausible HU per tissue, any orientation, chest and upper-abdomen fields of view, thin slabs;
+the liver's neighbours (stomach in every filling, bowel) against it and never labelled liver."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from scipy import ndimage
 from LiverTumorSegLib import LIVER_LABEL, TUMOR_LABEL
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry
-from LiverTumorSegLib.synth.phantom import ORGAN, VIEWS, Phantom, make_phantom
+from LiverTumorSegLib.synth.phantom import ORGAN, STOMACH_FILLINGS, VIEWS, Phantom, make_phantom
 
 SIZE_MM = (320.0, 260.0, 220.0)
 SPACING = (4.0, 4.0, 4.0)
@@ -342,3 +343,84 @@ def test_thin_slabs_work_for_every_view_and_seed(z_mm):
             assert len(phantom.tumors) == phantom.properties["n_tumors"]
             if not (labels > 0).any():
                 assert phantom.tumors == []
+
+
+# ----- the liver's neighbours: stomach fillings, touching, never liver ------------------------
+
+LIVER_TISSUES = (ORGAN["liver"], ORGAN["hepatic_vessel"], ORGAN["liver_tumor"])
+
+
+def gap_mm(phantom: Phantom, mask: np.ndarray, liver: np.ndarray) -> float:
+    """Free space (mm) between two masks: the least centre distance minus one voxel (0: face to face)."""
+    spacing = phantom.ct.GetSpacing()[::-1]
+    distance = ndimage.distance_transform_edt(~liver, sampling=spacing)
+    return float(distance[mask].min()) - max(spacing)
+
+
+@pytest.fixture(scope="module")
+def fillings():
+    """One noise-free phantom per stomach filling, the first seed that draws it."""
+    seeds = {}
+    for seed in range(60):
+        kind = small(seed, spacing=(8.0, 8.0, 8.0), n_tumors=0).properties["stomach_filling"]
+        seeds.setdefault(kind, seed)
+        if len(seeds) == len(STOMACH_FILLINGS):
+            break
+    return {kind: small(seed, n_tumors=0, noise_hu=0.0) for kind, seed in seeds.items()}
+
+
+def test_every_stomach_filling_occurs_with_its_density(fillings):
+    assert set(fillings) == set(STOMACH_FILLINGS)
+    for kind, phantom in fillings.items():
+        ct, labels, organs = arrays(phantom)
+        stomach = organs == ORGAN["stomach"]
+        core = ct[ndimage.binary_erosion(stomach)]  # the contents, away from the wall
+        gas = float((core < -800).mean())
+        soft = float(((core >= 20) & (core <= 80)).mean())
+        content = phantom.properties["stomach_content_hu"]
+        assert phantom.properties["stomach_filling"] == kind
+        assert not labels[stomach].any()
+        if kind == "food":  # the hard negative: soft tissue, as dense as liver in some phases
+            assert 30 <= content <= 70 and 30 <= np.median(core) <= 70 and soft > 0.7, kind
+        elif kind == "mixed":  # food under an air-fluid level
+            assert 30 <= content <= 70 and gas > 0.1 and soft > 0.3, kind
+            dense = ndimage.center_of_mass(stomach & (ct > 20) & (ct < 80))
+            air = ndimage.center_of_mass(stomach & (ct < -800))
+            assert air[1] < dense[1], "the gas floats in front (anterior, -y) of the food"
+        elif kind == "water":
+            assert 0 <= content <= 25 and -10 <= np.median(core) <= 30 and gas < 0.5, kind
+        elif kind == "air":
+            assert np.median(core) < -800, kind
+        elif kind == "contrast":
+            assert 150 <= content <= 400 and 150 <= np.median(core) <= 420, kind
+        else:  # collapsed: a small stomach of thick (enhancing) wall
+            assert phantom.properties["stomach_volume_ml"] < 150 and 20 <= np.median(ct[stomach]) <= 160, kind
+
+
+def test_the_stomach_lies_against_the_liver_in_most_abdomens(phantoms):
+    more = {seed: small(seed, n_tumors=0) for seed in range(6, 12)}
+    touching = 0
+    for seed, phantom in {**phantoms, **more}.items():
+        _, labels, organs = arrays(phantom)
+        stomach = organs == ORGAN["stomach"]
+        assert stomach.sum() * voxel_ml(phantom) > 30.0, f"seed {seed}: no stomach"
+        touches = gap_mm(phantom, stomach, labels > 0) <= 2.0
+        face_to_face = (ndimage.binary_dilation(labels > 0) & stomach).any()
+        assert face_to_face == phantom.properties["stomach_touches_liver"], seed
+        if not phantom.properties["stomach_placed_against_liver"]:
+            assert not touches, f"seed {seed}: fat was to lie between stomach and liver"
+        touching += touches
+    assert touching >= 0.6 * 12, f"the stomach touches the liver in {touching} of 12 abdomens"
+
+
+def test_neighbours_are_never_liver_in_any_view(phantoms, upper_abdomens):
+    bowel_touches = 0
+    for phantom in list(phantoms.values()) + list(upper_abdomens.values()):
+        _, labels, organs = arrays(phantom)
+        np.testing.assert_array_equal(labels > 0, np.isin(organs, LIVER_TISSUES))
+        for name in ("stomach", "bowel", "gallbladder", "kidney", "spleen", "heart", "pancreas", "ivc"):
+            assert not labels[organs == ORGAN[name]].any(), name
+        neighbours = phantom.properties["liver_neighbours"]
+        assert set(neighbours) <= set(ORGAN) and "liver" not in neighbours
+        bowel_touches += "bowel" in neighbours
+    assert bowel_touches >= 3, "bowel (duodenum, colon) lies against the liver's inferior surface for some seeds"
