@@ -92,6 +92,30 @@ uncertainty;</li>
             self.parent.icon = qt.QIcon(resourcePath("Icons/LiverTumorSeg.png"))
         except FileNotFoundError:
             pass
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            # Runs outlive neither Slicer nor a crash: at quit every run this Slicer started (the
+            # panel's and the Python console's) is killed; at start, what a crashed session left is removed.
+            app.aboutToQuit.connect(stopAllRuns)
+            removeStaleRuns()
+
+
+def stopAllRuns() -> None:
+    """Kill every segmentation process this Slicer started and remove its temporary folder."""
+    stopped = process.stop_all_runs()
+    if stopped:
+        logging.info(f"LiverTumorSeg: stopped {stopped} segmentation run(s) and removed their temporary files")
+
+
+def removeStaleRuns() -> None:
+    """Remove the temporary folders (and kill the processes) of runs whose Slicer session is gone."""
+    try:
+        removed = process.remove_stale_runs()
+    except Exception as exc:  # never keep the module from loading
+        logging.warning(f"LiverTumorSeg: could not look for runs left by an earlier session: {exc}")
+        return
+    for folder in removed:
+        logging.info(f"LiverTumorSeg: removed {folder}, left by a Slicer session that ended without cleaning up")
 
 
 #
@@ -192,9 +216,11 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels(quiet=True)
 
     def cleanup(self) -> None:
-        """Called when the application closes: stop a run, so no process outlives Slicer."""
+        """Called when the module is unloaded (application exit, reload): stop the panel's run and
+        every run started from the Python console, so no process or temporary folder outlives it."""
         if self._task is not None and self._task.running:
             self._task.cancel()
+        stopAllRuns()
         self._timer.stop()
         self._listingTimer.stop()
         if self._modelListing is not None:

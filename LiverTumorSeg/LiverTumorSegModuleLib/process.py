@@ -34,6 +34,10 @@ CANCELLED = "cancelled"
 STDERR_TAIL_LINES = 40
 ORPHAN_GRACE_SECONDS = 5.0
 
+TEMP_PREFIX = "LiverTumorSeg-"  # each run's private temporary folder: <temp>/LiverTumorSeg-XXXX
+OWNER_FILE = "owner.json"  # in it: the pid of the Python that owns the run, and of the run's process
+UNMARKED_STALE_SECONDS = 24 * 3600.0  # a folder without OWNER_FILE (older versions) this old is stale
+
 ProgressCallback = Callable[[str, float, str], None]  # (stage, fraction, message)
 LogCallback = Callable[[str, str], None]  # (level, message)
 ResultCallback = Callable[[Dict[str, Any]], None]
@@ -527,13 +531,16 @@ class BackgroundSegmentation:
         self.options = options
         self.prefix = list(prefix) if prefix is not None else cli_prefix()
         self.env = env if env is not None else library_environment()
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="LiverTumorSeg-", dir=None if temp_parent is None
+        self.temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=None if temp_parent is None
                                               else str(temp_parent)))
         self.input_path = self.temp_dir / f"{safe_file_stem(input_name)}.nrrd"
         self.output_dir = self.temp_dir / "output"
         self.on_progress = on_progress
         self.on_log = on_log
         self.process: Optional[CliProcess] = None
+        _write_owner_record(self.temp_dir)
+        with _RUNS_LOCK:
+            _RUNS.add(self)
 
     @property
     def command(self) -> List[str]:
@@ -549,6 +556,7 @@ class BackgroundSegmentation:
         except RuntimeError:
             self.cleanup()
             raise
+        _write_owner_record(self.temp_dir, self.process.process.pid)
 
     def poll(self) -> bool:
         assert self.process is not None, "start() was not called"
@@ -588,6 +596,223 @@ class BackgroundSegmentation:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        with _RUNS_LOCK:
+            _RUNS.discard(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs that outlive their owner: stop them on unload/quit, remove their leftovers at the next start
+
+
+_RUNS: "set[BackgroundSegmentation]" = set()  # started here and not cleaned up yet
+_RUNS_LOCK = threading.Lock()
+
+
+def active_runs() -> List[BackgroundSegmentation]:
+    """The runs of this Python that have not been cleaned up (running, or finished and unread)."""
+    with _RUNS_LOCK:
+        return list(_RUNS)
+
+
+def stop_all_runs() -> int:
+    """Kill the process tree of every run this Python started (the panel's and the Python
+    console's, e.g. ``segment(wait=False)``) and remove their temporary folders; for module
+    unload and application quit. Returns how many runs were stopped."""
+    runs = active_runs()
+    for run in runs:
+        try:
+            run.cancel()
+        except Exception:  # never let one run keep the others alive
+            run.cleanup()
+    return len(runs)
+
+
+def _write_owner_record(folder: Path, process_pid: Optional[int] = None) -> None:
+    owner = os.getpid()
+    record = {"owner_pid": owner, "owner_started": process_start_time(owner), "process_pid": process_pid}
+    try:
+        (folder / OWNER_FILE).write_text(json.dumps(record), encoding="utf-8")
+    except OSError:
+        pass  # a folder without a record is only removed once it is old
+
+
+def _read_owner_record(folder: Path) -> Optional[Dict[str, Any]]:
+    try:
+        record = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), None when unknown; tells a process
+    from a later one that got the same pid."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return float(psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie counts as gone)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+    if os.name == "nt":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _command_line(pid: int) -> Optional[str]:
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return None
+    if sys.platform.startswith("linux"):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            return None
+    if os.name != "nt":
+        try:
+            completed = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True,
+                                       timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return completed.stdout.strip() or None
+    return None
+
+
+def _kill_stale_process(record: Dict[str, Any], folder: Path) -> None:
+    """Kill the process tree of a stale run, if it still runs and is that run (its command line
+    names the run's folder: the pid may belong to another program by now)."""
+    pid = record.get("process_pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return
+    command = _command_line(pid)
+    if command is None or str(folder) not in command:
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
+                       **_popen_platform_kwargs(new_group=False))
+        return
+    descendants = []
+    try:
+        import psutil
+
+        descendants = psutil.Process(pid).children(recursive=True)
+    except Exception:  # no psutil, or gone
+        pass
+    try:
+        if os.getpgid(pid) == pid:  # it leads its own group (start_new_session), as CliProcess starts it
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for child in descendants:
+        try:
+            child.kill()
+        except Exception:
+            pass
+
+
+def _owner_alive(record: Dict[str, Any]) -> bool:
+    pid = record.get("owner_pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return False
+    started = record.get("owner_started")
+    if isinstance(started, (int, float)):
+        now_started = process_start_time(pid)
+        if now_started is not None and abs(now_started - float(started)) > 2.0:
+            return False  # another process got the pid
+    return True
+
+
+def remove_stale_runs(temp_parent: Optional[Path] = None) -> List[Path]:
+    """Clean up after sessions that ended without doing it (a crash, a kill): for every
+    ``LiverTumorSeg-*`` folder in ``temp_parent`` (default: the system's temporary folder) whose
+    owning process is gone, kill the run's process tree if it still runs, then remove the folder.
+    Folders of live sessions (this one, another Slicer) are kept; a folder without an owner record
+    (older versions) only once it is a day old. Returns the removed folders."""
+    parent = Path(tempfile.gettempdir() if temp_parent is None else temp_parent)
+    removed: List[Path] = []
+    try:
+        folders = sorted(p for p in parent.glob(TEMP_PREFIX + "*") if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return removed
+    for folder in folders:
+        record = _read_owner_record(folder)
+        if record is None:
+            try:
+                age = time.time() - folder.stat().st_mtime
+            except OSError:
+                continue
+            if age < UNMARKED_STALE_SECONDS:
+                continue  # being created right now, or too recent to judge
+        elif _owner_alive(record):
+            continue
+        else:
+            _kill_stale_process(record, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
 
 
 def safe_file_stem(name: str) -> str:
