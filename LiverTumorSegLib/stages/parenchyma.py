@@ -1,0 +1,350 @@
+"""Model-free tumor candidates: regions that are darker than this scan's own liver parenchyma.
+
+A large, mildly hypodense lesion (10-40 HU below the liver) is plain to see against the
+patient's own parenchyma, even where a tumor model trained on synthetic lesions stays
+under-confident. The method, all on the liver crop's grid (arrays + spacing in, arrays out):
+
+1. :func:`parenchyma_statistics`: the parenchyma's HU is the mode of the smoothed HU over the
+   liver's interior (eroded by a few mm), vessels (voxels clearly brighter than the parenchyma
+   after light smoothing) and fat (< -20 HU) left out; its spread (texture + residual noise at
+   that smoothing) is the one-sided robust deviation above the mode, where lesions do not lie.
+2. :func:`hypodensity_map`: how far each liver voxel's smoothed HU (smoothed inside the liver
+   only, vessels and fat left out, so neither fat outside nor a vessel inside shifts it) lies
+   below the parenchyma, as a logistic around max(k spreads, a minimum HU difference). A thin
+   shell under the liver's surface (and around fissure fat) is dark from partial volume with fat;
+   there the map is kept only where it continues a dark region that reaches the interior, so a
+   lesion at the surface is found whole while a partial-volume rim is not.
+3. :func:`hypodense_candidates`: connected regions of the map above a threshold, enclosed holes
+   filled, with their volume, size, thickness, mean map value and mean HU below the parenchyma;
+   too small or too thin ones (noise specks, vessels, rims) are dropped.
+4. :func:`combine_with_model`: the tumor probability raised to ``weight * map`` inside the
+   candidates where the model already has some evidence (its probability reaches a low floor
+   somewhere in the candidate); nothing changes elsewhere. :func:`apply_parenchyma_prior` runs
+   1-4 for the pipeline, switched and tuned by a :class:`ParenchymaPrior`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+Spacing = Sequence[float]
+
+
+@dataclass(frozen=True)
+class ParenchymaPrior:
+    """Switch and numbers of the parenchyma prior (defaults chosen on validation data, see
+    ``scripts/measure_parenchyma_candidates.py``)."""
+
+    enabled: bool = False
+    smoothing_mm: float = 2.5  # Gaussian sigma of the smoothed HU the map compares
+    erosion_mm: float = 4.0  # the interior used for the statistics lies this deep in the liver
+    fat_hu: float = -20.0  # fissure fat and partial volume with outside fat: never tumor here
+    vessel_spreads: float = 3.0  # vessels: lightly smoothed HU above parenchyma + max(this * spread, ...)
+    vessel_min_hu: float = 15.0  # ... this many HU
+    threshold_spreads: float = 3.0  # the map is 0.5 at max(this * spread, min_delta_hu) below the parenchyma
+    min_delta_hu: float = 10.0
+    softness: float = 0.2  # logistic width as a fraction of that threshold
+    shell_mm: float = 3.0  # the surface shell where the map must continue an interior region
+    candidate_threshold: float = 0.5  # map value a candidate's voxels reach
+    min_diameter_mm: float = 10.0  # candidates smaller (equivalent diameter) are dropped
+    min_thickness_mm: float = 3.0  # candidates without a ball of this radius inside are dropped (vessels, rims)
+    model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
+    min_support_fraction: float = 0.0  # ... making up at least this fraction of the candidate
+    reach_mm: float = math.inf  # only a candidate's voxels this close to model evidence are raised
+    weight: float = 1.0  # probability' = max(probability, weight * map) inside supported candidates
+
+
+@dataclass(frozen=True)
+class ParenchymaStats:
+    """The scan's own liver parenchyma, measured by :func:`parenchyma_statistics`."""
+
+    median_hu: float  # parenchyma HU (mode of the smoothed interior, refined by the median near it)
+    spread_hu: float  # robust SD of the smoothed parenchyma (texture + residual noise)
+    vessel_hu: float  # lightly smoothed HU above which a liver voxel is a vessel
+    smoothing_mm: float  # the smoothing the spread was measured at (the map's)
+    n_voxels: int  # interior voxels the statistics came from
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One hypodense region of the map (``label`` in the labels array)."""
+
+    label: int
+    n_voxels: int
+    volume_ml: float
+    diameter_mm: float  # equivalent diameter
+    thickness_mm: float  # radius of the largest ball inside it
+    mean_map: float
+    mean_delta_hu: float  # parenchyma HU minus the region's mean HU (positive: darker)
+    edge_hu: float  # HU step at its border (see :func:`edge_contrast`); NaN when not measured
+    kept: bool  # large and thick enough
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def _sigma_voxels(mm: float, spacing: Spacing) -> List[float]:
+    return [mm / float(s) for s in spacing]
+
+
+def _check(hu: np.ndarray, mask: np.ndarray, spacing: Spacing) -> Tuple[np.ndarray, np.ndarray]:
+    hu, mask = np.asarray(hu), np.asarray(mask)
+    if hu.ndim != 3 or hu.shape != mask.shape:
+        raise ValueError(f"HU and liver mask must be 3-D arrays of one shape, got {hu.shape} and {mask.shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing_kji must be three positive spacings in mm, got {tuple(spacing)}")
+    return hu.astype(np.float32, copy=False), mask > 0
+
+
+def smooth_within(hu: np.ndarray, weight: np.ndarray, spacing_kji: Spacing, sigma_mm: float) -> np.ndarray:
+    """Gaussian smoothing of ``hu`` that averages only voxels where ``weight`` is set (normalised
+    convolution); elsewhere too far from any such voxel, the HU itself. float32."""
+    w = weight.astype(np.float32)
+    sigma = _sigma_voxels(sigma_mm, spacing_kji)
+    num = ndimage.gaussian_filter(hu * w, sigma, mode="nearest", truncate=3.0)
+    den = ndimage.gaussian_filter(w, sigma, mode="nearest", truncate=3.0)
+    out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), hu)
+    return out.astype(np.float32, copy=False)
+
+
+def depth_mm(mask: np.ndarray, spacing_kji: Spacing) -> np.ndarray:
+    """Distance (mm) of each mask voxel to the nearest voxel outside it (the array's border is
+    outside); 0 outside. float32."""
+    padded = np.pad(mask, 1)
+    return ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1].astype(np.float32)
+
+
+def _mode(values: np.ndarray, bin_hu: float = 1.0, smooth_hu: float = 2.0) -> float:
+    """Mode of ``values`` from a histogram smoothed by ``smooth_hu``."""
+    lo, hi = float(np.floor(values.min())), float(np.ceil(values.max())) + bin_hu
+    counts, edges = np.histogram(values, bins=max(int((hi - lo) / bin_hu), 1), range=(lo, hi))
+    counts = ndimage.gaussian_filter1d(counts.astype(np.float64), smooth_hu / bin_hu, mode="constant")
+    peak = int(np.argmax(counts))
+    return float(0.5 * (edges[peak] + edges[peak + 1]))
+
+
+def _peak(values: np.ndarray) -> Tuple[float, float]:
+    """(centre, spread) of the main peak: the histogram mode refined by the median within 2
+    upper spreads of it; the spread from the upper side only (lesions lie below the parenchyma)."""
+    center = _mode(values)
+    spread = 1.0
+    for _ in range(3):
+        upper = values[values >= center] - center
+        spread = max(float(np.median(upper)) / 0.6745, 1.0) if upper.size else 1.0
+        near = values[np.abs(values - center) <= 2.0 * spread]
+        if near.size:
+            center = float(np.median(near))
+    return center, spread
+
+
+def _light(hu: np.ndarray, spacing_kji: Spacing) -> np.ndarray:
+    """Lightly smoothed HU (1 mm): what tells fat and vessels apart from the parenchyma."""
+    return ndimage.gaussian_filter(hu, _sigma_voxels(1.0, spacing_kji), mode="nearest", truncate=3.0)
+
+
+def _smoothed_tissue(hu: np.ndarray, light: np.ndarray, not_fat: np.ndarray, depth: np.ndarray, vessel_hu: float,
+                     spacing_kji: Spacing, prior: "ParenchymaPrior") -> Tuple[np.ndarray, np.ndarray]:
+    """(HU smoothed by ``prior.smoothing_mm`` over the liver's tissue only, that tissue): fat,
+    vessels and the partial-volume shell (``shell_mm`` under the surface) are left out of the
+    average, so a shell voxel takes the value of the interior next to it."""
+    tissue = not_fat & (light <= vessel_hu)
+    weights = tissue & (depth > prior.shell_mm)
+    if not weights.any():
+        weights = tissue
+    return smooth_within(hu, weights, spacing_kji, prior.smoothing_mm), tissue
+
+
+# --- 1. statistics ---------------------------------------------------------------------------------
+
+def parenchyma_statistics(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
+                          prior: ParenchymaPrior = ParenchymaPrior()) -> ParenchymaStats:
+    """The scan's own parenchyma HU and spread, measured in the liver's interior.
+
+    Light smoothing (1 mm) gives a first parenchyma peak and the vessel threshold (peak +
+    max(``vessel_spreads`` spreads, ``vessel_min_hu``)); the final HU and spread are the peak of
+    the map's smoothing (``smoothing_mm``, inside the liver, vessels and fat left out) over the
+    interior (``erosion_mm`` deep). Raises ValueError on an empty liver."""
+    hu, liver = _check(hu_crop, liver_mask, spacing_kji)
+    if not liver.any():
+        raise ValueError("the liver mask is empty: there is no parenchyma to measure")
+    light = _light(hu, spacing_kji)
+    not_fat = liver & (light > prior.fat_hu)
+    depth = depth_mm(not_fat, spacing_kji)
+    interior = depth > prior.erosion_mm
+    if interior.sum() < 200:  # a thin or tiny liver: use what there is
+        interior = not_fat if not_fat.any() else liver
+    center, spread = _peak(light[interior])
+    vessel_hu = center + max(prior.vessel_spreads * spread, prior.vessel_min_hu)
+    smooth, tissue = _smoothed_tissue(hu, light, not_fat, depth, vessel_hu, spacing_kji, prior)
+    values = smooth[interior & tissue]
+    if values.size == 0:
+        values = smooth[interior]
+    center, spread = _peak(values)
+    return ParenchymaStats(median_hu=round(center, 2), spread_hu=round(spread, 2), vessel_hu=round(vessel_hu, 2),
+                           smoothing_mm=prior.smoothing_mm, n_voxels=int(values.size))
+
+
+# --- 2. map ---------------------------------------------------------------------------------------
+
+def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
+                    stats: Optional[ParenchymaStats] = None,
+                    prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
+    """float32 in [0, 1] on the crop grid: how strongly each liver voxel's smoothed HU lies below
+    the parenchyma, ``sigmoid((median - smoothed - t) / (softness * t))`` with ``t = max(k *
+    spread, min_delta_hu)``. 0 outside ``liver_mask`` (pass the tumor search region) and on fat
+    (< ``fat_hu``); in the ``shell_mm`` shell under the surface (and around fissure fat) only
+    where a dark region (map >= 0.5) continues from the interior."""
+    hu, liver = _check(hu_crop, liver_mask, spacing_kji)
+    if not liver.any():
+        return np.zeros(hu.shape, np.float32)
+    stats = stats or parenchyma_statistics(hu, liver, spacing_kji, prior)
+    light = _light(hu, spacing_kji)
+    not_fat = liver & (light > prior.fat_hu)
+    depth = depth_mm(not_fat, spacing_kji)
+    smooth, _ = _smoothed_tissue(hu, light, not_fat, depth, stats.vessel_hu, spacing_kji, prior)
+    threshold = max(prior.threshold_spreads * stats.spread_hu, prior.min_delta_hu)
+    z = (stats.median_hu - smooth - threshold) / (prior.softness * threshold)
+    hypo = (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
+    hypo[~not_fat] = 0.0
+    # The shell: dark from partial volume with fat; kept only where it continues an interior region.
+    shell = not_fat & (depth <= prior.shell_mm)
+    if shell.any():
+        dark = hypo >= 0.5
+        labels, count = ndimage.label(dark)
+        supported = np.zeros(count + 1, dtype=bool)
+        if count:
+            interior_counts = np.bincount(labels[dark & ~shell], minlength=count + 1)
+            voxel_mm3 = float(np.prod(spacing_kji))
+            supported = interior_counts * voxel_mm3 >= (4.0 / 3.0) * math.pi * 2.5 ** 3  # a 5 mm ball
+            supported[0] = False
+        keep = ndimage.binary_dilation(supported[labels], iterations=1)
+        hypo[shell & ~keep] = 0.0
+    return hypo
+
+
+# --- 3. candidates ------------------------------------------------------------------------------------
+
+def edge_contrast(hu_crop: np.ndarray, candidate: np.ndarray, tissue: np.ndarray, spacing_kji: Spacing,
+                  ring_mm: float = 3.0) -> float:
+    """Mean lightly smoothed HU in a ``ring_mm`` ring just outside ``candidate`` minus that in a
+    ring just inside it, over ``tissue`` only (liver without fat, vessels and surface shell):
+    a lesion has a step there, a slow darkening of the parenchyma (beam hardening, a dependent
+    region) only a few HU. NaN where either ring is empty."""
+    margin = [int(math.ceil(ring_mm / s)) + 1 for s in spacing_kji]
+    hits = np.nonzero(candidate)
+    if hits[0].size == 0:
+        return float("nan")
+    box = tuple(slice(max(int(h.min()) - m, 0), min(int(h.max()) + 1 + m, n))
+                for h, m, n in zip(hits, margin, candidate.shape))
+    inside = candidate[box]
+    d_in = ndimage.distance_transform_edt(inside, sampling=spacing_kji)
+    d_out = ndimage.distance_transform_edt(~inside, sampling=spacing_kji)
+    t = tissue[box]
+    inner = inside & (d_in <= ring_mm) & t
+    outer = ~inside & (d_out <= ring_mm) & t
+    if not inner.any() or not outer.any():
+        return float("nan")
+    hu = hu_crop[box]
+    return float(hu[outer].mean() - hu[inner].mean())
+
+
+def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop: Optional[np.ndarray] = None,
+                         stats: Optional[ParenchymaStats] = None,
+                         prior: ParenchymaPrior = ParenchymaPrior(),
+                         liver_mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, List[Candidate]]:
+    """Connected regions (6-connected) of ``hypodensity >= candidate_threshold``, enclosed holes
+    filled. Returns (int32 labels, 0 = none, of the kept candidates only; every candidate with
+    its measures). Kept: equivalent diameter >= ``min_diameter_mm`` and a ball of radius
+    ``min_thickness_mm`` fits inside (vessels and thin rims do not)."""
+    hypodensity = np.asarray(hypodensity, dtype=np.float32)
+    dark = ndimage.binary_fill_holes(hypodensity >= prior.candidate_threshold)
+    labels, count = ndimage.label(dark)
+    if count == 0:
+        return labels.astype(np.int32), []
+    voxel_mm3 = float(np.prod(spacing_kji))
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    thickness = ndimage.maximum(depth_mm(dark, spacing_kji), labels, index)
+    mean_map = ndimage.mean(hypodensity, labels, index)
+    if hu_crop is not None and stats is not None:
+        mean_delta = stats.median_hu - np.asarray(ndimage.mean(np.asarray(hu_crop, np.float32), labels, index))
+    else:
+        mean_delta = np.full(count, np.nan)
+    tissue = light = None
+    if hu_crop is not None and stats is not None and liver_mask is not None:
+        hu = np.asarray(hu_crop, np.float32)
+        light = _light(hu, spacing_kji)
+        not_fat = (np.asarray(liver_mask) > 0) & (light > prior.fat_hu)
+        tissue = not_fat & (light <= stats.vessel_hu) & (depth_mm(not_fat, spacing_kji) > prior.shell_mm)
+    candidates: List[Candidate] = []
+    keep = np.zeros(count + 1, dtype=bool)
+    for n in range(count):
+        diameter = (6.0 * sizes[n] * voxel_mm3 / math.pi) ** (1.0 / 3.0)
+        kept = bool(diameter >= prior.min_diameter_mm and thickness[n] >= prior.min_thickness_mm)
+        edge = float("nan")
+        if kept and tissue is not None:
+            edge = edge_contrast(light, labels == n + 1, tissue & (~dark | (labels == n + 1)), spacing_kji)
+        keep[n + 1] = kept
+        candidates.append(Candidate(label=n + 1, n_voxels=int(sizes[n]),
+                                    volume_ml=round(float(sizes[n]) * voxel_mm3 / 1000.0, 4),
+                                    diameter_mm=round(float(diameter), 2), thickness_mm=round(float(thickness[n]), 2),
+                                    mean_map=round(float(mean_map[n]), 4),
+                                    mean_delta_hu=round(float(mean_delta[n]), 2), edge_hu=round(edge, 2),
+                                    kept=kept))
+    labels = np.where(keep[labels], labels, 0).astype(np.int32)
+    return labels, candidates
+
+
+# --- 4. combination ----------------------------------------------------------------------------------
+
+def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray, candidate_labels: np.ndarray,
+                       prior: ParenchymaPrior = ParenchymaPrior(),
+                       spacing_kji: Optional[Spacing] = None) -> np.ndarray:
+    """The model's probability raised to ``weight * hypodensity`` inside each kept candidate
+    (``candidate_labels`` from :func:`hypodense_candidates`) where the model has evidence: at
+    least ``min_support_fraction`` of the candidate (and one voxel) at ``model_floor`` or more.
+    With a finite ``reach_mm`` (needs ``spacing_kji``) only the candidate's voxels within that
+    distance of such model evidence are raised. Unchanged elsewhere. float32, the model's grid."""
+    p = np.asarray(model_probability, dtype=np.float32)
+    if p.shape != np.shape(hypodensity) or p.shape != np.shape(candidate_labels):
+        raise ValueError(f"probability {p.shape}, map {np.shape(hypodensity)} and candidates "
+                         f"{np.shape(candidate_labels)} must share one grid")
+    labels = np.asarray(candidate_labels)
+    count = int(labels.max()) if labels.size else 0
+    out = p.copy()
+    if count == 0:
+        return out
+    evidence = (p >= prior.model_floor) & (labels > 0)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    support = np.bincount(labels[evidence], minlength=count + 1)
+    supported = (support >= 1) & (support >= prior.min_support_fraction * sizes)
+    supported[0] = False
+    inside = supported[labels]
+    if not inside.any():
+        return out
+    if math.isfinite(prior.reach_mm):
+        if spacing_kji is None:
+            raise ValueError("a finite reach_mm needs spacing_kji")
+        hits = np.nonzero(inside)
+        box = tuple(slice(int(h.min()), int(h.max()) + 1) for h in hits)
+        near = ndimage.distance_transform_edt(~evidence[box], sampling=spacing_kji) <= prior.reach_mm
+        inside[box] &= near
+    raised = prior.weight * np.asarray(hypodensity, np.float32)[inside]
+    out[inside] = np.maximum(p[inside], raised)
+    return out
+
+
+def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, region: np.ndarray,
+                           spacing_kji: Spacing, prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
+    """Steps 1-4 for the pipeline: the tumor probability on the crop with the parenchyma prior
+    applied inside ``region`` (the tumor search region); the probability itself when disabled."""
+    if not prior.enabled or not np.any(region):
+        return np.asarray(model_probability, dtype=np.float32)
+    stats = parenchyma_statistics(hu_crop, region, spacing_kji, prior)
+    hypo = hypodensity_map(hu_crop, region, spacing_kji, stats, prior)
+    labels, _ = hypodense_candidates(hypo, spacing_kji, prior=prior)
+    return combine_with_model(model_probability, hypo, labels, prior, spacing_kji)

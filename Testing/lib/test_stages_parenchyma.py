@@ -1,0 +1,178 @@
+"""Tests of LiverTumorSegLib.stages.parenchyma: the scan's own parenchyma HU, the hypodensity
+map, its candidates and their combination with the tumor model's probability, on small
+synthetic livers (100 HU parenchyma with CT-like noise, bright vessels, fat around)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, apply_parenchyma_prior, combine_with_model,
+                                                hypodense_candidates, hypodensity_map, parenchyma_statistics)
+
+SPACING = (1.5, 1.5, 1.5)
+SHAPE = (56, 64, 64)
+PRIOR = ParenchymaPrior(enabled=True)
+
+
+def _ball(center, radius_mm, shape=SHAPE, spacing=SPACING) -> np.ndarray:
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, center, spacing)], indexing="ij")
+    return sum(g ** 2 for g in grids) <= radius_mm ** 2
+
+
+def _tube(axis_point_kj, radius_mm, shape=SHAPE, spacing=SPACING) -> np.ndarray:
+    """A vessel along the i axis through (k, j)."""
+    kk, jj = np.meshgrid((np.arange(shape[0]) - axis_point_kj[0]) * spacing[0],
+                         (np.arange(shape[1]) - axis_point_kj[1]) * spacing[1], indexing="ij")
+    return np.broadcast_to(((kk ** 2 + jj ** 2) <= radius_mm ** 2)[:, :, None], shape)
+
+
+def make_liver(seed: int = 0, lesion=None, lesion_delta: float = -20.0, vessels: bool = True,
+               noise_hu: float = 15.0):
+    """(hu float32, liver mask uint8, lesion mask): a 100 HU block in -100 HU fat, partial volume
+    at its edge (the image is blurred by one voxel before the noise), bright vessels, and a
+    ``lesion`` (boolean mask) ``lesion_delta`` HU from the parenchyma."""
+    rng = np.random.default_rng(seed)
+    liver = np.zeros(SHAPE, bool)
+    liver[6:50, 6:58, 6:58] = True
+    clean = np.where(liver, 100.0, -100.0).astype(np.float32)
+    if vessels:
+        for kj in ((20, 20), (34, 44)):
+            clean[_tube(kj, 2.5) & liver] = 170.0
+    if lesion is not None:
+        clean[lesion] = 100.0 + lesion_delta
+    clean = ndimage.gaussian_filter(clean, 0.8)  # partial volume at every edge
+    hu = (clean + rng.normal(0.0, noise_hu, SHAPE)).astype(np.float32)
+    mask = ndimage.binary_dilation(liver, iterations=1)  # a liver mask that takes the partial-volume rim
+    return hu, mask.astype(np.uint8), lesion
+
+
+def candidates_of(hu, mask, prior=PRIOR):
+    stats = parenchyma_statistics(hu, mask, SPACING, prior)
+    hypo = hypodensity_map(hu, mask, SPACING, stats, prior)
+    labels, cands = hypodense_candidates(hypo, SPACING, hu, stats, prior)
+    return stats, hypo, labels, cands
+
+
+def test_statistics_find_the_parenchyma_despite_vessels_and_a_lesion():
+    hu, mask, _ = make_liver(lesion=_ball((28, 32, 32), 12.0))
+    stats = parenchyma_statistics(hu, mask, SPACING)
+    assert abs(stats.median_hu - 100.0) < 3.0
+    assert 0.5 < stats.spread_hu < 6.0  # 15 HU voxel noise, much less after 2.5 mm smoothing
+    assert 110.0 < stats.vessel_hu < 160.0  # vessels (170 HU) lie above it, the parenchyma below
+
+
+def test_statistics_follow_the_scan_and_refuse_an_empty_liver():
+    hu, mask, _ = make_liver()
+    assert abs(parenchyma_statistics(hu + 40.0, mask, SPACING).median_hu - 140.0) < 3.0
+    with pytest.raises(ValueError, match="empty"):
+        parenchyma_statistics(hu, np.zeros_like(mask), SPACING)
+
+
+def test_a_20_hu_darker_sphere_is_found_and_vessels_are_not():
+    lesion = _ball((28, 32, 32), 9.0)  # 18 mm
+    hu, mask, _ = make_liver(lesion=lesion)
+    _, hypo, labels, cands = candidates_of(hu, mask)
+    kept = [c for c in cands if c.kept]
+    assert len(kept) == 1
+    found = labels > 0
+    overlap = 2.0 * (found & lesion).sum() / (found.sum() + lesion.sum())
+    assert overlap > 0.8
+    assert 12.0 < kept[0].mean_delta_hu < 28.0
+    assert hypo[28, 32, 32] > 0.9
+    vessels = (_tube((20, 20), 2.5) | _tube((34, 44), 2.5)) & (mask > 0)
+    assert hypo[vessels].max() < 0.1
+    assert not (found & vessels).any()
+
+
+def test_pure_noise_gives_nothing():
+    hu, mask, _ = make_liver(seed=3, vessels=False)
+    _, hypo, labels, cands = candidates_of(hu, mask)
+    assert not any(c.kept for c in cands)
+    assert not labels.any()
+    assert hypo.max() < 0.5
+
+
+def test_surface_partial_volume_and_fissure_fat_give_nothing():
+    hu, mask, _ = make_liver(seed=4)
+    # a mask that overshoots the liver by two voxels into the fat, and a fat-filled fissure in it
+    mask = ndimage.binary_dilation(mask, iterations=1)
+    hu[20:40, 30:32, 10:40] = -80.0
+    _, hypo, labels, cands = candidates_of(hu, mask.astype(np.uint8))
+    assert not labels.any(), [c for c in cands if c.kept]
+    # without the shell rule the partial-volume rim would be taken for a lesion
+    _, _, labels_no_shell, _ = candidates_of(hu, mask.astype(np.uint8), replace(PRIOR, shell_mm=0.0))
+    assert labels_no_shell.any()
+
+
+def test_a_lesion_at_the_surface_is_found_including_its_shell_part():
+    lesion = _ball((28, 32, 8), 12.0) & _ball((28, 32, 8), 100.0)  # centred 3 mm under the surface
+    lesion &= np.pad(np.ones((44, 52, 52), bool), 6)  # the inside part (a bulge would be tumour too)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-25.0)
+    _, _, labels, _ = candidates_of(hu, mask)
+    found = labels > 0
+    assert 2.0 * (found & lesion).sum() / (found.sum() + lesion.sum()) > 0.7
+    shell = lesion[:, :, 6:9]  # its first 3 mm under the surface
+    assert found[:, :, 6:9][shell].mean() > 0.5
+
+
+def test_small_specks_are_not_candidates():
+    lesion = _ball((28, 32, 32), 3.0)  # 6 mm: below the 10 mm minimum
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-60.0, noise_hu=5.0)
+    _, hypo, labels, cands = candidates_of(hu, mask)
+    assert hypo[28, 32, 32] > 0.5  # dark enough ...
+    assert not labels.any()  # ... but too small
+    assert any(not c.kept for c in cands)
+
+
+def test_combine_raises_supported_candidates_only():
+    hypo = np.zeros((10, 10, 10), np.float32)
+    hypo[1:4, 1:4, 1:4] = 0.9
+    hypo[6:9, 6:9, 6:9] = 0.8
+    labels = np.zeros(hypo.shape, np.int32)
+    labels[1:4, 1:4, 1:4] = 1
+    labels[6:9, 6:9, 6:9] = 2
+    p = np.full(hypo.shape, 0.05, np.float32)
+    p[2, 2, 2] = 0.3  # some model evidence in candidate 1 only
+    out = combine_with_model(p, hypo, labels, replace(PRIOR, model_floor=0.2, min_support_fraction=0.0, weight=1.0))
+    assert np.allclose(out[1:4, 1:4, 1:4], 0.9)
+    assert np.allclose(out[6:9, 6:9, 6:9], 0.05)  # no evidence: unchanged
+    assert out[0, 0, 0] == pytest.approx(0.05)
+    assert out.dtype == np.float32 and p[1, 1, 1] == pytest.approx(0.05)  # input untouched
+    with pytest.raises(ValueError, match="grid"):
+        combine_with_model(p, hypo[:5], labels, PRIOR)
+
+
+def test_support_fraction_and_reach_limit_what_the_map_may_add():
+    hypo = np.zeros((10, 10, 30), np.float32)
+    hypo[2:8, 2:8, 2:28] = 0.9
+    labels = (hypo > 0).astype(np.int32)  # one candidate of 936 voxels
+    p = np.zeros(hypo.shape, np.float32)
+    p[4:6, 4:6, 4:6] = 0.8  # the model is sure of 8 of its voxels (< 1 %)
+    base = replace(PRIOR, model_floor=0.5)
+    assert (combine_with_model(p, hypo, labels, base) >= 0.5).sum() == labels.sum()
+    strict = combine_with_model(p, hypo, labels, replace(base, min_support_fraction=0.05))
+    assert np.array_equal(strict, p)
+    near = combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0), spacing_kji=(1.0, 1.0, 1.0))
+    raised = near >= 0.5
+    assert raised[4:6, 4:6, 4:6].all() and raised[4, 4, 8] and not raised[4, 4, 10] and not raised[4, 4, 20]
+    with pytest.raises(ValueError, match="spacing"):
+        combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0))
+
+
+def test_apply_is_a_no_op_when_disabled_and_completes_a_lesion_the_model_found_in_part():
+    lesion = _ball((28, 32, 32), 12.0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
+    p = np.where(lesion, 0.25, 0.0).astype(np.float32)  # an under-confident model ...
+    p[_ball((28, 32, 32), 6.0)] = 0.6  # ... sure of the lesion's core only
+    off = apply_parenchyma_prior(p, hu, mask, SPACING, ParenchymaPrior(enabled=False))
+    assert np.array_equal(off, p)
+    on = apply_parenchyma_prior(p, hu, mask, SPACING, PRIOR)
+    found = on >= 0.5
+    assert 2.0 * (found & lesion).sum() / (found.sum() + lesion.sum()) > 0.8
+    assert (p >= 0.5).sum() < 0.2 * lesion.sum()
+    unsure = np.where(lesion, 0.25, 0.0).astype(np.float32)
+    assert np.array_equal(apply_parenchyma_prior(unsure, hu, mask, SPACING, PRIOR), unsure)  # no evidence: as is
