@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -395,25 +396,32 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- dependencies -----------------------------------------------------------------------
     def onInstallDependencies(self) -> None:
         if not self.logic.missingDependencies():
-            slicer.util.infoDisplay("All Python dependencies of LiverTumorSeg are installed.")
+            slicer.util.infoDisplay("All Python dependencies of LiverTumorSeg are installed, in the versions it needs.")
             return
-        self.ensureDependencies()
+        self.ensureDependencies(dependencies.SEGMENT)
 
-    def ensureDependencies(self) -> bool:
-        """True when the dependencies are there (after asking and installing if needed)."""
-        missing = self.logic.missingDependencies()
-        if not missing:
+    def ensureDependencies(self, action: str = dependencies.SEGMENT) -> bool:
+        """True when what ``action`` ("segment", "measure", "export") needs is installed in a suitable
+        version (after asking and installing or upgrading if needed). Only Segment needs PyTorch and MONAI."""
+        problems = self.logic.dependencyProblems(action)
+        if not problems:
             return True
-        if not slicer.util.confirmOkCancelDisplay(
-                "LiverTumorSeg needs these Python packages, which are not installed yet:\n\n  "
-                + "\n  ".join(missing)
-                + "\n\nInstall them now? This downloads several hundred MB (PyTorch) and can take a few minutes.",
-                windowTitle="LiverTumorSeg: install dependencies"):
-            self.appendLog("warning", "Dependencies not installed; segmentation needs them.")
+        upgrade = any(not problem.missing for problem in problems)
+        text = ("LiverTumorSeg needs these Python packages"
+                + (" (missing, or in another version than the installed one)" if upgrade else
+                   ", which are not installed yet")
+                + ":\n\n  " + "\n  ".join(problem.describe() for problem in problems)
+                + ("\n\nInstall or upgrade them now?" if upgrade else "\n\nInstall them now?"))
+        if any(problem.is_torch for problem in problems):
+            text += " This downloads several hundred MB (PyTorch) and can take a few minutes."
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="LiverTumorSeg: install dependencies"):
+            self.appendLog("warning", "Dependencies not installed; "
+                           + {"segment": "segmentation", "measure": "recomputing", "export": "export"}.get(action, action)
+                           + " needs them.")
             return False
         try:
             with slicer.util.WaitCursor():
-                self.logic.installDependencies(log=self.appendLog)
+                self.logic.installDependencies(log=self.appendLog, action=action)
         except Exception as exc:
             slicer.util.errorDisplay(
                 f"Installing the dependencies failed: {exc}\n\nCheck the network connection and the Python "
@@ -564,7 +572,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is None:
             slicer.util.errorDisplay("Select the CT the segmentation belongs to as input volume.")
             return
-        if not self.ensureDependencies():
+        if not self.ensureDependencies(dependencies.MEASURE):
             return
         self._writingResults = True
         try:
@@ -596,7 +604,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not slicer.util.confirmYesNoDisplay(f"{existing[0]} and related files exist. Overwrite them?"):
                 return
             overwrite = True
-        if not self.ensureDependencies():
+        if not self.ensureDependencies(dependencies.EXPORT):
             return
         try:
             with slicer.util.WaitCursor():
@@ -654,26 +662,34 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
     # -- dependencies -----------------------------------------------------------------------
     @staticmethod
-    def missingDependencies() -> List[str]:
-        missing = dependencies.missing_requirements()
-        if dependencies.torch_missing():
-            missing.insert(0, dependencies.TORCH_REQUIREMENT)
-        return missing
+    def dependencyProblems(action: str = dependencies.SEGMENT) -> List[dependencies.Problem]:
+        """What ``action`` ("segment", "measure", "export") needs that is missing or of a version outside
+        ``pyproject.toml``'s requirement; PyTorch first."""
+        return dependencies.requirement_problems(action)
 
-    def installDependencies(self, log: Optional[Callable[[str, str], None]] = None) -> None:
-        """Install what is missing: PyTorch through the PyTorch extension when present (it picks the
-        wheel for the GPU), the rest with pip. Raises RuntimeError on failure."""
+    @classmethod
+    def missingDependencies(cls, action: str = dependencies.SEGMENT) -> List[str]:
+        """Pip requirements of :meth:`dependencyProblems`."""
+        return [problem.requirement for problem in cls.dependencyProblems(action)]
+
+    def installDependencies(self, log: Optional[Callable[[str, str], None]] = None,
+                            action: str = dependencies.SEGMENT) -> None:
+        """Install or upgrade what ``action`` needs: PyTorch through the PyTorch extension when present
+        (it picks the wheel for the GPU), the rest with pip. Raises RuntimeError on failure."""
         log = log or (lambda level, message: logging.info(message))
-        if dependencies.torch_missing():
+        problems = self.dependencyProblems(action)
+        torchProblem = next((problem for problem in problems if problem.is_torch), None)
+        if torchProblem is not None:
+            _, torchSpecifier = dependencies.split_requirement(dependencies.TORCH_REQUIREMENT)
             try:
                 import PyTorchUtils
             except ImportError:
                 PyTorchUtils = None
             if PyTorchUtils is not None:
-                log("info", "Installing PyTorch with the PyTorch extension...")
+                log("info", f"Installing PyTorch ({torchSpecifier}) with the PyTorch extension...")
                 torchLogic = PyTorchUtils.PyTorchUtilsLogic()
                 try:
-                    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
+                    torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchSpecifier)
                 except TypeError:  # older PyTorchUtils without the version argument
                     torch = torchLogic.installTorch(askConfirmation=False)
                 if torch is None:
@@ -682,14 +698,20 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
                 log("info", f"Installing {dependencies.TORCH_REQUIREMENT} with pip (install the PyTorch "
                             "extension to get a GPU build matched to your driver)...")
                 slicer.util.pip_install([dependencies.TORCH_REQUIREMENT])
-        missing = dependencies.missing_requirements()
-        if missing:
-            log("info", f"Installing {', '.join(missing)} with pip...")
-            slicer.util.pip_install(missing)
+        others = [problem.requirement for problem in problems if not problem.is_torch]
+        if others:
+            log("info", f"Installing {', '.join(others)} with pip...")
+            slicer.util.pip_install(others)
         importlib.invalidate_caches()  # make freshly installed packages importable
-        still = self.missingDependencies()
+        still = self.dependencyProblems(action)
         if still:
-            raise RuntimeError(f"still missing after installation: {', '.join(still)}")
+            raise RuntimeError("still missing or of another version after installation: "
+                               + ", ".join(problem.describe() for problem in still))
+        loaded = [problem.import_name for problem in problems if not problem.missing
+                  and problem.import_name in sys.modules]
+        if loaded:
+            log("warning", f"Restart Slicer to use the new version of {', '.join(loaded)} in Slicer itself "
+                           "(the segmentation process uses it already).")
         log("info", "Dependencies installed.")
 
     # -- models -----------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""The Python packages LiverTumorSegLib needs in Slicer's Python, and which of them are missing.
+"""The Python packages LiverTumorSegLib needs in Slicer's Python: which are missing, which have a
+version outside what ``pyproject.toml`` declares, and which each action of the module needs.
 
-Kept in step with ``pyproject.toml``'s ``[project] dependencies`` (a test checks it). NumPy and
-SimpleITK come with Slicer; PyTorch is installed through the PyTorch extension when it is there,
-because the right wheel depends on the GPU and driver.
+Kept in step with ``pyproject.toml``'s ``[project] dependencies`` (a test checks it). NumPy, SciPy
+and SimpleITK come with Slicer; PyTorch is installed through the PyTorch extension when it is
+there, because the right wheel depends on the GPU and driver.
+
+Versions are read from the installed distributions' metadata (no package is imported) and
+compared with ``packaging`` when Slicer's Python has it, else with a small comparison of release
+numbers. A package whose version cannot be read counts as satisfying its requirement: it is never
+reinstalled over (e.g. a SimpleITK that Slicer built itself).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, List, Optional, Tuple
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 TORCH_REQUIREMENT = "torch>=2.1,<3"
 
@@ -24,6 +33,43 @@ REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
     ("tqdm", "tqdm>=4.60"),
 )
 
+# What each action of the module imports in Slicer's own Python (None: everything, PyTorch
+# included). Segment runs the whole library in a background process; Recompute measurements and
+# Export only run LiverTumorSegLib.measure (NumPy, SciPy) and read volumes (SimpleITK) in Slicer;
+# a test checks these lists by importing what those actions import.
+SEGMENT, MEASURE, EXPORT = "segment", "measure", "export"
+ACTION_IMPORTS: Dict[str, Optional[Tuple[str, ...]]] = {
+    SEGMENT: None,
+    MEASURE: ("numpy", "scipy", "SimpleITK"),
+    EXPORT: ("numpy", "scipy", "SimpleITK"),
+}
+
+ImportableCheck = Callable[[str], bool]  # import name -> importable?
+VersionReader = Callable[[str, str], Optional[str]]  # (distribution, import name) -> version or None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A requirement that is not met: the package is missing (``installed`` None) or its installed
+    version is outside the requirement."""
+
+    import_name: str
+    requirement: str  # pip requirement, e.g. "monai>=1.3,<2"
+    installed: Optional[str] = None
+
+    @property
+    def is_torch(self) -> bool:
+        return self.import_name == "torch"
+
+    @property
+    def missing(self) -> bool:
+        return self.installed is None
+
+    def describe(self) -> str:
+        if self.installed is None:
+            return f"{self.requirement} (not installed)"
+        return f"{self.requirement} (installed: {self.installed})"
+
 
 def is_importable(name: str) -> bool:
     try:
@@ -32,11 +78,118 @@ def is_importable(name: str) -> bool:
         return False
 
 
-def missing_requirements(importable: Optional[Callable[[str], bool]] = None) -> List[str]:
-    """Pip requirements of the packages that cannot be imported (PyTorch not included)."""
+def split_requirement(requirement: str) -> Tuple[str, str]:
+    """``("monai", ">=1.3,<2")`` for ``"monai>=1.3,<2"``."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$", requirement)
+    if match is None:
+        raise ValueError(f"not a requirement: {requirement!r}")
+    return match.group(1), match.group(2).replace(" ", "")
+
+
+def installed_version(distribution: str, import_name: Optional[str] = None) -> Optional[str]:
+    """The installed version of ``distribution`` from its metadata, else the ``__version__`` of an
+    already imported module; None when unknown. Never imports the package."""
+    try:
+        from importlib import metadata
+
+        return metadata.version(distribution)
+    except Exception:  # PackageNotFoundError, or unreadable metadata
+        pass
+    module = sys.modules.get(import_name or distribution)
+    version = getattr(module, "__version__", None)
+    return str(version) if version else None
+
+
+def version_satisfies(version: str, specifier: str) -> bool:
+    """True when ``version`` is inside ``specifier`` (e.g. ``">=1.3,<2"``); an unparsable version
+    or specifier counts as satisfied."""
+    if not specifier:
+        return True
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return simple_version_satisfies(version, specifier)
+    try:
+        return SpecifierSet(specifier).contains(Version(version), prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return simple_version_satisfies(version, specifier)
+
+
+def _release(version: str) -> Optional[Tuple[int, ...]]:
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    return None if match is None else tuple(int(part) for part in match.group(1).split("."))
+
+
+def simple_version_satisfies(version: str, specifier: str) -> bool:
+    """:func:`version_satisfies` without ``packaging``: compares release numbers (``2.13.0+cpu`` is
+    2.13.0; pre-release and local parts are ignored) for ``>=, >, <=, <, ==, !=, ~=`` and ``==X.*``."""
+    installed = _release(version)
+    if installed is None:
+        return True
+    for clause in filter(None, specifier.split(",")):
+        match = re.match(r"(~=|==|!=|<=|>=|<|>)\s*(.+)$", clause.strip())
+        if match is None:
+            continue
+        operator, text = match.groups()
+        wildcard = text.endswith(".*")
+        wanted = _release(text[:-2] if wildcard else text)
+        if wanted is None:
+            continue
+        width = max(len(installed), len(wanted))
+        have = installed + (0,) * (width - len(installed))
+        want = wanted + (0,) * (width - len(wanted))
+        if wildcard and operator in ("==", "!="):
+            same = installed[:len(wanted)] == wanted
+            ok = same if operator == "==" else not same
+        elif operator == "~=":
+            ok = have >= want and installed[:len(wanted) - 1] == wanted[:-1]
+        else:
+            ok = {"==": have == want, "!=": have != want, "<=": have <= want, ">=": have >= want,
+                  "<": have < want, ">": have > want}[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _problem(import_name: str, requirement: str, importable: ImportableCheck,
+             version_of: VersionReader) -> Optional[Problem]:
+    if not importable(import_name):
+        return Problem(import_name, requirement)
+    distribution, specifier = split_requirement(requirement)
+    version = version_of(distribution, import_name)
+    if version is None or version_satisfies(version, specifier):
+        return None
+    return Problem(import_name, requirement, version)
+
+
+def requirement_problems(action: str = SEGMENT, importable: Optional[ImportableCheck] = None,
+                         version_of: Optional[VersionReader] = None) -> List[Problem]:
+    """What ``action`` ("segment", "measure", "export") needs that is missing or of a version
+    outside the requirement; PyTorch first."""
+    if action not in ACTION_IMPORTS:
+        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTION_IMPORTS)}")
+    wanted = ACTION_IMPORTS[action]
     check = importable or is_importable
-    return [requirement for name, requirement in REQUIREMENTS if not check(name)]
+    read = version_of or installed_version
+    problems = []
+    for import_name, requirement in (("torch", TORCH_REQUIREMENT),) + REQUIREMENTS:
+        if wanted is not None and import_name not in wanted:
+            continue
+        problem = _problem(import_name, requirement, check, read)
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
-def torch_missing(importable: Optional[Callable[[str], bool]] = None) -> bool:
-    return not (importable or is_importable)("torch")
+def missing_requirements(importable: Optional[ImportableCheck] = None,
+                         version_of: Optional[VersionReader] = None) -> List[str]:
+    """Pip requirements of the packages (PyTorch not included) that are missing or whose installed
+    version is outside the requirement."""
+    return [p.requirement for p in requirement_problems(SEGMENT, importable, version_of) if not p.is_torch]
+
+
+def torch_missing(importable: Optional[ImportableCheck] = None, version_of: Optional[VersionReader] = None) -> bool:
+    """True when PyTorch is missing or its version is outside ``TORCH_REQUIREMENT``."""
+    return _problem("torch", TORCH_REQUIREMENT, importable or is_importable,
+                    version_of or installed_version) is not None
