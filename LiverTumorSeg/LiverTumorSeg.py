@@ -862,17 +862,28 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
     """The whole workflow on a real CT inside Slicer (needs the dependencies and the models).
 
     Set the environment variable ``LIVERTUMORSEG_TEST_CT`` to a CT file to use it instead of the
-    SampleData CT.
+    SampleData CT. Without the dependencies, or without a CT (no network for SampleData and no
+    ``LIVERTUMORSEG_TEST_CT``), the workflow test is skipped and says why.
     """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        self.test_ModuleLoads()
-        self.setUp()
-        self.test_SegmentRecomputeExport()
+        """Run every test (Reload and Test, Test). A skipped test says why and the run goes on:
+        Slicer's Reload and Test reports any exception, unittest.SkipTest too, as a failure."""
+        import unittest
+
+        self.skipped = []
+        for test in (self.test_ModuleLoads, self.test_SegmentRecomputeExport):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as skip:
+                message = f"LiverTumorSeg self-test: {test.__name__} skipped: {skip}"
+                self.skipped.append((test.__name__, str(skip)))
+                logging.warning(message)
+                self.delayDisplay(message)
 
     def test_ModuleLoads(self) -> None:
         self.delayDisplay("Checking the module and its resources")
@@ -887,8 +898,11 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         path = os.environ.get("LIVERTUMORSEG_TEST_CT")
         if path:
             return slicer.util.loadVolume(path)
-        import SampleData
-
+        try:
+            import SampleData
+        except ImportError:
+            self.skipTest("no test CT: the SampleData module is not available; set LIVERTUMORSEG_TEST_CT "
+                          "to a CT file")
         for name in ("CTLiver", "CTACardio", "CTChest"):
             try:
                 volume = SampleData.downloadSample(name)
@@ -897,7 +911,8 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
                 continue
             if volume is not None:
                 return volume
-        raise RuntimeError("no test CT: set LIVERTUMORSEG_TEST_CT to a CT file")
+        self.skipTest("no test CT: SampleData could not download one (offline?); set LIVERTUMORSEG_TEST_CT "
+                      "to a CT file")
 
     def test_SegmentRecomputeExport(self) -> None:
         logic = LiverTumorSegLogic()
