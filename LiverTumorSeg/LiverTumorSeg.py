@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import qt
 import slicer
@@ -23,7 +23,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from LiverTumorSegModuleLib import dependencies, mrml, parameters, process
-from LiverTumorSegModuleLib.presentation import RESULT_HEADERS, card_summary_html, results_display_rows
+from LiverTumorSegModuleLib.presentation import (MODELS_LISTED, MODELS_LISTING, MODELS_UNKNOWN, RESULT_HEADERS,
+                                                  card_summary_html, missing_model_message, model_combo_items,
+                                                  results_display_rows)
 from LiverTumorSegModuleLib.process import CANCELLED, FAILED, SUCCEEDED, SegmentOptions
 from LiverTumorSegModuleLib.task import SegmentationTask
 
@@ -161,6 +163,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = False
         self._task: Optional[SegmentationTask] = None
         self._cards: Dict[str, Dict[str, Any]] = {}
+        self._modelsState = MODELS_LISTING  # until the library lists its models
         self._observedSegmentation = None
         self._editedSinceMeasured = False
         self._writingResults = False
@@ -273,8 +276,7 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
             self.ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
-            _selectComboData(self.ui.liverModelComboBox, p.liverModel)
-            _selectComboData(self.ui.tumorModelComboBox, p.tumorModel)
+            self.updateModelComboBoxes()
             _selectComboText(self.ui.deviceComboBox, p.device)
             _selectComboText(self.ui.qualityComboBox, p.quality)
             self.ui.ttaCheckBox.checked = p.tta
@@ -351,21 +353,49 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._modelListingQuiet:
                 slicer.util.warningDisplay(f"Could not list the models:\n{listing.error}\n\nInstall the "
                                            "dependencies (button 'Install dependencies') and try again.")
-        self.setModelCards(listing.cards or [])
+            self.setModelCards(None)
+        else:
+            self.setModelCards(listing.cards or [])
 
-    def setModelCards(self, cards: List[Dict[str, Any]]) -> None:
-        self._cards = {card.get("name", ""): card for card in cards}
-        self._updatingGUI = True
-        try:
-            for comboBox, task in ((self.ui.liverModelComboBox, "liver"), (self.ui.tumorModelComboBox, "tumor")):
-                comboBox.clear()
-                comboBox.addItem(f"default ({parameters.DEFAULT_MODELS[task]})", "")
-                for card in cards:
-                    if card.get("task") == task:
-                        comboBox.addItem(card["name"], card["name"])
-        finally:
-            self._updatingGUI = False
+    def setModelCards(self, cards: Optional[List[Dict[str, Any]]]) -> None:
+        """The library's model cards (None: listing failed; a list listed earlier is kept)."""
+        if cards is not None:
+            self._cards = {card.get("name", ""): card for card in cards}
+            self._modelsState = MODELS_LISTED
+        elif self._modelsState != MODELS_LISTED:
+            self._modelsState = MODELS_UNKNOWN
         self.updateGUIFromParameterNode()
+        for task, name in self.missingModelChoices():
+            self.appendLog("warning", missing_model_message(task, name))
+
+    def updateModelComboBoxes(self) -> None:
+        """Show the listed models and the chosen ones (also while the list loads, and when a chosen
+        model is not installed); called with ``_updatingGUI`` set, so nothing is written back."""
+        p = self._parameterNode
+        for comboBox, task, chosen in ((self.ui.liverModelComboBox, "liver", p.liverModel),
+                                       (self.ui.tumorModelComboBox, "tumor", p.tumorModel)):
+            items, index = model_combo_items(task, self._cards.values(), self._modelsState, chosen,
+                                             parameters.DEFAULT_MODELS[task])
+            shown = [(comboBox.itemText(i), comboBox.itemData(i)) for i in range(comboBox.count)]
+            if shown != [(item.text, item.name) for item in items]:
+                comboBox.clear()
+                for i, item in enumerate(items):
+                    comboBox.addItem(item.text, item.name)
+                    comboBox.setItemData(i, item.tooltip, qt.Qt.ToolTipRole)
+            comboBox.setCurrentIndex(index)
+            comboBox.toolTip = items[index].tooltip
+
+    def missingModelChoices(self) -> List[Tuple[str, str]]:
+        """(task, name) of the chosen models that the library's model list does not have."""
+        p = self._parameterNode
+        if p is None or self._modelsState != MODELS_LISTED:
+            return []
+        missing = []
+        for task, name in (("liver", p.liverModel), ("tumor", p.tumorModel)):
+            if name and not name.endswith(".json") and not any(
+                    card.get("name") == name and card.get("task") == task for card in self._cards.values()):
+                missing.append((task, name))
+        return missing
 
     def selectedCards(self) -> List[Dict[str, Any]]:
         """The cards of the chosen liver and tumor models ("default" = the library's default model)."""
@@ -441,7 +471,12 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None or p.inputVolume is None:
             slicer.util.errorDisplay("Select an input CT volume first.")
             return
-        if not self.ensureDependencies():
+        missingModels = self.missingModelChoices()
+        if missingModels:
+            slicer.util.errorDisplay("\n\n".join(missing_model_message(task, name) for task, name in missingModels),
+                                     windowTitle="LiverTumorSeg")
+            return
+        if not self.ensureDependencies(dependencies.SEGMENT):
             return
         overwrite = False
         target = p.outputSegmentation
@@ -616,11 +651,6 @@ class LiverTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         listing = "\n".join(str(p) for p in paths.values())
         self.appendLog("info", f"Exported:\n{listing}")
         slicer.util.infoDisplay(f"Exported to {folder}:\n\n{listing}", windowTitle="LiverTumorSeg")
-
-
-def _selectComboData(comboBox, value: str) -> None:
-    index = comboBox.findData(value)
-    comboBox.setCurrentIndex(index if index >= 0 else 0)
 
 
 def _selectComboText(comboBox, value: str) -> None:

@@ -1,10 +1,12 @@
-"""Text the panel shows: the results table cells and a model card summary (pure Python)."""
+"""Text the panel shows: the results table cells, a model card summary and the model combo boxes
+(pure Python)."""
 
 from __future__ import annotations
 
 import html
 import math
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Tuple
 
 from . import mrml
 
@@ -60,3 +62,61 @@ def card_summary_html(card: Dict[str, Any]) -> str:
     if card.get("non_clinical", True):
         lines.append("<span style='color:#c62828'><b>Not for clinical use.</b></span>")
     return "<br/>".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model combo boxes
+
+MODELS_LISTING = "listing"  # the library has not answered yet
+MODELS_UNKNOWN = "unknown"  # listing failed (e.g. dependencies missing): which models exist is not known
+MODELS_LISTED = "listed"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One item of a model combo box: shown ``text``, the model ``name`` it stands for ("" = the
+    library's default model), and whether that model is known to be installed."""
+
+    text: str
+    name: str
+    tooltip: str = ""
+    installed: bool = True
+
+
+def model_combo_items(task: str, cards: Iterable[Dict[str, Any]], state: str, chosen: str,
+                      default_name: str) -> Tuple[List[ModelChoice], int]:
+    """The items of the ``task`` ("liver" or "tumor") model combo box and the index to show.
+
+    The default model, the listed models of that task, and the ``chosen`` model (saved in the
+    scene) even when it is not in the list: while the list loads it is shown as "checking", when
+    listing failed as "not verified", when the list does not have it as "not installed". So the box
+    always shows the model Segment will use, and selecting an item never replaces a saved choice
+    by one the user did not make.
+    """
+    items = [ModelChoice(f"default ({default_name})", "", "The library's default model")]
+    names = []
+    if state == MODELS_LISTED:
+        names = [str(card.get("name", "")) for card in cards if card.get("task") == task and card.get("name")]
+        items += [ModelChoice(name, name) for name in names]
+    if chosen and chosen not in names:
+        if chosen.endswith(".json"):  # a card file given through Python; the command line checks it
+            items.append(ModelChoice(f"{chosen} (card file)", chosen, "A model card file"))
+        elif state == MODELS_LISTING:
+            items.append(ModelChoice(f"{chosen} (checking...)", chosen, "Waiting for the list of installed models"))
+        elif state == MODELS_UNKNOWN:
+            items.append(ModelChoice(f"{chosen} (not verified)", chosen,
+                                     "The installed models could not be listed; the segmentation will report "
+                                     "it if this model is missing"))
+        else:
+            items.append(ModelChoice(f"{chosen} (not installed)", chosen,
+                                     f"The {task} model '{chosen}' chosen in this scene is not installed: choose "
+                                     "another model, or import it (livertumorseg models import CARD.json)",
+                                     installed=False))
+    index = next(i for i, item in enumerate(items) if item.name == chosen) if chosen else 0
+    return items, index
+
+
+def missing_model_message(task: str, name: str) -> str:
+    """Why Segment refuses a chosen model that is not installed."""
+    return (f"The {task} model '{name}' chosen in this scene is not installed. Choose another {task} model "
+            "(or 'default'), or import it first (livertumorseg models import CARD.json).")
