@@ -1099,8 +1099,10 @@ class _Builder:
                                right_z + (self._u(5, 25) * sz if side > 0 else 0.0)])
             axes = np.array([self._u(21, 27) * s, self._u(27, 34) * s, self._u(45, 58) * sz])
             rotation = _rotation(z_deg=side * self._u(25, 40), y_deg=side * self._u(5, 15))
-            fat_center = center + np.array([0.0, 0.15 * axes[1], 0.0])
-            fat_axes = axes * 1.05 + np.array([1.0, 1.0, 0.5]) * self._u(3, 8) * s
+            # for many seeds the right kidney's fat is thin: the liver lies on it (hepatorenal contact)
+            fat = 0.2 if side < 0 and self.neighbour_rng.random() < 0.6 else 1.0
+            fat_center = center + np.array([0.0, 0.15 * axes[1] * fat, 0.0])
+            fat_axes = axes * (1.0 + 0.05 * fat) + np.array([1.0, 1.0, 0.5]) * self._u(3, 8) * s * fat
             found = self._ellipsoid(fat_center, fat_axes, rotation)
             if found is not None:
                 slices, rho2, _ = found
@@ -1203,11 +1205,23 @@ class _Builder:
         organ[organ == _RESERVED] = ORGAN["visceral_fat"]  # the fat kept between stomach and liver
 
     def _gallbladder(self) -> None:
+        """In its fossa: sunk into the liver's inferior surface between the right lobe and the
+        left (the liver gives way to it), its fundus below the liver's edge."""
         s, sz = self.s, self.sz
-        center = (self.cx - self._u(0.08, 0.25) * self.A, self.cy - self._u(0.15, 0.35) * self.B,
-                  self.zd - self._u(85, 115) * sz)
+        center = np.array([self.cx - self._u(0.08, 0.25) * self.A, self.cy - self._u(0.15, 0.35) * self.B,
+                           self.zd - self._u(85, 115) * sz])
         axes = (self._u(12, 18) * s, self._u(12, 18) * s, self._u(28, 42) * sz)
         rotation = _rotation(z_deg=self._u(-30, 30), x_deg=self._u(20, 45))
+        sunk = self.neighbour_rng.uniform(0.1, 0.5)  # how much of its length lies above the liver's lower surface
+        if hasattr(self, "liver_box"):
+            box = self.liver_box
+            steps = [max(1, int(round(3.0 / sp))) for sp in self.spacing_kji]
+            index = np.argwhere(self.organ[box][::steps[0], ::steps[1], ::steps[2]] == ORGAN["liver"]) * np.asarray(steps)
+            points = np.stack([self.x[box[2]][index[:, 2]], self.y[box[1]][index[:, 1]], self.z[box[0]][index[:, 0]]],
+                              axis=1)
+            near = points[np.hypot(points[:, 0] - center[0], points[:, 1] - center[1]) < 15.0 * s]
+            if len(near):  # the liver's lowest point above where it was drawn: the fossa
+                center = near[int(np.argmin(near[:, 2]))] + np.array([0.0, 0.0, sunk * axes[2]])
         found = self._ellipsoid(center, axes, rotation)
         if found is None:
             return
@@ -1314,10 +1328,12 @@ class _Builder:
         return layers
 
     def _food(self, shape, rng: np.random.Generator, base_hu: float, bubbles: bool) -> np.ndarray:
-        """Mottled food at soft-tissue density: a smooth texture of 6-12 HU around ``base_hu`` on a
-        4-9 mm scale, and for some seeds gas bubbles in it."""
-        food = np.float32(base_hu) + np.float32(rng.uniform(6, 12)) * _SmoothField(
-            rng, shape, self.spacing_kji, rng.uniform(4, 9)).full()
+        """Mottled food at soft-tissue density: a blotchy texture around ``base_hu`` (4-14 HU on a
+        3-6 mm scale over 3-10 HU on a 10-20 mm one: from nearly as even as liver to coarse), and
+        for some seeds gas bubbles in it."""
+        food = np.float32(base_hu) + np.float32(rng.uniform(4, 14)) * _SmoothField(
+            rng, shape, self.spacing_kji, rng.uniform(3, 6)).full()
+        food += np.float32(rng.uniform(3, 10)) * _SmoothField(rng, shape, self.spacing_kji, rng.uniform(10, 20)).full()
         if bubbles:
             bubble = _SmoothField(rng, shape, self.spacing_kji, rng.uniform(3, 6)).full() > np.float32(
                 rng.uniform(2.0, 2.6))
@@ -1349,7 +1365,7 @@ class _Builder:
         fat_mm = 0.0 if touch else u(4, 15)  # fat kept between the stomach and the liver
         distension = u(0.45, 0.6) if filling == "collapsed" else u(0.85, 1.25)
         stomach = np.array([
-            (cx + u(0.3, 0.42) * A, cy + u(-0.1, 0.12) * B, zd - self.left_dome_drop - u(20, 35) * sz),  # fundus
+            (cx + u(0.3, 0.42) * A, cy + u(-0.15, 0.05) * B, zd - self.left_dome_drop - u(20, 35) * sz),  # fundus
             (cx + u(0.2, 0.32) * A, cy - u(0.15, 0.3) * B, zd - u(60, 80) * sz),  # body
             (cx + u(-0.05, 0.1) * A, cy - u(0.35, 0.5) * B, zd - u(85, 105) * sz),  # antrum
             (cx - u(0.12, 0.2) * A, cy - u(0.28, 0.4) * B, zd - u(85, 100) * sz)])  # pylorus
