@@ -180,7 +180,7 @@ def probabilities(p: np.ndarray, hu: np.ndarray, region: np.ndarray, spacing_kji
                   names: Dict[str, dict]) -> Tuple[Dict[str, np.ndarray], np.ndarray, object]:
     stats = parenchyma_statistics(hu, region, spacing_kji, prior)
     hypo = hypodensity_map(hu, region, spacing_kji, stats, prior)
-    labels, cands = hypodense_candidates(hypo, spacing_kji, hu, stats, prior)
+    labels, cands = hypodense_candidates(hypo, spacing_kji, hu, stats, prior, liver_mask=region)
     kept = labels > 0
     out = {}
     for name, v in names.items():
@@ -289,7 +289,7 @@ def candidate_table(args: argparse.Namespace) -> None:
             m = labels == c.label
             pm = p[m]
             line = {"case": path.stem, "ml": round(c.volume_ml, 2), "thick": c.thickness_mm, "map": c.mean_map,
-                    "delta": c.mean_delta_hu, "edge": c.edge_hu, "f_p05": round(float((pm >= 0.5).mean()), 3), "p_max": round(float(pm.max()), 3), "p_mean": round(float(pm.mean()), 3),
+                    "delta": c.mean_delta_hu, "f_p05": round(float((pm >= 0.5).mean()), 3), "p_max": round(float(pm.max()), 3), "p_mean": round(float(pm.mean()), 3),
                     "p_q90": round(float(np.quantile(pm, 0.9)), 3), "f_p02": round(float((pm >= 0.2).mean()), 3),
                     "depth_mean": round(float(depth[m].mean()), 1), "f_surf5": round(float((depth[m] <= 5).mean()), 2),
                     "tumour": round(float(ref[m].mean()), 3)}

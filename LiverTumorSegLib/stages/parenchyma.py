@@ -51,6 +51,7 @@ class ParenchymaPrior:
     softness: float = 0.2  # logistic width as a fraction of that threshold
     shell_mm: float = 3.0  # the surface shell where the map must continue an interior region
     candidate_threshold: float = 0.5  # map value a candidate's voxels reach
+    half_contrast: float = 0.5  # a candidate is drawn at this fraction of its own median darkness (0: off)
     min_diameter_mm: float = 10.0  # candidates smaller (equivalent diameter) are dropped
     min_thickness_mm: float = 3.0  # candidates without a ball of this radius inside are dropped (vessels, rims)
     model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
@@ -81,7 +82,6 @@ class Candidate:
     thickness_mm: float  # radius of the largest ball inside it
     mean_map: float
     mean_delta_hu: float  # parenchyma HU minus the region's mean HU (positive: darker)
-    edge_hu: float  # HU step at its border (see :func:`edge_contrast`); NaN when not measured
     kept: bool  # large and thick enough
 
 
@@ -188,7 +188,24 @@ def parenchyma_statistics(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_k
                            smoothing_mm=prior.smoothing_mm, n_voxels=int(values.size))
 
 
-# --- 2. map ---------------------------------------------------------------------------------------
+# --- 2. map ---
+
+def _threshold(stats: ParenchymaStats, prior: ParenchymaPrior) -> float:
+    return max(prior.threshold_spreads * stats.spread_hu, prior.min_delta_hu)
+
+
+def _delta(hu: np.ndarray, liver: np.ndarray, spacing_kji: Spacing, stats: ParenchymaStats,
+           prior: ParenchymaPrior) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HU by which each liver voxel's smoothed HU lies below the parenchyma, float32, 0 off the
+    liver's tissue; the liver without fat; its depth in mm)."""
+    light = _light(hu, spacing_kji)
+    not_fat = liver & (light > prior.fat_hu)
+    depth = depth_mm(not_fat, spacing_kji)
+    smooth, _ = _smoothed_tissue(hu, light, not_fat, depth, stats.vessel_hu, spacing_kji, prior)
+    delta = (stats.median_hu - smooth).astype(np.float32)
+    delta[~not_fat] = 0.0
+    return delta, not_fat, depth
+
 
 def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
                     stats: Optional[ParenchymaStats] = None,
@@ -202,12 +219,9 @@ def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Sp
     if not liver.any():
         return np.zeros(hu.shape, np.float32)
     stats = stats or parenchyma_statistics(hu, liver, spacing_kji, prior)
-    light = _light(hu, spacing_kji)
-    not_fat = liver & (light > prior.fat_hu)
-    depth = depth_mm(not_fat, spacing_kji)
-    smooth, _ = _smoothed_tissue(hu, light, not_fat, depth, stats.vessel_hu, spacing_kji, prior)
-    threshold = max(prior.threshold_spreads * stats.spread_hu, prior.min_delta_hu)
-    z = (stats.median_hu - smooth - threshold) / (prior.softness * threshold)
+    delta, not_fat, depth = _delta(hu, liver, spacing_kji, stats, prior)
+    threshold = _threshold(stats, prior)
+    z = (delta - threshold) / (prior.softness * threshold)
     hypo = (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
     hypo[~not_fat] = 0.0
     # The shell: dark from partial volume with fat; kept only where it continues an interior region.
@@ -228,30 +242,6 @@ def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Sp
 
 # --- 3. candidates ------------------------------------------------------------------------------------
 
-def edge_contrast(hu_crop: np.ndarray, candidate: np.ndarray, tissue: np.ndarray, spacing_kji: Spacing,
-                  ring_mm: float = 3.0) -> float:
-    """Mean lightly smoothed HU in a ``ring_mm`` ring just outside ``candidate`` minus that in a
-    ring just inside it, over ``tissue`` only (liver without fat, vessels and surface shell):
-    a lesion has a step there, a slow darkening of the parenchyma (beam hardening, a dependent
-    region) only a few HU. NaN where either ring is empty."""
-    margin = [int(math.ceil(ring_mm / s)) + 1 for s in spacing_kji]
-    hits = np.nonzero(candidate)
-    if hits[0].size == 0:
-        return float("nan")
-    box = tuple(slice(max(int(h.min()) - m, 0), min(int(h.max()) + 1 + m, n))
-                for h, m, n in zip(hits, margin, candidate.shape))
-    inside = candidate[box]
-    d_in = ndimage.distance_transform_edt(inside, sampling=spacing_kji)
-    d_out = ndimage.distance_transform_edt(~inside, sampling=spacing_kji)
-    t = tissue[box]
-    inner = inside & (d_in <= ring_mm) & t
-    outer = ~inside & (d_out <= ring_mm) & t
-    if not inner.any() or not outer.any():
-        return float("nan")
-    hu = hu_crop[box]
-    return float(hu[outer].mean() - hu[inner].mean())
-
-
 def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop: Optional[np.ndarray] = None,
                          stats: Optional[ParenchymaStats] = None,
                          prior: ParenchymaPrior = ParenchymaPrior(),
@@ -259,42 +249,55 @@ def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop:
     """Connected regions (6-connected) of ``hypodensity >= candidate_threshold``, enclosed holes
     filled. Returns (int32 labels, 0 = none, of the kept candidates only; every candidate with
     its measures). Kept: equivalent diameter >= ``min_diameter_mm`` and a ball of radius
-    ``min_thickness_mm`` fits inside (vessels and thin rims do not)."""
+    ``min_thickness_mm`` fits inside (vessels and thin rims do not).
+
+    Given the CT, its statistics and the liver mask, a candidate is drawn at its own half
+    contrast (voxels at least ``half_contrast`` times the median darkness of its core, the half
+    farthest from its border, below the parenchyma; never less than the map's threshold): the
+    smoothing blurs a dark lesion beyond its edge, and the map's fixed threshold would draw it
+    too large. Its mean darkness is then that of the smoothed HU."""
     hypodensity = np.asarray(hypodensity, dtype=np.float32)
     dark = ndimage.binary_fill_holes(hypodensity >= prior.candidate_threshold)
     labels, count = ndimage.label(dark)
     if count == 0:
         return labels.astype(np.int32), []
-    voxel_mm3 = float(np.prod(spacing_kji))
     index = np.arange(1, count + 1)
+    delta = None
+    if hu_crop is not None and stats is not None and liver_mask is not None:
+        hu, liver = _check(hu_crop, liver_mask, spacing_kji)
+        delta = _delta(hu, liver, spacing_kji, stats, prior)[0]
+        if prior.half_contrast > 0:
+            inner = depth_mm(dark, spacing_kji)
+            thick = np.concatenate([[np.inf], ndimage.maximum(inner, labels, index)])
+            core = np.where(inner >= 0.5 * thick[labels], labels, 0)  # its deeper half: not blurred
+            median = np.concatenate([[np.inf], ndimage.median(delta, core, index)])
+            level = np.maximum(prior.half_contrast * np.nan_to_num(median, nan=0.0), _threshold(stats, prior))
+            refined = ndimage.binary_fill_holes(dark & (delta >= level[labels]))
+            labels = np.where(refined, labels, 0)
+            dark = labels > 0
+    voxel_mm3 = float(np.prod(spacing_kji))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     thickness = ndimage.maximum(depth_mm(dark, spacing_kji), labels, index)
     mean_map = ndimage.mean(hypodensity, labels, index)
-    if hu_crop is not None and stats is not None:
+    if delta is not None:
+        mean_delta = np.asarray(ndimage.mean(delta, labels, index))
+    elif hu_crop is not None and stats is not None:
         mean_delta = stats.median_hu - np.asarray(ndimage.mean(np.asarray(hu_crop, np.float32), labels, index))
     else:
         mean_delta = np.full(count, np.nan)
-    tissue = light = None
-    if hu_crop is not None and stats is not None and liver_mask is not None:
-        hu = np.asarray(hu_crop, np.float32)
-        light = _light(hu, spacing_kji)
-        not_fat = (np.asarray(liver_mask) > 0) & (light > prior.fat_hu)
-        tissue = not_fat & (light <= stats.vessel_hu) & (depth_mm(not_fat, spacing_kji) > prior.shell_mm)
     candidates: List[Candidate] = []
     keep = np.zeros(count + 1, dtype=bool)
     for n in range(count):
+        if sizes[n] == 0:
+            continue
         diameter = (6.0 * sizes[n] * voxel_mm3 / math.pi) ** (1.0 / 3.0)
         kept = bool(diameter >= prior.min_diameter_mm and thickness[n] >= prior.min_thickness_mm)
-        edge = float("nan")
-        if kept and tissue is not None:
-            edge = edge_contrast(light, labels == n + 1, tissue & (~dark | (labels == n + 1)), spacing_kji)
         keep[n + 1] = kept
         candidates.append(Candidate(label=n + 1, n_voxels=int(sizes[n]),
                                     volume_ml=round(float(sizes[n]) * voxel_mm3 / 1000.0, 4),
                                     diameter_mm=round(float(diameter), 2), thickness_mm=round(float(thickness[n]), 2),
                                     mean_map=round(float(mean_map[n]), 4),
-                                    mean_delta_hu=round(float(mean_delta[n]), 2), edge_hu=round(edge, 2),
-                                    kept=kept))
+                                    mean_delta_hu=round(float(mean_delta[n]), 2), kept=kept))
     labels = np.where(keep[labels], labels, 0).astype(np.int32)
     return labels, candidates
 
@@ -346,5 +349,5 @@ def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, r
         return np.asarray(model_probability, dtype=np.float32)
     stats = parenchyma_statistics(hu_crop, region, spacing_kji, prior)
     hypo = hypodensity_map(hu_crop, region, spacing_kji, stats, prior)
-    labels, _ = hypodense_candidates(hypo, spacing_kji, prior=prior)
+    labels, _ = hypodense_candidates(hypo, spacing_kji, hu_crop, stats, prior, liver_mask=region)
     return combine_with_model(model_probability, hypo, labels, prior, spacing_kji)

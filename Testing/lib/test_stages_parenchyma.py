@@ -53,7 +53,7 @@ def make_liver(seed: int = 0, lesion=None, lesion_delta: float = -20.0, vessels:
 def candidates_of(hu, mask, prior=PRIOR):
     stats = parenchyma_statistics(hu, mask, SPACING, prior)
     hypo = hypodensity_map(hu, mask, SPACING, stats, prior)
-    labels, cands = hypodense_candidates(hypo, SPACING, hu, stats, prior)
+    labels, cands = hypodense_candidates(hypo, SPACING, hu, stats, prior, liver_mask=mask)
     return stats, hypo, labels, cands
 
 
@@ -117,6 +117,15 @@ def test_a_lesion_at_the_surface_is_found_including_its_shell_part():
     assert 2.0 * (found & lesion).sum() / (found.sum() + lesion.sum()) > 0.7
     shell = lesion[:, :, 6:9]  # its first 3 mm under the surface
     assert found[:, :, 6:9][shell].mean() > 0.5
+
+
+def test_a_dark_lesion_is_drawn_at_its_own_half_contrast_not_as_wide_as_the_smoothing_blurs_it():
+    lesion = _ball((28, 32, 32), 9.0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-80.0)
+    _, _, labels, _ = candidates_of(hu, mask)
+    _, _, blurred, _ = candidates_of(hu, mask, replace(PRIOR, half_contrast=0.0))
+    assert 0.8 < (labels > 0).sum() / lesion.sum() < 1.2
+    assert (blurred > 0).sum() > 1.5 * lesion.sum()  # the fixed threshold: half again too large
 
 
 def test_small_specks_are_not_candidates():
