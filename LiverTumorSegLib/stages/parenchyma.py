@@ -26,7 +26,7 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -146,16 +146,35 @@ def _light(hu: np.ndarray, spacing_kji: Spacing) -> np.ndarray:
     return ndimage.gaussian_filter(hu, _sigma_voxels(1.0, spacing_kji), mode="nearest", truncate=3.0)
 
 
-def _smoothed_tissue(hu: np.ndarray, light: np.ndarray, not_fat: np.ndarray, depth: np.ndarray, vessel_hu: float,
-                     spacing_kji: Spacing, prior: "ParenchymaPrior") -> Tuple[np.ndarray, np.ndarray]:
-    """(HU smoothed by ``prior.smoothing_mm`` over the liver's tissue only, that tissue): fat,
-    vessels and the partial-volume shell (``shell_mm`` under the surface) are left out of the
-    average, so a shell voxel takes the value of the interior next to it."""
-    tissue = not_fat & (light <= vessel_hu)
-    weights = tissue & (depth > prior.shell_mm)
-    if not weights.any():
-        weights = tissue
-    return smooth_within(hu, weights, spacing_kji, prior.smoothing_mm), tissue
+@dataclass
+class _Liver:
+    """What every step needs of one liver, computed once: the HU, the lightly smoothed HU, the
+    liver without fat and each of its voxels' depth under the surface (mm)."""
+
+    hu: np.ndarray
+    spacing: Tuple[float, float, float]
+    light: np.ndarray
+    not_fat: np.ndarray
+    depth: np.ndarray
+
+    @classmethod
+    def prepare(cls, hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
+                prior: "ParenchymaPrior") -> "_Liver":
+        hu, liver = _check(hu_crop, liver_mask, spacing_kji)
+        light = _light(hu, spacing_kji)
+        not_fat = liver & (light > prior.fat_hu)
+        spacing = tuple(float(v) for v in spacing_kji)
+        return cls(hu, spacing, light, not_fat, depth_mm(not_fat, spacing))  # type: ignore[arg-type]
+
+    def smoothed(self, vessel_hu: float, prior: "ParenchymaPrior") -> Tuple[np.ndarray, np.ndarray]:
+        """(HU smoothed by ``prior.smoothing_mm`` over the liver's tissue only, that tissue):
+        fat, vessels (above ``vessel_hu``) and the partial-volume shell (``shell_mm`` under the
+        surface) are left out of the average, so a shell voxel takes the interior's value."""
+        tissue = self.not_fat & (self.light <= vessel_hu)
+        weights = tissue & (self.depth > prior.shell_mm)
+        if not weights.any():
+            weights = tissue
+        return smooth_within(self.hu, weights, self.spacing, prior.smoothing_mm), tissue
 
 
 # --- 1. statistics ---------------------------------------------------------------------------------
@@ -168,18 +187,18 @@ def parenchyma_statistics(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_k
     max(``vessel_spreads`` spreads, ``vessel_min_hu``)); the final HU and spread are the peak of
     the map's smoothing (``smoothing_mm``, inside the liver, vessels and fat left out) over the
     interior (``erosion_mm`` deep). Raises ValueError on an empty liver."""
-    hu, liver = _check(hu_crop, liver_mask, spacing_kji)
-    if not liver.any():
+    if not np.any(liver_mask):
         raise ValueError("the liver mask is empty: there is no parenchyma to measure")
-    light = _light(hu, spacing_kji)
-    not_fat = liver & (light > prior.fat_hu)
-    depth = depth_mm(not_fat, spacing_kji)
-    interior = depth > prior.erosion_mm
+    return _statistics(_Liver.prepare(hu_crop, liver_mask, spacing_kji, prior), prior)
+
+
+def _statistics(liver: _Liver, prior: ParenchymaPrior) -> ParenchymaStats:
+    interior = liver.depth > prior.erosion_mm
     if interior.sum() < 200:  # a thin or tiny liver: use what there is
-        interior = not_fat if not_fat.any() else liver
-    center, spread = _peak(light[interior])
+        interior = liver.not_fat if liver.not_fat.any() else liver.depth >= 0
+    center, spread = _peak(liver.light[interior])
     vessel_hu = center + max(prior.vessel_spreads * spread, prior.vessel_min_hu)
-    smooth, tissue = _smoothed_tissue(hu, light, not_fat, depth, vessel_hu, spacing_kji, prior)
+    smooth, tissue = liver.smoothed(vessel_hu, prior)
     values = smooth[interior & tissue]
     if values.size == 0:
         values = smooth[interior]
@@ -188,23 +207,19 @@ def parenchyma_statistics(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_k
                            smoothing_mm=prior.smoothing_mm, n_voxels=int(values.size))
 
 
-# --- 2. map ---
+# --- 2. map ----------------------------------------------------------------------------------------
 
 def _threshold(stats: ParenchymaStats, prior: ParenchymaPrior) -> float:
     return max(prior.threshold_spreads * stats.spread_hu, prior.min_delta_hu)
 
 
-def _delta(hu: np.ndarray, liver: np.ndarray, spacing_kji: Spacing, stats: ParenchymaStats,
-           prior: ParenchymaPrior) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(HU by which each liver voxel's smoothed HU lies below the parenchyma, float32, 0 off the
-    liver's tissue; the liver without fat; its depth in mm)."""
-    light = _light(hu, spacing_kji)
-    not_fat = liver & (light > prior.fat_hu)
-    depth = depth_mm(not_fat, spacing_kji)
-    smooth, _ = _smoothed_tissue(hu, light, not_fat, depth, stats.vessel_hu, spacing_kji, prior)
+def _delta(liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior) -> np.ndarray:
+    """HU by which each liver voxel's smoothed HU lies below the parenchyma (float32; 0 off the
+    liver's tissue)."""
+    smooth, _ = liver.smoothed(stats.vessel_hu, prior)
     delta = (stats.median_hu - smooth).astype(np.float32)
-    delta[~not_fat] = 0.0
-    return delta, not_fat, depth
+    delta[~liver.not_fat] = 0.0
+    return delta
 
 
 def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
@@ -215,27 +230,31 @@ def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Sp
     spread, min_delta_hu)``. 0 outside ``liver_mask`` (pass the tumor search region) and on fat
     (< ``fat_hu``); in the ``shell_mm`` shell under the surface (and around fissure fat) only
     where a dark region (map >= 0.5) continues from the interior."""
-    hu, liver = _check(hu_crop, liver_mask, spacing_kji)
-    if not liver.any():
-        return np.zeros(hu.shape, np.float32)
-    stats = stats or parenchyma_statistics(hu, liver, spacing_kji, prior)
-    delta, not_fat, depth = _delta(hu, liver, spacing_kji, stats, prior)
+    if not np.any(liver_mask):
+        return np.zeros(np.shape(hu_crop), np.float32)
+    liver = _Liver.prepare(hu_crop, liver_mask, spacing_kji, prior)
+    stats = stats or _statistics(liver, prior)
+    return _map(_delta(liver, stats, prior), liver, stats, prior)
+
+
+def _map(delta: np.ndarray, liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior) -> np.ndarray:
     threshold = _threshold(stats, prior)
     z = (delta - threshold) / (prior.softness * threshold)
     hypo = (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
-    hypo[~not_fat] = 0.0
+    hypo[~liver.not_fat] = 0.0
     # The shell: dark from partial volume with fat; kept only where it continues an interior region.
-    shell = not_fat & (depth <= prior.shell_mm)
+    shell = liver.not_fat & (liver.depth <= prior.shell_mm)
     if shell.any():
         dark = hypo >= 0.5
         labels, count = ndimage.label(dark)
-        supported = np.zeros(count + 1, dtype=bool)
         if count:
             interior_counts = np.bincount(labels[dark & ~shell], minlength=count + 1)
-            voxel_mm3 = float(np.prod(spacing_kji))
+            voxel_mm3 = float(np.prod(liver.spacing))
             supported = interior_counts * voxel_mm3 >= (4.0 / 3.0) * math.pi * 2.5 ** 3  # a 5 mm ball
             supported[0] = False
-        keep = ndimage.binary_dilation(supported[labels], iterations=1)
+            keep = ndimage.binary_dilation(supported[labels], iterations=1)
+        else:
+            keep = np.zeros(hypo.shape, bool)
         hypo[shell & ~keep] = 0.0
     return hypo
 
@@ -247,59 +266,65 @@ def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop:
                          prior: ParenchymaPrior = ParenchymaPrior(),
                          liver_mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, List[Candidate]]:
     """Connected regions (6-connected) of ``hypodensity >= candidate_threshold``, enclosed holes
-    filled. Returns (int32 labels, 0 = none, of the kept candidates only; every candidate with
-    its measures). Kept: equivalent diameter >= ``min_diameter_mm`` and a ball of radius
-    ``min_thickness_mm`` fits inside (vessels and thin rims do not).
+    filled. Returns (int32 labels of the kept candidates, 0 = none; the candidates at least
+    ``min_diameter_mm`` large, with their measures; smaller specks are not listed). Kept:
+    equivalent diameter >= ``min_diameter_mm`` and a ball of radius ``min_thickness_mm`` fits
+    inside (vessels and thin rims do not).
 
     Given the CT, its statistics and the liver mask, a candidate is drawn at its own half
     contrast (voxels at least ``half_contrast`` times the median darkness of its core, the half
     farthest from its border, below the parenchyma; never less than the map's threshold): the
     smoothing blurs a dark lesion beyond its edge, and the map's fixed threshold would draw it
-    too large. Its mean darkness is then that of the smoothed HU."""
+    too large. Its mean darkness is then that of the smoothed HU, else of the HU."""
+    delta = None
+    if hu_crop is not None and stats is not None and liver_mask is not None and np.any(liver_mask):
+        delta = _delta(_Liver.prepare(hu_crop, liver_mask, spacing_kji, prior), stats, prior)
+    elif hu_crop is not None and stats is not None:
+        delta = (stats.median_hu - np.asarray(hu_crop, np.float32)).astype(np.float32)
+        stats = replace(stats, spread_hu=math.inf)  # no refinement on raw HU
+    return _candidates(hypodensity, delta, spacing_kji, stats, prior)
+
+
+def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], spacing_kji: Spacing,
+                stats: Optional[ParenchymaStats], prior: ParenchymaPrior) -> Tuple[np.ndarray, List[Candidate]]:
     hypodensity = np.asarray(hypodensity, dtype=np.float32)
+    spacing = tuple(float(v) for v in spacing_kji)
     dark = ndimage.binary_fill_holes(hypodensity >= prior.candidate_threshold)
     labels, count = ndimage.label(dark)
+    out = np.zeros(labels.shape, np.int32)
     if count == 0:
-        return labels.astype(np.int32), []
-    index = np.arange(1, count + 1)
-    delta = None
-    if hu_crop is not None and stats is not None and liver_mask is not None:
-        hu, liver = _check(hu_crop, liver_mask, spacing_kji)
-        delta = _delta(hu, liver, spacing_kji, stats, prior)[0]
-        if prior.half_contrast > 0:
-            inner = depth_mm(dark, spacing_kji)
-            thick = np.concatenate([[np.inf], ndimage.maximum(inner, labels, index)])
-            core = np.where(inner >= 0.5 * thick[labels], labels, 0)  # its deeper half: not blurred
-            median = np.concatenate([[np.inf], ndimage.median(delta, core, index)])
-            level = np.maximum(prior.half_contrast * np.nan_to_num(median, nan=0.0), _threshold(stats, prior))
-            refined = ndimage.binary_fill_holes(dark & (delta >= level[labels]))
-            labels = np.where(refined, labels, 0)
-            dark = labels > 0
-    voxel_mm3 = float(np.prod(spacing_kji))
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    thickness = ndimage.maximum(depth_mm(dark, spacing_kji), labels, index)
-    mean_map = ndimage.mean(hypodensity, labels, index)
-    if delta is not None:
-        mean_delta = np.asarray(ndimage.mean(delta, labels, index))
-    elif hu_crop is not None and stats is not None:
-        mean_delta = stats.median_hu - np.asarray(ndimage.mean(np.asarray(hu_crop, np.float32), labels, index))
-    else:
-        mean_delta = np.full(count, np.nan)
+        return out, []
+    voxel_mm3 = float(np.prod(spacing))
+    min_voxels = (math.pi / 6.0) * prior.min_diameter_mm ** 3 / voxel_mm3
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    refine = delta is not None and stats is not None and prior.half_contrast > 0 and math.isfinite(stats.spread_hu)
+    threshold = _threshold(stats, prior) if refine else 0.0
     candidates: List[Candidate] = []
-    keep = np.zeros(count + 1, dtype=bool)
-    for n in range(count):
-        if sizes[n] == 0:
+    for n, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None or sizes[n] < min_voxels:
             continue
-        diameter = (6.0 * sizes[n] * voxel_mm3 / math.pi) ** (1.0 / 3.0)
-        kept = bool(diameter >= prior.min_diameter_mm and thickness[n] >= prior.min_thickness_mm)
-        keep[n + 1] = kept
-        candidates.append(Candidate(label=n + 1, n_voxels=int(sizes[n]),
-                                    volume_ml=round(float(sizes[n]) * voxel_mm3 / 1000.0, 4),
-                                    diameter_mm=round(float(diameter), 2), thickness_mm=round(float(thickness[n]), 2),
-                                    mean_map=round(float(mean_map[n]), 4),
-                                    mean_delta_hu=round(float(mean_delta[n]), 2), kept=kept))
-    labels = np.where(keep[labels], labels, 0).astype(np.int32)
-    return labels, candidates
+        box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, size)) for b, size in zip(box, labels.shape))
+        region = labels[box] == n
+        inner = depth_mm(region, spacing)
+        if refine:
+            core = inner >= 0.5 * inner.max()  # its deeper half: not blurred by the smoothing
+            level = max(prior.half_contrast * float(np.median(delta[box][core])), threshold)
+            region = ndimage.binary_fill_holes(region & (delta[box] >= level))
+            inner = depth_mm(region, spacing)
+        n_voxels = int(region.sum())
+        if n_voxels == 0:
+            continue
+        diameter = (6.0 * n_voxels * voxel_mm3 / math.pi) ** (1.0 / 3.0)
+        thickness = float(inner.max())
+        kept = bool(diameter >= prior.min_diameter_mm and thickness >= prior.min_thickness_mm)
+        if kept:
+            out[box][region] = n
+        mean_delta = float(delta[box][region].mean()) if delta is not None else float("nan")
+        candidates.append(Candidate(label=n, n_voxels=n_voxels, volume_ml=round(n_voxels * voxel_mm3 / 1000.0, 4),
+                                    diameter_mm=round(diameter, 2), thickness_mm=round(thickness, 2),
+                                    mean_map=round(float(hypodensity[box][region].mean()), 4),
+                                    mean_delta_hu=round(mean_delta, 2), kept=kept))
+    return out, candidates
 
 
 # --- 4. combination ----------------------------------------------------------------------------------
@@ -347,7 +372,9 @@ def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, r
     applied inside ``region`` (the tumor search region); the probability itself when disabled."""
     if not prior.enabled or not np.any(region):
         return np.asarray(model_probability, dtype=np.float32)
-    stats = parenchyma_statistics(hu_crop, region, spacing_kji, prior)
-    hypo = hypodensity_map(hu_crop, region, spacing_kji, stats, prior)
-    labels, _ = hypodense_candidates(hypo, spacing_kji, hu_crop, stats, prior, liver_mask=region)
-    return combine_with_model(model_probability, hypo, labels, prior, spacing_kji)
+    liver = _Liver.prepare(hu_crop, region, spacing_kji, prior)
+    stats = _statistics(liver, prior)
+    delta = _delta(liver, stats, prior)
+    hypo = _map(delta, liver, stats, prior)
+    labels, _ = _candidates(hypo, delta, liver.spacing, stats, prior)
+    return combine_with_model(model_probability, hypo, labels, prior, liver.spacing)

@@ -133,8 +133,7 @@ def test_small_specks_are_not_candidates():
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-60.0, noise_hu=5.0)
     _, hypo, labels, cands = candidates_of(hu, mask)
     assert hypo[28, 32, 32] > 0.5  # dark enough ...
-    assert not labels.any()  # ... but too small
-    assert any(not c.kept for c in cands)
+    assert not labels.any() and not any(c.kept for c in cands)  # ... but too small
 
 
 def test_combine_raises_supported_candidates_only():
