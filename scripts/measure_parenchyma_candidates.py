@@ -43,7 +43,7 @@ from LiverTumorSegLib.postprocess.active_contour import refine_lesions  # noqa: 
 from LiverTumorSegLib.postprocess.cleanup import remove_small_lesions, tumor_inside_liver  # noqa: E402
 from LiverTumorSegLib.postprocess.interslice import interslice_consistency  # noqa: E402
 from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, combine_with_model,  # noqa: E402
-                                                hypodense_candidates, hypodensity_map, parenchyma_statistics)
+                                                parenchyma_candidates)
 
 # Validation CTs: (name, CT path, reference liver path or None). Held-out ts_dicom_upper_abdomen is absent on purpose.
 TUMOR_CTS = [("ts_upper_abdomen_3mm", SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
@@ -178,9 +178,8 @@ DEFAULT_VARIANTS = {
 
 def probabilities(p: np.ndarray, hu: np.ndarray, region: np.ndarray, spacing_kji, prior: ParenchymaPrior,
                   names: Dict[str, dict]) -> Tuple[Dict[str, np.ndarray], np.ndarray, object]:
-    stats = parenchyma_statistics(hu, region, spacing_kji, prior)
-    hypo = hypodensity_map(hu, region, spacing_kji, stats, prior)
-    labels, cands = hypodense_candidates(hypo, spacing_kji, hu, stats, prior, liver_mask=region)
+    """The tumor probability of each variant, computed as apply_parenchyma_prior does."""
+    hypo, labels, stats, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
     kept = labels > 0
     out = {}
     for name, v in names.items():
@@ -279,9 +278,7 @@ def candidate_table(args: argparse.Namespace) -> None:
         region, ref = d["region"] > 0, d["tumor"] > 0
         p = d["probability"].astype(np.float32)
         spacing_kji = tuple(float(s) for s in d["spacing_kji"])
-        stats = parenchyma_statistics(hu, region, spacing_kji, prior)
-        hypo = hypodensity_map(hu, region, spacing_kji, stats, prior)
-        labels, cands = hypodense_candidates(hypo, spacing_kji, hu, stats, prior, liver_mask=region)
+        _, labels, _, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
         depth = depth_mm(region, spacing_kji)
         for c in cands:
             if not c.kept:
@@ -289,7 +286,8 @@ def candidate_table(args: argparse.Namespace) -> None:
             m = labels == c.label
             pm = p[m]
             line = {"case": path.stem, "ml": round(c.volume_ml, 2), "thick": c.thickness_mm, "map": c.mean_map,
-                    "delta": c.mean_delta_hu, "f_p05": round(float((pm >= 0.5).mean()), 3), "p_max": round(float(pm.max()), 3), "p_mean": round(float(pm.mean()), 3),
+                    "delta": c.mean_delta_hu, "f_p05": round(float((pm >= 0.5).mean()), 3),
+                    "p_max": round(float(pm.max()), 3), "p_mean": round(float(pm.mean()), 3),
                     "p_q90": round(float(np.quantile(pm, 0.9)), 3), "f_p02": round(float((pm >= 0.2).mean()), 3),
                     "depth_mean": round(float(depth[m].mean()), 1), "f_surf5": round(float((depth[m] <= 5).mean()), 2),
                     "tumour": round(float(ref[m].mean()), 3)}
@@ -351,7 +349,8 @@ def main() -> int:
     parser.add_argument("--kinds", default="", help="comma-separated tumour kinds (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prior", default="", help="JSON of ParenchymaPrior fields to change")
-    parser.add_argument("--variants", default="", help="JSON {name: ParenchymaPrior fields} (default: DEFAULT_VARIANTS)")
+    parser.add_argument("--variants", default="",
+                        help="JSON {name: ParenchymaPrior fields} (default: DEFAULT_VARIANTS)")
     parser.add_argument("--only", default="", help="comma-separated substrings of case names")
     parser.add_argument("--json", default="")
     parser.add_argument("--png", type=Path, default=Path("/tmp/parenchyma_png"))

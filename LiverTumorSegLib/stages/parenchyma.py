@@ -58,6 +58,7 @@ class ParenchymaPrior:
     min_support_fraction: float = 0.0  # ... making up at least this fraction of the candidate
     reach_mm: float = math.inf  # only a candidate's voxels this close to model evidence are raised
     weight: float = 1.0  # probability' = max(probability, weight * map) inside supported candidates
+    working_mm: float = 1.5  # in-plane voxels finer than this are averaged in blocks first (0: never)
 
 
 @dataclass(frozen=True)
@@ -366,15 +367,59 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray, c
     return out
 
 
+def _block_factors(spacing_kji: Spacing, working_mm: float) -> Tuple[int, int, int]:
+    return tuple(max(1, int(working_mm // float(v))) if working_mm > 0 else 1 for v in spacing_kji)  # type: ignore
+
+
+def _block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Mean over blocks of ``factors`` voxels (the array padded at its end by edge values)."""
+    pad = [(0, (-n) % f) for n, f in zip(array.shape, factors)]
+    a = np.pad(array.astype(np.float32, copy=False), pad, mode="edge")
+    k, j, i = (n // f for n, f in zip(a.shape, factors))
+    return a.reshape(k, factors[0], j, factors[1], i, factors[2]).mean(axis=(1, 3, 5))
+
+
+def _upsample(array: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    for axis, f in enumerate(factors):
+        if f > 1:
+            array = np.repeat(array, f, axis=axis)
+    return array[: shape[0], : shape[1], : shape[2]]
+
+
+def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
+                          prior: ParenchymaPrior = ParenchymaPrior()
+                          ) -> Tuple[np.ndarray, np.ndarray, Optional[ParenchymaStats], List[Candidate]]:
+    """Steps 1-3 on ``region`` (the tumor search region), on a working grid of about
+    ``working_mm`` (in-plane voxels finer than that are averaged in blocks; the map's 2.5 mm
+    smoothing makes them redundant), returned on the crop's grid: (hypodensity map float32,
+    kept candidates' labels int32, statistics or None for an empty region, candidates)."""
+    shape = np.shape(hu_crop)
+    if not np.any(region):
+        return np.zeros(shape, np.float32), np.zeros(shape, np.int32), None, []
+    factors = _block_factors(spacing_kji, prior.working_mm)
+    hu, mask, spacing = np.asarray(hu_crop, np.float32), np.asarray(region) > 0, tuple(spacing_kji)
+    if max(factors) > 1:
+        hu, mask = _block_mean(hu, factors), _block_mean(mask, factors) >= 0.5
+        spacing = tuple(float(v) * f for v, f in zip(spacing_kji, factors))
+        if not mask.any():
+            return np.zeros(shape, np.float32), np.zeros(shape, np.int32), None, []
+    liver = _Liver.prepare(hu, mask, spacing, prior)
+    stats = _statistics(liver, prior)
+    delta = _delta(liver, stats, prior)
+    hypo = _map(delta, liver, stats, prior)
+    labels, candidates = _candidates(hypo, delta, spacing, stats, prior)
+    if max(factors) > 1:
+        inside = np.asarray(region) > 0
+        hypo = np.where(inside, _upsample(hypo, factors, shape), 0.0).astype(np.float32)
+        labels = np.where(inside, _upsample(labels, factors, shape), 0).astype(np.int32)
+    return hypo, labels, stats, candidates
+
+
 def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, region: np.ndarray,
                            spacing_kji: Spacing, prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
     """Steps 1-4 for the pipeline: the tumor probability on the crop with the parenchyma prior
     applied inside ``region`` (the tumor search region); the probability itself when disabled."""
     if not prior.enabled or not np.any(region):
         return np.asarray(model_probability, dtype=np.float32)
-    liver = _Liver.prepare(hu_crop, region, spacing_kji, prior)
-    stats = _statistics(liver, prior)
-    delta = _delta(liver, stats, prior)
-    hypo = _map(delta, liver, stats, prior)
-    labels, _ = _candidates(hypo, delta, liver.spacing, stats, prior)
-    return combine_with_model(model_probability, hypo, labels, prior, liver.spacing)
+    hypo, labels, _, _ = parenchyma_candidates(hu_crop, region, spacing_kji, prior)
+    return combine_with_model(model_probability, hypo, labels, prior, spacing_kji)

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage
 
 from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, apply_parenchyma_prior, combine_with_model,
-                                                hypodense_candidates, hypodensity_map, parenchyma_statistics)
+                                                hypodense_candidates, hypodensity_map, parenchyma_candidates,
+                                                parenchyma_statistics)
 
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (56, 64, 64)
@@ -184,3 +185,16 @@ def test_apply_is_a_no_op_when_disabled_and_completes_a_lesion_the_model_found_i
     assert (p >= 0.5).sum() < 0.2 * lesion.sum()
     unsure = np.where(lesion, 0.25, 0.0).astype(np.float32)
     assert np.array_equal(apply_parenchyma_prior(unsure, hu, mask, SPACING, PRIOR), unsure)  # no evidence: as is
+
+
+def test_fine_in_plane_voxels_are_worked_on_a_coarser_grid_and_answered_on_their_own():
+    lesion = _ball((28, 32, 32), 9.0)
+    hu, mask, _ = make_liver(lesion=lesion)
+    fine = [np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)[:, :-1, :-1] for a in (hu, mask, lesion)]
+    spacing = (1.5, 0.75, 0.75)
+    hypo, labels, stats, cands = parenchyma_candidates(fine[0], fine[1], spacing, PRIOR)
+    assert hypo.shape == labels.shape == fine[0].shape
+    assert abs(stats.median_hu - 100.0) < 3.0 and sum(c.kept for c in cands) == 1
+    found = labels > 0
+    assert 2.0 * (found & fine[2]).sum() / (found.sum() + fine[2].sum()) > 0.8
+    assert not (found & ~(fine[1] > 0)).any()
