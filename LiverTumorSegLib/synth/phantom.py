@@ -1305,6 +1305,13 @@ class _Builder:
         if not mask.any():
             return None
         shell = fat & (distance > 0) & (distance <= np.float32(margin_mm)) if margin_mm > 0 else None
+        # on the organ's own bounding box (and a voxel of what surrounds it), a fraction of the tube's
+        kept = ndimage.find_objects((mask if shell is None else mask | shell).astype(np.uint8))[0]
+        crop = tuple(slice(max(k.start - 1, 0), min(k.stop + 1, n)) for k, n in zip(kept, mask.shape))
+        slices = tuple(slice(s.start + c.start, s.start + c.stop) for s, c in zip(slices, crop))
+        mask = mask[crop]
+        shell = None if shell is None else shell[crop]
+        z, y, x = z[crop[0]], y[:, crop[1]], x[:, :, crop[2]]
         depth = ndimage.distance_transform_edt(mask, sampling=self.spacing_kji).astype(np.float32)
         return slices, mask, depth, (z, y, x), shell
 
@@ -1327,10 +1334,15 @@ class _Builder:
         layers.append(lumen & ~done)
         return layers
 
-    def _food(self, shape, rng: np.random.Generator, base_hu: float, bubbles: bool) -> np.ndarray:
-        """Mottled food at soft-tissue density: a blotchy texture around ``base_hu`` (4-14 HU on a
-        3-6 mm scale over 3-10 HU on a 10-20 mm one: from nearly as even as liver to coarse), and
-        for some seeds gas bubbles in it."""
+    def _food(self, region: np.ndarray, rng: np.random.Generator, base_hu: float, bubbles: bool) -> np.ndarray:
+        """HU of mottled food at soft-tissue density in the voxels of ``region``: a blotchy texture
+        around ``base_hu`` (4-14 HU on a 3-6 mm scale over 3-10 HU on a 10-20 mm one: from nearly
+        as even as liver to coarse), and for some seeds gas bubbles in it."""
+        found = ndimage.find_objects(region.astype(np.uint8))
+        if not found or found[0] is None:
+            return np.zeros(0, dtype=np.float32)
+        region = region[found[0]]
+        shape = region.shape
         food = np.float32(base_hu) + np.float32(rng.uniform(4, 14)) * _SmoothField(
             rng, shape, self.spacing_kji, rng.uniform(3, 6)).full()
         food += np.float32(rng.uniform(3, 10)) * _SmoothField(rng, shape, self.spacing_kji, rng.uniform(10, 20)).full()
@@ -1338,7 +1350,7 @@ class _Builder:
             bubble = _SmoothField(rng, shape, self.spacing_kji, rng.uniform(3, 6)).full() > np.float32(
                 rng.uniform(2.0, 2.6))
             food[bubble] = np.float32(self.values["gas"])
-        return food
+        return food[region]
 
     def _stomach(self, cloud: Optional[np.ndarray]) -> None:
         """The stomach: fundus under the left dome, body down and forward behind and under the
@@ -1424,7 +1436,7 @@ class _Builder:
                 value[gas] = v["gas"]
                 value[fluid] = v["fluid"]
                 if filling in ("food", "mixed"):
-                    value[rest] = self._food(mask.shape, rng, content_hu, bubbles)[rest]
+                    value[rest] = self._food(rest, rng, content_hu, bubbles)
                 elif filling == "contrast":
                     ys = np.broadcast_to(y, mask.shape)[rest]
                     if ys.size:
@@ -1464,10 +1476,9 @@ class _Builder:
         elif content == "contrast":
             value[lumen] = rng.uniform(150, 350)
         elif content == "chyme":
-            value[lumen] = self._food(mask.shape, rng, rng.uniform(20, 45), False)[lumen]
+            value[lumen] = self._food(lumen, rng, rng.uniform(20, 45), False)
         elif content == "feces":
-            feces = self._food(mask.shape, rng, rng.uniform(-30, 40), True)
-            value[lumen] = feces[lumen]
+            value[lumen] = self._food(lumen, rng, rng.uniform(-30, 40), True)
         self._paint(slices, mask, "bowel", value)
 
     def _liver_neighbours(self) -> List[str]:
