@@ -3,9 +3,15 @@
 The phantom is built on an axial grid (i = patient left, j = posterior, k = superior) from
 randomly sized and placed parts calibrated on the real CTs of ../shared/data: air, an
 elliptic body with subcutaneous fat, a muscle wall with ribs, the spine, paraspinal and psoas
-muscles, lungs above a two-domed diaphragm, aorta and IVC, kidneys, spleen, stomach with gas
-and fluid, pancreas, portal vein, bowel loops, gallbladder and the liver in the patient's right
-upper abdomen with branching portal and hepatic veins. Above the diaphragm: the heart (four
+muscles, lungs above a two-domed diaphragm, aorta and IVC, kidneys, spleen, pancreas, portal
+vein, bowel loops and the liver in the patient's right upper abdomen with branching portal and
+hepatic veins. The liver's neighbours lie against it as in patients, with nothing between, and
+are never labelled liver: the stomach (filled per seed with food at soft-tissue density, food
+under an air-fluid level, water, air, positive oral contrast, or collapsed; for most seeds
+pressed against the left lobe), the duodenum and the hepatic flexure of the colon under its
+inferior surface (the stomach, duodenum and colon are drawn first, the liver wraps around
+them), the gallbladder sunk into its fossa, the right kidney behind it. ``Phantom.properties``
+says the stomach's filling and which tissues touch the liver. Above the diaphragm: the heart (four
 chambers, myocardium, epicardial fat) resting on the diaphragm over the liver's left lobe, the
 ascending aorta, arch and its branches, pulmonary trunk and arteries, SVC and pulmonary veins,
 trachea and bronchi, oesophagus, branching pulmonary vessels in the lungs, sternum and
@@ -13,7 +19,7 @@ pectoral muscles. Then synthetic liver tumours (:mod:`.tumors`), partial-volume 
 noise. HU values follow a random contrast phase (native, arterial, portal venous, delayed).
 The field of view is an abdominal, upper-abdominal or chest CT (``view``). Everything is drawn
 from one seed; the chest comes from a second stream spawned from it, so the abdomen of a
-seed is the same with or without it.
+seed is the same with or without it, and the stomach, duodenum and colon from a third.
 """
 
 from __future__ import annotations
@@ -116,9 +122,17 @@ def make_phantom(seed: int, size_mm: Tuple[float, float, float] = (360, 300, 240
     top: the liver and the lower heart) or "thorax" (a chest CT: the dome near the bottom or
     below it, so little or no liver). ``z_offset_mm`` then moves the field of view that many mm
     further up the body (the anatomy moves down in the image); 0 keeps the view's placement.
-    A seed keeps its body, contrast phase, HU values, diaphragm, chest, kidneys, spleen and liver
-    placement in every view; the parts drawn after the liver (gallbladder, pancreas, stomach,
-    bowel, tumours) may differ, since their random draws follow how much of the liver is in view.
+    A seed keeps its body, contrast phase, HU values, diaphragm, chest, kidneys, spleen, liver
+    placement and the stomach's filling in every view; the stomach's, duodenum's and colon's
+    placement (pressed against the part of the liver in view) and the parts drawn after the liver
+    (gallbladder, pancreas, bowel, tumours) may differ, since they follow how much of the liver is
+    in view.
+
+    Properties about the liver's neighbours: ``stomach_filling`` (one of STOMACH_FILLINGS),
+    ``stomach_content_hu``, ``stomach_gas_fraction``, ``stomach_volume_ml``,
+    ``stomach_placed_against_liver`` (drawn) and ``stomach_touches_liver`` (measured: a stomach
+    voxel face to face with a liver voxel), ``duodenum_content``, ``colon_content`` and
+    ``liver_neighbours`` (the tissues face to face with the liver, e.g. to report hard negatives).
     """
     _check_arguments(size_mm, spacing, n_tumors, direction, noise_hu, view, z_offset_mm)
     rng = np.random.default_rng(seed)
