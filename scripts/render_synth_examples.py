@@ -3,6 +3,9 @@
 
 Writes, under --out (default work_tmp/synth_examples):
   phantom_<seed>_axial.png / _coronal.png   axial slices (liver green, tumours red) and a coronal cut
+  phantom_<seed>_neighbours.png             the axial slice where the stomach lies most against the liver,
+                                            plain and with outlines (liver green, stomach yellow, bowel cyan,
+                                            gallbladder magenta, kidney blue): the hard negatives
   real_<case>_tumors.png                    a real CT before/after synthetic tumour insertion
   compare_axial.png / compare_coronal.png   real CT slices (first row / panel) beside phantoms at 3 mm
 Images are shown in radiological convention: anterior up, patient left on the image's right,
@@ -24,12 +27,14 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
+from LiverTumorSegLib.synth.phantom import ORGAN, make_phantom  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LIVER_RGB = (40, 220, 60)
 TUMOR_RGB = (255, 40, 40)
+NEIGHBOUR_RGB = {"stomach": (255, 220, 0), "bowel": (0, 220, 255), "gallbladder": (255, 0, 255),
+                 "kidney": (60, 90, 255)}
 
 
 def window(hu: np.ndarray, level: float = 50.0, width: float = 400.0) -> np.ndarray:
@@ -118,6 +123,28 @@ def render_phantom(seed: int, out: Path, spacing: Sequence[float], n_tumors: int
     j = int(np.mean(np.nonzero(labels)[1])) if labels.any() else ct.shape[1] // 2
     save_png(row([coronal(ct, labels, j, sp, 1.0), coronal(ct, None, j, sp, 1.0)]),
              out / f"phantom_{seed}_coronal.png")
+    render_neighbours(ph, out / f"phantom_{seed}_neighbours.png")
+
+
+def render_neighbours(ph, path: Path) -> None:
+    """The axial slice where the stomach lies most against the liver, plain and with outlines."""
+    ct = sitk.GetArrayFromImage(to_lps(ph.ct))
+    labels = sitk.GetArrayFromImage(to_lps(ph.labels))
+    organs = sitk.GetArrayFromImage(to_lps(ph.organs))
+    sp = to_lps(ph.ct).GetSpacing()
+    stomach = organs == ORGAN["stomach"]
+    contact = (ndimage.binary_dilation(labels > 0) & stomach).sum(axis=(1, 2))
+    k = int(np.argmax(contact)) if contact.any() else int(np.argmax(stomach.sum(axis=(1, 2))))
+    outlined = overlay(window(ct[k]), labels[k])
+    for name, color in NEIGHBOUR_RGB.items():
+        mask = organs[k] == ORGAN[name]
+        outlined[mask & ~ndimage.binary_erosion(mask)] = color
+    size = (ct.shape[1] * sp[1], ct.shape[2] * sp[0])
+    save_png(row([axial(ct, None, k, sp, 1.0), resize(outlined, *size)]), path)
+    p = ph.properties
+    print(f"  stomach {p['stomach_filling']} ({p['stomach_content_hu']} HU, {p['stomach_volume_ml']} mL), touches "
+          f"the liver: {p['stomach_touches_liver']}; duodenum {p['duodenum_content']}, colon {p['colon_content']}; "
+          f"face to face with the liver: {', '.join(p['liver_neighbours'])}")
 
 
 def read_dicom(folder: Path) -> sitk.Image:
