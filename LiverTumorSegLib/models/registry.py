@@ -8,6 +8,10 @@ Search order: directories in ``$LIVERTUMORSEG_MODELS`` (os.pathsep-separated), t
 The cache holds one folder per model, ``<cache>/<name>/<name>.json`` with its weights file beside
 it, so that models whose weights files share a name (``model.safetensors``) never overwrite each
 other; cards of the older flat layout (``<cache>/<card>.json``) are still read.
+
+Finding and listing cards reads JSON only and never imports PyTorch (``weights``, which does, is
+imported by the methods that hash or check weights files), so the Slicer module lists the
+models in its own process.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ..errors import LiverTumorSegError
 from .card import EnsembleCard, ModelCard, read_card
-from .weights import check_weights_fit, sha256_of
 
 DEFAULT_LIVER_MODEL = "liver-demo"
 DEFAULT_TUMOR_MODEL = "tumor-demo-ensemble"
@@ -89,6 +92,11 @@ class ModelRegistry:
                 found.setdefault(card.name, card)
         return found
 
+    def list_cards(self) -> List[Dict[str, Any]]:
+        """Every card found, as JSON-ready dictionaries with their ``location`` (the card file):
+        what ``models list --json`` prints and the Slicer module shows."""
+        return [dict(card.to_dict(), location=card.card_path) for card in self.cards().values()]
+
     def broken_cards(self) -> Dict[str, str]:
         """Card-like JSON files that fail to parse, with the reason (for 'models verify')."""
         broken: Dict[str, str] = {}
@@ -134,6 +142,8 @@ class ModelRegistry:
     def with_weights(self, card: ModelCard, on_progress: Optional[Callable[[float], None]] = None) -> ModelCard:
         """``card`` with its weights on disk: beside the card, already downloaded into the cache, or
         downloaded now from the card's URL (sha256 checked)."""
+        from .weights import sha256_of
+
         if card.weights_path.is_file():
             return card
         for cached in self._cached_copies(card):
@@ -157,6 +167,8 @@ class ModelRegistry:
 
     def verify(self, card: ModelCard) -> Optional[str]:
         """None when the weights file exists and matches the card's sha256, else the problem."""
+        from .weights import sha256_of
+
         path = card.weights_path
         if not path.is_file() and card.weights_url:
             path = next((c.weights_path for c in self._cached_copies(card) if c.weights_path.is_file()),
@@ -175,6 +187,8 @@ class ModelRegistry:
         """Copy a card and its weights file into their own folder of the user cache, after checking
         the sha256 and that the weights are a safetensors file holding the card's network; a refused
         import leaves the cache as it was."""
+        from .weights import check_weights_fit
+
         card = read_card(Path(card_file))
         cache = Path(destination or self._cache())
         registry = replace(self, cache_dir=cache)

@@ -582,3 +582,28 @@ def test_embedded_models_dir_source_tree_then_wheel_install(tmp_path, monkeypatc
     installed.mkdir(parents=True)
     monkeypatch.setattr(registry.sys, "prefix", str(tmp_path))
     assert registry.embedded_models_dir() == installed
+
+
+def test_listing_cards_never_imports_torch(tmp_path, tiny_models):
+    """The Slicer module lists the models in its own process, where PyTorch may not be installed."""
+    import subprocess
+    import sys
+
+    script = ("import json, sys\n"
+              "from LiverTumorSegLib.models.registry import ModelRegistry\n"
+              "cards = ModelRegistry.default().list_cards()\n"
+              "print(json.dumps({'torch': sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', "
+              "'safetensors')), 'names': sorted(c['name'] for c in cards)}))\n")
+    env = dict(os.environ, LIVERTUMORSEG_MODELS=str(tiny_models.directory), LIVERTUMORSEG_CACHE=str(tmp_path / "cache"))
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert answer["torch"] == []
+    assert {tiny_models.liver, tiny_models.tumor, *tiny_models.members} <= set(answer["names"])
+
+
+def test_list_cards_gives_each_card_with_its_location(tiny_registry, tiny_models):
+    listed = {card["name"]: card for card in tiny_registry.list_cards()}
+    assert set(listed) == set(tiny_registry.cards())
+    for name, card in tiny_registry.cards().items():
+        assert listed[name] == dict(card.to_dict(), location=card.card_path)
