@@ -302,11 +302,11 @@ def test_a_thorax_view_has_the_heart_and_much_less_liver_than_an_abdomen_view(ph
 
 
 def test_the_same_seed_is_the_same_patient_in_every_view(phantoms, upper_abdomens):
-    """The view only moves the field of view: the body and the contrast phase stay."""
+    """The view only moves the field of view: the body, the contrast phase and what fills the stomach stay."""
     for seed in HEART_SEEDS:
         thorax = small(seed, view="thorax", n_tumors=0)
         for other in (phantoms[seed], upper_abdomens[seed]):
-            for key in ("phase", "body_semi_axes_mm", "liver_hu", "values_hu"):
+            for key in ("phase", "body_semi_axes_mm", "liver_hu", "values_hu", "stomach_filling"):
                 assert thorax.properties[key] == other.properties[key]
         assert thorax.properties["dome_z_mm"] < upper_abdomens[seed].properties["dome_z_mm"]
 
