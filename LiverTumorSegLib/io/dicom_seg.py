@@ -1,14 +1,17 @@
 """DICOM Segmentation objects (DICOM SEG): write a labelmap as one, read one onto any image grid.
 
-Writing uses highdicom (the optional ``dicom`` extra): a BINARY segmentation whose frames lie on
-the source CT series' slices, with the segments' names and SNOMED CT codes of
+Both use highdicom (the optional ``dicom`` extra).
+
+Writing: a BINARY segmentation whose frames lie on the source CT series' slices (given as its
+folder or as its files), with the segments' names, colors and SNOMED CT codes of
 ``io/terminology.py``, references to the series' SOP instances, and the algorithm stated
 (AUTOMATIC, "LiverTumorSeg", the library's version, non-clinical).
 
-Reading uses pydicom only, so that SEGs from any writer (dcmqi, 3D Slicer, highdicom, TCIA
-collections) load: each segment's frames are stacked on the SEG's own plane grid and mapped onto
-the reference image by physical position (nearest neighbour), so a SEG that covers only part
-of a series, or that lies on another grid of the same frame of reference, lands where it belongs.
+Reading: highdicom stacks the frames of a SEG from any writer (dcmqi, 3D Slicer, highdicom, TCIA
+collections; binary, fractional or label-map) into a volume on the SEG's own grid, which is
+mapped onto the reference image by physical position (nearest neighbour), so a SEG that covers
+only part of a series, or that lies on another grid of the same frame of reference, lands where
+it belongs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +41,8 @@ ALGORITHM_NAME = "LiverTumorSeg"
 SERIES_DESCRIPTION = "LiverTumorSeg liver+tumor (non-clinical)"
 CONTENT_DESCRIPTION = "Automatic liver/tumor segmentation, not for clinical use"
 SEG_SERIES_NUMBER = 9001
+# The CT series a SEG is drawn on: its folder, or its files (e.g. from Slicer's DICOM database).
+DicomSource = Union[Path, str, Sequence[Union[Path, str]]]
 TYPE2_ATTRIBUTES_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                            "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 
@@ -60,7 +65,7 @@ def require_highdicom():
     try:
         import highdicom
     except ImportError:
-        raise LiverTumorSegError("writing DICOM SEG needs highdicom; install it with 'pip install highdicom' "
+        raise LiverTumorSegError("DICOM SEG needs highdicom; install it with 'pip install highdicom' "
                                  "(or the package's 'dicom' extra)") from None
     return highdicom
 
@@ -84,17 +89,6 @@ def referenced_series_uids(seg: Any) -> List[str]:
     return uids
 
 
-def _rgb_to_dicom_lab(rgb: Tuple[float, float, float]) -> List[int]:
-    """sRGB (0..1) -> DICOM-scaled CIELab (D65 white), as RecommendedDisplayCIELabValue wants."""
-    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
-    matrix = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
-    xyz = matrix @ np.asarray(linear) / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
-    scaled = (lab[0] * 65535 / 100, (lab[1] + 128) * 65535 / 255, (lab[2] + 128) * 65535 / 255)
-    return [int(round(min(max(v, 0), 65535))) for v in scaled]
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
@@ -104,15 +98,31 @@ class _SourceSeries:
     """The source CT slices, one per labelmap slice k, in k order (headers only)."""
 
     datasets: List[Any]
-    folder: Path
+    where: str  # the folder or "the N given DICOM files", for messages
 
 
-def _read_headers(folder: Path) -> List[Tuple[Path, Any]]:
+def _source_files(source: DicomSource) -> Tuple[List[Path], str]:
+    """The candidate files of a DICOM source (a folder's files, or the files given) and how to name
+    it in a message; an error when the folder or a file does not exist."""
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise LiverTumorSegError(f"DICOM source folder {folder} does not exist; give the folder of the CT "
+                                     "series the segmentation was computed on")
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), str(folder)
+    files = [Path(f) for f in source]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise LiverTumorSegError(f"{len(missing)} of the {len(files)} DICOM files of the CT series do not exist "
+                                 f"(first: {missing[0]}); give the files of the series the segmentation was "
+                                 "computed on")
+    return files, f"the {len(files)} given DICOM files"
+
+
+def _read_headers(files: Sequence[Path]) -> List[Tuple[Path, Any]]:
     pydicom = _require_pydicom()
     headers = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+    for path in files:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception:  # not DICOM (a README, a thumbnail, DICOMDIR junk): not part of a series
@@ -122,7 +132,7 @@ def _read_headers(folder: Path) -> List[Tuple[Path, Any]]:
     return headers
 
 
-def _fill_missing_uids(datasets: List[Any], folder: Path) -> None:
+def _fill_missing_uids(datasets: List[Any], where: str) -> None:
     """Anonymised exports sometimes blank the instance, series or study UIDs; a SEG must name them.
     Instance UIDs come back from the file meta; blank series/study/frame-of-reference UIDs get a
     UID derived from the slices' instance UIDs (the same on every export). The SEG then references
@@ -139,7 +149,7 @@ def _fill_missing_uids(datasets: List[Any], folder: Path) -> None:
         if not str(ds.get("SOPClassUID", "")).strip() and meta is not None:
             ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
         if not str(ds.get("SOPInstanceUID", "")).strip():
-            raise LiverTumorSegError(f"a DICOM file in {folder} has no SOP Instance UID; a DICOM SEG cannot "
+            raise LiverTumorSegError(f"a DICOM file in {where} has no SOP Instance UID; a DICOM SEG cannot "
                                      "reference it. Export the series again with its UIDs")
         for keyword in TYPE2_ATTRIBUTES_COPIED:  # required (may be empty) in the SEG, copied from here
             if keyword not in ds:
@@ -153,20 +163,18 @@ def _fill_missing_uids(datasets: List[Any], folder: Path) -> None:
             for ds in datasets:
                 setattr(ds, keyword, derived)
     if missing:
-        log.warning("the DICOM series in %s has no %s in its slices (anonymised?), so the DICOM SEG references "
+        log.warning("the DICOM series of %s has no %s in its slices (anonymised?), so the DICOM SEG references "
                     "UIDs that the slices themselves do not carry (%s): a PACS or DICOM viewer cannot link the SEG "
                     "to this series. Use the SEG only with these files, or export the series again with its UIDs "
-                    "and segment that", folder, ", ".join(missing), "; ".join(f"{k}: {v}" for k, v in missing.items()))
+                    "and segment that", where, ", ".join(missing), "; ".join(f"{k}: {v}" for k, v in missing.items()))
 
 
-def _match_series(labelmap: sitk.Image, folder: Path) -> _SourceSeries:
-    """The series in ``folder`` whose slices are the labelmap's k slices (same plane grid)."""
-    if not Path(folder).is_dir():
-        raise LiverTumorSegError(f"DICOM source folder {folder} does not exist; give the folder of the CT "
-                                 "series the segmentation was computed on")
-    headers = _read_headers(Path(folder))
+def _match_series(labelmap: sitk.Image, source: DicomSource) -> _SourceSeries:
+    """The series in ``source`` whose slices are the labelmap's k slices (same plane grid)."""
+    files, where = _source_files(source)
+    headers = _read_headers(files)
     if not headers:
-        raise LiverTumorSegError(f"no DICOM image slices found in {folder}; give the folder of the CT series "
+        raise LiverTumorSegError(f"no DICOM image slices found in {where}; give the folder of the CT series "
                                  "the segmentation was computed on")
     geometry = Geometry.of(labelmap)
     d = geometry.direction_matrix
@@ -191,11 +199,11 @@ def _match_series(labelmap: sitk.Image, folder: Path) -> _SourceSeries:
                     and 0 <= k < len(slices) and slices[k] is None:
                 slices[k] = ds
         if all(s is not None for s in slices):
-            _fill_missing_uids(slices, Path(folder))  # type: ignore[arg-type]
-            return _SourceSeries(datasets=slices, folder=Path(folder))  # type: ignore[arg-type]
+            _fill_missing_uids(slices, where)  # type: ignore[arg-type]
+            return _SourceSeries(datasets=slices, where=where)  # type: ignore[arg-type]
     raise LiverTumorSegError(f"the segmentation's grid ({geometry.size[0]}x{geometry.size[1]}x{geometry.size[2]} voxels, "
                              f"origin {tuple(round(o, 2) for o in geometry.origin)}) does not match any DICOM series "
-                             f"in {folder}; a DICOM SEG must lie on the slices of the series it was computed on")
+                             f"in {where}; a DICOM SEG must lie on the slices of the series it was computed on")
 
 
 def _segment_description(hd: Any, number: int, segment: SegmentTerminology) -> Any:
@@ -214,8 +222,8 @@ def _segment_description(hd: Any, number: int, segment: SegmentTerminology) -> A
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence, version=__version__),
         anatomic_regions=[concept(segment.anatomic_region)] if any(segment.anatomic_region) else None,
+        display_color=hd.color.CIELabColor.from_rgb(*(255.0 * c for c in segment.color_rgb)),
     )
-    description.RecommendedDisplayCIELabValue = _rgb_to_dicom_lab(segment.color_rgb)
     return description
 
 
@@ -243,9 +251,10 @@ def _segmentation(hd: Any, source: _SourceSeries, pixel_array: np.ndarray,
 
 
 def write_dicom_seg_masks(masks: Sequence[sitk.Image], segments: Sequence[SegmentTerminology],
-                          source_dicom_folder: Path, path: Path) -> None:
+                          source: DicomSource, path: Path) -> None:
     """Write one DICOM SEG segment per mask (0/1, may overlap), named and coded by ``segments``;
-    the masks lie on the grid of a CT series in ``source_dicom_folder``, which the SEG references."""
+    the masks lie on the grid of a CT series in ``source`` (its folder, or its files), which the SEG
+    references."""
     if not masks or len(masks) != len(segments):
         raise ValueError("give one SegmentTerminology per mask, and at least one mask")
     hd = require_highdicom()
@@ -260,12 +269,12 @@ def write_dicom_seg_masks(masks: Sequence[sitk.Image], segments: Sequence[Segmen
     path = Path(path)
     if not path.parent.is_dir():
         raise LiverTumorSegError(f"cannot write {path}: folder {path.parent} does not exist")
-    source = _match_series(masks[0], Path(source_dicom_folder))
+    series = _match_series(masks[0], source)
     pixel_array = np.stack(arrays, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
     with warnings.catch_warnings():
         # Collections such as TCIA's store patient names like "HCC_001"; they are copied as they are.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        seg = _segmentation(hd, source, pixel_array, segments)
+        seg = _segmentation(hd, series, pixel_array, segments)
     staged = path.with_name(f".{path.name}.partial")
     try:
         seg.save_as(str(staged))
@@ -276,10 +285,10 @@ def write_dicom_seg_masks(masks: Sequence[sitk.Image], segments: Sequence[Segmen
         staged.unlink(missing_ok=True)
 
 
-def write_dicom_seg(labelmap: sitk.Image, source_dicom_folder: Path, path: Path,
+def write_dicom_seg(labelmap: sitk.Image, source: DicomSource, path: Path,
                     segments: Sequence[SegmentTerminology] = SEGMENTS) -> None:
-    """Write ``labelmap`` (0 background, 1 liver, 2 tumor, on the grid of the CT series in
-    ``source_dicom_folder``) as a DICOM SEG with the segments "Liver" and "Liver tumor"
+    """Write ``labelmap`` (0 background, 1 liver, 2 tumor, on the grid of the CT series ``source``:
+    its folder, or the list of its files) as a DICOM SEG with the segments "Liver" and "Liver tumor"
     (each segment holds the voxels of its own label, as the .seg.nrrd output does)."""
     array = np.asarray(sitk.GetArrayViewFromImage(labelmap))
     known = [0] + [s.label for s in segments]
@@ -292,7 +301,7 @@ def write_dicom_seg(labelmap: sitk.Image, source_dicom_folder: Path, path: Path,
     for segment in segments:
         mask = sitk.GetImageFromArray((array == segment.label).astype(np.uint8))
         masks.append(geometry.apply_to(mask))
-    write_dicom_seg_masks(masks, segments, source_dicom_folder, path)
+    write_dicom_seg_masks(masks, segments, source, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,158 +324,60 @@ def _read_seg_dataset(path: Path) -> Any:
     return ds
 
 
-def _frame_attribute(frame: Any, shared: Any, sequence: str, keyword: str) -> Any:
-    for group in (frame, shared):
-        if group is not None and sequence in group and len(group[sequence].value) and keyword in group[sequence][0]:
-            return group[sequence][0][keyword].value
-    return None
-
-
-def _frame_pixels(ds: Any, path: Path) -> np.ndarray:
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
-        raise LiverTumorSegError(f"the pixel data of DICOM SEG {path} cannot be decoded ({str(exc)[:160]}); "
-                                 "install the decoder it names, or export the SEG uncompressed") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    return np.asarray(pixels).reshape(frames, int(ds.Rows), int(ds.Columns))
-
-
-@dataclass
-class _PlaneGrid:
-    row_direction: np.ndarray  # direction of increasing column index
-    column_direction: np.ndarray
-    normal: np.ndarray
-    pixel_spacing: Tuple[float, float]  # (between rows, between columns)
-    positions: np.ndarray  # (frames, 3) LPS of each frame's first pixel
-
-
-def _plane_grid(ds: Any, path: Path) -> _PlaneGrid:
+def _slice_gap_factor(ds: Any, spacing: np.ndarray, normal: np.ndarray, reference: Geometry) -> int:
+    """How many reference slices lie in one step of the SEG's stacked volume: a SEG that states no
+    Spacing Between Slices and omits empty slices is stacked at the step between its slabs; when
+    that step is a whole multiple of the reference's slice spacing along the same axis and thicker
+    than the slices themselves, its slices are that many reference slices apart (else 1)."""
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-    frames = list(ds.get("PerFrameFunctionalGroupsSequence", []))
-    if not frames:
-        raise LiverTumorSegError(f"DICOM SEG {path} has no Per-frame Functional Groups; it is not a valid SEG")
-    orientations, spacings, positions = set(), set(), []
-    first_orientation = first_spacing = None
-    for frame in frames:
-        iop = _frame_attribute(frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = _frame_attribute(frame, shared, "PixelMeasuresSequence", "PixelSpacing")
-        ipp = _frame_attribute(frame, shared, "PlanePositionSequence", "ImagePositionPatient")
-        if iop is None or spacing is None or ipp is None:
-            raise LiverTumorSegError(f"DICOM SEG {path} lacks plane orientation, pixel spacing or plane position "
-                                     "for its frames; it cannot be placed in the patient's space")
-        orientations.add(tuple(round(float(v), 4) for v in iop))
-        spacings.add(tuple(round(float(v), 5) for v in spacing))
-        if first_orientation is None:
-            first_orientation, first_spacing = iop, spacing
-        positions.append([float(v) for v in ipp])
-    if len(orientations) != 1 or len(spacings) != 1:
-        raise LiverTumorSegError(f"the frames of DICOM SEG {path} have {len(orientations)} orientations and "
-                                 f"{len(spacings)} pixel spacings; only SEGs whose frames are parallel slices "
-                                 "of one grid can be read")
-    iop = np.asarray([float(v) for v in first_orientation], dtype=np.float64)
-    row = iop[:3] / np.linalg.norm(iop[:3])
-    column = iop[3:] - row * float(row @ iop[3:])  # exactly orthogonal to the row direction
-    column /= np.linalg.norm(column)
-    normal = np.cross(row, column)
-    spacing = [float(v) for v in first_spacing]
-    return _PlaneGrid(row, column, normal, (float(spacing[0]), float(spacing[1])), np.asarray(positions))
-
-
-def _slice_spacing(ds: Any, grid: _PlaneGrid, reference: Geometry) -> float:
-    """Distance between the SEG's slices: its Spacing Between Slices, else the smallest step
-    between frame positions, reduced to the reference's slice spacing when that step is a multiple
-    of it and thinner than the step (the SEG omits empty slices, leaving gaps between its slabs)."""
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-    stated = _frame_attribute(None, shared, "PixelMeasuresSequence", "SpacingBetweenSlices")
-    if stated is not None and float(stated) > 0:
-        return float(stated)
-    distances = np.unique(np.round(grid.positions @ grid.normal, 3))
-    steps = np.diff(distances)
-    reference_axis = np.abs(reference.direction_matrix.T @ grid.normal)
-    parallel_axis = int(np.argmax(reference_axis))
-    reference_step = reference.spacing[parallel_axis] if reference_axis[parallel_axis] > 0.999 else None
-    if not len(steps):
-        if reference_step:
-            return float(reference_step)
-        thickness = _frame_attribute(None, shared, "PixelMeasuresSequence", "SliceThickness")
-        return float(thickness) if thickness else 1.0
-    step = float(steps.min())
-    thickness = _frame_attribute(None, shared, "PixelMeasuresSequence", "SliceThickness")
-    contiguous = thickness is not None and float(thickness) >= step * 0.99
-    if reference_step and step > reference_step * 1.01 and not contiguous:
-        ratio = step / reference_step
-        if abs(ratio - round(ratio)) < 0.01:
-            return float(reference_step)
-    return step
-
-
-def _frame_segments(ds: Any, count: int) -> List[Optional[int]]:
-    """The segment number of each frame (None for a label-map SEG, whose pixels are numbers)."""
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-    numbers: List[Optional[int]] = []
-    for frame in ds.PerFrameFunctionalGroupsSequence:
-        number = _frame_attribute(frame, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
-        numbers.append(int(number) if number is not None else None)
-    return numbers[:count]
+    measures = shared.get("PixelMeasuresSequence", [None])[0] if shared is not None else None
+    if measures is None or measures.get("SpacingBetweenSlices") is not None:
+        return 1
+    thickness = measures.get("SliceThickness")
+    step = float(spacing[0])
+    if thickness is not None and float(thickness) >= step * 0.99:
+        return 1  # contiguous slabs: the step is the slice spacing
+    along = np.abs(reference.direction_matrix.T @ normal)
+    axis = int(np.argmax(along))
+    if along[axis] < 0.999:
+        return 1
+    ratio = step / reference.spacing[axis]
+    return int(round(ratio)) if ratio > 1.01 and abs(ratio - round(ratio)) < 0.01 else 1
 
 
 def read_dicom_seg(path: Path, reference: sitk.Image) -> Dict[str, np.ndarray]:
     """Each segment of the DICOM SEG at ``path`` as a uint8 0/1 mask (k, j, i) on ``reference``'s grid,
     placed by physical position (nearest neighbour). Keys are the segments' labels; segments with
-    the same label are merged."""
+    the same label are merged. Fractional segments are thresholded at one half."""
     path = Path(path)
     ds = _read_seg_dataset(path)
-    pixels = _frame_pixels(ds, path)
-    grid = _plane_grid(ds, path)
-    if len(grid.positions) != pixels.shape[0]:
-        raise LiverTumorSegError(f"DICOM SEG {path} has {pixels.shape[0]} frames but describes "
-                                 f"{len(grid.positions)}; the file is inconsistent")
-    segmentation_type = str(ds.get("SegmentationType", "BINARY")).upper()
-    if segmentation_type == "FRACTIONAL":
-        maximum = float(ds.get("MaximumFractionalValue", 255) or 255)
-        binary = pixels > maximum / 2
-    elif segmentation_type in ("BINARY", "LABELMAP"):
-        binary = pixels
-    else:
-        raise LiverTumorSegError(f"DICOM SEG {path} has the unknown segmentation type {segmentation_type}")
-    labels = {int(item.SegmentNumber): str(item.get("SegmentLabel", "") or f"Segment {int(item.SegmentNumber)}")
-              for item in ds.SegmentSequence}
-    frame_segments = _frame_segments(ds, pixels.shape[0])
-
+    hd = require_highdicom()
+    try:
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+        numbers = [int(n) for n in seg.segment_numbers]
+        volume = seg.get_volume(segment_numbers=numbers, combine_segments=False, allow_missing_positions=True,
+                                rescale_fractional=True)
+    except (ValueError, RuntimeError, AttributeError, KeyError, NotImplementedError) as exc:
+        raise LiverTumorSegError(f"DICOM SEG {path} cannot be read as one volume of parallel, evenly spaced "
+                                 f"slices ({str(exc)[:200]})") from None
+    array = np.asarray(volume.array)  # (slices, rows, columns, segments)
+    axes = np.asarray(volume.affine, dtype=np.float64)[:3, :3]  # columns: slice, row, column steps (LPS)
+    spacing = np.linalg.norm(axes, axis=0)
     geometry = Geometry.of(reference)
-    slice_spacing = _slice_spacing(ds, grid, geometry)
-    distances = grid.positions @ grid.normal
-    first = int(np.argmin(distances))
-    origin = grid.positions[first] - grid.normal * (distances[first] - distances.min())
-    in_plane = (grid.positions - origin) @ np.stack([grid.row_direction, grid.column_direction], axis=1)
-    if np.abs(in_plane).max() > 0.05 * min(grid.pixel_spacing):
-        raise LiverTumorSegError(f"the frames of DICOM SEG {path} are shifted within their planes; only SEGs "
-                                 "whose frames stack into one grid can be read")
-    slice_float = (distances - distances.min()) / slice_spacing
-    slice_index = np.round(slice_float).astype(int)
-    if np.abs(slice_float - slice_index).max() > 0.25:
-        raise LiverTumorSegError(f"the frames of DICOM SEG {path} are not evenly spaced "
-                                 f"({slice_spacing:g} mm expected); it cannot be read as one grid")
-    depth = int(slice_index.max()) + 1
-    seg_spacing = (grid.pixel_spacing[1], grid.pixel_spacing[0], slice_spacing)
-    seg_direction = tuple(np.stack([grid.row_direction, grid.column_direction, grid.normal], axis=1).ravel())
-
-    stacks: Dict[str, np.ndarray] = {}
-    shape = (depth, pixels.shape[1], pixels.shape[2])
-    for number, label in labels.items():
-        stack = stacks.setdefault(label, np.zeros(shape, dtype=np.uint8))
-        for frame, (segment, k) in enumerate(zip(frame_segments, slice_index)):
-            if segment is None:  # label map: the pixel values are segment numbers
-                stack[k] |= (binary[frame] == number).astype(np.uint8)
-            elif segment == number:
-                stack[k] |= (binary[frame] != 0).astype(np.uint8)
+    factor = _slice_gap_factor(ds, spacing, axes[:, 0] / spacing[0], geometry)
+    if factor > 1:  # put the slices back that far apart, with empty slices between them
+        spread = np.zeros(((array.shape[0] - 1) * factor + 1,) + array.shape[1:], array.dtype)
+        spread[::factor] = array
+        array, spacing = spread, spacing / np.array([factor, 1.0, 1.0])
+    direction = (axes / np.linalg.norm(axes, axis=0))[:, ::-1]  # image axes i, j, k = column, row, slice
     masks: Dict[str, np.ndarray] = {}
-    for label, stack in stacks.items():
-        image = sitk.GetImageFromArray(stack)
-        image.SetSpacing(seg_spacing)
-        image.SetOrigin(tuple(float(v) for v in origin))
-        image.SetDirection(seg_direction)
-        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        masks[label] = sitk.GetArrayFromImage(resampled)
+    for channel, number in enumerate(numbers):
+        label = str(seg.get_segment_description(number).segment_label or f"Segment {number}")
+        image = sitk.GetImageFromArray((array[..., channel] > 0.5).astype(np.uint8))
+        image.SetSpacing(tuple(float(v) for v in spacing[::-1]))
+        image.SetOrigin(tuple(float(v) for v in volume.affine[:3, 3]))
+        image.SetDirection(tuple(float(v) for v in direction.ravel()))
+        resampled = sitk.GetArrayFromImage(
+            sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        masks[label] = masks[label] | resampled if label in masks else resampled
     return masks

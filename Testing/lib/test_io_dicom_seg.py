@@ -372,3 +372,23 @@ def test_label_map_seg_is_read(series, tmp_path):
     assert pydicom.dcmread(str(path), stop_before_pixels=True).SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     masks = read_dicom_seg(path, image)
     np.testing.assert_array_equal(masks["Liver"] + TUMOR_LABEL * masks["Tumor"], labels)
+
+
+def test_the_series_can_be_given_as_its_files(series, tmp_path):
+    """As Slicer's DICOM database knows a series: its files, wherever they lie (here shuffled and
+    among other files), not a folder of them."""
+    folder, image, labelmap = series
+    files = sorted(folder.iterdir(), reverse=True)
+    path = tmp_path / "seg.dcm"
+    write_dicom_seg(labelmap, files, path)
+    seg = pydicom.dcmread(str(path), stop_before_pixels=True)
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(ds.SOPInstanceUID) for ds in _source_headers(folder)}
+    masks = read_dicom_seg(path, image)
+    np.testing.assert_array_equal(masks["Liver"] + TUMOR_LABEL * masks["Liver tumor"],
+                                  sitk.GetArrayFromImage(labelmap))
+    with pytest.raises(LiverTumorSegError, match="1 of the 2 DICOM files"):
+        write_dicom_seg(labelmap, [files[0], tmp_path / "gone.dcm"], tmp_path / "other.dcm")
+    with pytest.raises(LiverTumorSegError, match="does not match any DICOM series in the 3 given DICOM files"):
+        write_dicom_seg(labelmap, files[:3], tmp_path / "other.dcm")
+    assert not (tmp_path / "other.dcm").exists()
