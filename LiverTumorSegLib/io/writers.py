@@ -1,5 +1,7 @@
 """Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv, and on
-request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series).
+request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series). The command line and the
+3D Slicer module both write through :func:`write_outputs` (the module with a
+:class:`LabelmapResult` of the segmentation as the user edited it).
 
 All files are written to a temporary folder inside the output folder and moved into
 place only when every one is complete, so a failed or killed run leaves nothing half-written.
@@ -12,20 +14,52 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import LiverTumorSegError
-from ..geometry import Geometry
-from ..measure import write_lesions_csv
+from ..geometry import Geometry, array_to_image
+from ..measure import Measurements, measure_labelmap, write_lesions_csv
 from .terminology import SEGMENTS
+
+if TYPE_CHECKING:
+    from .dicom_seg import DicomSource
 
 OUTPUT_KEYS = ("segmentation", "labelmap", "report", "lesions_csv")
 DICOM_SEG_KEY = "dicom_seg"
+
+
+@dataclass
+class LabelmapResult:
+    """A labelmap to write with what the run that made it reported: the fields of
+    ``pipeline.SegmentationResult`` that :func:`write_outputs` reads, for a labelmap that is not
+    the result of a run in this process (a segmentation edited in 3D Slicer)."""
+
+    labelmap: sitk.Image  # uint8: 0 background, 1 liver, 2 tumor
+    measurements: Measurements
+    models: List[Dict[str, Any]] = field(default_factory=list)
+    device: Optional[str] = None
+    seconds_per_stage: Dict[str, float] = field(default_factory=dict)
+    settings: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    tumor_uncertainty: Optional[sitk.Image] = None
+
+    @classmethod
+    def measured(cls, labels: np.ndarray, geometry: Geometry, ct_hu: Optional[np.ndarray] = None,
+                 run_report: Optional[Dict[str, Any]] = None) -> "LabelmapResult":
+        """``labels`` (k, j, i) on ``geometry``, measured now (mean HU from ``ct_hu`` when given), with
+        the models, device, timings, settings and warnings of the report of the run that made it."""
+        report = run_report or {}
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        return cls(array_to_image(labels, geometry), measure_labelmap(labels, geometry, ct_hu),
+                   models=list(report.get("models", [])), device=report.get("device"),
+                   seconds_per_stage=dict(report.get("seconds_per_stage", {})),
+                   settings=dict(report.get("settings", {})), warnings=list(report.get("warnings", [])))
 
 
 def output_paths(output_dir: Path, name: str, dicom_seg: bool = False) -> Dict[str, Path]:
@@ -107,9 +141,12 @@ def build_report(result: Any, input_path: Path, name: str, source: str) -> Dict[
 
 
 def write_outputs(result: Any, input_path: Path, name: str, source: str, output_dir: Path,
-                  force: bool = False, dicom_seg_source: Optional[Path] = None) -> Dict[str, str]:
-    """Write the four outputs atomically, plus a DICOM SEG referencing the CT series in
-    ``dicom_seg_source`` when given; returns their paths by key (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``)."""
+                  force: bool = False, dicom_seg_source: Optional["DicomSource"] = None,
+                  report_extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+    """Write the four outputs of ``result`` (a ``pipeline.SegmentationResult`` or a
+    :class:`LabelmapResult`) atomically, plus a DICOM SEG referencing the CT series
+    ``dicom_seg_source`` (its folder or its files) when given; ``report_extra`` is added to the
+    JSON report. Returns the paths by key (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``)."""
     output_dir = Path(output_dir)
     with_dicom_seg = dicom_seg_source is not None
     check_not_overwriting(output_dir, name, force, with_dicom_seg)
@@ -127,11 +164,12 @@ def write_outputs(result: Any, input_path: Path, name: str, source: str, output_
         if with_dicom_seg:
             from .dicom_seg import write_dicom_seg
 
-            write_dicom_seg(result.labelmap, Path(dicom_seg_source), staged[DICOM_SEG_KEY])
+            write_dicom_seg(result.labelmap, dicom_seg_source, staged[DICOM_SEG_KEY])
         write_seg_nrrd(np.asarray(labels), geometry, staged["segmentation"])
         write_labelmap(result.labelmap, staged["labelmap"])
         write_lesions_csv(staged["lesions_csv"], result.measurements)
         report = build_report(result, input_path, name, source)
+        report.update(report_extra or {})
         report["outputs"] = {k: str(v) for k, v in final.items()}
         staged["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         for key in final:

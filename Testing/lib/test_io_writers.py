@@ -255,3 +255,25 @@ def test_output_folder_is_created_and_a_file_in_its_place_is_an_error(tmp_path, 
     blocker.write_text("a file, not a folder")
     with pytest.raises(LiverTumorSegError, match="cannot create output folder"):
         write_outputs(result, tmp_path / "x.nii.gz", "x", "file", blocker / "out")
+
+
+def test_a_labelmap_result_writes_the_same_outputs_with_the_run_report(tmp_path, helpers, tiny_registry,
+                                                                     tiny_models):
+    """What the Slicer module exports: a labelmap measured now, with what its run reported."""
+    from LiverTumorSegLib.io.writers import LabelmapResult
+
+    ct, labels, result = _result(helpers, tiny_registry, tiny_models)
+    run_report = {"models": result.models, "device": "cpu", "seconds_per_stage": {"liver": 1.5},
+                  "settings": {"tta": False}, "warnings": ["w"], "something_else": 1}
+    exported = LabelmapResult.measured(labels, Geometry.of(ct), sitk.GetArrayViewFromImage(ct), run_report)
+    assert exported.measurements == result.measurements
+    assert Geometry.of(exported.labelmap).matches(Geometry.of(ct))
+    paths = write_outputs(exported, tmp_path / "CT", "case", "slicer", tmp_path / "out",
+                          report_extra={"edited_after_segmentation": True})
+    report = json.loads(Path(paths["report"]).read_text())
+    assert report["edited_after_segmentation"] is True and report["input_kind"] == "slicer"
+    assert report["models"] == result.models and report["device"] == "cpu" and report["warnings"] == ["w"]
+    assert report["non_clinical"] is True and "something_else" not in report
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(paths["labelmap"])), labels)
+    bare = LabelmapResult.measured(labels, Geometry.of(ct))  # a segmentation no run made
+    assert bare.models == [] and bare.device is None and bare.measurements.lesions[0].mean_hu is None
