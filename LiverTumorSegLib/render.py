@@ -8,12 +8,17 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .preprocess import normalize_hu
+
 PRED_COLORS = {1: (255, 140, 0), 2: (0, 255, 0)}  # liver orange, tumor green
 REF_COLORS = {1: (0, 160, 255), 2: (255, 0, 255)}  # reference liver blue, tumor magenta
 
 
-def _window(hu: np.ndarray, lo: float = -160.0, hi: float = 240.0) -> np.ndarray:
-    return (np.clip((hu - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+DISPLAY_WINDOW_HU = (-160.0, 240.0)  # abdominal soft tissue, as a radiologist looks at the liver
+
+
+def _window(hu: np.ndarray) -> np.ndarray:
+    return (normalize_hu(hu, DISPLAY_WINDOW_HU) * 255).astype(np.uint8)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:

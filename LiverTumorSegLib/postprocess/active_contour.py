@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import morphological_chan_vese
 
+from ..preprocess import normalize_hu
 from ..progress import Progress
 from .components import CONNECTIVITY_26, as_mask, labeled_components_in_box, margin_in_voxels
 
@@ -39,14 +40,6 @@ def thick_slice_axis(spacing_kji: Sequence[float]) -> Optional[int]:
     axis = int(np.argmax(spacing))
     others = np.delete(spacing, axis)
     return axis if spacing[axis] > THICK_SLICE_RATIO * others.max() else None
-
-
-def _window(hu: np.ndarray) -> np.ndarray:
-    low, high = SOFT_TISSUE_WINDOW_HU
-    image = np.clip(hu.astype(np.float32), low, high)
-    image -= low
-    image /= high - low
-    return image
 
 
 def _chan_vese_nd(image: np.ndarray, init: np.ndarray, iterations: int, smoothing: int) -> np.ndarray:
@@ -75,7 +68,7 @@ def refine_one_lesion(hu_box: np.ndarray, lesion: np.ndarray, allowed: np.ndarra
     """Refine one lesion inside its box. ``lesion``: the lesion's voxels; ``allowed``: where it
     may be (liver or lesion); ``others``: other lesions' voxels. Returns the refined lesion, or
     the original one when the contour leaked (grew or shrank beyond the guard)."""
-    image = _window(hu_box)
+    image = normalize_hu(hu_box, SOFT_TISSUE_WINDOW_HU)
     parenchyma = allowed & ~lesion & ~others
     if parenchyma.any():
         background = float(np.median(image[parenchyma]))
