@@ -1,7 +1,8 @@
 """Measurements of a liver/tumor segmentation: volumes, TLVR and a per-lesion table.
 
-Pure NumPy/SciPy, so 3D Slicer can import it to recompute the numbers after the user edits a
-segmentation. Definitions:
+NumPy, SciPy and SimpleITK only (no PyTorch), so 3D Slicer can import it to recompute the
+numbers after the user edits a segmentation. Voxel counts, centroids, boxes and mean HU come from
+SimpleITK's label statistics filters; the axial diameter is this module's own. Definitions:
 
 - liver volume: voxels of liver OR tumor (a tumor lies in the liver, so it is counted in it);
 - tumor volume: voxels of tumor; TLVR = tumor volume / liver volume (None without a liver);
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
@@ -34,7 +36,7 @@ except ImportError:  # SciPy < 1.8 keeps it in the private module
 
 from . import LIVER_LABEL, TUMOR_LABEL
 from .geometry import Geometry, lps_to_ras
-from .postprocess.components import labeled_components_in_box
+from .postprocess.components import in_plane_structure, labeled_components_in_box
 
 CSV_HEADER = ("lesion_id", "volume_ml", "longest_axial_diameter_mm", "centroid_r_mm",
               "centroid_a_mm", "centroid_s_mm", "mean_hu")
@@ -116,7 +118,7 @@ def longest_axial_diameter_mm(lesion: np.ndarray, offset_kji: Tuple[int, int, in
     axial = geometry.axial_array_axis()
     in_plane = tuple(axis for axis in range(3) if axis != axial)
     # Only voxels on the lesion's in-plane boundary can be farthest apart.
-    interior = ndimage.binary_erosion(lesion, structure=_in_plane_cross(axial), border_value=0)
+    interior = ndimage.binary_erosion(lesion, structure=in_plane_structure(axial), border_value=0)
     boundary = lesion & ~interior
     points = np.argwhere(boundary) + np.asarray(offset_kji)
     longest = 0.0
@@ -127,14 +129,6 @@ def longest_axial_diameter_mm(lesion: np.ndarray, offset_kji: Tuple[int, int, in
         longest = max(longest, _farthest_pair_distance(points[start:stop], in_plane, geometry))
     one_voxel = max(geometry.spacing[2 - axis] for axis in in_plane)
     return max(longest, float(one_voxel))
-
-
-def _in_plane_cross(axial_axis: int) -> np.ndarray:
-    structure = np.zeros((3, 3, 3), bool)
-    index = [slice(None)] * 3
-    index[axial_axis] = 1
-    structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-    return structure
 
 
 def measure_masks(liver: np.ndarray, tumor: np.ndarray, geometry: Geometry,
@@ -150,7 +144,7 @@ def measure_masks(liver: np.ndarray, tumor: np.ndarray, geometry: Geometry,
     tumor = tumor if tumor.dtype == bool else tumor != 0
     voxel_ml = geometry.voxel_volume_ml
 
-    labels, count, box = labeled_components_in_box(tumor)
+    labels, count, box = labeled_components_in_box(tumor)  # ids 1..n by decreasing volume
     tumor_voxels = 0
     tumor_outside_liver = 0
     lesions: List[Lesion] = []
@@ -159,22 +153,26 @@ def measure_masks(liver: np.ndarray, tumor: np.ndarray, geometry: Geometry,
         tumor_voxels = int(np.count_nonzero(tumor_box))
         tumor_outside_liver = int(np.count_nonzero(tumor_box & (liver[box] == 0)))
         offset = np.array([s.start for s in box])
-        ct_box = None if ct_hu is None else ct_hu[box]
-        for index, extent in enumerate(ndimage.find_objects(labels)):
-            lesion = labels[extent] == index + 1
-            voxels = np.argwhere(lesion)
-            voxel_count = len(voxels)
-            corner = offset + np.array([s.start for s in extent])
-            centroid_lps = geometry.index_to_lps(voxels.mean(axis=0) + corner)
-            mean_hu = None
-            if ct_box is not None:
-                mean_hu = float(np.mean(ct_box[extent][lesion], dtype=np.float64))
+        box_geometry = Geometry(labels.shape[::-1], geometry.spacing, tuple(geometry.index_to_lps(offset)),
+                                geometry.direction)
+        label_image = box_geometry.apply_to(sitk.GetImageFromArray(labels.view(np.uint32)))
+        shape = sitk.LabelShapeStatisticsImageFilter()
+        shape.ComputePerimeterOff()
+        shape.Execute(label_image)
+        intensity = None
+        if ct_hu is not None:
+            intensity = sitk.LabelIntensityStatisticsImageFilter()
+            intensity.Execute(label_image, box_geometry.apply_to(sitk.GetImageFromArray(ct_hu[box])))
+        for lesion_id in range(1, count + 1):
+            i, j, k, size_i, size_j, size_k = shape.GetBoundingBox(lesion_id)
+            lesion = labels[k:k + size_k, j:j + size_j, i:i + size_i] == lesion_id
+            voxel_count = int(shape.GetNumberOfPixels(lesion_id))
             lesions.append(Lesion(
-                id=index + 1,
+                id=lesion_id,
                 volume_ml=voxel_count * voxel_ml,
-                longest_axial_diameter_mm=longest_axial_diameter_mm(lesion, tuple(corner), geometry),
-                centroid_ras_mm=tuple(float(c) for c in lps_to_ras(centroid_lps)),
-                mean_hu=mean_hu,
+                longest_axial_diameter_mm=longest_axial_diameter_mm(lesion, tuple(offset + (k, j, i)), geometry),
+                centroid_ras_mm=tuple(float(c) for c in lps_to_ras(shape.GetCentroid(lesion_id))),
+                mean_hu=None if intensity is None else float(intensity.GetMean(lesion_id)),
                 voxel_count=voxel_count,
             ))
     liver_voxels = int(np.count_nonzero(liver)) + tumor_outside_liver

@@ -12,6 +12,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 CONNECTIVITY_26 = ndimage.generate_binary_structure(3, 3)
@@ -91,19 +92,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Keep the 26-connected components with at least ``min_voxels`` voxels (uint8 0/1)."""
+    """Keep the 26-connected components with at least ``min_voxels`` voxels (uint8 0/1); SimpleITK's
+    relabelling drops the smaller ones."""
     mask = as_mask(mask)
     result = np.zeros(mask.shape, np.uint8)
-    labels, count, box = labeled_components_in_box(mask, ordered=False)
+    box = bounding_box(mask)
     if box is None:
         return result
-    keep = _component_sizes(labels, mask[box], count) >= int(min_voxels)
-    keep[0] = False
-    result[box] = keep[labels]
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask[box].view(np.uint8)), True)
+    kept = sitk.RelabelComponent(components, minimumObjectSize=max(int(min_voxels), 0), sortByObjectSize=False)
+    result[box] = sitk.GetArrayViewFromImage(kept) > 0
     return result
 
 
-def _in_plane_structure(axial_axis: int) -> np.ndarray:
+def in_plane_structure(axial_axis: int) -> np.ndarray:
     """4-connectivity inside one slice perpendicular to ``axial_axis``, nothing across slices."""
     structure = np.zeros((3, 3, 3), bool)
     index = [slice(None)] * 3
@@ -128,6 +130,6 @@ def fill_holes(mask: np.ndarray, axial_axis: Optional[int] = None) -> np.ndarray
     # box (whose border counts as outside) is the same as filling the whole volume.
     filled = ndimage.binary_fill_holes(mask[box])
     if axial_axis is not None:
-        filled = ndimage.binary_fill_holes(filled, structure=_in_plane_structure(axial_axis))
+        filled = ndimage.binary_fill_holes(filled, structure=in_plane_structure(axial_axis))
     result[box] = filled
     return result
