@@ -12,6 +12,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import LiverTumorSegError
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -59,6 +61,13 @@ class Geometry:
         return (self.size == other.size and np.allclose(self.spacing, other.spacing, atol=tol)
                 and np.allclose(self.origin, other.origin, atol=1e-3)
                 and np.allclose(self.direction, other.direction, atol=tol))
+
+    def require_same_grid(self, other: "Geometry", what: str, whose: str, fix: str) -> None:
+        """Raise a :class:`LiverTumorSegError` unless ``other`` is this grid (:meth:`matches`): "<what>
+        is not on <whose> grid (size, spacing, origin or direction differ); <fix>"."""
+        if not self.matches(other):
+            raise LiverTumorSegError(f"{what} is not on {whose} grid (size, spacing, origin or direction "
+                                     f"differ); {fix}")
 
 
 def lps_to_ras(points: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -259,9 +259,10 @@ def write_dicom_seg_masks(masks: Sequence[sitk.Image], segments: Sequence[Segmen
         raise ValueError("give one SegmentTerminology per mask, and at least one mask")
     hd = require_highdicom()
     reference = Geometry.of(masks[0])
-    for mask in masks[1:]:
-        if not Geometry.of(mask).matches(reference):
-            raise LiverTumorSegError("the segment masks of one DICOM SEG must share one grid")
+    for mask, segment in zip(masks[1:], segments[1:]):
+        reference.require_same_grid(Geometry.of(mask), f"the mask of segment '{segment.name}'",
+                                    f"the first segment's ('{segments[0].name}')",
+                                    "the segment masks of one DICOM SEG must share one grid")
     arrays = [np.asarray(sitk.GetArrayViewFromImage(m)) for m in masks]
     for array, segment in zip(arrays, segments):
         if not np.isin(array, (0, 1)).all():
