@@ -179,8 +179,8 @@ DEFAULT_VARIANTS = {
 def probabilities(p: np.ndarray, hu: np.ndarray, region: np.ndarray, spacing_kji, prior: ParenchymaPrior,
                   names: Dict[str, dict]) -> Tuple[Dict[str, np.ndarray], np.ndarray, object]:
     """The tumor probability of each variant, computed as apply_parenchyma_prior does."""
-    hypo, labels, stats, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
-    kept = labels > 0
+    hypo, label_sets, stats, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
+    kept = np.any([labels > 0 for labels in label_sets], axis=0) if label_sets else np.zeros(hu.shape, bool)
     out = {}
     for name, v in names.items():
         if name == "model":
@@ -190,7 +190,7 @@ def probabilities(p: np.ndarray, hu: np.ndarray, region: np.ndarray, spacing_kji
         elif "member" in v:
             out[name] = ((1 - v["member"]) * p + v["member"] * np.where(kept, hypo, 0.0)).astype(np.float32)
         else:
-            out[name] = combine_with_model(p, hypo, labels, replace(prior, **v), spacing_kji)
+            out[name] = combine_with_model(p, hypo, label_sets, replace(prior, **v), spacing_kji)
     return out, hypo, (stats, cands)
 
 
@@ -278,14 +278,14 @@ def candidate_table(args: argparse.Namespace) -> None:
         region, ref = d["region"] > 0, d["tumor"] > 0
         p = d["probability"].astype(np.float32)
         spacing_kji = tuple(float(s) for s in d["spacing_kji"])
-        _, labels, _, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
+        _, label_sets, _, cands = parenchyma_candidates(hu, region, spacing_kji, prior)
         depth = depth_mm(region, spacing_kji)
         for c in cands:
             if not c.kept:
                 continue
-            m = labels == c.label
+            m = label_sets[c.scale] == c.label
             pm = p[m]
-            line = {"case": path.stem, "ml": round(c.volume_ml, 2), "thick": c.thickness_mm, "map": c.mean_map,
+            line = {"case": path.stem, "scale": c.scale, "ml": round(c.volume_ml, 2), "thick": c.thickness_mm, "map": c.mean_map,
                     "delta": c.mean_delta_hu, "f_p05": round(float((pm >= 0.5).mean()), 3),
                     "p_max": round(float(pm.max()), 3), "p_mean": round(float(pm.mean()), 3),
                     "p_q90": round(float(np.quantile(pm, 0.9)), 3), "f_p02": round(float((pm >= 0.2).mean()), 3),

@@ -9,8 +9,10 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
    after light smoothing) and fat (< -20 HU) left out; its spread (texture + residual noise at
    that smoothing) is the one-sided robust deviation above the mode, where lesions do not lie.
 2. :func:`hypodensity_map`: how far each liver voxel's smoothed HU (smoothed inside the liver
-   only, vessels and fat left out, so neither fat outside nor a vessel inside shifts it) lies
-   below the parenchyma, as a logistic around max(k spreads, a minimum HU difference). A thin
+   only, vessels, fat and the surface shell left out, so neither fat outside nor a vessel inside
+   shifts it) lies below the parenchyma, as a logistic around max(k spreads, a minimum HU
+   difference), at two scales (2.5 mm, and 6 mm where the noise is lower: a large, mildly
+   hypodense, heterogeneous lesion is patchy at the fine scale and whole at the coarse one). A thin
    shell under the liver's surface (and around fissure fat) is dark from partial volume with fat;
    there the map is kept only where it continues a dark region that reaches the interior, so a
    lesion at the surface is found whole while a partial-volume rim is not.
@@ -26,8 +28,8 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -41,7 +43,8 @@ class ParenchymaPrior:
     ``scripts/measure_parenchyma_candidates.py``)."""
 
     enabled: bool = False
-    smoothing_mm: float = 2.5  # Gaussian sigma of the smoothed HU the map compares
+    smoothing_mm: float = 2.5  # Gaussian sigma of the smoothed HU the map compares ...
+    coarse_smoothing_mm: float = 6.0  # ... and of a second, coarse scale for large mild lesions (0: off)
     erosion_mm: float = 4.0  # the interior used for the statistics lies this deep in the liver
     fat_hu: float = -20.0  # fissure fat and partial volume with outside fat: never tumor here
     vessel_spreads: float = 3.0  # vessels: lightly smoothed HU above parenchyma + max(this * spread, ...)
@@ -70,6 +73,8 @@ class ParenchymaStats:
     vessel_hu: float  # lightly smoothed HU above which a liver voxel is a vessel
     smoothing_mm: float  # the smoothing the spread was measured at (the map's)
     n_voxels: int  # interior voxels the statistics came from
+    coarse_spread_hu: float = math.nan  # the spread at the coarse scale (NaN: no coarse scale)
+    coarse_smoothing_mm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Candidate:
     mean_map: float
     mean_delta_hu: float  # parenchyma HU minus the region's mean HU (positive: darker)
     kept: bool  # large and thick enough
+    scale: int = 0  # the map it came from: 0 fine, 1 coarse
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -157,6 +163,7 @@ class _Liver:
     light: np.ndarray
     not_fat: np.ndarray
     depth: np.ndarray
+    _smoothed: Dict[Tuple[float, float], np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Spacing,
@@ -167,15 +174,22 @@ class _Liver:
         spacing = tuple(float(v) for v in spacing_kji)
         return cls(hu, spacing, light, not_fat, depth_mm(not_fat, spacing))  # type: ignore[arg-type]
 
-    def smoothed(self, vessel_hu: float, prior: "ParenchymaPrior") -> Tuple[np.ndarray, np.ndarray]:
-        """(HU smoothed by ``prior.smoothing_mm`` over the liver's tissue only, that tissue):
-        fat, vessels (above ``vessel_hu``) and the partial-volume shell (``shell_mm`` under the
-        surface) are left out of the average, so a shell voxel takes the interior's value."""
-        tissue = self.not_fat & (self.light <= vessel_hu)
-        weights = tissue & (self.depth > prior.shell_mm)
-        if not weights.any():
-            weights = tissue
-        return smooth_within(self.hu, weights, self.spacing, prior.smoothing_mm), tissue
+    def tissue(self, vessel_hu: float) -> np.ndarray:
+        """The liver without fat and vessels (lightly smoothed HU above ``vessel_hu``)."""
+        return self.not_fat & (self.light <= vessel_hu)
+
+    def smoothed(self, vessel_hu: float, sigma_mm: float, shell_mm: float) -> np.ndarray:
+        """HU smoothed by ``sigma_mm`` over the liver's tissue only: fat, vessels and the
+        partial-volume shell (``shell_mm`` under the surface) are left out of the average, so a
+        shell voxel takes the interior's value. Kept for the next call with the same numbers."""
+        key = (float(vessel_hu), float(sigma_mm))
+        if key not in self._smoothed:
+            tissue = self.tissue(vessel_hu)
+            weights = tissue & (self.depth > shell_mm)
+            if not weights.any():
+                weights = tissue
+            self._smoothed[key] = smooth_within(self.hu, weights, self.spacing, sigma_mm)
+        return self._smoothed[key]
 
 
 # --- 1. statistics ---------------------------------------------------------------------------------
@@ -198,27 +212,34 @@ def _statistics(liver: _Liver, prior: ParenchymaPrior) -> ParenchymaStats:
     if interior.sum() < 200:  # a thin or tiny liver: use what there is
         interior = liver.not_fat if liver.not_fat.any() else liver.depth >= 0
     center, spread = _peak(liver.light[interior])
-    vessel_hu = center + max(prior.vessel_spreads * spread, prior.vessel_min_hu)
-    smooth, tissue = liver.smoothed(vessel_hu, prior)
-    values = smooth[interior & tissue]
-    if values.size == 0:
-        values = smooth[interior]
-    center, spread = _peak(values)
-    return ParenchymaStats(median_hu=round(center, 2), spread_hu=round(spread, 2), vessel_hu=round(vessel_hu, 2),
-                           smoothing_mm=prior.smoothing_mm, n_voxels=int(values.size))
+    vessel_hu = round(center + max(prior.vessel_spreads * spread, prior.vessel_min_hu), 2)
+    measured = interior & liver.tissue(vessel_hu)
+    if not measured.any():
+        measured = interior
+    smooth = liver.smoothed(vessel_hu, prior.smoothing_mm, prior.shell_mm)
+    center, spread = _peak(smooth[measured])
+    coarse_spread = math.nan
+    if prior.coarse_smoothing_mm > 0:
+        values = liver.smoothed(vessel_hu, prior.coarse_smoothing_mm, prior.shell_mm)[measured]
+        upper = values[values >= center] - center  # about the fine scale's centre
+        coarse_spread = max(float(np.median(upper)) / 0.6745, 1.0) if upper.size else 1.0
+    return ParenchymaStats(median_hu=round(center, 2), spread_hu=round(spread, 2), vessel_hu=vessel_hu,
+                           smoothing_mm=prior.smoothing_mm, n_voxels=int(measured.sum()),
+                           coarse_spread_hu=round(coarse_spread, 2), coarse_smoothing_mm=prior.coarse_smoothing_mm)
 
 
 # --- 2. map ----------------------------------------------------------------------------------------
 
-def _threshold(stats: ParenchymaStats, prior: ParenchymaPrior) -> float:
-    return max(prior.threshold_spreads * stats.spread_hu, prior.min_delta_hu)
+def _threshold(stats: ParenchymaStats, prior: ParenchymaPrior, coarse: bool = False) -> float:
+    spread = stats.coarse_spread_hu if coarse else stats.spread_hu
+    return max(prior.threshold_spreads * spread, prior.min_delta_hu)
 
 
-def _delta(liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior) -> np.ndarray:
-    """HU by which each liver voxel's smoothed HU lies below the parenchyma (float32; 0 off the
-    liver's tissue)."""
-    smooth, _ = liver.smoothed(stats.vessel_hu, prior)
-    delta = (stats.median_hu - smooth).astype(np.float32)
+def _delta(liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior, coarse: bool = False) -> np.ndarray:
+    """HU by which each liver voxel's smoothed HU (the fine or the coarse scale) lies below the
+    parenchyma (float32; 0 off the liver's tissue)."""
+    sigma = stats.coarse_smoothing_mm if coarse else stats.smoothing_mm
+    delta = (stats.median_hu - liver.smoothed(stats.vessel_hu, sigma, prior.shell_mm)).astype(np.float32)
     delta[~liver.not_fat] = 0.0
     return delta
 
@@ -228,18 +249,37 @@ def hypodensity_map(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_kji: Sp
                     prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
     """float32 in [0, 1] on the crop grid: how strongly each liver voxel's smoothed HU lies below
     the parenchyma, ``sigmoid((median - smoothed - t) / (softness * t))`` with ``t = max(k *
-    spread, min_delta_hu)``. 0 outside ``liver_mask`` (pass the tumor search region) and on fat
-    (< ``fat_hu``); in the ``shell_mm`` shell under the surface (and around fissure fat) only
-    where a dark region (map >= 0.5) continues from the interior."""
+    spread, min_delta_hu)``, the larger of the fine and the coarse scale's. 0 outside
+    ``liver_mask`` (pass the tumor search region) and on fat (< ``fat_hu``); in the ``shell_mm``
+    shell under the surface (and around fissure fat) only where a dark region (map >= 0.5)
+    continues from the interior."""
     if not np.any(liver_mask):
         return np.zeros(np.shape(hu_crop), np.float32)
     liver = _Liver.prepare(hu_crop, liver_mask, spacing_kji, prior)
     stats = stats or _statistics(liver, prior)
-    return _map(_delta(liver, stats, prior), liver, stats, prior)
+    return np.max([scale.map for scale in _scales(liver, stats, prior)], axis=0)
 
 
-def _map(delta: np.ndarray, liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior) -> np.ndarray:
-    threshold = _threshold(stats, prior)
+@dataclass
+class _Scale:
+    """One smoothing scale's darkness below the parenchyma (HU), its threshold and its map."""
+
+    delta: np.ndarray
+    threshold: float
+    map: np.ndarray
+
+
+def _scales(liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior) -> List[_Scale]:
+    coarse = [True] if stats.coarse_smoothing_mm > 0 and math.isfinite(stats.coarse_spread_hu) else []
+    scales = []
+    for is_coarse in [False] + coarse:
+        delta = _delta(liver, stats, prior, coarse=is_coarse)
+        threshold = _threshold(stats, prior, coarse=is_coarse)
+        scales.append(_Scale(delta, threshold, _map(delta, threshold, liver, prior)))
+    return scales
+
+
+def _map(delta: np.ndarray, threshold: float, liver: _Liver, prior: ParenchymaPrior) -> np.ndarray:
     z = (delta - threshold) / (prior.softness * threshold)
     hypo = (1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))).astype(np.float32)
     hypo[~liver.not_fat] = 0.0
@@ -274,20 +314,21 @@ def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop:
 
     Given the CT, its statistics and the liver mask, a candidate is drawn at its own half
     contrast (voxels at least ``half_contrast`` times the median darkness of its core, the half
-    farthest from its border, below the parenchyma; never less than the map's threshold): the
-    smoothing blurs a dark lesion beyond its edge, and the map's fixed threshold would draw it
-    too large. Its mean darkness is then that of the smoothed HU, else of the HU."""
-    delta = None
+    farthest from its border, below the parenchyma, where that is above the map's threshold):
+    the smoothing blurs a dark lesion beyond its edge, and the map's fixed threshold would draw
+    it too large. Its mean darkness is then that of the (fine scale's) smoothed HU, else of the HU."""
+    delta, threshold = None, math.inf
     if hu_crop is not None and stats is not None and liver_mask is not None and np.any(liver_mask):
         delta = _delta(_Liver.prepare(hu_crop, liver_mask, spacing_kji, prior), stats, prior)
+        threshold = _threshold(stats, prior)
     elif hu_crop is not None and stats is not None:
-        delta = (stats.median_hu - np.asarray(hu_crop, np.float32)).astype(np.float32)
-        stats = replace(stats, spread_hu=math.inf)  # no refinement on raw HU
-    return _candidates(hypodensity, delta, spacing_kji, stats, prior)
+        delta = (stats.median_hu - np.asarray(hu_crop, np.float32)).astype(np.float32)  # measured, not refined
+    return _candidates(hypodensity, delta, threshold, spacing_kji, prior)
 
 
-def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], spacing_kji: Spacing,
-                stats: Optional[ParenchymaStats], prior: ParenchymaPrior) -> Tuple[np.ndarray, List[Candidate]]:
+def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], threshold: float, spacing_kji: Spacing,
+                prior: ParenchymaPrior, scale: int = 0) -> Tuple[np.ndarray, List[Candidate]]:
+    """Candidates of one map; drawn at half contrast on ``delta`` where that lies above ``threshold``."""
     hypodensity = np.asarray(hypodensity, dtype=np.float32)
     spacing = tuple(float(v) for v in spacing_kji)
     dark = ndimage.binary_fill_holes(hypodensity >= prior.candidate_threshold)
@@ -298,8 +339,7 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], spacing_kj
     voxel_mm3 = float(np.prod(spacing))
     min_voxels = (math.pi / 6.0) * prior.min_diameter_mm ** 3 / voxel_mm3
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    refine = delta is not None and stats is not None and prior.half_contrast > 0 and math.isfinite(stats.spread_hu)
-    threshold = _threshold(stats, prior) if refine else 0.0
+    refine = delta is not None and prior.half_contrast > 0 and math.isfinite(threshold)
     candidates: List[Candidate] = []
     for n, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None or sizes[n] < min_voxels:
@@ -309,9 +349,10 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], spacing_kj
         inner = depth_mm(region, spacing)
         if refine:
             core = inner >= 0.5 * inner.max()  # its deeper half: not blurred by the smoothing
-            level = max(prior.half_contrast * float(np.median(delta[box][core])), threshold)
-            region = ndimage.binary_fill_holes(region & (delta[box] >= level))
-            inner = depth_mm(region, spacing)
+            level = prior.half_contrast * float(np.median(delta[box][core]))
+            if level > threshold:  # a clearly dark lesion, blurred beyond its edge by the smoothing
+                region = ndimage.binary_fill_holes(region & (delta[box] >= level))
+                inner = depth_mm(region, spacing)
         n_voxels = int(region.sum())
         if n_voxels == 0:
             continue
@@ -324,35 +365,40 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], spacing_kj
         candidates.append(Candidate(label=n, n_voxels=n_voxels, volume_ml=round(n_voxels * voxel_mm3 / 1000.0, 4),
                                     diameter_mm=round(diameter, 2), thickness_mm=round(thickness, 2),
                                     mean_map=round(float(hypodensity[box][region].mean()), 4),
-                                    mean_delta_hu=round(mean_delta, 2), kept=kept))
+                                    mean_delta_hu=round(mean_delta, 2), kept=kept, scale=scale))
     return out, candidates
 
 
 # --- 4. combination ----------------------------------------------------------------------------------
 
-def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray, candidate_labels: np.ndarray,
+def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
+                       candidate_labels: Union[np.ndarray, Sequence[np.ndarray]],
                        prior: ParenchymaPrior = ParenchymaPrior(),
                        spacing_kji: Optional[Spacing] = None) -> np.ndarray:
     """The model's probability raised to ``weight * hypodensity`` inside each kept candidate
-    (``candidate_labels`` from :func:`hypodense_candidates`) where the model has evidence: at
-    least ``min_support_fraction`` of the candidate (and one voxel) at ``model_floor`` or more.
-    With a finite ``reach_mm`` (needs ``spacing_kji``) only the candidate's voxels within that
-    distance of such model evidence are raised. Unchanged elsewhere. float32, the model's grid."""
+    (``candidate_labels`` from :func:`hypodense_candidates`, or one such array per scale, each
+    judged on its own) where the model has evidence: at least ``min_support_fraction`` of the
+    candidate (and one voxel) at ``model_floor`` or more. With a finite ``reach_mm`` (needs
+    ``spacing_kji``) only the candidate's voxels within that distance of such model evidence are
+    raised. Unchanged elsewhere. float32, the model's grid."""
     p = np.asarray(model_probability, dtype=np.float32)
-    if p.shape != np.shape(hypodensity) or p.shape != np.shape(candidate_labels):
-        raise ValueError(f"probability {p.shape}, map {np.shape(hypodensity)} and candidates "
-                         f"{np.shape(candidate_labels)} must share one grid")
-    labels = np.asarray(candidate_labels)
-    count = int(labels.max()) if labels.size else 0
+    label_sets = [candidate_labels] if isinstance(candidate_labels, np.ndarray) else list(candidate_labels)
+    for labels in label_sets:
+        if p.shape != np.shape(hypodensity) or p.shape != np.shape(labels):
+            raise ValueError(f"probability {p.shape}, map {np.shape(hypodensity)} and candidates "
+                             f"{np.shape(labels)} must share one grid")
+    inside = np.zeros(p.shape, bool)
+    evidence = p >= prior.model_floor
+    for labels in label_sets:
+        count = int(labels.max()) if labels.size else 0
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        support = np.bincount(labels[evidence & (labels > 0)], minlength=count + 1)
+        supported = (support >= 1) & (support >= prior.min_support_fraction * sizes)
+        supported[0] = False
+        inside |= supported[labels]
     out = p.copy()
-    if count == 0:
-        return out
-    evidence = (p >= prior.model_floor) & (labels > 0)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    support = np.bincount(labels[evidence], minlength=count + 1)
-    supported = (support >= 1) & (support >= prior.min_support_fraction * sizes)
-    supported[0] = False
-    inside = supported[labels]
     if not inside.any():
         return out
     if math.isfinite(prior.reach_mm):
@@ -360,7 +406,7 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray, c
             raise ValueError("a finite reach_mm needs spacing_kji")
         hits = np.nonzero(inside)
         box = tuple(slice(int(h.min()), int(h.max()) + 1) for h in hits)
-        near = ndimage.distance_transform_edt(~evidence[box], sampling=spacing_kji) <= prior.reach_mm
+        near = ndimage.distance_transform_edt(~(evidence[box] & inside[box]), sampling=spacing_kji) <= prior.reach_mm
         inside[box] &= near
     raised = prior.weight * np.asarray(hypodensity, np.float32)[inside]
     out[inside] = np.maximum(p[inside], raised)
@@ -388,31 +434,36 @@ def _upsample(array: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -
 
 def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
                           prior: ParenchymaPrior = ParenchymaPrior()
-                          ) -> Tuple[np.ndarray, np.ndarray, Optional[ParenchymaStats], List[Candidate]]:
+                          ) -> Tuple[np.ndarray, List[np.ndarray], Optional[ParenchymaStats], List[Candidate]]:
     """Steps 1-3 on ``region`` (the tumor search region), on a working grid of about
     ``working_mm`` (in-plane voxels finer than that are averaged in blocks; the map's 2.5 mm
-    smoothing makes them redundant), returned on the crop's grid: (hypodensity map float32,
-    kept candidates' labels int32, statistics or None for an empty region, candidates)."""
+    smoothing makes them redundant), returned on the crop's grid: (hypodensity map float32; per
+    scale, fine then coarse, the kept candidates' labels int32; statistics, None for an empty
+    region; the candidates of all scales)."""
     shape = np.shape(hu_crop)
     if not np.any(region):
-        return np.zeros(shape, np.float32), np.zeros(shape, np.int32), None, []
+        return np.zeros(shape, np.float32), [], None, []
     factors = _block_factors(spacing_kji, prior.working_mm)
     hu, mask, spacing = np.asarray(hu_crop, np.float32), np.asarray(region) > 0, tuple(spacing_kji)
     if max(factors) > 1:
         hu, mask = _block_mean(hu, factors), _block_mean(mask, factors) >= 0.5
         spacing = tuple(float(v) * f for v, f in zip(spacing_kji, factors))
         if not mask.any():
-            return np.zeros(shape, np.float32), np.zeros(shape, np.int32), None, []
+            return np.zeros(shape, np.float32), [], None, []
     liver = _Liver.prepare(hu, mask, spacing, prior)
     stats = _statistics(liver, prior)
-    delta = _delta(liver, stats, prior)
-    hypo = _map(delta, liver, stats, prior)
-    labels, candidates = _candidates(hypo, delta, spacing, stats, prior)
+    scales = _scales(liver, stats, prior)
+    hypo = np.max([scale.map for scale in scales], axis=0)
+    label_sets, candidates = [], []
+    for index, scale in enumerate(scales):
+        labels, found = _candidates(scale.map, scale.delta, scale.threshold, spacing, prior, index)
+        label_sets.append(labels)
+        candidates += found
     if max(factors) > 1:
         inside = np.asarray(region) > 0
         hypo = np.where(inside, _upsample(hypo, factors, shape), 0.0).astype(np.float32)
-        labels = np.where(inside, _upsample(labels, factors, shape), 0).astype(np.int32)
-    return hypo, labels, stats, candidates
+        label_sets = [np.where(inside, _upsample(labels, factors, shape), 0).astype(np.int32) for labels in label_sets]
+    return hypo, label_sets, stats, candidates
 
 
 def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, region: np.ndarray,
