@@ -1,10 +1,17 @@
 """Helpers of the LiverTumorSeg Slicer module that do not need the Slicer GUI.
 
-- ``process``: runs the LiverTumorSegLib command line in a background process (no Qt, no MRML).
-- ``mrml``: results into MRML and back (segmentation, table, measurements, export); runs on
-  PyPI's ``slicer-core`` as well as inside Slicer.
-- ``task``: one segmentation from a volume node to imported nodes (process + mrml).
-- ``dependencies``: which Python packages the library needs and which are missing.
+- ``widget``: the panel (GUI only; ``LiverTumorSeg.py`` gives it the Logic).
+- ``process``: the library's command line in a background process: the injectable process
+  (``ProcessProtocol``, ``Launcher``), its JSON-lines protocol, staged progress (no Qt, no MRML).
+- ``runs``: one run's private temporary folder and process, and the cleanup of runs that outlive
+  their owner (module unload, application quit, a crashed session).
+- ``task``: one segmentation from a volume node to imported nodes (runs + mrml).
+- ``mrml``: results into MRML and back (segmentation, table, measurements, export through the
+  library's writers); runs on PyPI's ``slicer-core`` as well as inside Slicer.
+- ``export``: Export: the library's files, and DICOM SEG from the DICOM database's files.
+- ``presentation``: the text the panel shows (results table, model card, model combo boxes).
+- ``parameters``: the settings stored in the parameter node.
+- ``dependencies``: which Python packages the library needs, which are missing, installing them.
 
 They live in this sub-package because Slicer tries to load every ``.py`` file at the top of a
 scripted-module folder as a module.

@@ -13,11 +13,12 @@ reinstalled over (e.g. a SimpleITK that Slicer built itself).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 TORCH_REQUIREMENT = "torch>=2.1,<3"
 
@@ -34,14 +35,14 @@ REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
 )
 
 # What each action of the module imports in Slicer's own Python (None: everything, PyTorch
-# included). Segment runs the whole library in a background process; Recompute measurements and
-# Export only run LiverTumorSegLib.measure (NumPy, SciPy) and read volumes (SimpleITK) in Slicer;
-# a test checks these lists by importing what those actions import.
+# included). Segment runs the whole library in a background process; Recompute measurements runs
+# LiverTumorSegLib.measure (NumPy, SciPy, SimpleITK) in Slicer, Export also the library's writers
+# (slicerio for the .seg.nrrd); a test checks these lists by importing what those actions import.
 SEGMENT, MEASURE, EXPORT = "segment", "measure", "export"
 ACTION_IMPORTS: Dict[str, Optional[Tuple[str, ...]]] = {
     SEGMENT: None,
     MEASURE: ("numpy", "scipy", "SimpleITK"),
-    EXPORT: ("numpy", "scipy", "SimpleITK"),
+    EXPORT: ("numpy", "scipy", "SimpleITK", "slicerio"),
 }
 
 ImportableCheck = Callable[[str], bool]  # import name -> importable?
@@ -193,3 +194,57 @@ def torch_missing(importable: Optional[ImportableCheck] = None, version_of: Opti
     """True when PyTorch is missing or its version is outside ``TORCH_REQUIREMENT``."""
     return _problem("torch", TORCH_REQUIREMENT, importable or is_importable,
                     version_of or installed_version) is not None
+
+
+LogFunction = Callable[[str, str], None]  # (level, message)
+
+
+def pytorch_extension_installer() -> Optional[Callable[[str], None]]:
+    """Installs PyTorch (a version specifier) through 3D Slicer's PyTorch extension, which picks the
+    wheel for the GPU and driver; None when the extension is not installed."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        return None
+
+    def install(specifier: str) -> None:
+        logic = PyTorchUtils.PyTorchUtilsLogic()
+        try:
+            torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=specifier)
+        except TypeError:  # older PyTorchUtils without the version argument
+            torch = logic.installTorch(askConfirmation=False)
+        if torch is None:
+            raise RuntimeError("the PyTorch extension could not install PyTorch")
+
+    return install
+
+
+def install(action: str, pip_install: Callable[[List[str]], Any], log: LogFunction,
+            torch_installer: Optional[Callable[[str], None]] = None) -> None:
+    """Install or upgrade what ``action`` needs: PyTorch with ``torch_installer`` when given (see
+    :func:`pytorch_extension_installer`), else with pip; the rest with ``pip_install`` (Slicer's
+    ``slicer.util.pip_install``). Raises RuntimeError when something is still missing afterwards."""
+    problems = requirement_problems(action)
+    if any(problem.is_torch for problem in problems):
+        _, specifier = split_requirement(TORCH_REQUIREMENT)
+        if torch_installer is not None:
+            log("info", f"Installing PyTorch ({specifier}) with the PyTorch extension...")
+            torch_installer(specifier)
+        else:
+            log("info", f"Installing {TORCH_REQUIREMENT} with pip (install the PyTorch extension to get a GPU "
+                        "build matched to your driver)...")
+            pip_install([TORCH_REQUIREMENT])
+    others = [problem.requirement for problem in problems if not problem.is_torch]
+    if others:
+        log("info", f"Installing {', '.join(others)} with pip...")
+        pip_install(others)
+    importlib.invalidate_caches()  # make freshly installed packages importable
+    still = requirement_problems(action)
+    if still:
+        raise RuntimeError("still missing or of another version after installation: "
+                           + ", ".join(problem.describe() for problem in still))
+    loaded = [problem.import_name for problem in problems if not problem.missing and problem.import_name in sys.modules]
+    if loaded:
+        log("warning", f"Restart Slicer to use the new version of {', '.join(loaded)} in Slicer itself "
+                       "(the segmentation process uses it already).")
+    log("info", "Dependencies installed.")

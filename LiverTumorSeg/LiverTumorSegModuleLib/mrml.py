@@ -1,5 +1,6 @@
 """Results into MRML and back: the segmentation node, the measurements table, edit detection,
-measurements of an edited segmentation, and export through storage nodes.
+measurements of an edited segmentation, and export through the library's writers (the files the
+command line writes, plus the measurements table as CSV).
 
 Uses only what PyPI's ``slicer-core`` offers (scene, nodes, storage nodes, segmentation logic
 statics), so CI tests it against a real ``vtkMRMLScene``; inside Slicer it runs unchanged.
@@ -161,8 +162,9 @@ def write_volume_file(volume_node, path: Path) -> None:
         raise OSError(f"could not write volume '{volume_node.GetName()}' to {path}")
 
 
-def read_labelmap_file(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """A labelmap file (NIfTI, NRRD, ...) as a (k, j, i) uint8 array and its IJK-to-RAS matrix."""
+def read_labelmap_file(path: Path):
+    """A labelmap file (NIfTI, NRRD, ...) as a (k, j, i) uint8 array and its grid (the library's
+    :class:`Geometry`)."""
     node = slicer.vtkMRMLLabelMapVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
@@ -172,20 +174,22 @@ def read_labelmap_file(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     labels = array_from_volume(node)
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"{path} holds labels outside 0..255; it is not a LiverTumorSeg labelmap")
-    return labels.astype(np.uint8), ijk_to_ras_matrix(node)
+    return labels.astype(np.uint8), geometry_of_volume(node)
 
 
-def check_same_grid(volume_node, labels_kji: np.ndarray, ijk_to_ras: np.ndarray, tolerance_mm: float = 0.01) -> None:
-    """Raise ValueError unless a labelmap lies on the volume's voxel grid."""
+def check_same_grid(volume_node, labels_kji: np.ndarray, labels_geometry) -> None:
+    """Raise ValueError unless a labelmap lies on the volume's voxel grid (the library's check)."""
+    from LiverTumorSegLib.errors import LiverTumorSegError
+
     i, j, k = volume_node.GetImageData().GetDimensions()
     if labels_kji.shape != (k, j, i):
         raise ValueError(f"the labelmap has {labels_kji.shape[::-1]} voxels, the volume {(i, j, k)}; "
                          "the result does not belong to this volume")
-    expected = ijk_to_ras_matrix(volume_node)
-    corners = np.array([[0, 0, 0, 1], [i - 1, j - 1, k - 1, 1]], dtype=float).T
-    if not np.allclose(expected @ corners, ijk_to_ras @ corners, atol=tolerance_mm):
-        raise ValueError("the labelmap is not on the volume's grid (origin, spacing or orientation differ); "
-                         "the result does not belong to this volume")
+    try:
+        geometry_of_volume(volume_node).require_same_grid(labels_geometry, "the labelmap", "the volume's",
+                                                          "the result does not belong to this volume")
+    except LiverTumorSegError as exc:
+        raise ValueError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,8 +502,8 @@ def import_results(scene, volume_node, outputs: Dict[str, Any], segmentation_nod
     ``outputs`` are the CLI's output paths by key ("labelmap", "report" are needed). Returns
     ``(segmentation_node, table_node)``; places both beside the volume in the subject hierarchy.
     """
-    labels, ijk_to_ras = read_labelmap_file(Path(outputs["labelmap"]))
-    check_same_grid(volume_node, labels, ijk_to_ras)
+    labels, labels_geometry = read_labelmap_file(Path(outputs["labelmap"]))
+    check_same_grid(volume_node, labels, labels_geometry)
     if labels.max(initial=0) > max(LIVER_LABEL, TUMOR_LABEL):
         raise ValueError(f"{outputs['labelmap']} holds labels above {TUMOR_LABEL}; it is not a LiverTumorSeg labelmap")
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
@@ -576,32 +580,35 @@ def place_beside(volume_node, node) -> bool:
 # Export
 
 
-EXPORT_SUFFIXES = {"segmentation": ".seg.nrrd", "labelmap": ".nii.gz", "table": "_measurements.csv",
-                   "lesions_csv": "_lesions.csv", "report": ".json"}
+TABLE_SUFFIX = "_measurements.csv"  # the measurements table; the other files: LiverTumorSegLib.io.writers
 
 
 def export_paths(folder: Path, name: str) -> Dict[str, Path]:
-    return {key: Path(folder) / f"{name}{suffix}" for key, suffix in EXPORT_SUFFIXES.items()}
+    """The files :func:`export_results` writes, by key: the library's outputs and the table."""
+    from LiverTumorSegLib.io.writers import output_paths
+
+    paths = output_paths(Path(folder), name)
+    paths["table"] = Path(folder) / f"{name}{TABLE_SUFFIX}"
+    return paths
 
 
 def existing_exports(folder: Path, name: str) -> List[Path]:
     return [p for p in export_paths(folder, name).values() if p.exists()]
 
 
-def _write_with_storage_node(storage, node, path: Path, compress: bool = True) -> None:
-    """Write ``node`` to ``path`` with a (not scene-added) storage node, as Slicer's Save does."""
-    storage.SetFileName(str(path))
-    if compress:
-        storage.SetUseCompression(1)
-    if not storage.WriteData(node):
-        raise OSError(f"could not write {path}")
+def labelmap_image(segmentation_node, volume_node):
+    """Our segments as the library's 0/1/2 labelmap: a SimpleITK image on the volume's grid."""
+    from LiverTumorSegLib.geometry import array_to_image
+
+    return array_to_image(segmentation_labelmap(segmentation_node, volume_node), geometry_of_volume(volume_node))
 
 
 def export_results(segmentation_node, volume_node, folder: Path, name: str, overwrite: bool = False) -> Dict[str, Path]:
-    """Write the segmentation (.seg.nrrd), its 0/1/2 labelmap (.nii.gz), the measurements table
-    (CSV), the lesions CSV and a JSON report into ``folder``; measurements are computed from the
-    segmentation as it is now. Existing files are kept unless ``overwrite``."""
-    from LiverTumorSegLib.measure import write_lesions_csv
+    """Write what the command line writes (.seg.nrrd, 0/1/2 NIfTI labelmap, lesions CSV, JSON
+    report) with the library's writers, plus the measurements table as CSV, into ``folder``; the
+    measurements are those of the segmentation as it is now, the report keeps what the run
+    reported (models, device, timings, settings). Existing files are kept unless ``overwrite``."""
+    from LiverTumorSegLib.io.writers import LabelmapResult, write_outputs
 
     folder = Path(folder)
     paths = export_paths(folder, name)
@@ -609,36 +616,34 @@ def export_results(segmentation_node, volume_node, folder: Path, name: str, over
         existing = existing_exports(folder, name)
         if existing:
             raise FileExistsError(f"{existing[0]} already exists; choose another folder or allow overwriting")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    edited = was_edited(segmentation_node, volume_node)
-    measurements = measure_segmentation(segmentation_node, volume_node)
-    labels = segmentation_labelmap(segmentation_node, volume_node)
-
-    _write_with_storage_node(slicer.vtkMRMLSegmentationStorageNode(), segmentation_node, paths["segmentation"])
-
-    labelmap_node = slicer.vtkMRMLLabelMapVolumeNode()
-    labelmap_node.SetName(name)
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    labelmap_node.SetIJKToRASMatrix(matrix)
-    labelmap_node.SetAndObserveImageData(_fill_uint8(vtk.vtkImageData(), labels))
-    _write_with_storage_node(slicer.vtkMRMLVolumeArchetypeStorageNode(), labelmap_node, paths["labelmap"])
+    run_report = json.loads(segmentation_node.GetAttribute(ATTRIBUTE_REPORT) or "{}")
+    result = LabelmapResult.measured(segmentation_labelmap(segmentation_node, volume_node),
+                                     geometry_of_volume(volume_node), array_from_volume(volume_node), run_report)
+    storage = volume_node.GetStorageNode()
+    input_path = Path(storage.GetFileName()) if storage is not None and storage.GetFileName() else \
+        Path(volume_node.GetName())
+    extra = {"input_volume": volume_node.GetName(),
+             "edited_after_segmentation": bool(was_edited(segmentation_node, volume_node))}
+    if "tumor_tta_std_mean" in run_report:
+        extra["tumor_tta_std_mean"] = run_report["tumor_tta_std_mean"]
+    write_outputs(result, input_path, name, "slicer", folder, force=True, report_extra=extra)
 
     table_node = slicer.vtkMRMLTableNode()
-    update_measurements_table(None, measurements.to_dict(), table_node)
-    _write_with_storage_node(slicer.vtkMRMLTableStorageNode(), table_node, paths["table"], compress=False)
-
-    write_lesions_csv(paths["lesions_csv"], measurements)
-
-    report = json.loads(segmentation_node.GetAttribute(ATTRIBUTE_REPORT) or "{}")
-    report.update(measurements.to_dict())
-    report.update({"name": name, "input_volume": volume_node.GetName(),
-                   "edited_after_segmentation": bool(edited),
-                   "labels": {"0": "background", str(LIVER_LABEL): "Liver", str(TUMOR_LABEL): "Liver tumor"},
-                   "outputs": {key: str(path) for key, path in paths.items()}})
-    paths["report"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    update_measurements_table(None, result.measurements.to_dict(), table_node)
+    storage = slicer.vtkMRMLTableStorageNode()
+    storage.SetFileName(str(paths["table"]))
+    if not storage.WriteData(table_node):
+        raise OSError(f"could not write {paths['table']}")
     return paths
+
+
+def write_dicom_seg(segmentation_node, volume_node, instance_files: Sequence[Path], path: Path) -> Path:
+    """A DICOM SEG of our segments, written by the library (highdicom), that references the CT's
+    DICOM ``instance_files`` (see :func:`dicom_instance_files`)."""
+    from LiverTumorSegLib.io.dicom_seg import write_dicom_seg as write
+
+    write(labelmap_image(segmentation_node, volume_node), list(instance_files), Path(path))
+    return Path(path)
 
 
 def is_from_dicom(volume_node) -> bool:
@@ -660,28 +665,6 @@ def dicom_instance_files(volume_node, database) -> List[Path]:
         raise RuntimeError(f"{len(missing)} of the {len(uids)} DICOM files of '{volume_node.GetName()}' are no "
                            "longer in the DICOM database; import the series again")
     return files
-
-
-def write_dicom_seg_file(labelmap_path: Path, instance_files: Sequence[Path], seg_path: Path) -> Path:
-    """A DICOM SEG of an exported 0/1/2 labelmap file that references the CT's ``instance_files``,
-    written by the library (highdicom); the instance files are only linked, never changed."""
-    import os
-    import shutil
-    import tempfile
-
-    import SimpleITK as sitk
-
-    from LiverTumorSegLib.io.dicom_seg import write_dicom_seg
-
-    with tempfile.TemporaryDirectory(prefix="livertumorseg-dicom-") as staging:
-        for index, source in enumerate(instance_files):
-            link = Path(staging) / f"{index:05d}.dcm"
-            try:
-                os.symlink(Path(source).resolve(), link)
-            except OSError:  # no symlinks (Windows without the privilege): copy
-                shutil.copy2(source, link)
-        write_dicom_seg(sitk.ReadImage(str(labelmap_path)), Path(staging), Path(seg_path))
-    return Path(seg_path)
 
 
 def iter_our_segments(segmentation_node) -> Iterable[Tuple[SegmentTerminology, Any]]:

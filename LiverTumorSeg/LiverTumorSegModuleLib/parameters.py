@@ -13,9 +13,6 @@ from typing import Any, Dict
 DEVICE_CHOICES = ("auto", "GPU", "CPU")  # as shown in the device combo box
 DEVICE_TO_CLI = {"auto": "auto", "GPU": "cuda", "CPU": "cpu"}
 QUALITY_CHOICES = ("full", "fast")
-# The models the library uses when none is named (LiverTumorSegLib.models.registry.DEFAULT_*; a test
-# keeps them in step). Only used to show the default model's card.
-DEFAULT_MODELS = {"liver": "liver-demo", "tumor": "tumor-demo-ensemble"}
 
 # name -> default, for the value settings
 VALUE_DEFAULTS: Dict[str, Any] = {

@@ -67,8 +67,7 @@ def card_summary_html(card: Dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Model combo boxes
 
-MODELS_LISTING = "listing"  # the library has not answered yet
-MODELS_UNKNOWN = "unknown"  # listing failed (e.g. dependencies missing): which models exist is not known
+MODELS_UNKNOWN = "unknown"  # not listed (yet), or listing failed: which models exist is not known
 MODELS_LISTED = "listed"
 
 
@@ -88,10 +87,10 @@ def model_combo_items(task: str, cards: Iterable[Dict[str, Any]], state: str, ch
     """The items of the ``task`` ("liver" or "tumor") model combo box and the index to show.
 
     The default model, the listed models of that task, and the ``chosen`` model (saved in the
-    scene) even when it is not in the list: while the list loads it is shown as "checking", when
-    listing failed as "not verified", when the list does not have it as "not installed". So the box
-    always shows the model Segment will use, and selecting an item never replaces a saved choice
-    by one the user did not make.
+    scene) even when it is not in the list: when the models could not be listed it is shown as
+    "not verified", when the list does not have it as "not installed". So the box always shows the
+    model Segment will use, and selecting an item never replaces a saved choice by one the user
+    did not make.
     """
     items = [ModelChoice(f"default ({default_name})", "", "The library's default model")]
     names = []
@@ -101,8 +100,6 @@ def model_combo_items(task: str, cards: Iterable[Dict[str, Any]], state: str, ch
     if chosen and chosen not in names:
         if chosen.endswith(".json"):  # a card file given through Python; the command line checks it
             items.append(ModelChoice(f"{chosen} (card file)", chosen, "A model card file"))
-        elif state == MODELS_LISTING:
-            items.append(ModelChoice(f"{chosen} (checking...)", chosen, "Waiting for the list of installed models"))
         elif state == MODELS_UNKNOWN:
             items.append(ModelChoice(f"{chosen} (not verified)", chosen,
                                      "The installed models could not be listed; the segmentation will report "

@@ -1,8 +1,16 @@
 """Run the LiverTumorSegLib command line in a background process and follow its JSON-lines protocol.
 
-No Qt and no MRML here: the Slicer widget polls :meth:`CliProcess.poll` from a QTimer, the
-Logic's ``wait=True`` path and the tests call :meth:`CliProcess.wait`. Callbacks are only ever
-called from ``poll``/``wait``, i.e. on the caller's thread; two reader threads only queue lines.
+No Qt and no MRML here. A process is an object with the small interface of
+:class:`ProcessProtocol` (start, poll, wait, cancel, outcome, pid), as SlicerNNUNet's
+``ProcessProtocol``; :class:`Launcher` says how processes start (which Python, which environment,
+which process class) and is what a caller or a test injects. Callbacks are only ever called from
+``poll``/``wait``, i.e. on the caller's thread (the widget polls from a QTimer).
+
+:class:`CliProcess` writes the process's output to files that ``poll`` reads: no reader threads,
+no queue, and no pipe that a process left behind can hold open. It does not use QProcess: the
+process tree kill and the cleanup after a crash (``runs.py``) need the process to lead its own
+session (POSIX) or process group (Windows), which PythonQt's QProcess cannot ask for, and the
+Python-console path (``segment(wait=True)``) and the headless tests have no Qt event loop.
 
 The protocol (stdout, one JSON object per line):
 ``{"event": "progress", "stage": ..., "fraction": 0..1, "message": ...}``,
@@ -15,28 +23,22 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
 
 STDERR_TAIL_LINES = 40
-ORPHAN_GRACE_SECONDS = 5.0
-
-TEMP_PREFIX = "LiverTumorSeg-"  # each run's private temporary folder: <temp>/LiverTumorSeg-XXXX
-OWNER_FILE = "owner.json"  # in it: the pid of the Python that owns the run, and of the run's process
-UNMARKED_STALE_SECONDS = 24 * 3600.0  # a folder without OWNER_FILE (older versions) this old is stale
+OUTPUT_FOLDER_PREFIX = "livertumorseg_process_"  # a process's own output folder, when it is given none
 
 ProgressCallback = Callable[[str, float, str], None]  # (stage, fraction, message)
 LogCallback = Callable[[str, str], None]  # (level, message)
@@ -153,91 +155,10 @@ def segment_command(prefix: Sequence[str], input_path: Path, output_dir: Path,
                            "--progress", "json"] + options.to_args()
 
 
-def models_list_command(prefix: Sequence[str]) -> List[str]:
-    return list(prefix) + ["models", "list", "--json"]
-
-
-def list_models(prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
-                timeout: float = 120.0) -> List[Dict[str, Any]]:
-    """The model cards the library knows (``models list --json``), blocking; raises RuntimeError
-    with the library's own error message when the command fails."""
-    return ModelListing(prefix, env).start().wait(timeout)
-
-
-def parse_model_list(stdout: str, stderr: str, returncode: Optional[int]) -> List[Dict[str, Any]]:
-    """The cards printed by ``models list --json``; RuntimeError with the library's message otherwise."""
-    if returncode != 0:
-        raise RuntimeError(error_message_from_stderr(stderr, returncode))
-    try:
-        cards = json.loads(stdout)
-    except json.JSONDecodeError as exc:
-        raise RuntimeError(f"'models list --json' printed something that is not JSON ({exc})") from None
-    if not isinstance(cards, list):
-        raise RuntimeError("'models list --json' did not print a list of model cards")
-    return cards
-
-
-class ModelListing:
-    """``models list --json`` without blocking the caller (the library imports PyTorch, which takes
-    seconds): :meth:`start`, then :meth:`poll` until it returns False; then :attr:`cards` or
-    :attr:`error` is set. Output goes to temporary files, so no pipe can fill up."""
-
-    def __init__(self, prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None) -> None:
-        self.command = models_list_command(prefix or cli_prefix())
-        self.env = env if env is not None else library_environment()
-        self.cards: Optional[List[Dict[str, Any]]] = None
-        self.error: str = ""
-        self._process: Optional[subprocess.Popen] = None
-        self._stdout = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-
-    def start(self) -> "ModelListing":
-        try:
-            self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                             stderr=self._stderr, env=self.env,
-                                             **_popen_platform_kwargs(new_group=True))
-        except OSError as exc:
-            self.error = f"could not list the models ({exc.strerror or exc})"
-            self._close()
-        return self
-
-    def poll(self) -> bool:
-        """True while the listing runs."""
-        if self._process is None or self.cards is not None or self.error:
-            return False
-        if self._process.poll() is None:
-            return True
-        self._stdout.seek(0)
-        self._stderr.seek(0)
-        try:
-            self.cards = parse_model_list(self._stdout.read(), self._stderr.read(), self._process.returncode)
-        except RuntimeError as exc:
-            self.error = str(exc)
-        self._close()
-        return False
-
-    def wait(self, timeout: float = 120.0) -> List[Dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while self.poll():
-            if time.monotonic() > deadline:
-                self.cancel()
-                raise RuntimeError(f"listing the models took more than {timeout:.0f} s")
-            time.sleep(0.05)
-        if self.error:
-            raise RuntimeError(self.error)
-        return self.cards or []
-
-    def cancel(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            kill_process_tree(self._process)
-            self._process.wait()
-        self.error = self.error or "the model listing was cancelled"
-        self._close()
-
-    def _close(self) -> None:
-        for handle in (self._stdout, self._stderr):
-            if not handle.closed:
-                handle.close()
+def safe_file_stem(name: str) -> str:
+    """A file-name-safe version of a node name (ASCII letters, digits, ``-`` and ``_`` kept)."""
+    cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in name).strip("_")
+    return cleaned[:100] or "input"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,87 +209,122 @@ def _popen_platform_kwargs(new_group: bool = True) -> Dict[str, Any]:
     return {"start_new_session": new_group}
 
 
-def kill_process_tree(process: subprocess.Popen, use_psutil: bool = True) -> None:
-    """Kill ``process`` and every process it started. The process must have been started in its
-    own session (POSIX) or process group (Windows), as :class:`CliProcess` does."""
-    pid = process.pid
+def kill_process_tree(process: Union[subprocess.Popen, int], use_psutil: bool = True) -> None:
+    """Kill a process and every process it started: a process started here (a ``Popen``, also after
+    it exited) leads its own session (POSIX) or process group (Windows), which is killed whole; a
+    pid is killed with its group when it leads one. psutil, when installed, also finds children
+    that left the group."""
+    pid = process.pid if isinstance(process, subprocess.Popen) else int(process)
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
                        **_popen_platform_kwargs(new_group=False))
-        if process.poll() is None:
-            process.kill()
-        return
-    descendants = []
-    if use_psutil:
-        try:
-            import psutil
-        except ImportError:
-            psutil = None
-        if psutil is not None:
+    else:
+        descendants = []
+        if use_psutil:
             try:
+                import psutil
+
                 descendants = psutil.Process(pid).children(recursive=True)
-            except psutil.Error:
+            except Exception:  # no psutil, or the process is gone
                 descendants = []
-    try:
-        os.killpg(pid, signal.SIGKILL)  # start_new_session=True: the group id is the pid
-    except (ProcessLookupError, PermissionError):
-        pass
-    for child in descendants:  # children that left the group (setsid) are still known to psutil
         try:
-            child.kill()
-        except Exception:  # already gone
+            if isinstance(process, subprocess.Popen) or os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)  # start_new_session=True: the group id is the pid
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
-    if process.poll() is None:
+        for child in descendants:
+            try:
+                child.kill()
+            except Exception:  # already gone
+                pass
+    if isinstance(process, subprocess.Popen) and process.poll() is None:
         process.kill()
 
 
+def _kill_leftovers(process: subprocess.Popen) -> None:
+    """Kill what an exited process left running in its session (POSIX). Not on Windows: there a
+    process tree is found by pid, which another program may have by now."""
+    if os.name != "nt":
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 # ----------------------------------------------------------------------------------------------
-# The runner
+# The process
+
+
+class ProcessProtocol(Protocol):
+    """What a run needs of its background process (see :class:`CliProcess`). Created with
+    ``(command, env=..., on_progress=..., on_log=..., on_result=..., output_dir=...)``; events reach
+    the callbacks only from :meth:`poll` and :meth:`wait`."""
+
+    outcome: Optional[RunOutcome]  # None until the process has ended
+
+    @property
+    def pid(self) -> Optional[int]: ...
+
+    def start(self) -> None: ...
+
+    def poll(self) -> bool:  # deliver events; True while running
+        ...
+
+    def wait(self, timeout: Optional[float] = None) -> RunOutcome: ...
+
+    def cancel(self) -> None:  # kill the process tree; the outcome becomes CANCELLED
+        ...
 
 
 class CliProcess:
-    """One command run in the background; events reach the callbacks when :meth:`poll` is called."""
+    """One command run in the background, its stdout and stderr in files of ``output_dir`` (a
+    folder of its own, removed when it ends, when none is given)."""
 
     def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None,
                  cwd: Optional[Path] = None, on_progress: Optional[ProgressCallback] = None,
-                 on_log: Optional[LogCallback] = None, on_result: Optional[ResultCallback] = None) -> None:
+                 on_log: Optional[LogCallback] = None, on_result: Optional[ResultCallback] = None,
+                 output_dir: Optional[Path] = None) -> None:
         self.command = [str(c) for c in command]
         self.env = env
         self.cwd = cwd
         self.on_progress = on_progress
         self.on_log = on_log
         self.on_result = on_result
+        self.output_dir = None if output_dir is None else Path(output_dir)
         self.process: Optional[subprocess.Popen] = None
         self.result: Optional[Dict[str, Any]] = None
         self.outcome: Optional[RunOutcome] = None
-        self._events: "queue.Queue[Tuple[str, Optional[str]]]" = queue.Queue()
-        self._stderr_lines: List[str] = []
-        self._threads: List[threading.Thread] = []
-        self._open_streams = 0
+        self._own_output_dir = output_dir is None
+        self._stdout = None  # the reading end of the stdout file
+        self._partial = b""  # an incomplete last line, until its newline arrives
         self._cancelled = False
-        self._exited_at: Optional[float] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.outcome is None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         if self.process is not None:
             raise RuntimeError("this process was already started")
+        if self.output_dir is None:
+            self.output_dir = Path(tempfile.mkdtemp(prefix=OUTPUT_FOLDER_PREFIX))
+        stdout_path, stderr_path = self.output_dir / "process.stdout", self.output_dir / "process.stderr"
         try:
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=self.env, cwd=None if self.cwd is None else str(self.cwd), text=True, encoding="utf-8",
-                errors="replace", bufsize=1, **_popen_platform_kwargs(new_group=True))
+            with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+                self.process = subprocess.Popen(
+                    self.command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=self.env,
+                    cwd=None if self.cwd is None else str(self.cwd), **_popen_platform_kwargs(new_group=True))
         except OSError as exc:
+            self._remove_own_output_dir()
             raise RuntimeError(f"could not start {self.command[0]} ({exc.strerror or exc})") from None
-        for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
-            thread = threading.Thread(target=self._read, args=(name, stream), daemon=True,
-                                      name=f"LiverTumorSeg-{name}")
-            thread.start()
-            self._threads.append(thread)
-        self._open_streams = 2
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.outcome is None
+        self._stdout = open(stdout_path, "rb")  # its own file position: the process writes through its own
 
     def cancel(self) -> None:
         """Kill the whole process tree; the outcome becomes CANCELLED at the next poll."""
@@ -378,26 +334,20 @@ class CliProcess:
         kill_process_tree(self.process)
 
     def poll(self) -> bool:
-        """Deliver queued events to the callbacks; True while the run has not ended."""
+        """Deliver the events written so far to the callbacks; True while the run has not ended."""
         if self.process is None:
             raise RuntimeError("start() was not called")
         if self.outcome is not None:
             return False
-        self._drain()
-        exited = self.process.poll() is not None
-        if exited and self._open_streams > 0:
-            # A process it left behind still holds the pipes open: give it a moment, then end it.
-            self._exited_at = self._exited_at or time.monotonic()
-            if time.monotonic() - self._exited_at > ORPHAN_GRACE_SECONDS:
-                kill_process_tree(self.process)
-                self._open_streams = 0
-        if exited and self._open_streams == 0:
-            for thread in self._threads:
-                thread.join(timeout=1.0)
-            self._drain()
-            self.outcome = self._make_outcome(self.process.returncode)
-            return False
-        return True
+        exited = self.process.poll() is not None  # first: all it wrote before exiting is in the file
+        self._read_events(final=exited)
+        if not exited:
+            return True
+        _kill_leftovers(self.process)
+        self.outcome = self._make_outcome(self.process.returncode, self._stderr_tail())
+        self._stdout.close()
+        self._remove_own_output_dir()
+        return False
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> RunOutcome:
         """Poll until the run ends; on ``timeout`` (seconds) the run is cancelled."""
@@ -411,32 +361,25 @@ class CliProcess:
         return self.outcome
 
     # -- internals --------------------------------------------------------------------------
-    def _read(self, name: str, stream) -> None:  # noqa: ANN001 - a text stream
-        try:
-            for line in iter(stream.readline, ""):
-                self._events.put((name, line))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._events.put((name, None))
+    def _read_events(self, final: bool) -> None:
+        lines = (self._partial + self._stdout.read()).split(b"\n")
+        self._partial = b"" if final else lines.pop()
+        for line in lines:
+            if line.strip() and not self._cancelled:  # nothing from a cancelled run reaches the user
+                self._dispatch(parse_event_line(line.decode("utf-8", "replace")))
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                name, line = self._events.get_nowait()
-            except queue.Empty:
-                return
-            if line is None:
-                self._open_streams -= 1
-            elif name == "stderr":
-                self._stderr_lines.append(line.rstrip("\r\n"))
-                del self._stderr_lines[:-STDERR_TAIL_LINES]
-            else:
-                self._dispatch(parse_event_line(line))
+    def _stderr_tail(self) -> str:
+        try:
+            text = (self.output_dir / "process.stderr").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-STDERR_TAIL_LINES:])
+
+    def _remove_own_output_dir(self) -> None:
+        if self._own_output_dir and self.output_dir is not None:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     def _dispatch(self, event: Dict[str, Any]) -> None:
-        if self._cancelled:
-            return  # nothing from a cancelled run reaches the user
         kind = event["event"]
         if kind == "progress" and self.on_progress:
             self.on_progress(event["stage"], event["fraction"], event["message"])
@@ -448,8 +391,7 @@ class CliProcess:
             if self.on_result:
                 self.on_result(event)
 
-    def _make_outcome(self, returncode: Optional[int]) -> RunOutcome:
-        stderr = "\n".join(self._stderr_lines)
+    def _make_outcome(self, returncode: Optional[int], stderr: str) -> RunOutcome:
         if self._cancelled:
             return RunOutcome(CANCELLED, returncode, None, "the segmentation was cancelled", stderr)
         if returncode == 0 and self.result is not None:
@@ -458,6 +400,29 @@ class CliProcess:
             return RunOutcome(FAILED, returncode, None, "the segmentation process ended without reporting "
                               "a result; see the log for details", stderr)
         return RunOutcome(FAILED, returncode, None, error_message_from_stderr(stderr, returncode), stderr)
+
+
+@dataclass
+class Launcher:
+    """How background processes start: the command that runs the library (``prefix``, default
+    ``<PythonSlicer> -m LiverTumorSegLib``), its environment (``env``, default this one with the
+    library importable) and the :class:`ProcessProtocol` class. The module's one injection point
+    for its background runs: tests give one that runs a fake command line."""
+
+    prefix: Optional[Sequence[str]] = None
+    env: Optional[Dict[str, str]] = None
+    process_class: Callable[..., ProcessProtocol] = CliProcess
+
+    def command_prefix(self) -> List[str]:
+        return list(self.prefix) if self.prefix is not None else cli_prefix()
+
+    def start(self, command: Sequence[str], on_progress: Optional[ProgressCallback] = None,
+              on_log: Optional[LogCallback] = None, output_dir: Optional[Path] = None) -> ProcessProtocol:
+        """A started process running ``command``; RuntimeError when it cannot start."""
+        process = self.process_class(command, env=self.env if self.env is not None else library_environment(),
+                                     on_progress=on_progress, on_log=on_log, output_dir=output_dir)
+        process.start()
+        return process
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,308 +479,3 @@ class StagedProgress:
                 return start, weight
             start += weight
         return 0.0, 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# One segmentation run: temporary folder + process + cleanup
-
-
-class BackgroundSegmentation:
-    """A segmentation in a private temporary folder: the caller writes the input volume to
-    :attr:`input_path`, calls :meth:`start`, polls, and calls :meth:`cleanup` once it has read the
-    outputs. Cancel and failure remove the folder at once, so nothing is left behind."""
-
-    def __init__(self, options: SegmentOptions, input_name: str = "input",
-                 prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None, on_progress: Optional[ProgressCallback] = None,
-                 on_log: Optional[LogCallback] = None, temp_parent: Optional[Path] = None) -> None:
-        self.options = options
-        self.prefix = list(prefix) if prefix is not None else cli_prefix()
-        self.env = env if env is not None else library_environment()
-        self.temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=None if temp_parent is None
-                                              else str(temp_parent)))
-        self.input_path = self.temp_dir / f"{safe_file_stem(input_name)}.nrrd"
-        self.output_dir = self.temp_dir / "output"
-        self.on_progress = on_progress
-        self.on_log = on_log
-        self.process: Optional[CliProcess] = None
-        _write_owner_record(self.temp_dir)
-        with _RUNS_LOCK:
-            _RUNS.add(self)
-
-    @property
-    def command(self) -> List[str]:
-        return segment_command(self.prefix, self.input_path, self.output_dir, self.options)
-
-    def start(self) -> None:
-        if not self.input_path.is_file():
-            self.cleanup()
-            raise RuntimeError(f"the input volume was not written to {self.input_path}")
-        self.process = CliProcess(self.command, env=self.env, on_progress=self.on_progress, on_log=self.on_log)
-        try:
-            self.process.start()
-        except RuntimeError:
-            self.cleanup()
-            raise
-        _write_owner_record(self.temp_dir, self.process.process.pid)
-
-    def poll(self) -> bool:
-        assert self.process is not None, "start() was not called"
-        running = self.process.poll()
-        if not running and not self.process.outcome.succeeded:
-            self.cleanup()
-        return running
-
-    def wait(self, timeout: Optional[float] = None) -> RunOutcome:
-        assert self.process is not None, "start() was not called"
-        outcome = self.process.wait(timeout=timeout)
-        if not outcome.succeeded:
-            self.cleanup()
-        return outcome
-
-    def cancel(self) -> None:
-        if self.process is not None:
-            self.process.cancel()
-            self.process.wait()
-        self.cleanup()
-
-    @property
-    def outcome(self) -> Optional[RunOutcome]:
-        return None if self.process is None else self.process.outcome
-
-    def outputs(self) -> Dict[str, Path]:
-        """The result's files by key; raises RuntimeError when the run did not succeed or a file is missing."""
-        outcome = self.outcome
-        if outcome is None or not outcome.succeeded or outcome.result is None:
-            raise RuntimeError("the segmentation has no result")
-        reported = outcome.result.get("outputs") or {}
-        paths = {key: Path(value) for key, value in reported.items()}
-        for key in ("labelmap", "report"):
-            if key not in paths or not paths[key].is_file():
-                raise RuntimeError(f"the segmentation reported no readable '{key}' output")
-        return paths
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-        with _RUNS_LOCK:
-            _RUNS.discard(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# Runs that outlive their owner: stop them on unload/quit, remove their leftovers at the next start
-
-
-_RUNS: "set[BackgroundSegmentation]" = set()  # started here and not cleaned up yet
-_RUNS_LOCK = threading.Lock()
-
-
-def active_runs() -> List[BackgroundSegmentation]:
-    """The runs of this Python that have not been cleaned up (running, or finished and unread)."""
-    with _RUNS_LOCK:
-        return list(_RUNS)
-
-
-def stop_all_runs() -> int:
-    """Kill the process tree of every run this Python started (the panel's and the Python
-    console's, e.g. ``segment(wait=False)``) and remove their temporary folders; for module
-    unload and application quit. Returns how many runs were stopped."""
-    runs = active_runs()
-    for run in runs:
-        try:
-            run.cancel()
-        except Exception:  # never let one run keep the others alive
-            run.cleanup()
-    return len(runs)
-
-
-def _write_owner_record(folder: Path, process_pid: Optional[int] = None) -> None:
-    owner = os.getpid()
-    record = {"owner_pid": owner, "owner_started": process_start_time(owner), "process_pid": process_pid}
-    try:
-        (folder / OWNER_FILE).write_text(json.dumps(record), encoding="utf-8")
-    except OSError:
-        pass  # a folder without a record is only removed once it is old
-
-
-def _read_owner_record(folder: Path) -> Optional[Dict[str, Any]]:
-    try:
-        record = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def process_start_time(pid: int) -> Optional[float]:
-    """When process ``pid`` started (seconds since the epoch), None when unknown; tells a process
-    from a later one that got the same pid."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return float(psutil.Process(pid).create_time())
-        except psutil.Error:
-            return None
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie counts as gone)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-    if os.name == "nt":
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes
-
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return kernel32.GetLastError() == 5  # access denied: it exists
-    try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return True
-        return code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
-
-
-def _command_line(pid: int) -> Optional[str]:
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return " ".join(psutil.Process(pid).cmdline())
-        except psutil.Error:
-            return None
-    if sys.platform.startswith("linux"):
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            return None
-    if os.name != "nt":
-        try:
-            completed = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True,
-                                       timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return completed.stdout.strip() or None
-    return None
-
-
-def _kill_stale_process(record: Dict[str, Any], folder: Path) -> None:
-    """Kill the process tree of a stale run, if it still runs and is that run (its command line
-    names the run's folder: the pid may belong to another program by now)."""
-    pid = record.get("process_pid")
-    if not isinstance(pid, int) or not pid_alive(pid):
-        return
-    command = _command_line(pid)
-    if command is None or str(folder) not in command:
-        return
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
-                       **_popen_platform_kwargs(new_group=False))
-        return
-    descendants = []
-    try:
-        import psutil
-
-        descendants = psutil.Process(pid).children(recursive=True)
-    except Exception:  # no psutil, or gone
-        pass
-    try:
-        if os.getpgid(pid) == pid:  # it leads its own group (start_new_session), as CliProcess starts it
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for child in descendants:
-        try:
-            child.kill()
-        except Exception:
-            pass
-
-
-def _owner_alive(record: Dict[str, Any]) -> bool:
-    pid = record.get("owner_pid")
-    if not isinstance(pid, int) or not pid_alive(pid):
-        return False
-    started = record.get("owner_started")
-    if isinstance(started, (int, float)):
-        now_started = process_start_time(pid)
-        if now_started is not None and abs(now_started - float(started)) > 2.0:
-            return False  # another process got the pid
-    return True
-
-
-def remove_stale_runs(temp_parent: Optional[Path] = None) -> List[Path]:
-    """Clean up after sessions that ended without doing it (a crash, a kill): for every
-    ``LiverTumorSeg-*`` folder in ``temp_parent`` (default: the system's temporary folder) whose
-    owning process is gone, kill the run's process tree if it still runs, then remove the folder.
-    Folders of live sessions (this one, another Slicer) are kept; a folder without an owner record
-    (older versions) only once it is a day old. Returns the removed folders."""
-    parent = Path(tempfile.gettempdir() if temp_parent is None else temp_parent)
-    removed: List[Path] = []
-    try:
-        folders = sorted(p for p in parent.glob(TEMP_PREFIX + "*") if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return removed
-    for folder in folders:
-        record = _read_owner_record(folder)
-        if record is None:
-            try:
-                age = time.time() - folder.stat().st_mtime
-            except OSError:
-                continue
-            if age < UNMARKED_STALE_SECONDS:
-                continue  # being created right now, or too recent to judge
-        elif _owner_alive(record):
-            continue
-        else:
-            _kill_stale_process(record, folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
-            removed.append(folder)
-    return removed
-
-
-def safe_file_stem(name: str) -> str:
-    """A file-name-safe version of a node name (ASCII letters, digits, ``-`` and ``_`` kept)."""
-    cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in name).strip("_")
-    return cleaned[:100] or "input"

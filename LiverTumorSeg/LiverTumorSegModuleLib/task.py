@@ -10,10 +10,11 @@ edited while the run is going on, the result goes into a new segmentation node i
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 from . import mrml
-from .process import CANCELLED, FAILED, SUCCEEDED, BackgroundSegmentation, RunOutcome, SegmentOptions, StagedProgress
+from .process import CANCELLED, FAILED, SUCCEEDED, Launcher, RunOutcome, SegmentOptions, StagedProgress
+from .runs import BackgroundSegmentation
 
 StatusCallback = Callable[[float, str], None]  # (overall fraction 0..1, stage title)
 LogCallback = Callable[[str, str], None]  # (level, message)
@@ -21,12 +22,12 @@ FinishedCallback = Callable[["SegmentationTask"], None]
 
 
 class SegmentationTask:
-    """Segments ``volume_node`` into ``segmentation_node`` (a new node when None)."""
+    """Segments ``volume_node`` into ``segmentation_node`` (a new node when None), in a background
+    process started by ``launcher`` (default: the library's command line in PythonSlicer)."""
 
     def __init__(self, scene, volume_node, options: Optional[SegmentOptions] = None, segmentation_node=None,
                  overwrite_edited: bool = False, tumor_members: Optional[int] = None,
-                 prefix: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
-                 on_status: Optional[StatusCallback] = None, on_log: Optional[LogCallback] = None,
+                 launcher: Optional[Launcher] = None, on_status: Optional[StatusCallback] = None, on_log: Optional[LogCallback] = None,
                  on_finished: Optional[FinishedCallback] = None) -> None:
         if volume_node is None or volume_node.GetImageData() is None:
             raise ValueError("select an input CT volume that has image data")
@@ -50,8 +51,7 @@ class SegmentationTask:
         self.started_at = 0.0
         self.seconds = 0.0
         self._target_hash = None if segmentation_node is None else mrml.content_hash(segmentation_node, volume_node)
-        self._prefix = prefix
-        self._env = env
+        self._launcher = launcher
         self._run: Optional[BackgroundSegmentation] = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -63,7 +63,7 @@ class SegmentationTask:
         self._status("load", 0.0)
         try:
             self._run = BackgroundSegmentation(self.options, input_name=self.volume_node.GetName(),
-                                               prefix=self._prefix, env=self._env, on_progress=self._on_progress,
+                                               launcher=self._launcher, on_progress=self._on_progress,
                                                on_log=self._log)
             mrml.write_volume_file(self.volume_node, self._run.input_path)
             self._run.start()

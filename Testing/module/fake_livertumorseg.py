@@ -8,7 +8,7 @@ for testing the module's runner without models. The behaviour is picked by ``$FA
 - ``noresult``: progress, then exit 0 without a result event.
 - ``hang``: starts a child process (its pid is logged), writes a partial file, then sleeps until
   killed (for Cancel).
-- ``orphan``: starts a child that keeps stdout open, then exits 0 without a result.
+- ``orphan``: starts a child that keeps stdout open (its pid is logged), then exits 0 without a result.
 
 Usage (as the module calls it): ``fake_livertumorseg.py segment INPUT --output DIR --progress json ...``
 """
@@ -88,7 +88,8 @@ def segment(args: argparse.Namespace) -> int:
         time.sleep(600)
         return 0
     if mode == "orphan":
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits stdout
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits stdout
+        emit({"event": "log", "level": "info", "message": f"child pid {child.pid}"})
         return 0
     print("a line that is not JSON, e.g. a library's own print", flush=True)
     for stage in ("liver", "crop", "tumor:fake-a", "tumor:fake-b", "postprocess", "measure"):

@@ -1,5 +1,5 @@
-"""A stand-in for the parts of the 3D Slicer 5.6 application that ``LiverTumorSeg.py`` uses, so its
-Module, Widget, Logic and Test classes run headless (PyPI's slicer-core has MRML but no
+"""A stand-in for the parts of the 3D Slicer 5.6 application that ``LiverTumorSeg.py`` and its panel
+(``LiverTumorSegModuleLib/widget.py``) use, so the Module, Widget, Logic and Test classes run headless (PyPI's slicer-core has MRML but no
 application, no Qt widgets and no ``slicer.ScriptedLoadableModule``).
 
 What it plays, as Slicer 5.6 has it:
@@ -16,7 +16,10 @@ What it plays, as Slicer 5.6 has it:
   an error). ``slicer.parameterNodeWrapper`` is absent, so the settings live on the plain
   parameter node through ``ParameterNodeAdapter`` (same names and defaults: a test checks it).
 
-Everything is installed with pytest's ``monkeypatch`` and undone after the test.
+Everything is installed with pytest's ``monkeypatch`` and undone after the test. The module's
+background runs go through its Logic's ``launcher`` (:meth:`SlicerApp.use_fake_cli` gives it one
+that runs Testing/module/fake_livertumorseg.py); its models are listed by the real library, in this
+process, unless a test gives the cards.
 """
 
 from __future__ import annotations
@@ -548,6 +551,11 @@ class SlicerApp:
         monkeypatch.setattr(slicer, "ScriptedLoadableModule", standin_slm, raising=False)
         monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", None)  # import fails: the adapter is used
         monkeypatch.setitem(sys.modules, "SampleData", None)  # no SampleData unless a test provides one
+        # The panel is imported afresh with this test's stand-ins (it imports qt and slicer.ScriptedLoadableModule).
+        monkeypatch.delitem(sys.modules, "LiverTumorSegModuleLib.widget", raising=False)
+        # Models: the embedded ones and an empty cache of this test, as a fresh installation has.
+        monkeypatch.delenv("LIVERTUMORSEG_MODELS", raising=False)
+        monkeypatch.setenv("LIVERTUMORSEG_CACHE", str(tmp_path / "model_cache"))
 
         spec = importlib.util.spec_from_file_location("LiverTumorSeg", MODULE_FILE)
         self.module = importlib.util.module_from_spec(spec)
@@ -560,32 +568,39 @@ class SlicerApp:
         parent = types.SimpleNamespace(path=str(MODULE_FILE))
         return self.module.LiverTumorSeg(parent)
 
-    def create_widget(self, listing=None):
-        """The panel, set up; ``listing`` replaces the background model listing (default: one that
-        never answers, see :class:`ModelListing`)."""
-        listing = listing or ModelListing()
-        self.monkeypatch.setattr(self.module.LiverTumorSegLogic, "listModelsInBackground",
-                                 staticmethod(lambda: listing))
+    def create_widget(self, cards: Optional[List[Dict[str, Any]]] = None):
+        """The panel, set up; ``cards`` replaces the library's model list (see :meth:`list_models`)."""
+        if cards is not None:
+            self.list_models(cards)
         widget = self.module.LiverTumorSegWidget(types.SimpleNamespace(isEntered=True))
         widget.setup()
-        widget.listing = listing
         self.widgets.append(widget)
         return widget
+
+    def list_models(self, cards: Optional[List[Dict[str, Any]]] = None, error: str = "") -> None:
+        """From now on the Logic lists ``cards`` as the library's models, or fails with ``error``."""
+        def listModels():
+            if error:
+                raise RuntimeError(error)
+            return list(cards or [])
+
+        self.monkeypatch.setattr(self.module.LiverTumorSegLogic, "listModels", staticmethod(listModels))
 
     def close(self) -> None:
         """Unload the module, as Slicer does at exit: every widget's cleanup (observers removed,
         runs stopped), then any run still going."""
-        from LiverTumorSegModuleLib import process
+        from LiverTumorSegModuleLib import runs
 
         for widget in self.widgets:
             widget.cleanup()
-        process.stop_all_runs()
+        runs.stop_all_runs()
 
     def use_fake_cli(self, mode: str = "ok") -> None:
         """Segmentations run the fake command line (Testing/module/fake_livertumorseg.py)."""
-        from LiverTumorSegModuleLib import process
+        from LiverTumorSegModuleLib.process import Launcher
 
-        self.monkeypatch.setattr(process, "cli_prefix", lambda python=None: [sys.executable, str(FAKE_CLI)])
+        self.monkeypatch.setattr(self.module.LiverTumorSegLogic, "launcher",
+                                 Launcher(prefix=[sys.executable, str(FAKE_CLI)]))
         self.monkeypatch.setenv("FAKE_CLI_MODE", mode)
 
     def add_ct_volume(self, name: str = "CT", shape_kji=(10, 16, 20)):
@@ -601,25 +616,6 @@ class SlicerApp:
         node.SetSpacing(1.5, 1.5, 3.0)
         node.CreateDefaultDisplayNodes()
         return node
-
-
-class ModelListing:
-    """Replaces ``process.ModelListing`` in the panel: runs until the test calls :meth:`answer`."""
-
-    def __init__(self) -> None:
-        self.cards = None
-        self.error = ""
-        self.running = True
-
-    def answer(self, cards=None, error: str = "") -> None:
-        self.cards, self.error, self.running = cards, error, False
-
-    def poll(self) -> bool:
-        return self.running
-
-    def cancel(self) -> None:
-        self.running = False
-        self.error = self.error or "cancelled"
 
 
 def with_versions(monkeypatch, missing=(), versions=None) -> Dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from LiverTumorSegModuleLib import mrml, process
+from LiverTumorSegModuleLib import mrml, process, runs
 from slicer_app_standin import FAKE_CLI, SlicerApp, process_alive, wait_until
 
 LINUX = sys.platform.startswith("linux")
@@ -29,7 +29,7 @@ def start_console_run(app: SlicerApp):
                                                    onLog=lambda level, message: logs.append(message))
     assert wait_until(lambda: any(m.startswith("child pid") for m in logs), step=task.poll), logs
     child = int(next(m for m in logs if m.startswith("child pid")).split()[-1])
-    return task, task._run.process.process.pid, child
+    return task, task._run.process.pid, child
 
 
 @pytest.mark.skipif(not LINUX, reason="checks the process tree through /proc")
@@ -42,7 +42,7 @@ def test_quitting_slicer_kills_a_run_started_from_the_python_console(app):
     assert wait_until(lambda: not process_alive(child) and not process_alive(cli), timeout=10)
     assert not temp_dir.exists()
     assert not task.poll() and task.status == process.CANCELLED
-    assert process.active_runs() == []
+    assert runs.active_runs() == []
 
 
 @pytest.mark.skipif(not LINUX, reason="checks the process tree through /proc")
@@ -56,36 +56,36 @@ def test_unloading_the_module_kills_console_runs_too(app):
 
 def test_the_run_folder_records_who_owns_it(app):
     app.use_fake_cli("hang")
-    run = process.BackgroundSegmentation(process.SegmentOptions())
+    run = runs.BackgroundSegmentation(process.SegmentOptions(), launcher=app.module.LiverTumorSegLogic.launcher)
     try:
         assert run.temp_dir.parent == app.temp_root
-        assert json.loads((run.temp_dir / process.OWNER_FILE).read_text())["owner_pid"] == os.getpid()
+        assert json.loads((run.temp_dir / runs.OWNER_FILE).read_text())["owner_pid"] == os.getpid()
         app.add_ct_volume()
         mrml.write_volume_file(app.add_ct_volume(), run.input_path)
         run.start()
-        record = json.loads((run.temp_dir / process.OWNER_FILE).read_text())
-        assert record["owner_pid"] == os.getpid() and record["process_pid"] == run.process.process.pid
-        assert process.remove_stale_runs(app.temp_root) == []  # its owner (this process) is alive
+        record = json.loads((run.temp_dir / runs.OWNER_FILE).read_text())
+        assert record["owner_pid"] == os.getpid() and record["process_pid"] == run.process.pid
+        assert runs.remove_stale_runs(app.temp_root) == []  # its owner (this process) is alive
         assert run.temp_dir.is_dir()
     finally:
         run.cancel()
-    assert process.active_runs() == []
+    assert runs.active_runs() == []
 
 
 CRASHING_SESSION = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, SimpleITK as sitk
-from LiverTumorSegModuleLib import process
+from LiverTumorSegModuleLib import process, runs
 env = dict(os.environ, FAKE_CLI_MODE="hang", PYTHONUNBUFFERED="1")
 logs = []
-run = process.BackgroundSegmentation(process.SegmentOptions(), prefix=[sys.executable, sys.argv[2]], env=env,
-                                     temp_parent=sys.argv[3], on_log=lambda level, m: logs.append(m))
+run = runs.BackgroundSegmentation(process.SegmentOptions(), launcher=process.Launcher([sys.executable, sys.argv[2]], env),
+                                  temp_parent=sys.argv[3], on_log=lambda level, m: logs.append(m))
 sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 16), np.int16)), str(run.input_path))
 run.start()
 while not any(m.startswith("child pid") for m in logs):
     run.poll(); time.sleep(0.05)
-print(run.temp_dir, run.process.process.pid, logs[-1].split()[-1], flush=True)
+print(run.temp_dir, run.process.pid, logs[-1].split()[-1], flush=True)
 time.sleep(600)
 """
 
@@ -102,17 +102,17 @@ def test_the_next_start_removes_what_a_crashed_session_left(app):
         session.send_signal(signal.SIGKILL)  # Slicer crashes: its run keeps going
         session.wait(timeout=10)
     assert folder.is_dir() and process_alive(cli) and process_alive(child)
-    recent_unmarked = app.temp_root / f"{process.TEMP_PREFIX}being-created"
+    recent_unmarked = app.temp_root / f"{runs.TEMP_PREFIX}being-created"
     recent_unmarked.mkdir()
-    live = process.BackgroundSegmentation(process.SegmentOptions(), prefix=[sys.executable, str(FAKE_CLI)])  # ours
+    live = runs.BackgroundSegmentation(process.SegmentOptions(), launcher=process.Launcher([sys.executable, str(FAKE_CLI)]))  # ours
     try:
         app.create_module()  # the next start
         assert wait_until(lambda: not process_alive(child) and not process_alive(cli), timeout=10)
         assert not folder.exists()
         assert live.temp_dir.is_dir() and recent_unmarked.is_dir()
-        old = time.time() - process.UNMARKED_STALE_SECONDS - 60
+        old = time.time() - runs.UNMARKED_STALE_SECONDS - 60
         os.utime(recent_unmarked, (old, old))  # left by an older version, a day ago
-        assert process.remove_stale_runs(app.temp_root) == [recent_unmarked]
+        assert runs.remove_stale_runs(app.temp_root) == [recent_unmarked]
     finally:
         live.cleanup()
         for pid in (cli, child):  # whatever the test outcome, leave no process behind
@@ -126,11 +126,11 @@ def test_a_stale_record_whose_pid_was_reused_kills_nothing(app, tmp_path):
     try:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
-        folder = app.temp_root / f"{process.TEMP_PREFIX}stale"
+        folder = app.temp_root / f"{runs.TEMP_PREFIX}stale"
         folder.mkdir()
-        (folder / process.OWNER_FILE).write_text(json.dumps({"owner_pid": dead.pid, "owner_started": None,
+        (folder / runs.OWNER_FILE).write_text(json.dumps({"owner_pid": dead.pid, "owner_started": None,
                                                              "process_pid": bystander.pid}))
-        assert process.remove_stale_runs(app.temp_root) == [folder]
+        assert runs.remove_stale_runs(app.temp_root) == [folder]
         time.sleep(0.2)
         assert bystander.poll() is None, "a process that is not the run's was killed"
     finally:

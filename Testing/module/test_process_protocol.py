@@ -1,4 +1,4 @@
-"""The background-process runner against real subprocesses: a fake command line that speaks the
+"""The background process against real subprocesses: a fake command line that speaks the
 LiverTumorSegLib protocol (Testing/module/fake_livertumorseg.py) and the real library's CLI entry."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from LiverTumorSegModuleLib import process
-from LiverTumorSegModuleLib.process import (CANCELLED, FAILED, SUCCEEDED, BackgroundSegmentation, CliProcess,
-                                            SegmentOptions, StagedProgress)
+from LiverTumorSegModuleLib.process import CANCELLED, FAILED, SUCCEEDED, CliProcess, Launcher, SegmentOptions, StagedProgress
+from LiverTumorSegModuleLib.runs import BackgroundSegmentation
 
 FAKE_CLI = Path(__file__).resolve().parent / "fake_livertumorseg.py"
 FAKE_PREFIX = [sys.executable, str(FAKE_CLI)]
@@ -134,14 +134,33 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks the process tree through /proc")
-def test_process_left_holding_the_pipes_is_ended(tmp_path, monkeypatch):
-    monkeypatch.setattr(process, "ORPHAN_GRACE_SECONDS", 0.3)
-    run = Recorder().runner(segment_args(tmp_path), fake_env("orphan"))
+def test_a_process_the_run_leaves_behind_ends_with_it(tmp_path):
+    """A child that keeps the run's stdout open neither keeps the run going nor outlives it."""
+    rec = Recorder()
+    run = rec.runner(segment_args(tmp_path), fake_env("orphan"))
     run.start()
     started = time.monotonic()
     outcome = run.wait(timeout=30)
     assert time.monotonic() - started < 20
     assert outcome.status == FAILED and "without reporting a result" in outcome.error_message
+    child = next(int(m.split()[-1]) for _, m in rec.logs if m.startswith("child pid"))
+    deadline = time.monotonic() + 5
+    while process_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(child)
+
+
+def test_a_process_without_an_output_folder_uses_its_own_and_removes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(process.tempfile, "tempdir", str(tmp_path))
+    run = Recorder().runner(segment_args(tmp_path), fake_env("ok"))
+    run.start()
+    assert run.output_dir.parent == tmp_path and run.output_dir.name.startswith(process.OUTPUT_FOLDER_PREFIX)
+    assert run.wait(timeout=60).succeeded
+    assert not run.output_dir.exists()
+    failing = CliProcess([str(tmp_path / "no-such-program")])
+    with pytest.raises(RuntimeError, match="could not start"):
+        failing.start()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(process.OUTPUT_FOLDER_PREFIX)] == []
 
 
 @pytest.mark.parametrize("use_psutil", [False, True])
@@ -174,8 +193,8 @@ def _pgid(proc_dir: Path) -> int:
 
 def test_background_segmentation_cleans_up_on_cancel_and_failure(tmp_path):
     for mode, expected in (("hang", CANCELLED), ("error", FAILED)):
-        run = BackgroundSegmentation(SegmentOptions(), input_name="CT 1/2", prefix=FAKE_PREFIX,
-                                     env=fake_env(mode), temp_parent=tmp_path)
+        run = BackgroundSegmentation(SegmentOptions(), input_name="CT 1/2", launcher=Launcher(FAKE_PREFIX, fake_env(mode)),
+                                     temp_parent=tmp_path)
         assert run.input_path.name == "CT_1_2.nrrd"
         write_ct(run.input_path)
         run.start()
@@ -194,8 +213,8 @@ def test_background_segmentation_cleans_up_on_cancel_and_failure(tmp_path):
 
 
 def test_background_segmentation_keeps_outputs_until_cleanup(tmp_path):
-    run = BackgroundSegmentation(SegmentOptions(device="cpu"), input_name="ct", prefix=FAKE_PREFIX,
-                                 env=fake_env("ok"), temp_parent=tmp_path)
+    run = BackgroundSegmentation(SegmentOptions(device="cpu"), input_name="ct",
+                                 launcher=Launcher(FAKE_PREFIX, fake_env("ok")), temp_parent=tmp_path)
     write_ct(run.input_path)
     run.start()
     assert run.wait(timeout=60).succeeded
@@ -206,7 +225,7 @@ def test_background_segmentation_keeps_outputs_until_cleanup(tmp_path):
 
 
 def test_start_without_input_fails_cleanly(tmp_path):
-    run = BackgroundSegmentation(SegmentOptions(), prefix=FAKE_PREFIX, env=fake_env("ok"), temp_parent=tmp_path)
+    run = BackgroundSegmentation(SegmentOptions(), launcher=Launcher(FAKE_PREFIX, fake_env("ok")), temp_parent=tmp_path)
     with pytest.raises(RuntimeError, match="was not written"):
         run.start()
     assert not run.temp_dir.exists()
@@ -251,31 +270,6 @@ def test_library_environment_makes_the_library_importable_from_anywhere(tmp_path
                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert Path(completed.stdout.strip()).resolve().parent == REPO_ROOT / "LiverTumorSegLib"
-
-
-def test_list_models_reads_the_json_list(tmp_path):
-    cards = process.list_models(FAKE_PREFIX, env=fake_env("ok"))
-    assert cards[0]["name"] == "fake-tumor" and cards[0]["non_clinical"] is True
-    with pytest.raises(RuntimeError):
-        process.list_models([sys.executable, "-c", "import sys; sys.stderr.write('error: no models\\n'); sys.exit(1)"],
-                            env=fake_env("ok"))
-
-
-def test_model_listing_runs_in_the_background():
-    slow = [sys.executable, "-c", "import json, time; time.sleep(0.5); print(json.dumps([{'name': 'm'}]))"]
-    listing = process.ModelListing(slow, env=fake_env("ok")).start()
-    assert listing.poll(), "the listing should still run right after start"
-    deadline = time.monotonic() + 30
-    while listing.poll() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert listing.cards == [{"name": "m"}] and listing.error == ""
-    failing = process.ModelListing([sys.executable, "-c", "import sys; sys.stderr.write('error: broken card\\n'); "
-                                    "sys.exit(1)"], env=fake_env("ok")).start()
-    with pytest.raises(RuntimeError, match="broken card"):
-        failing.wait(timeout=30)
-    hanging = process.ModelListing([sys.executable, "-c", "import time; time.sleep(600)"], env=fake_env("ok")).start()
-    hanging.cancel()
-    assert not hanging.poll() and "cancelled" in hanging.error
 
 
 def test_parse_event_line_is_robust():

@@ -17,7 +17,7 @@ import pytest
 import slicer
 
 from LiverTumorSegModuleLib import mrml, process
-from LiverTumorSegModuleLib.process import CANCELLED, SUCCEEDED, SegmentOptions
+from LiverTumorSegModuleLib.process import CANCELLED, SUCCEEDED, Launcher, SegmentOptions
 from LiverTumorSegModuleLib.task import SegmentationTask
 from mrml_helpers import subject_hierarchy_with_study, volume_fingerprint
 
@@ -62,7 +62,7 @@ def test_real_cli_result_imported_into_a_real_scene(shared_data, tiny_models_dir
     before = volume_fingerprint(volume)
     recorder = Recorder()
     task = SegmentationTask(scene, volume, SegmentOptions(device="cpu", fast=True), tumor_members=2,
-                            prefix=process.cli_prefix(sys.executable), env=models_env(tiny_models_dir, tmp_path),
+                            launcher=Launcher(process.cli_prefix(sys.executable), models_env(tiny_models_dir, tmp_path)),
                             on_status=recorder.on_status, on_log=recorder.on_log)
     task.start()
     assert task.wait(timeout=300) == SUCCEEDED, (task.error_message, recorder.logs)
@@ -113,10 +113,11 @@ def test_cancel_of_the_real_cli_leaves_nothing(shared_data, tiny_models_dir, tmp
     volume = load_ct(scene, ct_path)
     count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     recorder = Recorder()
-    task = SegmentationTask(scene, volume, SegmentOptions(device="cpu"), prefix=process.cli_prefix(sys.executable),
-                            env=models_env(tiny_models_dir, tmp_path), on_status=recorder.on_status)
+    task = SegmentationTask(scene, volume, SegmentOptions(device="cpu"),
+                            launcher=Launcher(process.cli_prefix(sys.executable), models_env(tiny_models_dir, tmp_path)),
+                            on_status=recorder.on_status)
     task.start()
-    pid = task._run.process.process.pid  # the CLI process, to check it is gone after Cancel
+    pid = task._run.process.pid  # the CLI process, to check it is gone after Cancel
     deadline = time.monotonic() + 120
     while not any(t == "Liver (global view)" for _, t in recorder.status) and time.monotonic() < deadline:
         assert task.poll(), "the run ended before it could be cancelled"
@@ -139,7 +140,7 @@ def test_embedded_demo_models_in_slicer_scene(shared_data, tmp_path):
     from LiverTumorSegLib.metrics import dice, on_grid_of
 
     ct_path = shared_data(CT_CASE)
-    listing = subprocess.run(process.models_list_command(process.cli_prefix(sys.executable)),
+    listing = subprocess.run(process.cli_prefix(sys.executable) + ["models", "list", "--json"],
                              env=models_env(tmp_path / "none", tmp_path / "cache"), capture_output=True, text=True,
                              timeout=300)
     assert listing.returncode == 0, listing.stderr
@@ -148,8 +149,7 @@ def test_embedded_demo_models_in_slicer_scene(shared_data, tmp_path):
     scene = slicer.vtkMRMLScene()
     volume = load_ct(scene, ct_path)
     task = SegmentationTask(scene, volume, SegmentOptions(device="cpu", fast=True),
-                            prefix=process.cli_prefix(sys.executable),
-                            env=models_env(tmp_path / "none", tmp_path / "cache"))
+                            launcher=Launcher(process.cli_prefix(sys.executable), models_env(tmp_path / "none", tmp_path / "cache")))
     task.start()
     assert task.wait(timeout=600) == SUCCEEDED, task.error_message
     labels = mrml.segmentation_labelmap(task.segmentation_node, volume)

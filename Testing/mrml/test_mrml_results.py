@@ -1,5 +1,6 @@
 """Results into real MRML (PyPI slicer-core): segmentation node, terminology, reference geometry,
-subject hierarchy, table node, edit detection, recomputed measurements, export through storage nodes."""
+subject hierarchy, table node, edit detection, recomputed measurements, export through the library's
+writers (and DICOM SEG through the library's writer, from the DICOM database's files)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
-from LiverTumorSegModuleLib import mrml, presentation
+from LiverTumorSegModuleLib import export, mrml, presentation
 from mrml_helpers import (SHAPE_KJI, add_ct_volume, liver_with_two_tumors, oblique_ijk_to_ras, paint,
                           subject_hierarchy_with_study, volume_fingerprint)
 
@@ -259,7 +260,7 @@ def test_recompute_measurements_after_an_edit(scene, tmp_path):
     assert len(rows) == 2 + 3 and rows[1][mrml.COLUMN_VOLUME] == pytest.approx(measurements.tumor_volume_ml)
 
 
-def test_export_through_storage_nodes(scene, tmp_path):
+def test_export_through_the_library_writers(scene, tmp_path):
     volume, voxels = add_ct_volume(scene)
     labels = liver_with_two_tumors()
     (tmp_path / "run").mkdir()
@@ -272,8 +273,11 @@ def test_export_through_storage_nodes(scene, tmp_path):
 
     folder = tmp_path / "export"
     paths = mrml.export_results(node, volume, folder, "case 1")
+    assert sorted(paths) == ["labelmap", "lesions_csv", "report", "segmentation", "table"]
     for path in paths.values():
         assert path.is_file(), path
+    written = sorted(p.name for p in paths.values()) + ["case 1_measurements.schema.csv"]  # the table's column types
+    assert sorted(p.name for p in folder.iterdir()) == sorted(written)  # nothing else, no temporary files
 
     # the NIfTI labelmap: 0/1/2 on the input grid
     nifti = sitk.ReadImage(str(paths["labelmap"]))
@@ -294,8 +298,10 @@ def test_export_through_storage_nodes(scene, tmp_path):
     assert np.array_equal(mrml.segmentation_labelmap(loaded, volume), edited)
 
     report = json.loads(paths["report"].read_text())
-    assert report["edited_after_segmentation"] is True
+    assert report["edited_after_segmentation"] is True and report["input_volume"] == volume.GetName()
     assert len(report["lesions"]) == 3 and report["models"][0]["name"] == "liver-demo"
+    assert report["device"] == "cpu" and report["non_clinical"] is True
+    assert report["lesions"][0]["volume_ml"] == pytest.approx(48 * 0.8 * 0.9 * 2.5 / 1000)
     with open(paths["lesions_csv"], newline="") as handle:
         lesion_rows = list(csv.DictReader(handle))
     assert len(lesion_rows) == 3
@@ -346,11 +352,14 @@ def test_dicom_seg_export_references_the_ct_instances(scene, tmp_path, helpers):
     labels = liver_with_two_tumors()
     (tmp_path / "run").mkdir()
     node, _ = mrml.import_results(scene, volume, write_result_files(tmp_path / "run", volume, labels))
-    paths = mrml.export_results(node, volume, tmp_path / "export", "case 1")
     before = {f: (series / f).read_bytes() for f in sorted(p.name for p in series.iterdir())}
-
-    files = mrml.dicom_instance_files(volume, DicomDatabaseFiles(files_by_uid))
-    seg_path = mrml.write_dicom_seg_file(paths["labelmap"], files, tmp_path / "export" / "case 1_seg.dcm")
+    logs = []
+    paths = export.export_results(scene, node, tmp_path / "export", "case 1", volume,
+                                  log=lambda level, message: logs.append((level, message)),
+                                  dicom_database=lambda: DicomDatabaseFiles(files_by_uid))
+    assert logs == []
+    seg_path = paths["dicom_seg"]
+    assert seg_path == tmp_path / "export" / "case 1_seg.dcm"
 
     seg = pydicom.dcmread(str(seg_path))
     assert seg.Modality == "SEG"
@@ -373,3 +382,18 @@ def test_dicom_instance_files_names_what_is_missing(scene, tmp_path):
     volume.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
     with pytest.raises(RuntimeError, match="1 of the 2 DICOM files"):
         mrml.dicom_instance_files(volume, DicomDatabaseFiles({"1.2.3": str(present)}))
+
+
+def test_a_dicom_seg_that_cannot_be_written_is_a_warning_and_the_other_files_stay(scene, tmp_path):
+    pytest.importorskip("highdicom")
+    volume, _ = add_ct_volume(scene)
+    volume.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")  # loaded from DICOM, files gone from the database
+    (tmp_path / "run").mkdir()
+    node, _ = mrml.import_results(scene, volume, write_result_files(tmp_path / "run", volume, liver_with_two_tumors()))
+    logs = []
+    paths = export.export_results(scene, node, tmp_path / "export", "case", volume,
+                                  log=lambda level, message: logs.append((level, message)),
+                                  dicom_database=lambda: DicomDatabaseFiles({}))
+    assert "dicom_seg" not in paths and all(path.is_file() for path in paths.values())
+    assert len(logs) == 1 and logs[0][0] == "warning" and "DICOM SEG export failed" in logs[0][1]
+    assert "2 of the 2 DICOM files" in logs[0][1]

@@ -1,5 +1,6 @@
 """A whole segmentation task on a real MRML scene with the fake command line
-(Testing/module/fake_livertumorseg.py): start, staged progress, import, cancel, failure, edits."""
+(Testing/module/fake_livertumorseg.py): start, staged progress, import, cancel, failure, edits; and
+with a process object that is not a subprocess at all (the process is injected through a Launcher)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import slicer
 
 from LiverTumorSegModuleLib import mrml
-from LiverTumorSegModuleLib.process import CANCELLED, FAILED, SUCCEEDED, SegmentOptions
+from LiverTumorSegModuleLib.process import CANCELLED, FAILED, SUCCEEDED, Launcher, RunOutcome, SegmentOptions
 from LiverTumorSegModuleLib.task import SegmentationTask
 from mrml_helpers import SHAPE_KJI, add_ct_volume, paint, volume_fingerprint
 
@@ -34,7 +35,7 @@ class Events:
 
     def task(self, scene, volume, mode, **kwargs) -> SegmentationTask:
         return SegmentationTask(scene, volume, kwargs.pop("options", SegmentOptions(device="cpu")),
-                                prefix=FAKE_PREFIX, env=fake_env(mode), tumor_members=2,
+                                launcher=Launcher(FAKE_PREFIX, fake_env(mode)), tumor_members=2,
                                 on_status=lambda f, t: self.status.append((f, t)),
                                 on_log=lambda level, m: self.logs.append((level, m)),
                                 on_finished=self.finished.append, **kwargs)
@@ -138,14 +139,14 @@ def test_task_refuses_a_volume_without_image_data():
     scene = slicer.vtkMRMLScene()
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="image data"):
-        SegmentationTask(scene, empty, prefix=FAKE_PREFIX)
+        SegmentationTask(scene, empty, launcher=Launcher(FAKE_PREFIX))
 
 
 def test_a_task_that_cannot_start_ends_failed_without_leftovers(tmp_path):
     scene = slicer.vtkMRMLScene()
     volume, _ = add_ct_volume(scene)
     events = Events()
-    task = SegmentationTask(scene, volume, prefix=[str(tmp_path / "no-such-python")],
+    task = SegmentationTask(scene, volume, launcher=Launcher([str(tmp_path / "no-such-python")]),
                             on_log=lambda level, m: events.logs.append((level, m)), on_finished=events.finished.append)
     assert task.temp_dir is None and not task.running  # nothing is created before start
     task.start()
@@ -153,3 +154,58 @@ def test_a_task_that_cannot_start_ends_failed_without_leftovers(tmp_path):
     assert "could not start" in task.error_message and "no-such-python" in task.error_message
     assert not task.temp_dir.exists()
     assert not task.poll()
+
+
+class ScriptedProcess:
+    """A :class:`ProcessProtocol` without a subprocess: each poll delivers the next stage of a run,
+    then the fake command line's outputs (written in this process) as the result."""
+
+    STAGES = ("load", "liver", "crop", "tumor:a", "tumor:b", "postprocess", "measure", "write")
+
+    def __init__(self, command, env=None, on_progress=None, on_log=None, on_result=None, output_dir=None) -> None:
+        self.command, self.on_progress, self.on_log = list(command), on_progress, on_log
+        self.outcome = None
+        self._next = 0
+
+    @property
+    def pid(self):
+        return None
+
+    def start(self) -> None:
+        assert self.command[1] == "segment" and "--progress" in self.command
+
+    def poll(self) -> bool:
+        if self.outcome is not None:
+            return False
+        if self._next < len(self.STAGES):
+            self.on_progress(self.STAGES[self._next], 1.0, "")
+            self._next += 1
+            return True
+        sys.path.insert(0, str(Path(FAKE_PREFIX[1]).parent))
+        from fake_livertumorseg import write_outputs
+
+        outputs = write_outputs(Path(self.command[2]), Path(self.command[self.command.index("--output") + 1]))
+        self.outcome = RunOutcome(SUCCEEDED, 0, {"event": "result", "name": "scripted", "outputs": outputs})
+        return False
+
+    def wait(self, timeout=None) -> RunOutcome:
+        while self.poll():
+            pass
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.outcome = self.outcome or RunOutcome(CANCELLED, None, error_message="cancelled")
+
+
+def test_any_process_object_can_run_the_task():
+    scene = slicer.vtkMRMLScene()
+    volume, _ = add_ct_volume(scene)
+    events = Events()
+    task = SegmentationTask(scene, volume, launcher=Launcher(["fake"], process_class=ScriptedProcess),
+                            tumor_members=2, on_status=lambda f, t: events.status.append((f, t)))
+    temp_dir = task.start().temp_dir
+    assert task.wait(timeout=60) == SUCCEEDED, task.error_message
+    assert task.segmentation_node.GetName() == "scripted liver segmentation"
+    assert [t for _, t in events.status][-1] == "Importing into the scene"
+    assert "Tumor model b (2/2)" in [t for _, t in events.status]
+    assert not temp_dir.exists()
