@@ -1,0 +1,556 @@
+"""One-click corrections of a tumor mask: add the lesion under a clicked point, or remove the
+tumor component under it.
+
+``add_lesion`` runs the tumor ensemble (the registry's default tumor model, its members loaded
+once by :class:`LesionEditor`) on a cube centred on the click, sized to one sliding window of
+the members (96 mm for the embedded models). The model sees a lesion at the click when a voxel
+within a few mm of it is at least ``seed_threshold`` probable (lower than the pipeline's 0.5:
+the click is the evidence that a lesion is there). The lesion then grows from the click over
+the connected voxels of the probability, and its edge is the probability level (0.05-0.95)
+whose boundary lies at half the HU contrast between the lesion's core and the liver around it:
+the half-maximum edge of a partial-volume-blurred lesion, where a fixed level would cut small
+lesions too wide and faint ones too narrow. A lesion cut by the cube's faces is run again on a
+larger cube. When the ensemble sees nothing near the click, the lesion is grown from the click
+on the CT itself: smoothed HU within the mean +- k standard deviations of the click's
+neighbourhood, never across the midpoint to the surrounding liver's median HU, bounded by a
+maximum radius, then refined by the project's active contour
+(:func:`~LiverTumorSegLib.postprocess.active_contour.refine_lesions`).
+
+Either way the lesion lies in the liver's tumor search region
+(:func:`~LiverTumorSegLib.stages.liver.tumor_search_region`: the liver, tumors included, with
+its in-slice holes filled), exactly the region the pipeline allows its lesions. The lesion's
+voxels become tumor (and so part of the liver, which includes its tumors); no other voxel
+changes. ``remove_lesion`` turns the 26-connected tumor component under the click into liver.
+
+Points are RAS millimetres, as 3D Slicer shows them; images are SimpleITK images (LPS), the
+labelmap the 0/1/2 uint8 image on the CT's grid. The inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from . import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
+from .errors import LiverTumorSegError
+from .geometry import Geometry, lps_to_ras
+from .measure import Lesion, measure_masks
+from .postprocess.active_contour import refine_lesions
+from .postprocess.components import CONNECTIVITY_26, bounding_box
+from .stages.crop import Box, crop_image
+from .stages.liver import tumor_search_region
+
+log = logging.getLogger(__name__)
+
+CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
+
+# Model path
+SEED_THRESHOLD = 0.3  # the model sees a lesion at the click when a voxel near it is at least this probable
+PROBABILITY_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # candidate lesion edges
+HALF_CONTRAST_RING_MM = (3.0, 12.0)
+CORE_FRACTION = 0.25  # the liver around a lesion: this far outside its largest candidate
+SEED_RADIUS_MM = 4.0  # the lesion starts from the most probable voxel this close to the click
+MAX_PATCH_MM = 200.0  # a lesion cut by the cube is run again on a cube up to this size
+PATCH_GROWTH = 1.6
+# HU fallback
+HU_SMOOTH_MM = 1.0  # Gaussian sigma of the HU smoothing
+HU_NEIGHBOURHOOD_MM = 4.0  # radius of the click's neighbourhood whose HU statistics define the lesion
+HU_K = 2.5  # the lesion's HU range: neighbourhood mean +- HU_K standard deviations ...
+HU_MIN_HALF_WIDTH = 15.0  # ... but at least this many HU either side
+HU_MIN_CONTRAST = 8.0  # the neighbourhood must differ from the surrounding liver by at least this (HU)
+HU_MAX_RADIUS_MM = 50.0
+ACTIVE_CONTOUR_ITERATIONS = 8
+AIR_HU = -500.0  # below this a click is in air (outside the body, lung, bowel gas)
+
+
+@dataclass
+class LesionEdit:
+    """What an edit did. ``labelmap`` is the new 0/1/2 labelmap (a new image; the input is
+    untouched); ``changed`` is True on the voxels whose label changed, inside ``box`` (array
+    index slices (k, j, i)), so a front end can apply the edit as an undoable region change;
+    ``lesion`` measures the whole lesion added (with any tumor it joined) or removed (its
+    ``id`` is 0: ids are given by the full lesion table)."""
+
+    action: str  # "add" | "remove"
+    labelmap: sitk.Image
+    voxels_changed: int
+    box: Box
+    changed: np.ndarray
+    lesion: Lesion
+    method: str  # "model" | "hu_region" (add), "component" (remove)
+    point_ras_mm: Tuple[float, float, float]
+    seconds: float
+    max_probability_near_click: Optional[float] = None
+
+    @property
+    def volume_changed_ml(self) -> float:
+        return self.voxels_changed * Geometry.of(self.labelmap).voxel_volume_ml
+
+    def summary(self) -> dict:
+        """A JSON-ready description (no arrays)."""
+        return {"action": self.action, "method": self.method, "point_ras_mm": list(self.point_ras_mm),
+                "voxels_changed": int(self.voxels_changed), "volume_changed_ml": round(self.volume_changed_ml, 4),
+                "lesion": {"volume_ml": round(self.lesion.volume_ml, 4),
+                           "longest_axial_diameter_mm": round(self.lesion.longest_axial_diameter_mm, 2),
+                           "centroid_ras_mm": [round(float(c), 2) for c in self.lesion.centroid_ras_mm],
+                           "mean_hu": None if self.lesion.mean_hu is None else round(self.lesion.mean_hu, 1)},
+                "max_probability_near_click": (None if self.max_probability_near_click is None
+                                               else round(float(self.max_probability_near_click), 3)),
+                "seconds": round(self.seconds, 3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and the click
+# ---------------------------------------------------------------------------------------------
+
+def _format_point(point_ras: Sequence[float]) -> str:
+    return "R,A,S = (" + ", ".join(f"{float(v):.1f}" for v in point_ras) + ") mm"
+
+
+def _checked_labels(ct: sitk.Image, labelmap: sitk.Image) -> Tuple[Geometry, np.ndarray]:
+    """The labelmap as a uint8 (k, j, i) copy, after checking it is a 0/1/2 labelmap on the CT's grid."""
+    for name, image in (("CT", ct), ("labelmap", labelmap)):
+        if not isinstance(image, sitk.Image):
+            raise LiverTumorSegError(f"the {name} must be a SimpleITK image, got {type(image).__name__}")
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise LiverTumorSegError(f"the {name} must be a 3-D single-channel image")
+    geometry = Geometry.of(ct)
+    if not geometry.matches(Geometry.of(labelmap)):
+        raise LiverTumorSegError("the labelmap is not on the CT's grid (size, spacing, origin or direction differ); "
+                                 "give the labelmap segmented from this CT")
+    labels = sitk.GetArrayFromImage(labelmap)
+    if labels.dtype != np.uint8:
+        if np.issubdtype(labels.dtype, np.floating) and not np.all(np.isfinite(labels)):
+            raise LiverTumorSegError("the labelmap has NaN or infinite values; give the 0/1/2 labelmap")
+        if labels.size and (labels.min() < 0 or labels.max() > TUMOR_LABEL or np.any(labels != np.round(labels))):
+            raise LiverTumorSegError("the labelmap holds values other than 0 (background), 1 (liver) and 2 (tumor)")
+        labels = labels.astype(np.uint8)
+    elif labels.size and labels.max() > TUMOR_LABEL:
+        raise LiverTumorSegError("the labelmap holds values other than 0 (background), 1 (liver) and 2 (tumor)")
+    return geometry, labels
+
+
+def ras_to_index(image: sitk.Image, point_ras: Sequence[float]) -> Tuple[int, int, int]:
+    """The (k, j, i) array index of the voxel holding the RAS point; a clear error outside the image."""
+    point = np.asarray(point_ras, dtype=np.float64).ravel()
+    if point.shape != (3,) or not np.all(np.isfinite(point)):
+        raise LiverTumorSegError(f"a point needs three finite RAS coordinates in mm, got {list(point_ras)}")
+    lps = lps_to_ras(point)  # the same two sign flips map RAS to LPS
+    ijk = np.rint(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in lps))).astype(int)
+    size = np.asarray(image.GetSize())
+    if np.any(ijk < 0) or np.any(ijk >= size):
+        raise LiverTumorSegError(f"the point {_format_point(point)} is outside the image (voxel index "
+                                 f"{tuple(int(v) for v in ijk)} of a {size[0]}x{size[1]}x{size[2]} volume); "
+                                 "click inside the CT")
+    return int(ijk[2]), int(ijk[1]), int(ijk[0])
+
+
+def _cube(center_kji: Sequence[int], side_mm: float, spacing_kji: Sequence[float],
+          shape: Sequence[int]) -> Box:
+    """A box of at most ``side_mm`` per axis around ``center_kji``, shifted (not cut) to stay
+    inside the array where the array is large enough."""
+    box = []
+    for c, s, n in zip(center_kji, spacing_kji, shape):
+        width = max(1, min(int(n), int(math.floor(side_mm / float(s) + 1e-6))))
+        start = min(max(int(c) - width // 2, 0), int(n) - width)
+        box.append(slice(start, start + width))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _ball(shape: Sequence[int], center: Sequence[int], spacing_kji: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Voxels of an array of ``shape`` within ``radius_mm`` of voxel ``center`` (at least the centre)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g - c) * float(s)) ** 2 for g, c, s in zip(grids, center, spacing_kji))
+    return np.asarray(d2 <= radius_mm ** 2)
+
+
+def _search_region(labels: np.ndarray, box: Box, axial_axis: int) -> np.ndarray:
+    """The pipeline's tumor search region (liver with tumors, in-slice holes filled) inside ``box``.
+    Filling in-slice holes needs whole slices, so it is computed on the box's slices with their
+    full in-plane extent: the same voxels as on the whole volume (3-D holes are in-slice holes too)."""
+    slab = [slice(None)] * 3
+    slab[axial_axis] = box[axial_axis]
+    region = tumor_search_region(labels[tuple(slab)] != BACKGROUND_LABEL, axial_axis)
+    inner = list(box)
+    inner[axial_axis] = slice(None)
+    return region[tuple(inner)].astype(bool)
+
+
+def _touches_inner_faces(mask: np.ndarray, box: Box, shape: Sequence[int]) -> bool:
+    """True when ``mask`` (the box's shape) reaches a face of ``box`` that is not the array's border."""
+    for axis, (s, n) in enumerate(zip(box, shape)):
+        if s.start > 0 and np.take(mask, 0, axis=axis).any():
+            return True
+        if s.stop < n and np.take(mask, mask.shape[axis] - 1, axis=axis).any():
+            return True
+    return False
+
+
+def _component_at(mask_full: np.ndarray, click: Tuple[int, int, int], spacing_kji: Sequence[float],
+                  start_mm: float = 80.0) -> Tuple[Box, np.ndarray]:
+    """The 26-connected component of ``mask_full`` holding ``click`` (which must be set), labelled in
+    a box around the click that grows until the component lies inside it: ``(box, component)``."""
+    side = start_mm
+    shape = mask_full.shape
+    while True:
+        box = _cube(click, side, spacing_kji, shape)
+        labels, _ = ndimage.label(mask_full[box], structure=CONNECTIVITY_26)
+        local = tuple(c - s.start for c, s in zip(click, box))
+        component = labels == labels[local]
+        whole = all(s.start == 0 and s.stop == n for s, n in zip(box, shape))
+        if whole or not _touches_inner_faces(component, box, shape):
+            return box, component
+        side *= 2.0
+
+
+def _lesion_measurement(component: np.ndarray, box: Box, geometry: Geometry,
+                        ct_hu: Optional[np.ndarray]) -> Lesion:
+    """The measurements of one lesion given as a mask inside ``box`` (id 0)."""
+    corner = np.array([s.start for s in box], dtype=np.float64)
+    box_geometry = Geometry(tuple(int(n) for n in component.shape[::-1]), geometry.spacing,
+                            tuple(float(v) for v in geometry.index_to_lps(corner)), geometry.direction)
+    measured = measure_masks(component, component, box_geometry, ct_hu)
+    lesion = measured.lesions[0]
+    lesion.id = 0
+    return lesion
+
+
+def _new_labelmap(labels: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(like)
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# Growing a lesion from the click
+# ---------------------------------------------------------------------------------------------
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask, structure=CONNECTIVITY_6)
+    if count <= 1:
+        return labels > 0
+    return labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+
+
+def _component_holding(mask: np.ndarray, seed: Sequence[int]) -> np.ndarray:
+    labels, _ = ndimage.label(mask, structure=CONNECTIVITY_6)
+    label = labels[tuple(seed)]
+    return labels == label if label else np.zeros(mask.shape, bool)
+
+
+def _smoothed(hu: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    sigma = tuple(HU_SMOOTH_MM / float(s) for s in spacing_kji)
+    return ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma=sigma, mode="nearest")
+
+
+def nested_lesions(probability: np.ndarray, allowed: np.ndarray, click: Sequence[int],
+                   spacing_kji: Sequence[float], seed_threshold: float = SEED_THRESHOLD,
+                   seed_radius_mm: float = SEED_RADIUS_MM) -> Tuple[Dict[float, np.ndarray], float]:
+    """The lesion at ``click`` as the probability draws it at each of ``PROBABILITY_LEVELS``:
+    ``({level: mask}, the largest allowed probability within seed_radius_mm of the click)``; no
+    masks when that probability is below ``seed_threshold`` (the model sees nothing there).
+
+    The lesion is the 6-connected region of allowed voxels at least ``seed_threshold`` probable
+    that holds the click (or, when the click's voxel is below it, the most probable voxel near
+    the click). Lower levels take the region of their threshold that holds it; higher levels the
+    largest region of their threshold inside it (its core). Enclosed holes are filled (a necrotic
+    core is lesion). Masks hold for ``probability``'s whole array."""
+    near = _ball(probability.shape, click, spacing_kji, seed_radius_mm) & allowed
+    near_prob = np.where(near, probability, -1.0)
+    best = float(near_prob.max()) if near.any() else 0.0
+    if best < seed_threshold:
+        return {}, max(best, 0.0)
+    candidates = (probability >= seed_threshold) & allowed
+    seed = tuple(click) if candidates[tuple(click)] else np.unravel_index(int(np.argmax(near_prob)), near_prob.shape)
+    region = _component_holding(candidates, seed)
+    masks: Dict[float, np.ndarray] = {}
+    for level in PROBABILITY_LEVELS:
+        level = float(level)
+        if level <= seed_threshold:
+            mask = _component_holding((probability >= level) & allowed, seed)
+        else:
+            core = (probability >= level) & region
+            if not core.any():
+                break
+            mask = _largest_component(core)
+        masks[level] = ndimage.binary_fill_holes(mask) & allowed
+    return masks, best
+
+
+def half_contrast_level(masks: Dict[float, np.ndarray], hu: np.ndarray, allowed: np.ndarray, liver: np.ndarray,
+                        spacing_kji: Sequence[float]) -> Optional[float]:
+    """The level whose lesion boundary lies at half the contrast between the lesion and the liver
+    around it (the half-maximum edge of a partial-volume-blurred lesion): the lesion's HU is the
+    median of its most probable core (the highest level holding ``CORE_FRACTION`` of the
+    largest mask), the liver's the median of ``liver`` voxels
+    ``HALF_CONTRAST_RING_MM`` outside its largest mask; the boundary's HU is the mean of the
+    voxels just inside and just outside it. None when the lesion and the liver do not differ by
+    ``HU_MIN_CONTRAST`` or no liver lies around it."""
+    smooth = _smoothed(hu, spacing_kji)
+    largest = masks[min(masks)]
+    # the lesion's core: its most probable part that still holds a quarter of the lesion (one
+    # voxel's HU would be noise)
+    enough = CORE_FRACTION * max(np.count_nonzero(m) for m in masks.values())
+    core = masks[max(level for level, m in masks.items() if np.count_nonzero(m) >= enough)]
+    lesion_hu = float(np.median(smooth[core]))
+    distance = ndimage.distance_transform_edt(~largest, sampling=tuple(float(s) for s in spacing_kji))
+    inner_mm, outer_mm = HALF_CONTRAST_RING_MM
+    ring = (distance > inner_mm) & (distance <= outer_mm) & liver & allowed
+    if np.count_nonzero(ring) < 10:
+        return None
+    liver_hu = float(np.median(smooth[ring]))
+    if abs(lesion_hu - liver_hu) < HU_MIN_CONTRAST:
+        return None
+    half = (lesion_hu + liver_hu) / 2.0
+    best: Optional[Tuple[float, float]] = None
+    for level, mask in masks.items():
+        inside = mask & ~ndimage.binary_erosion(mask, structure=CONNECTIVITY_6)
+        outside = ndimage.binary_dilation(mask, structure=CONNECTIVITY_6) & ~mask & allowed
+        if not inside.any() or not outside.any():
+            continue
+        miss = abs((float(smooth[inside].mean()) + float(smooth[outside].mean())) / 2.0 - half)
+        if best is None or miss < best[0]:
+            best = (miss, level)
+    return None if best is None else best[1]
+
+
+def grow_from_probability(probability: np.ndarray, allowed: np.ndarray, liver: np.ndarray, hu: np.ndarray,
+                          click: Sequence[int], spacing_kji: Sequence[float],
+                          seed_threshold: float = SEED_THRESHOLD) -> Tuple[Optional[np.ndarray], float]:
+    """The lesion the probability shows at ``click`` (see :func:`nested_lesions`), its edge at the
+    level :func:`half_contrast_level` picks, else at ``seed_threshold``.
+    ``(mask or None when the model sees nothing at the click, the largest probability near it)``.
+    The work is done in the box of the largest mask grown by the liver ring's width."""
+    masks, best = nested_lesions(probability, allowed, click, spacing_kji, seed_threshold)
+    if not masks:
+        return None, best
+    margin = [int(math.ceil(HALF_CONTRAST_RING_MM[1] / float(s))) + 1 for s in spacing_kji]
+    work = bounding_box(masks[min(masks)], margin)
+    assert work is not None
+    level = half_contrast_level({k: m[work] for k, m in masks.items()}, hu[work], allowed[work], liver[work],
+                                spacing_kji)
+    if level is None:
+        level = max(k for k in masks if k <= max(seed_threshold, min(masks)))
+    return masks[level], best
+
+
+def grow_from_hu(hu: np.ndarray, allowed: np.ndarray, liver_hu: float, click: Sequence[int],
+                 spacing_kji: Sequence[float], max_radius_mm: float = HU_MAX_RADIUS_MM,
+                 active_contour_iterations: int = ACTIVE_CONTOUR_ITERATIONS) -> np.ndarray:
+    """The lesion at ``click`` from the CT alone: smoothed HU within the click neighbourhood's mean
+    +- ``HU_K`` standard deviations (at least ``HU_MIN_HALF_WIDTH``), on the lesion's side of the
+    midpoint to ``liver_hu`` (the liver's median HU), 6-connected to the click, within
+    ``max_radius_mm``, opened once, holes filled, then refined by the active contour. A click whose
+    neighbourhood is as dense as the liver is refused."""
+    spacing = np.asarray(spacing_kji, dtype=np.float64)
+    smooth = _smoothed(hu, spacing)
+    # the neighbourhood: at least the click's face neighbours, whatever the spacing
+    neighbourhood = _ball(hu.shape, click, spacing, max(HU_NEIGHBOURHOOD_MM, float(spacing.max()))) & allowed
+    values = smooth[neighbourhood]
+    mean, sd = float(values.mean()), float(values.std())
+    if abs(mean - liver_hu) < HU_MIN_CONTRAST:
+        raise LiverTumorSegError(f"the tumor model sees no lesion at the point, and its density ({mean:.0f} HU) is "
+                                 f"that of the liver ({liver_hu:.0f} HU); click inside the lesion, or draw it in "
+                                 "Segment Editor")
+    half = max(HU_K * sd, HU_MIN_HALF_WIDTH)
+    low, high = mean - half, mean + half
+    midpoint = (mean + liver_hu) / 2.0
+    if mean < liver_hu:
+        high = min(high, midpoint)
+    else:
+        low = max(low, midpoint)
+    within = _ball(hu.shape, click, spacing, max_radius_mm) & allowed
+    candidates = (smooth >= low) & (smooth <= high) & within
+
+    def at_click(mask: np.ndarray) -> Optional[np.ndarray]:
+        labels, count = ndimage.label(mask, structure=CONNECTIVITY_6)
+        if count == 0:
+            return None
+        touching = labels[neighbourhood & mask]
+        if labels[tuple(click)]:
+            return labels == labels[tuple(click)]
+        if touching.size == 0:
+            return None
+        return labels == np.bincount(touching).argmax()
+
+    region = at_click(candidates)
+    if region is None:
+        raise LiverTumorSegError("the tumor model sees no lesion at the point and no region of like density grows "
+                                 "from it; click inside the lesion, or draw it in Segment Editor")
+    opened = at_click(ndimage.binary_opening(region, structure=CONNECTIVITY_6))  # cut thin leaks
+    if opened is not None:
+        region = opened
+    region = ndimage.binary_fill_holes(region) & allowed
+    if active_contour_iterations > 0:
+        refined = refine_lesions(hu, region, allowed, tuple(spacing), iterations=active_contour_iterations)
+        refined = refined.astype(bool) & allowed
+        kept = at_click(refined)
+        if kept is not None:
+            region = kept
+    return region
+
+
+# ---------------------------------------------------------------------------------------------
+# The editor
+# ---------------------------------------------------------------------------------------------
+
+class LesionEditor:
+    """Adds and removes lesions at clicked points; loads the tumor ensemble's members once.
+
+    ``tumor_model``: a tumor model or ensemble name (default: the registry's default tumor model);
+    ``registry``: where to find it (default: the standard search order); ``device``: cpu, cuda or
+    auto; ``seed_threshold``: the probability near the click at which the model is taken to see a lesion there."""
+
+    def __init__(self, tumor_model: Optional[str] = None, registry=None, device: str = "cpu",
+                 seed_threshold: float = SEED_THRESHOLD, max_patch_mm: float = MAX_PATCH_MM,
+                 patch_mm: Optional[float] = None):
+        from .inference import LoadedModel, resolve_device
+        from .models.registry import DEFAULT_TUMOR_MODEL, ModelRegistry
+
+        if not 0.0 < seed_threshold < 1.0:
+            raise LiverTumorSegError(f"seed_threshold must lie between 0 and 1, got {seed_threshold}")
+        self.registry = registry or ModelRegistry.default()
+        card = self.registry.resolve(tumor_model or DEFAULT_TUMOR_MODEL, task="tumor")
+        self.tumor_card = card
+        self.members = [LoadedModel.load(self.registry.with_weights(c)) for c in self.registry.ensemble_members(card)]
+        self.weights: List[float] = (card.normalized_weights() if hasattr(card, "normalized_weights") else [1.0])
+        self.device = resolve_device(device)
+        self.seed_threshold = float(seed_threshold)
+        # one sliding window of the largest member: one network pass per member for a lesion that fits
+        window_mm = max(min(float(p) * float(s) for p, s in zip(m.card.inference_patch_size_kji,
+                                                                 m.card.spacing_mm[::-1]))
+                        for m in self.members)
+        self.patch_mm = float(patch_mm) if patch_mm else window_mm
+        self.max_patch_mm = max(float(max_patch_mm), self.patch_mm)
+
+    def model_summaries(self) -> List[dict]:
+        summaries = [self.tumor_card.summary()]
+        if self.tumor_card.kind == "ensemble":
+            summaries += [m.card.summary() for m in self.members]
+        return summaries
+
+    def probability(self, ct_crop: sitk.Image) -> np.ndarray:
+        """The ensemble's tumor probability on ``ct_crop``'s grid (float32, (k, j, i))."""
+        from .stages.tumor import ensemble_probability
+
+        probability, _ = ensemble_probability(ct_crop, self.members, self.weights, self.device, overlap=0.25)
+        return probability
+
+    def add(self, ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float]) -> LesionEdit:
+        """Segment the lesion at ``point_ras`` and add it to the tumor label (see the module doc)."""
+        start = time.perf_counter()
+        geometry, labels = _checked_labels(ct, labelmap)
+        click = ras_to_index(ct, point_ras)
+        spacing_kji = geometry.spacing[::-1]
+        axial = geometry.axial_array_axis()
+        if not np.any(labels):
+            raise LiverTumorSegError("the labelmap has no liver; segment the CT first (livertumorseg segment)")
+        side = self.patch_mm
+        best = 0.0
+        while True:
+            box = _cube(click, side, spacing_kji, labels.shape)
+            local = tuple(c - s.start for c, s in zip(click, box))
+            allowed = _search_region(labels, box, axial)
+            if not allowed[local]:
+                raise _outside_liver(ct, click, point_ras)
+            ct_crop = crop_image(ct, box)
+            probability = self.probability(ct_crop)
+            hu = sitk.GetArrayViewFromImage(ct_crop)
+            region, best = grow_from_probability(probability, allowed, labels[box] == LIVER_LABEL, hu, local,
+                                                 spacing_kji, self.seed_threshold)
+            if region is None or side >= self.max_patch_mm or not _touches_inner_faces(region, box, labels.shape):
+                break
+            side = min(side * PATCH_GROWTH, self.max_patch_mm)  # the lesion is cut by the cube: look wider
+        method = "model"
+        if region is None:
+            method = "hu_region"
+            side = max(self.patch_mm, 2 * HU_MAX_RADIUS_MM + 2 * max(spacing_kji))
+            box = _cube(click, side, spacing_kji, labels.shape)
+            local = tuple(c - s.start for c, s in zip(click, box))
+            allowed = _search_region(labels, box, axial)
+            hu = sitk.GetArrayFromImage(crop_image(ct, box))  # a copy: a view would outlive its image
+            region = grow_from_hu(hu, allowed, _liver_median_hu(ct, labels), local, spacing_kji)
+        new_labels = labels
+        changed = region & (labels[box] != TUMOR_LABEL)
+        new_labels[box][changed] = TUMOR_LABEL  # labels is this function's own copy
+        seed = click if new_labels[click] == TUMOR_LABEL else _first_voxel(region, box)
+        component_box, component = _component_at(new_labels == TUMOR_LABEL, seed, spacing_kji)
+        lesion = _lesion_measurement(component, component_box, geometry,
+                                     sitk.GetArrayViewFromImage(ct)[component_box])
+        return LesionEdit(action="add", labelmap=_new_labelmap(new_labels, labelmap),
+                          voxels_changed=int(np.count_nonzero(changed)), box=box, changed=changed, lesion=lesion,
+                          method=method, point_ras_mm=tuple(float(v) for v in point_ras),
+                          seconds=time.perf_counter() - start, max_probability_near_click=best)
+
+    def remove(self, ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float]) -> LesionEdit:
+        return remove_lesion(ct, labelmap, point_ras)
+
+
+def _outside_liver(ct: sitk.Image, click: Tuple[int, int, int], point_ras: Sequence[float]) -> LiverTumorSegError:
+    hu = float(ct.GetPixel(*(int(v) for v in click[::-1])))
+    where = "outside the body (air)" if hu < AIR_HU else "outside the liver"
+    return LiverTumorSegError(f"the point {_format_point(point_ras)} is on background {where}, {hu:.0f} HU; "
+                              "click inside the liver, on the lesion to add")
+
+
+def _liver_median_hu(ct: sitk.Image, labels: np.ndarray) -> float:
+    """The median HU of the liver (label 1; every second voxel per axis is plenty): the density a
+    lesion is told apart from. The whole liver, not the click's surroundings, which a large lesion
+    may fill."""
+    every_other = (slice(None, None, 2),) * 3
+    liver = labels[every_other] == LIVER_LABEL
+    if not liver.any():
+        liver = labels == LIVER_LABEL
+        every_other = (slice(None),) * 3
+    if not liver.any():
+        raise LiverTumorSegError("the labelmap has no liver voxels (label 1) to compare the lesion's density with")
+    return float(np.median(sitk.GetArrayViewFromImage(ct)[every_other][liver]))
+
+
+def _first_voxel(region: np.ndarray, box: Box) -> Tuple[int, int, int]:
+    local = np.argwhere(region)[0]
+    return tuple(int(v) + s.start for v, s in zip(local, box))  # type: ignore[return-value]
+
+
+def remove_lesion(ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float]) -> LesionEdit:
+    """Turn the 26-connected tumor component under ``point_ras`` (RAS mm) into liver."""
+    start = time.perf_counter()
+    geometry, labels = _checked_labels(ct, labelmap)
+    click = ras_to_index(ct, point_ras)
+    label = int(labels[click])
+    if label != TUMOR_LABEL:
+        where = "on the liver" if label == LIVER_LABEL else "on background (outside the liver)"
+        raise LiverTumorSegError(f"the point {_format_point(point_ras)} is {where}, not on a tumor: there is no "
+                                 "lesion to remove there; click inside the lesion to remove")
+    box, component = _component_at(labels == TUMOR_LABEL, click, geometry.spacing[::-1])
+    lesion = _lesion_measurement(component, box, geometry, sitk.GetArrayViewFromImage(ct)[box])
+    labels[box][component] = LIVER_LABEL  # labels is this function's own copy
+    return LesionEdit(action="remove", labelmap=_new_labelmap(labels, labelmap),
+                      voxels_changed=int(np.count_nonzero(component)), box=box, changed=component, lesion=lesion,
+                      method="component", point_ras_mm=tuple(float(v) for v in point_ras),
+                      seconds=time.perf_counter() - start)
+
+
+_default_editor: Optional[LesionEditor] = None
+
+
+def default_editor() -> LesionEditor:
+    """One editor with the default tumor model on the CPU, loaded on first use and kept."""
+    global _default_editor
+    if _default_editor is None:
+        _default_editor = LesionEditor()
+    return _default_editor
+
+
+def add_lesion(ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float],
+               editor: Optional[LesionEditor] = None) -> LesionEdit:
+    """Segment the lesion at ``point_ras`` (RAS mm) and add it to the tumor label; ``editor``
+    (default: :func:`default_editor`) holds the loaded models."""
+    return (editor or default_editor()).add(ct, labelmap, point_ras)

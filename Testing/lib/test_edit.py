@@ -1,0 +1,272 @@
+"""One-click lesion edits (LiverTumorSegLib.edit): add the lesion at a clicked point, remove the
+tumor component under it, and nothing else changes.
+
+On the synthetic phantom with the tiny models (the tumor "model" flags voxels darker than
+25-35 HU, so it sees the phantom's -60 HU lesion and nothing in a brighter one, which then goes
+the HU fallback's way); on the real upper-abdomen CT with synthetic tumours inserted into its
+liver and the embedded models (Dice against the inserted tumour)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from LiverTumorSegLib import edit
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.geometry import Geometry, lps_to_ras
+from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir
+
+LESION_ML = 4.0 / 3.0 * np.pi * 10.0 ** 3 / 1000.0  # the phantom's lesion, radius 10 mm
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_models_dir):
+    return edit.LesionEditor(registry=ModelRegistry([tiny_models_dir]))
+
+
+def _image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.CopyInformation(like)
+    return image
+
+
+def _case(helpers, direction="LPS", lesion_hu=None):
+    """(ct, labelmap that misses the lesion, the true labels) of the phantom on a grid."""
+    kw = {} if lesion_hu is None else {"lesion_hu": lesion_hu}
+    ct = helpers.phantom_ct(direction=helpers.DIRECTIONS[direction], **kw)
+    truth = helpers.analytic_labels_like(ct)
+    missed = np.where(truth > 0, 1, 0).astype(np.uint8)
+    return ct, _image(missed, ct), truth
+
+
+def _ras(lps) -> list:
+    return [float(v) for v in lps_to_ras(lps)]
+
+
+def _index(image: sitk.Image, point_lps) -> tuple:
+    return tuple(image.TransformPhysicalPointToIndex(tuple(float(v) for v in point_lps)))[::-1]
+
+
+def _labels(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image)
+
+
+def _assert_only_the_lesion_changed(before: np.ndarray, result: edit.LesionEdit, new_label: int) -> np.ndarray:
+    """Every changed voxel is in ``result.changed`` (inside its box) and now has ``new_label``;
+    nothing else moved. Returns the changed voxels on the whole grid."""
+    after = _labels(result.labelmap)
+    diff = after != before
+    reported = np.zeros_like(diff)
+    reported[result.box] = result.changed
+    np.testing.assert_array_equal(diff, reported)
+    assert np.all(after[diff] == new_label)
+    assert result.voxels_changed == int(diff.sum())
+    return diff
+
+
+@pytest.mark.parametrize("direction", ["LPS", "RAS", "oblique"])
+def test_add_draws_the_missed_lesion_and_changes_nothing_else(helpers, editor, direction):
+    ct, labelmap, truth = _case(helpers, direction)
+    before = _labels(labelmap)
+    result = edit.add_lesion(ct, labelmap, _ras(helpers.LESION_CENTER_LPS), editor=editor)
+    diff = _assert_only_the_lesion_changed(before, result, 2)
+    assert result.action == "add" and result.method == "model"
+    assert helpers.dice(diff, truth == 2) > 0.8
+    # the lesion's own measurements: volume, centroid at the click, diameter about 20 mm
+    assert result.lesion.volume_ml == pytest.approx(LESION_ML, rel=0.3)
+    np.testing.assert_allclose(result.lesion.centroid_ras_mm, _ras(helpers.LESION_CENTER_LPS), atol=3.5)
+    assert 14.0 < result.lesion.longest_axial_diameter_mm < 26.0
+    assert result.lesion.mean_hu < 0
+    assert result.max_probability_near_click > 0.9
+    # the tumor is part of the liver, the labelmap stays on the CT's grid
+    assert Geometry.of(result.labelmap).matches(Geometry.of(ct))
+    assert result.labelmap.GetPixelID() == sitk.sitkUInt8
+
+
+def test_other_lesions_and_the_inputs_are_untouched(helpers, editor):
+    ct, labelmap, truth = _case(helpers)
+    labels = _labels(labelmap)
+    other = np.zeros(labels.shape, bool)  # a lesion elsewhere in the liver, already found
+    k, j, i = _index(ct, (-30.0, -5.0, -20.0))  # 30 mm from the phantom's lesion
+    other[k - 1:k + 2, j - 1:j + 2, i - 1:i + 2] = True
+    assert np.all(labels[other] == 1)
+    labels[other] = 2
+    labelmap = _image(labels, ct)
+    ct_before, labels_before = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(labelmap)
+    result = editor.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS))
+    after = _labels(result.labelmap)
+    assert np.all(after[other] == 2)
+    _assert_only_the_lesion_changed(labels_before, result, 2)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct), ct_before)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labelmap), labels_before)
+
+
+def test_a_click_off_centre_still_finds_the_lesion(helpers, editor):
+    ct, labelmap, truth = _case(helpers)
+    point = np.asarray(helpers.LESION_CENTER_LPS) + np.array([6.0, -4.0, 3.0])  # within the 10 mm radius
+    result = editor.add(ct, labelmap, _ras(point))
+    assert helpers.dice(_labels(result.labelmap) == 2, truth == 2) > 0.8
+
+
+def test_a_lesion_larger_than_the_first_cube_is_run_again_on_a_larger_one(helpers, tiny_models_dir):
+    ct, labelmap, truth = _case(helpers)
+    small_cube = edit.LesionEditor(registry=ModelRegistry([tiny_models_dir]), patch_mm=15.0)
+    result = small_cube.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS))
+    assert helpers.dice(_labels(result.labelmap) == 2, truth == 2) > 0.8
+    assert small_cube.patch_mm == 15.0
+
+
+def test_the_model_seeing_nothing_falls_back_to_the_ct_around_the_click(helpers, editor):
+    # A hyperdense lesion (260 HU in a 160 HU liver): the tiny tumor model only sees dark voxels.
+    ct, labelmap, truth = _case(helpers, lesion_hu=260)
+    before = _labels(labelmap)
+    result = editor.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS))
+    assert result.method == "hu_region"
+    assert result.max_probability_near_click < editor.seed_threshold
+    diff = _assert_only_the_lesion_changed(before, result, 2)
+    assert helpers.dice(diff, truth == 2) > 0.8
+
+
+def test_a_click_on_plain_liver_is_refused(helpers, editor):
+    ct, labelmap, _ = _case(helpers)
+    liver_point = np.asarray(helpers.LIVER_CENTER_LPS) + np.array([-15.0, 0.0, -20.0])  # far from the lesion
+    with pytest.raises(LiverTumorSegError, match="that of the liver"):
+        editor.add(ct, labelmap, _ras(liver_point))
+
+
+@pytest.mark.parametrize("point_lps, expect", [
+    ((45.0, 0.0, 0.0), "on background outside the liver"),  # in the body, left of the liver
+    ((0.0, 60.0, 0.0), "on background outside the body"),  # air behind the body
+    ((0.0, 0.0, 500.0), "outside the image"),
+])
+def test_add_outside_the_liver_or_the_image_is_refused(helpers, editor, point_lps, expect):
+    ct, labelmap, _ = _case(helpers)
+    with pytest.raises(LiverTumorSegError, match=expect):
+        editor.add(ct, labelmap, _ras(point_lps))
+
+
+def test_bad_labelmaps_are_refused(helpers, editor):
+    ct, labelmap, _ = _case(helpers)
+    other_grid = helpers.phantom_ct(size=(50, 44, 30))
+    with pytest.raises(LiverTumorSegError, match="not on the CT's grid"):
+        editor.add(ct, sitk.Cast(other_grid > 100, sitk.sitkUInt8), _ras(helpers.LESION_CENTER_LPS))
+    threes = _image(_labels(labelmap) * 3, ct)
+    with pytest.raises(LiverTumorSegError, match="other than 0"):
+        editor.add(ct, threes, _ras(helpers.LESION_CENTER_LPS))
+    empty = _image(np.zeros(_labels(labelmap).shape, np.uint8), ct)
+    with pytest.raises(LiverTumorSegError, match="no liver"):
+        editor.add(ct, empty, _ras(helpers.LESION_CENTER_LPS))
+    with pytest.raises(LiverTumorSegError, match="three finite"):
+        editor.add(ct, labelmap, [1.0, float("nan"), 2.0])
+
+
+def test_remove_takes_exactly_the_clicked_lesion(helpers):
+    ct = helpers.phantom_ct()
+    truth = helpers.analytic_labels_like(ct)
+    labels = truth.copy()
+    false_positive = np.zeros(labels.shape, bool)
+    spacing_kji = ct.GetSpacing()[::-1]
+    liver = np.argwhere((truth == 1) & (ndimage.distance_transform_edt(truth != 2, sampling=spacing_kji) > 20))
+    corner = liver[len(liver) // 3]
+    false_positive[tuple(slice(c, c + 2) for c in corner)] = True
+    false_positive &= truth == 1
+    labels[false_positive] = 2
+    labelmap = _image(labels, ct)
+    labels_before = _labels(labelmap)
+    point = _ras(Geometry.of(ct).index_to_lps(np.asarray(corner, float)))
+    result = edit.remove_lesion(ct, labelmap, point)
+    np.testing.assert_array_equal(_labels(result.labelmap), truth)  # exactly the false positive went
+    assert result.action == "remove" and result.voxels_changed == int(false_positive.sum())
+    _assert_only_the_lesion_changed(labels_before, result, 1)
+    assert result.lesion.volume_ml == pytest.approx(false_positive.sum() * Geometry.of(ct).voxel_volume_ml)
+    np.testing.assert_array_equal(_labels(labelmap), labels_before)  # the input is untouched
+    # removing the true lesion leaves a liver without tumor
+    gone = edit.remove_lesion(ct, result.labelmap, _ras(helpers.LESION_CENTER_LPS))
+    np.testing.assert_array_equal(_labels(gone.labelmap), np.where(truth > 0, 1, 0))
+
+
+@pytest.mark.parametrize("point_lps, expect", [
+    ((-15.0, 0.0, -25.0), "on the liver, not on a tumor"),
+    ((45.0, 0.0, 0.0), "on background"),
+    ((0.0, 0.0, -500.0), "outside the image"),
+])
+def test_remove_where_there_is_no_tumor_is_refused(helpers, point_lps, expect):
+    ct = helpers.phantom_ct()
+    labelmap = _image(helpers.analytic_labels_like(ct), ct)
+    with pytest.raises(LiverTumorSegError, match=expect):
+        edit.remove_lesion(ct, labelmap, _ras(point_lps))
+
+
+def test_summary_is_json_ready(helpers, editor):
+    import json
+
+    ct, labelmap, _ = _case(helpers)
+    summary = editor.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS)).summary()
+    assert json.loads(json.dumps(summary))["lesion"]["volume_ml"] == pytest.approx(LESION_ML, rel=0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real CT with synthetic tumours and the embedded models
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_case(shared_data):
+    from LiverTumorSegLib.io.volume import load_volume
+
+    folder = shared_data("ts_upper_abdomen_3mm")
+    ct = load_volume(folder / "ct.nii.gz").image
+    liver = sitk.Cast(sitk.ReadImage(str(folder / "liver_reference.nii.gz")), sitk.sitkUInt8)
+    return ct, liver
+
+
+@pytest.fixture(scope="module")
+def real_editor():
+    return edit.LesionEditor(registry=ModelRegistry([embedded_models_dir()]))
+
+
+# (insertion, seed): classic tumours 10-60 mm (hypo- and hyperdense), and hypervascular lesions in
+# the arterial phase, which the tumor ensemble mostly does not see (the HU fallback draws them).
+REAL_CASES = [("classic", 5), ("hypervascular_arterial", 1)]
+
+
+@pytest.mark.parametrize("kind, seed", REAL_CASES)
+def test_real_ct_each_missed_lesion_is_drawn_with_one_click(real_case, real_editor, kind, seed):
+    from LiverTumorSegLib.synth.tumors import insert_tumor_kind, insert_tumors_image
+
+    ct, liver = real_case
+    if kind == "classic":
+        ct_t, truth_image, infos = insert_tumors_image(ct, liver, seed=seed, n_tumors=3, size_range_mm=(10.0, 60.0))
+    else:
+        ct_t, truth_image, infos = insert_tumor_kind(ct, liver, seed=seed, kind=kind)
+    truth = sitk.GetArrayFromImage(truth_image)
+    lesions, _ = ndimage.label(truth == 2, structure=np.ones((3, 3, 3)))
+    before = sitk.GetArrayFromImage(liver)
+    dices = []
+    for info in infos:
+        if info["diameter_mm"] < 10.0:
+            continue
+        reference = lesions == lesions[info["center_kji"]]
+        result = real_editor.add(ct_t, liver, _ras(info["center_lps_mm"]))  # the labelmap misses every tumour
+        diff = _assert_only_the_lesion_changed(before, result, 2)
+        dice = 2.0 * np.count_nonzero(diff & reference) / (diff.sum() + reference.sum())
+        dices.append((round(info["diameter_mm"]), info["contrast"], result.method, round(dice, 3)))
+    assert dices
+    assert all(d[-1] >= 0.7 for d in dices), dices
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(liver), before)
+
+
+def test_real_ct_a_false_positive_is_removed_exactly(real_case):
+    ct, liver = real_case
+    labels = sitk.GetArrayFromImage(liver)
+    deep = ndimage.distance_transform_edt(labels) > 12.0 / 3.0
+    center = np.argwhere(deep)[len(np.argwhere(deep)) // 2]
+    false_positive = np.zeros(labels.shape, bool)
+    false_positive[tuple(slice(c - 1, c + 2) for c in center)] = True
+    with_fp = labels.copy()
+    with_fp[false_positive] = 2
+    labelmap = _image(with_fp, ct)
+    result = edit.remove_lesion(ct, labelmap, _ras(Geometry.of(ct).index_to_lps(center.astype(float))))
+    np.testing.assert_array_equal(_labels(result.labelmap), labels)
+    assert result.voxels_changed == 27
