@@ -1,4 +1,4 @@
-"""Command line: ``livertumorseg segment|models|measure`` (also ``python -m LiverTumorSegLib``).
+"""Command line: ``livertumorseg segment|models|measure|lesion`` (also ``python -m LiverTumorSegLib``).
 
 A user mistake ends in one ``error: ...`` line on stderr and exit code 1, never a traceback.
 With ``--progress json`` each progress event is one JSON object per line on stdout, the
@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import CancelledError, LiverTumorSegError
@@ -312,6 +314,95 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_point(text: str) -> tuple:
+    """``R,A,S`` in mm -> three floats; a clear error otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v == v and abs(v) != float("inf") for v in values):
+        raise LiverTumorSegError(f"--at needs the point as R,A,S in mm (three numbers, as 3D Slicer shows them), "
+                                 f"e.g. --at 12.5,-30,104; got '{text}'")
+    return values
+
+
+def _add_lesion_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("lesion", help="add the lesion at a point, or remove the tumor under it (one click)",
+                       description="Correct a segmentation at one point: 'add' segments the lesion there (tumor "
+                                   "ensemble on a patch around the point, else the CT's own contrast) and adds it "
+                                   "to the tumor; 'remove' turns the tumor lesion there into liver. Nothing else "
+                                   "changes. Writes NAME.seg.nrrd, NAME.nii.gz, NAME.json and NAME_lesions.csv "
+                                   "(NAME: the labelmap's name) with updated measurements into --output.")
+    p.add_argument("action", choices=["add", "remove"])
+    p.add_argument("ct", type=Path, metavar="CT", help="the CT (file or DICOM folder) the labelmap was made from")
+    p.add_argument("labelmap", type=Path, metavar="LABELMAP",
+                   help="the 0/1/2 labelmap (NIfTI, NRRD) or the .seg.nrrd written by 'segment'")
+    p.add_argument("--at", required=True, metavar="R,A,S", help="the point, RAS mm as 3D Slicer shows it")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json",
+                   help="the tumor model or ensemble that draws an added lesion (default: the default one)")
+    return p
+
+
+@dataclass
+class _EditResult:
+    """What :func:`~LiverTumorSegLib.io.writers.write_outputs` writes for a lesion edit."""
+
+    labelmap: Any
+    measurements: Any
+    models: List[Dict]
+    device: str
+    seconds_per_stage: Dict[str, float]
+    settings: Dict
+    warnings: List[str] = field(default_factory=list)
+    tumor_uncertainty: Any = None
+
+
+def cmd_lesion(args: argparse.Namespace) -> int:
+    """Add the lesion at a point, or remove the tumor there, and write the four outputs."""
+    import SimpleITK as sitk
+
+    from . import edit
+    from .geometry import Geometry
+    from .io.volume import load_volume, output_name
+    from .io.writers import check_not_overwriting, write_outputs
+    from .measure import measure_labelmap
+
+    point = _parse_point(args.at)
+    name = output_name(args.labelmap)
+    check_not_overwriting(args.output, name, args.force)
+    if not Path(args.labelmap).is_file():
+        raise LiverTumorSegError(f"{args.labelmap} does not exist")
+    volume = load_volume(args.ct)
+    labelmap = edit.load_labelmap(args.labelmap, volume.image)
+    models: List[Dict] = []
+    if args.action == "add":
+        editor = edit.LesionEditor(tumor_model=args.tumor_model)
+        result = editor.add(volume.image, labelmap, point)
+        models = editor.model_summaries()
+    else:
+        result = edit.remove_lesion(volume.image, labelmap, point)
+    labels = sitk.GetArrayViewFromImage(result.labelmap)
+    measurements = measure_labelmap(labels, Geometry.of(result.labelmap), sitk.GetArrayViewFromImage(volume.image))
+    summary = result.summary()
+    report = _EditResult(labelmap=result.labelmap, measurements=measurements, models=models, device="cpu",
+                         seconds_per_stage={f"lesion_{args.action}": round(result.seconds, 3)},
+                         settings={"command": f"lesion {args.action}", "labelmap": str(args.labelmap),
+                                   "at_ras_mm": list(point), "edit": summary})
+    outputs = write_outputs(report, args.ct, name, volume.source, args.output, force=args.force)
+    lesion = result.lesion
+    done = "added" if args.action == "add" else "removed"
+    how = f", {result.method}" if args.action == "add" else ""
+    tlvr = "n/a" if measurements.tlvr is None else f"{100 * measurements.tlvr:.2f} %"
+    print(f"{name}: {done} a lesion of {lesion.volume_ml:.2f} mL ({lesion.longest_axial_diameter_mm:.0f} mm{how}; "
+          f"{result.voxels_changed} voxels changed); liver {measurements.liver_volume_ml:.1f} mL (tumor included), "
+          f"tumor {measurements.tumor_volume_ml:.1f} mL, TLVR {tlvr}, {len(measurements.lesions)} lesion(s) "
+          f"-> {outputs['segmentation']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumor segmentation of CT "
                                      "(LiverTumorSegLib). Embedded demo models are NOT for clinical use.")
@@ -335,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--ct", type=Path, default=None, help="the CT, for the lesions' mean HU")
     meas.add_argument("--output", "-o", type=Path, required=True)
     meas.add_argument("--force", action="store_true")
-    for command in (sub.choices["segment"], lst, ver, imp, meas):  # also accepted after the command
+    lesion = _add_lesion_parser(sub)
+    for command in (sub.choices["segment"], lst, ver, imp, meas, lesion):  # also accepted after the command
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
@@ -344,16 +436,33 @@ def _raise_on_sigterm(signum, frame) -> None:  # noqa: ANN001
     raise CancelledError("the run was stopped (SIGTERM); no output was written")
 
 
+def _attach_point_values(argv: Sequence[str]) -> List[str]:
+    """``--at -12.5,30,4`` -> ``--at=-12.5,30,4``: argparse takes a value starting with '-' that is
+    not a plain number for an option, and RAS points are often negative."""
+    out: List[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if item == "--at" and index + 1 < len(items) and re.fullmatch(r"-[0-9.eE+,\s-]*", items[index + 1]):
+            out.append(f"--at={items[index + 1]}")
+            index += 2
+            continue
+        out.append(item)
+        index += 1
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_point_values(sys.argv[1:] if argv is None else argv))
     _configure_logging(getattr(args, "progress", "bar"), args.verbose)
     try:
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     except ValueError:  # not the main thread
         pass
     commands: Dict[str, Callable[[argparse.Namespace], int]] = {
-        "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure}
+        "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure, "lesion": cmd_lesion}
     try:
         return commands[args.command](args)
     except CancelledError as exc:

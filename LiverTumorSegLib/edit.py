@@ -32,6 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -536,6 +537,91 @@ def remove_lesion(ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[floa
                       voxels_changed=int(np.count_nonzero(component)), box=box, changed=component, lesion=lesion,
                       method="component", point_ras_mm=tuple(float(v) for v in point_ras),
                       seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a labelmap to edit
+# ---------------------------------------------------------------------------------------------
+
+def _paste_onto(labels: np.ndarray, source: sitk.Image, ct: sitk.Image, path: Path) -> sitk.Image:
+    """``labels`` (k, j, i), on ``source``'s grid, placed on the CT's grid: the grids must share
+    spacing and direction and lie a whole number of voxels apart (a 3D Slicer segmentation may be
+    saved cropped to its segments); voxels the source does not cover are background."""
+    src, dst = Geometry.of(source), Geometry.of(ct)
+    if not (np.allclose(src.spacing, dst.spacing, atol=1e-4) and np.allclose(src.direction, dst.direction, atol=1e-4)):
+        raise LiverTumorSegError(f"{path} is not on the CT's grid (its spacing or direction differ); give the "
+                                 "labelmap segmented from this CT")
+    offset_ijk = np.asarray(ct.TransformPhysicalPointToContinuousIndex(src.origin))
+    if not np.allclose(offset_ijk, np.round(offset_ijk), atol=1e-3):
+        raise LiverTumorSegError(f"{path} is not on the CT's grid (its voxels are shifted against the CT's); give "
+                                 "the labelmap segmented from this CT")
+    offset = np.round(offset_ijk).astype(int)[::-1]  # (k, j, i)
+    out = np.zeros(tuple(dst.size[::-1]), np.uint8)
+    lo = np.maximum(offset, 0)
+    hi = np.minimum(offset + np.asarray(labels.shape), np.asarray(out.shape))
+    if np.any(hi <= lo):
+        raise LiverTumorSegError(f"{path} lies outside the CT; give the labelmap segmented from this CT")
+    if np.any(labels) and (np.any(offset < 0) or np.any(offset + np.asarray(labels.shape) > out.shape)):
+        inside = labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))]
+        if np.count_nonzero(inside) != np.count_nonzero(labels):
+            raise LiverTumorSegError(f"{path} has segment voxels outside the CT; give the labelmap segmented from "
+                                     "this CT")
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = labels[tuple(slice(a - o, b - o)
+                                                                   for a, b, o in zip(lo, hi, offset))]
+    return _new_labelmap(out, ct)
+
+
+def _read_seg_nrrd(path: Path, ct: sitk.Image) -> sitk.Image:
+    """A 3D Slicer segmentation (.seg.nrrd, as ``segment`` writes it or Slicer saves it) as the 0/1/2
+    labelmap on the CT's grid, from its segments named "Liver" and "Liver tumor"."""
+    import slicerio
+
+    from .io.terminology import LIVER, TUMOR
+
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # slicerio raises IOError, pynrrd its own errors
+        raise LiverTumorSegError(f"{path} cannot be read as a 3D Slicer segmentation ({str(exc)[:120]})") from None
+    segments = {seg.get("name"): seg for seg in segmentation.get("segments", [])}
+    if LIVER.name not in segments:
+        names = ", ".join(repr(n) for n in segments) or "none"
+        raise LiverTumorSegError(f"{path} has no segment named '{LIVER.name}' (its segments: {names}); give the "
+                                 "segmentation written by 'livertumorseg segment' or name the liver segment "
+                                 f"'{LIVER.name}' and the tumor segment '{TUMOR.name}'")
+    liver = slicerio.segment_mask(segmentation, segments[LIVER.name])
+    labels = np.where(liver, LIVER_LABEL, BACKGROUND_LABEL).astype(np.uint8)
+    if TUMOR.name in segments:
+        labels[slicerio.segment_mask(segmentation, segments[TUMOR.name])] = TUMOR_LABEL
+    labels = np.ascontiguousarray(labels.transpose(2, 1, 0))  # slicerio's (i, j, k) -> (k, j, i)
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=np.float64)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    source = sitk.Image([int(n) for n in labels.shape[::-1]], sitk.sitkUInt8)
+    source.SetSpacing(tuple(float(v) for v in spacing))
+    source.SetDirection(tuple(float(v) for v in (ijk_to_lps[:3, :3] / spacing).ravel()))
+    source.SetOrigin(tuple(float(v) for v in ijk_to_lps[:3, 3]))
+    return _paste_onto(labels, source, ct, path)
+
+
+def load_labelmap(path: "Path | str", ct: sitk.Image) -> sitk.Image:
+    """The labelmap to edit, as the 0/1/2 uint8 image on the CT's grid: a labelmap image (NIfTI,
+    NRRD, MHA; 0 background, 1 liver, 2 tumor) or a 3D Slicer segmentation (.seg.nrrd, segments
+    "Liver" and "Liver tumor"), on the CT's grid or a whole-voxel crop of it."""
+    path = Path(path)
+    if not path.is_file():
+        raise LiverTumorSegError(f"{path} does not exist")
+    if path.name.lower().endswith(".seg.nrrd"):
+        return _read_seg_nrrd(path, ct)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise LiverTumorSegError(f"{path} cannot be read as a labelmap image") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise LiverTumorSegError(f"{path} is not a 3-D single-channel labelmap")
+    labels = sitk.GetArrayFromImage(image)
+    if labels.size and (not np.all(np.isfinite(labels)) or labels.min() < 0 or labels.max() > TUMOR_LABEL
+                        or np.any(labels != np.round(labels))):
+        raise LiverTumorSegError(f"{path} holds values other than 0 (background), 1 (liver) and 2 (tumor)")
+    return _paste_onto(labels.astype(np.uint8), image, ct, path)
 
 
 _default_editor: Optional[LesionEditor] = None

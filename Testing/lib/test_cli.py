@@ -387,3 +387,103 @@ def test_segment_switches_reach_the_pipeline_settings():
     assert (switched.refine_liver, switched.active_contour, switched.interslice, switched.tta, switched.fast) == \
         (False, False, False, True, True)
     assert switched.min_lesion_ml == 0.3 and switched.crop_margin_mm == 7.0
+
+
+# ---------------------------------------------------------------------------------------------
+# lesion add | remove
+# ---------------------------------------------------------------------------------------------
+
+def _at(point: Sequence[float]) -> str:
+    return ",".join(f"{v:.3f}" for v in point)
+
+
+def test_lesion_remove_then_add_on_the_outputs_of_segment(segmented, tiny_models_env, tmp_path, capfd, cli_main):
+    series, out, first = segmented
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "patient01.json").read_text())
+    centroid = report["lesions"][0]["centroid_ras_mm"]
+
+    # remove the lesion from the .seg.nrrd that segment wrote: it becomes liver
+    assert cli_main(["lesion", "remove", str(series), str(out / "patient01.seg.nrrd"), "--at", _at(centroid),
+                     "--output", str(tmp_path / "removed")]) == 0
+    captured = capfd.readouterr()
+    assert "patient01: removed a lesion" in captured.out and captured.err == ""
+    removed = tmp_path / "removed"
+    assert _leftovers(removed) == sorted(p.name for p in _outputs(removed, "patient01"))
+    after = json.loads((removed / "patient01.json").read_text())
+    assert after["lesions"] == [] and after["tumor_volume_ml"] == 0
+    assert after["liver_volume_ml"] == pytest.approx(report["liver_volume_ml"])
+    assert after["settings"]["edit"]["action"] == "remove"
+    before_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "patient01.nii.gz")))
+    removed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(removed / "patient01.nii.gz")))
+    np.testing.assert_array_equal(removed_labels, np.where(before_labels == 2, 1, before_labels))
+    seg_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(removed / "patient01.seg.nrrd")))
+    np.testing.assert_array_equal(seg_labels, removed_labels)
+
+    # add it back from the NIfTI labelmap: the edit draws about the lesion segment drew
+    assert cli_main(["lesion", "add", str(series), str(removed / "patient01.nii.gz"), "--at", _at(centroid),
+                     "--output", str(tmp_path / "added")]) == 0
+    assert "patient01: added a lesion" in capfd.readouterr().out
+    added = json.loads((tmp_path / "added" / "patient01.json").read_text())
+    assert len(added["lesions"]) == 1
+    assert added["lesions"][0]["volume_ml"] == pytest.approx(report["lesions"][0]["volume_ml"], rel=0.35)
+    np.testing.assert_allclose(added["lesions"][0]["centroid_ras_mm"], centroid, atol=4.0)
+    assert added["models"] and added["settings"]["edit"]["method"] == "model"
+    added_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "added" / "patient01.nii.gz")))
+    changed = added_labels != removed_labels
+    assert np.all(added_labels[changed] == 2)  # only tumor was added, nothing else moved
+
+
+def test_lesion_bad_input_gives_one_error_line_and_writes_nothing(segmented, tiny_models_env, tmp_path, capfd,
+                                                                  cli_main):
+    series, out, first = segmented
+    assert first.returncode == 0, first.stderr
+    labelmap = out / "patient01.nii.gz"
+    other_grid = tmp_path / "other_grid.nii.gz"
+    coarser = sitk.ReadImage(str(labelmap))
+    coarser.SetSpacing([1.5 * s for s in coarser.GetSpacing()])
+    sitk.WriteImage(coarser, str(other_grid))
+    no_liver = tmp_path / "no_liver.seg.nrrd"
+    no_liver.write_bytes((out / "patient01.seg.nrrd").read_bytes().replace(b"Segment0_Name:=Liver\n",
+                                                                          b"Segment0_Name:=Organ\n"))
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "patient01.json").write_text("{}")
+    far_away, body_not_liver = "0,0,900", "-45,0,0"  # RAS: the phantom's left, in the body, outside the liver
+    cases = [
+        (["add", series, labelmap, "--at", far_away], "outside the image"),
+        (["add", series, labelmap, "--at", body_not_liver], "outside the liver"),
+        (["remove", series, labelmap, "--at", body_not_liver], "not on a tumor"),
+        (["add", series, labelmap, "--at", "1,2"], "r,a,s"),
+        (["add", series, labelmap, "--at", "a,b,c"], "r,a,s"),
+        (["add", series, tmp_path / "missing.nii.gz", "--at", "0,0,0"], "does not exist"),
+        (["add", tmp_path / "missing_ct", labelmap, "--at", "0,0,0"], "does not exist"),
+        (["add", series, other_grid, "--at", "0,0,0"], "not on the ct's grid"),
+        (["remove", series, no_liver, "--at", "0,0,0"], "no segment named 'liver'"),
+    ]
+    for index, (args, fragment) in enumerate(cases):
+        target = tmp_path / f"out{index}"
+        code = cli_main(["lesion", *[str(a) for a in args], "--output", str(target)])
+        line = _assert_one_error_line(capfd.readouterr().err, only_line=True)
+        assert code == 1 and fragment in line.lower(), (args, line)
+        assert _leftovers(target) == [], args
+    code = cli_main(["lesion", "remove", str(series), str(labelmap), "--at", "0,0,0", "--output", str(existing)])
+    assert code == 1
+    assert "already exists" in _assert_one_error_line(capfd.readouterr().err, only_line=True)
+    assert _leftovers(existing) == ["patient01.json"] and (existing / "patient01.json").read_text() == "{}"
+
+
+def test_lesion_add_as_a_subprocess_with_force(segmented, cli_env, python_exe, tmp_path):
+    series, out, first = segmented
+    assert first.returncode == 0, first.stderr
+    centroid = json.loads((out / "patient01.json").read_text())["lesions"][0]["centroid_ras_mm"]
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    # the lesion is already there: adding it again changes nothing but rewrites the outputs (--force)
+    proc = _run(python_exe, ["lesion", "add", series, edited / "patient01.seg.nrrd", "--at", _at(centroid),
+                             "--output", edited, "--force"], cli_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "added a lesion" in proc.stdout and "Traceback" not in proc.stderr
+    report = json.loads((edited / "patient01.json").read_text())
+    assert len(report["lesions"]) == 1
+    assert _leftovers(edited) == sorted(p.name for p in _outputs(edited, "patient01"))

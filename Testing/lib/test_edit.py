@@ -270,3 +270,41 @@ def test_real_ct_a_false_positive_is_removed_exactly(real_case):
     result = edit.remove_lesion(ct, labelmap, _ras(Geometry.of(ct).index_to_lps(center.astype(float))))
     np.testing.assert_array_equal(_labels(result.labelmap), labels)
     assert result.voxels_changed == 27
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the labelmap to edit
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("direction", ["LPS", "oblique"])
+def test_load_labelmap_reads_seg_nrrd_and_nifti_also_cropped_like_slicer_saves_them(helpers, tmp_path, direction):
+    from LiverTumorSegLib.io.writers import write_seg_nrrd
+    from LiverTumorSegLib.stages.crop import crop_image
+
+    ct = helpers.phantom_ct(direction=helpers.DIRECTIONS[direction])
+    truth = helpers.analytic_labels_like(ct)
+    full = _image(truth, ct)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(truth))  # cropped to the segments
+    cropped = crop_image(full, box)
+    for name, image in (("full", full), ("cropped", cropped)):
+        seg = tmp_path / f"{name}.seg.nrrd"
+        write_seg_nrrd(_labels(image), Geometry.of(image), seg)
+        nifti = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(nifti))
+        for path in (seg, nifti):
+            loaded = edit.load_labelmap(path, ct)
+            assert Geometry.of(loaded).matches(Geometry.of(ct)), path
+            np.testing.assert_array_equal(_labels(loaded), truth, err_msg=str(path))
+
+    shifted = sitk.Image(cropped)
+    shifted.SetOrigin(tuple(np.asarray(cropped.GetOrigin()) + 0.5 * np.asarray(cropped.GetSpacing()[0])))
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    with pytest.raises(LiverTumorSegError, match="shifted"):
+        edit.load_labelmap(tmp_path / "shifted.nii.gz", ct)
+    fours = _image((truth * 2).astype(np.uint8), ct)
+    sitk.WriteImage(fours, str(tmp_path / "fours.nii.gz"))
+    with pytest.raises(LiverTumorSegError, match="other than 0"):
+        edit.load_labelmap(tmp_path / "fours.nii.gz", ct)
+    (tmp_path / "broken.seg.nrrd").write_text("not a segmentation\n")
+    with pytest.raises(LiverTumorSegError, match="cannot be read"):
+        edit.load_labelmap(tmp_path / "broken.seg.nrrd", ct)
