@@ -63,7 +63,7 @@ class BackgroundSegmentation:
         try:
             self.process = self.launcher.start(self.command, on_progress=self.on_progress, on_log=self.on_log,
                                                output_dir=self.temp_dir)
-        except RuntimeError:
+        except Exception:  # cannot start (no PythonSlicer, no such program): nothing is left behind
             self.cleanup()
             raise
         _write_owner_record(self.temp_dir, self.process.pid)
