@@ -44,9 +44,8 @@ from .errors import LiverTumorSegError
 from .geometry import Geometry, lps_to_ras
 from .measure import Lesion, measure_masks
 from .postprocess.active_contour import refine_lesions
-from .postprocess.components import CONNECTIVITY_26, bounding_box
+from .postprocess.components import CONNECTIVITY_26, bounding_box, in_plane_structure
 from .stages.crop import Box, crop_image
-from .stages.liver import tumor_search_region
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
 SEED_THRESHOLD = 0.3  # the model sees a lesion at the click when a voxel near it is at least this probable
 PROBABILITY_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # candidate lesion edges
 HALF_CONTRAST_RING_MM = (3.0, 12.0)
-CORE_FRACTION = 0.25  # the liver around a lesion: this far outside its largest candidate
+CORE_FRACTION = 0.25
+CONFIDENT_LEVEL = 0.5  # a lesion whose voxels this probable reach the cube's faces is run on a larger cube  # the liver around a lesion: this far outside its largest candidate
 SEED_RADIUS_MM = 4.0  # the lesion starts from the most probable voxel this close to the click
 MAX_PATCH_MM = 200.0  # a lesion cut by the cube is run again on a cube up to this size
 PATCH_GROWTH = 1.6
@@ -173,15 +173,21 @@ def _ball(shape: Sequence[int], center: Sequence[int], spacing_kji: Sequence[flo
 
 
 def _search_region(labels: np.ndarray, box: Box, axial_axis: int) -> np.ndarray:
-    """The pipeline's tumor search region (liver with tumors, in-slice holes filled) inside ``box``.
-    Filling in-slice holes needs whole slices, so it is computed on the box's slices with their
-    full in-plane extent: the same voxels as on the whole volume (3-D holes are in-slice holes too)."""
+    """The pipeline's tumor search region (:func:`~LiverTumorSegLib.stages.liver.tumor_search_region`:
+    the liver with its tumors, in-slice holes filled) inside ``box``, computed on the box's slices
+    only. Filling in-slice holes needs whole slices, so the box's slices keep their full in-plane
+    extent; a hole enclosed in 3-D is enclosed in each of its slices too, so the per-slice fill
+    alone gives the same voxels as on the whole volume (a test checks it) at half the cost."""
     slab = [slice(None)] * 3
     slab[axial_axis] = box[axial_axis]
-    region = tumor_search_region(labels[tuple(slab)] != BACKGROUND_LABEL, axial_axis)
+    liver = labels[tuple(slab)] != BACKGROUND_LABEL
+    region = np.zeros(liver.shape, bool)
+    extent = bounding_box(liver)
+    if extent is not None:
+        region[extent] = ndimage.binary_fill_holes(liver[extent], structure=in_plane_structure(axial_axis))
     inner = list(box)
     inner[axial_axis] = slice(None)
-    return region[tuple(inner)].astype(bool)
+    return region[tuple(inner)]
 
 
 def _touches_inner_faces(mask: np.ndarray, box: Box, shape: Sequence[int]) -> bool:
@@ -270,18 +276,30 @@ def nested_lesions(probability: np.ndarray, allowed: np.ndarray, click: Sequence
         return {}, max(best, 0.0)
     candidates = (probability >= seed_threshold) & allowed
     seed = tuple(click) if candidates[tuple(click)] else np.unravel_index(int(np.argmax(near_prob)), near_prob.shape)
-    region = _component_holding(candidates, seed)
+    lowest = float(PROBABILITY_LEVELS[0])
+    widest = _component_holding((probability >= lowest) & allowed, seed)
+    # every level's lesion lies inside the lowest level's: work in its box
+    box = bounding_box(widest)
+    assert box is not None
+    probability, allowed = probability[box], allowed[box]
+    seed = tuple(int(c) - s.start for c, s in zip(seed, box))
+    region = _component_holding((probability >= seed_threshold) & allowed, seed)
     masks: Dict[float, np.ndarray] = {}
     for level in PROBABILITY_LEVELS:
         level = float(level)
         if level <= seed_threshold:
-            mask = _component_holding((probability >= level) & allowed, seed)
+            mask = widest[box] if level == lowest else _component_holding((probability >= level) & allowed, seed)
         else:
             core = (probability >= level) & region
             if not core.any():
                 break
             mask = _largest_component(core)
-        masks[level] = ndimage.binary_fill_holes(mask) & allowed
+        full = np.zeros(near.shape, bool)
+        own = bounding_box(mask)
+        if own is not None:
+            inner = tuple(slice(b.start + o.start, b.start + o.stop) for b, o in zip(box, own))
+            full[inner] = ndimage.binary_fill_holes(mask[own]) & allowed[own]
+        masks[level] = full
     return masks, best
 
 
@@ -312,11 +330,16 @@ def half_contrast_level(masks: Dict[float, np.ndarray], hu: np.ndarray, allowed:
     half = (lesion_hu + liver_hu) / 2.0
     best: Optional[Tuple[float, float]] = None
     for level, mask in masks.items():
-        inside = mask & ~ndimage.binary_erosion(mask, structure=CONNECTIVITY_6)
-        outside = ndimage.binary_dilation(mask, structure=CONNECTIVITY_6) & ~mask & allowed
+        near = bounding_box(mask, (1, 1, 1))  # the boundary's neighbourhood: far cheaper than the box
+        if near is None:
+            continue
+        mask_near = mask[near]
+        inside = mask_near & ~ndimage.binary_erosion(mask_near, structure=CONNECTIVITY_6)
+        outside = ndimage.binary_dilation(mask_near, structure=CONNECTIVITY_6) & ~mask_near & allowed[near]
         if not inside.any() or not outside.any():
             continue
-        miss = abs((float(smooth[inside].mean()) + float(smooth[outside].mean())) / 2.0 - half)
+        smooth_near = smooth[near]
+        miss = abs((float(smooth_near[inside].mean()) + float(smooth_near[outside].mean())) / 2.0 - half)
         if best is None or miss < best[0]:
             best = (miss, level)
     return None if best is None else best[1]
@@ -324,14 +347,16 @@ def half_contrast_level(masks: Dict[float, np.ndarray], hu: np.ndarray, allowed:
 
 def grow_from_probability(probability: np.ndarray, allowed: np.ndarray, liver: np.ndarray, hu: np.ndarray,
                           click: Sequence[int], spacing_kji: Sequence[float],
-                          seed_threshold: float = SEED_THRESHOLD) -> Tuple[Optional[np.ndarray], float]:
+                          seed_threshold: float = SEED_THRESHOLD
+                          ) -> Tuple[Optional[np.ndarray], float, Optional[np.ndarray]]:
     """The lesion the probability shows at ``click`` (see :func:`nested_lesions`), its edge at the
     level :func:`half_contrast_level` picks, else at ``seed_threshold``.
-    ``(mask or None when the model sees nothing at the click, the largest probability near it)``.
-    The work is done in the box of the largest mask grown by the liver ring's width."""
+    ``(mask or None when the model sees nothing at the click, the largest probability near it, the
+    lesion's confident part: its mask at level 0.5 or above)``. The work is done in the box of the
+    largest mask grown by the liver ring's width."""
     masks, best = nested_lesions(probability, allowed, click, spacing_kji, seed_threshold)
     if not masks:
-        return None, best
+        return None, best, None
     margin = [int(math.ceil(HALF_CONTRAST_RING_MM[1] / float(s))) + 1 for s in spacing_kji]
     work = bounding_box(masks[min(masks)], margin)
     assert work is not None
@@ -339,7 +364,8 @@ def grow_from_probability(probability: np.ndarray, allowed: np.ndarray, liver: n
                                 spacing_kji)
     if level is None:
         level = max(k for k in masks if k <= max(seed_threshold, min(masks)))
-    return masks[level], best
+    confident = masks.get(max(level, CONFIDENT_LEVEL), masks[level])
+    return masks[level], best, confident
 
 
 def grow_from_hu(hu: np.ndarray, allowed: np.ndarray, liver_hu: float, click: Sequence[int],
@@ -454,7 +480,7 @@ class LesionEditor:
         if not np.any(labels):
             raise LiverTumorSegError("the labelmap has no liver; segment the CT first (livertumorseg segment)")
         side = self.patch_mm
-        best = 0.0
+        found = None
         while True:
             box = _cube(click, side, spacing_kji, labels.shape)
             local = tuple(c - s.start for c, s in zip(click, box))
@@ -464,13 +490,20 @@ class LesionEditor:
             ct_crop = crop_image(ct, box)
             probability = self.probability(ct_crop)
             hu = sitk.GetArrayViewFromImage(ct_crop)
-            region, best = grow_from_probability(probability, allowed, labels[box] == LIVER_LABEL, hu, local,
-                                                 spacing_kji, self.seed_threshold)
-            if region is None or side >= self.max_patch_mm or not _touches_inner_faces(region, box, labels.shape):
+            region, best, confident = grow_from_probability(probability, allowed, labels[box] == LIVER_LABEL, hu,
+                                                            local, spacing_kji, self.seed_threshold)
+            if region is None:  # on a larger cube too: keep what the smaller one found
                 break
-            side = min(side * PATCH_GROWTH, self.max_patch_mm)  # the lesion is cut by the cube: look wider
+            found = (box, region, best)
+            # a lesion cut by the cube reaches its faces with its confident part (a faint tail along
+            # the liver does not make it larger): look wider
+            if side >= self.max_patch_mm or not _touches_inner_faces(confident, box, labels.shape):
+                break
+            side = min(side * PATCH_GROWTH, self.max_patch_mm)
+        if found is not None:
+            box, region, best = found
         method = "model"
-        if region is None:
+        if found is None:
             method = "hu_region"
             side = max(self.patch_mm, 2 * HU_MAX_RADIUS_MM + 2 * max(spacing_kji))
             box = _cube(click, side, spacing_kji, labels.shape)

@@ -308,3 +308,21 @@ def test_load_labelmap_reads_seg_nrrd_and_nifti_also_cropped_like_slicer_saves_t
     (tmp_path / "broken.seg.nrrd").write_text("not a segmentation\n")
     with pytest.raises(LiverTumorSegError, match="cannot be read"):
         edit.load_labelmap(tmp_path / "broken.seg.nrrd", ct)
+
+
+@pytest.mark.parametrize("along", [0, 1, 2])
+def test_the_search_region_on_a_box_is_the_pipelines_on_the_whole_volume(helpers, along):
+    from LiverTumorSegLib.stages.liver import tumor_search_region
+
+    liver, tunnel = helpers.pierced_cube(24, slice(3, 21), slice(10, 14), along)  # a vessel through the liver
+    liver[8:12, 8:12, 8:12] = 0  # and a cavity enclosed in 3-D
+    labels = liver.copy()
+    labels[14:17, 5:8, 5:8] = 2  # a tumor at the edge counts as liver
+    whole = tumor_search_region(labels > 0, along).astype(bool)
+    for axial in (0, 1, 2):
+        expected = tumor_search_region(labels > 0, axial).astype(bool)
+        for box in [(slice(2, 12), slice(5, 20), slice(0, 24)), (slice(9, 13),) * 3, (slice(0, 24),) * 3]:
+            np.testing.assert_array_equal(edit._search_region(labels, box, axial), expected[box])
+    inside = list(tunnel)
+    inside[along] = slice(3, 21)
+    assert whole[tuple(inside)].all()  # the tunnel through the liver is an in-slice hole across its own axis

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Click-to-lesion latency of the one-click lesion edit (LiverTumorSegLib.edit), printed (never
+asserted): the embedded tumor ensemble on the CPU with 2 PyTorch threads (a laptop), a 5 cm
+synthetic tumour inserted into a real liver that the labelmap does not have yet, clicked at its
+centre and at points a few mm off it.
+
+Cases: the real upper-abdomen CT of ../shared/data (3 mm) and, when present, the full-resolution
+CHAOS CT (512x512 at 0.73 mm, expert liver). Per case: the first click (one-time costs), the median
+of the next clicks (wall and CPU seconds; the model's share), the Dice of the drawn lesion against
+the inserted one, the remove click, and the process's peak resident memory. Each time is also
+given as a ratio to a baseline measured in the same run (a fixed 3-D convolution, about a tenth
+of one member's pass), so numbers compare across machines and across a busy and an idle machine.
+
+    python benchmarks/bench_lesion_click.py [--clicks 5] [--threads 2] [--skip-full-size] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_pipeline import peak_rss_mb, reset_peak  # noqa: E402
+
+from LiverTumorSegLib import edit  # noqa: E402
+from LiverTumorSegLib.geometry import lps_to_ras  # noqa: E402
+from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
+from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir  # noqa: E402
+from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+OFFSETS_MM = [(0, 0, 0), (4, 0, 0), (0, -4, 0), (0, 0, 4), (-3, 3, 0), (3, 0, -3), (0, 3, 3)]
+
+
+def baseline_seconds(repeats: int = 3) -> float:
+    """A fixed workload: one 3x3x3 convolution, 16 -> 16 channels, on a 48^3 volume (median)."""
+    import torch
+
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
+    x = torch.randn(1, 16, 48, 48, 48)
+    times = []
+    with torch.inference_mode():
+        conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def insert_lesion(ct: sitk.Image, liver: sitk.Image, diameter_mm: float = 50.0):
+    """(CT with one hypodense tumour of ``diameter_mm``, its 0/1 reference mask, its centre in LPS mm)."""
+    for seed in range(20):
+        ct_t, labels, infos = insert_tumors_image(ct, liver, seed=seed, n_tumors=1, size_range_mm=(diameter_mm,
+                                                                                                   diameter_mm),
+                                                  hyper_fraction=0.0)
+        if infos and infos[0]["diameter_mm"] >= 0.9 * diameter_mm:
+            return ct_t, sitk.GetArrayFromImage(labels) == 2, infos[0]["center_lps_mm"]
+    raise RuntimeError(f"no room for a {diameter_mm:.0f} mm tumour in this liver")
+
+
+def bench(editor: edit.LesionEditor, name: str, ct: sitk.Image, liver: sitk.Image, clicks: int,
+          baseline: float) -> dict:
+    ct_t, reference, center_lps = insert_lesion(ct, liver)
+    model_seconds = []
+    probability = editor.probability
+
+    def timed_probability(crop):
+        start = time.perf_counter()
+        try:
+            return probability(crop)
+        finally:
+            model_seconds.append(time.perf_counter() - start)
+
+    editor.probability = timed_probability  # type: ignore[method-assign]
+    reset_peak()
+    walls, cpus, models, dices, methods = [], [], [], [], []
+    first = None
+    for index in range(clicks + 1):
+        offset = np.asarray(OFFSETS_MM[index % len(OFFSETS_MM)], dtype=float)
+        point = [float(v) for v in lps_to_ras(np.asarray(center_lps) + offset)]
+        model_seconds.clear()
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = editor.add(ct_t, liver, point)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        drawn = sitk.GetArrayViewFromImage(result.labelmap) == 2
+        dice = 2.0 * np.count_nonzero(drawn & reference) / (np.count_nonzero(drawn) + np.count_nonzero(reference))
+        if index == 0:
+            first = wall
+            continue
+        walls.append(wall)
+        cpus.append(cpu)
+        models.append(sum(model_seconds))
+        dices.append(dice)
+        methods.append(result.method)
+    editor.probability = probability  # type: ignore[method-assign]
+    start = time.perf_counter()
+    edit.remove_lesion(ct_t, result.labelmap, [float(v) for v in lps_to_ras(center_lps)])
+    remove = time.perf_counter() - start
+    median = statistics.median(walls)
+    row = {"case": name, "size": list(ct.GetSize()), "spacing_mm": [round(s, 3) for s in ct.GetSpacing()],
+           "lesion_ml": round(float(reference.sum()) * np.prod(ct.GetSpacing()) / 1000.0, 1),
+           "first_click_s": round(first, 3), "median_click_s": round(median, 3),
+           "median_click_cpu_s": round(statistics.median(cpus), 3),
+           "median_model_s": round(statistics.median(models), 3), "clicks": len(walls),
+           "click_over_baseline": round(median / baseline, 1), "remove_s": round(remove, 3),
+           "dice_median": round(statistics.median(dices), 3), "dice_min": round(min(dices), 3),
+           "methods": sorted(set(methods)), "peak_rss_mb": round(peak_rss_mb())}
+    print(f"{name:<30} {row['size']} at {row['spacing_mm']} mm, lesion {row['lesion_ml']} mL")
+    print(f"    click to lesion: median {median:.2f} s wall ({row['median_click_cpu_s']:.2f} s CPU, model "
+          f"{row['median_model_s']:.2f} s) over {len(walls)} clicks = {row['click_over_baseline']}x baseline; "
+          f"first click {first:.2f} s")
+    print(f"    remove click {remove:.2f} s; Dice median {row['dice_median']} (min {row['dice_min']}), "
+          f"{'/'.join(row['methods'])}; peak RSS {row['peak_rss_mb']} MB")
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-full-size", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    baseline = baseline_seconds()
+    start = time.perf_counter()
+    editor = edit.LesionEditor(registry=ModelRegistry([embedded_models_dir()]), device="cpu")
+    load = time.perf_counter() - start
+    print(f"torch threads {torch.get_num_threads()}, baseline {baseline * 1000:.0f} ms, models loaded in {load:.2f} s "
+          f"({editor.tumor_card.name}: {len(editor.members)} members, cube {editor.patch_mm:.0f} mm)")
+    rows = []
+    real = DATA / "ts_upper_abdomen_3mm"
+    if (real / "ct.nii.gz").exists():
+        rows.append(bench(editor, "real upper abdomen 3 mm", load_volume(real / "ct.nii.gz").image,
+                          sitk.Cast(sitk.ReadImage(str(real / "liver_reference.nii.gz")), sitk.sitkUInt8),
+                          args.clicks, baseline))
+    chaos = DATA / "chaos_ct_1"
+    if not args.skip_full_size and (chaos / "dicom").exists():
+        ct = load_volume(chaos / "dicom").image
+        liver = sitk.Cast(sitk.ReadImage(str(chaos / "liver_reference.nii.gz")) > 0, sitk.sitkUInt8)
+        liver.CopyInformation(ct)
+        rows.append(bench(editor, "CHAOS CT full resolution", ct, liver, args.clicks, baseline))
+    if args.json:
+        args.json.write_text(json.dumps({"baseline_s": baseline, "load_s": load, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
