@@ -12,9 +12,11 @@ the half-maximum edge of a partial-volume-blurred lesion, where a fixed level wo
 lesions too wide and faint ones too narrow. A lesion cut by the cube's faces is run again on a
 larger cube. When the ensemble sees nothing near the click, the lesion is grown from the click
 on the CT itself: smoothed HU within the mean +- k standard deviations of the click's
-neighbourhood, never across the midpoint to the surrounding liver's median HU, bounded by a
-maximum radius, then refined by the project's active contour
-(:func:`~LiverTumorSegLib.postprocess.active_contour.refine_lesions`).
+neighbourhood, never across the midpoint to the liver around it, bounded by a maximum radius,
+then refined by the project's active contour
+(:func:`~LiverTumorSegLib.postprocess.active_contour.refine_lesions`). A region that runs on into
+the liver (a lesion as dense as the liver near it, a liver darker in one part) is refused with a
+message rather than painted: a wrong 100 mL lesion is worse than none.
 
 Either way the lesion lies in the liver's tumor search region
 (:func:`~LiverTumorSegLib.stages.liver.tumor_search_region`: the liver, tumors included, with
@@ -67,6 +69,13 @@ HU_K = 2.5  # the lesion's HU range: neighbourhood mean +- HU_K standard deviati
 HU_MIN_HALF_WIDTH = 15.0  # ... but at least this many HU either side
 HU_MIN_CONTRAST = 8.0  # the neighbourhood must differ from the surrounding liver by at least this (HU)
 HU_MAX_RADIUS_MM = 50.0
+HU_LIVER_SHELLS_MM = (12.0, 27.0, 42.0)  # the liver around the click: the nearest of these shells ...
+HU_SHELL_WIDTH_MM = 15.0  # ... (this wide) that differs from the click
+HU_LEAK_BORDER = 0.2  # a region on this share of its bounding sphere's surface leaked ...
+HU_LEAK_SHELL = 0.5  # ... and so did one over this share of the liver it was told apart from
+HU_SHELL_CONTRAST = 15.0  # a shell this much denser or lighter than the click is the liver around it
+HU_FILLED_SHELL = 0.6  # a nearer shell as dense as the click must be this much lesion (a large lesion)
+HU_LEAK_CONTRAST = 0.5  # a grown region keeps at least this share of the click's contrast to the liver
 ACTIVE_CONTOUR_ITERATIONS = 8
 AIR_HU = -500.0  # below this a click is in air (outside the body, lung, bowel gas)
 
@@ -368,20 +377,44 @@ def grow_from_probability(probability: np.ndarray, allowed: np.ndarray, liver: n
     return masks[level], best, confident
 
 
+def _ring(mask: np.ndarray, allowed: np.ndarray, spacing_kji: Sequence[float],
+          inner_mm: float, outer_mm: float) -> np.ndarray:
+    """Allowed voxels between ``inner_mm`` and ``outer_mm`` outside ``mask``."""
+    distance = ndimage.distance_transform_edt(~mask, sampling=tuple(float(s) for s in spacing_kji))
+    return (distance > inner_mm) & (distance <= outer_mm) & allowed
+
+
 def grow_from_hu(hu: np.ndarray, allowed: np.ndarray, liver_hu: float, click: Sequence[int],
                  spacing_kji: Sequence[float], max_radius_mm: float = HU_MAX_RADIUS_MM,
                  active_contour_iterations: int = ACTIVE_CONTOUR_ITERATIONS) -> np.ndarray:
     """The lesion at ``click`` from the CT alone: smoothed HU within the click neighbourhood's mean
     +- ``HU_K`` standard deviations (at least ``HU_MIN_HALF_WIDTH``), on the lesion's side of the
-    midpoint to ``liver_hu`` (the liver's median HU), 6-connected to the click, within
-    ``max_radius_mm``, opened once, holes filled, then refined by the active contour. A click whose
-    neighbourhood is as dense as the liver is refused."""
+    midpoint to the liver around it (the median of the nearest of ``HU_LIVER_SHELLS_MM`` around the
+    click that differs from it by ``HU_SHELL_CONTRAST``, since a large lesion fills the nearer ones;
+    else ``liver_hu``, the whole liver's median), 6-connected to the click, within ``max_radius_mm``, opened once, holes
+    filled, then refined by the active contour. Refused when the click's neighbourhood is as dense
+    as the liver, or when the region leaked into the liver: it covers much of its bounding sphere's
+    surface or of the shell whose liver it was told apart from, it does not fill the nearer shells
+    it took for lesion, or its HU no longer stands out from the liver around it."""
     spacing = np.asarray(spacing_kji, dtype=np.float64)
     smooth = _smoothed(hu, spacing)
     # the neighbourhood: at least the click's face neighbours, whatever the spacing
     neighbourhood = _ball(hu.shape, click, spacing, max(HU_NEIGHBOURHOOD_MM, float(spacing.max()))) & allowed
     values = smooth[neighbourhood]
     mean, sd = float(values.mean()), float(values.std())
+    # the liver around the lesion: the nearest shell around the click that differs from it (a
+    # large lesion fills the nearer ones), else the whole liver's median
+    distance_mm = np.sqrt(sum(((g - c) * float(sp)) ** 2 for g, c, sp in
+                              zip(np.ogrid[tuple(slice(0, n) for n in hu.shape)], click, spacing)))
+    reference, skipped = None, []
+    for inner_mm in HU_LIVER_SHELLS_MM:
+        shell = (distance_mm > inner_mm) & (distance_mm <= inner_mm + HU_SHELL_WIDTH_MM) & allowed
+        if np.count_nonzero(shell) < 10:
+            continue
+        if abs(float(np.median(smooth[shell])) - mean) >= HU_SHELL_CONTRAST:
+            liver_hu, reference = float(np.median(smooth[shell])), shell
+            break
+        skipped.append(shell)  # as dense as the click: the lesion must fill it (checked below)
     if abs(mean - liver_hu) < HU_MIN_CONTRAST:
         raise LiverTumorSegError(f"the tumor model sees no lesion at the point, and its density ({mean:.0f} HU) is "
                                  f"that of the liver ({liver_hu:.0f} HU); click inside the lesion, or draw it in "
@@ -415,6 +448,24 @@ def grow_from_hu(hu: np.ndarray, allowed: np.ndarray, liver_hu: float, click: Se
     if opened is not None:
         region = opened
     region = ndimage.binary_fill_holes(region) & allowed
+    # a lesion stays inside its bounding sphere and stands out from the liver around it; a region
+    # that leaked into the liver does neither
+    border = within & (distance_mm > max_radius_mm - 1.5 * float(spacing.max()))
+    if (np.count_nonzero(region & border) > HU_LEAK_BORDER * np.count_nonzero(border)
+            or (reference is not None and np.count_nonzero(region & reference) > HU_LEAK_SHELL
+                * np.count_nonzero(reference))
+            or any(np.count_nonzero(region & shell) < HU_FILLED_SHELL * np.count_nonzero(shell)
+                   for shell in skipped)):
+        raise LiverTumorSegError("the tumor model sees no lesion at the point, and the region of its density "
+                                 f"spreads into the liver around it (no distinct lesion "
+                                 "there); click inside the lesion, or draw it in Segment Editor")
+    around = _ring(region, allowed, spacing, *HALF_CONTRAST_RING_MM)
+    if np.count_nonzero(around) >= 10:
+        around_hu = float(np.median(smooth[around]))
+        if abs(float(np.median(smooth[region])) - around_hu) < HU_LEAK_CONTRAST * abs(mean - liver_hu):
+            raise LiverTumorSegError("the tumor model sees no lesion at the point, and the region of its density "
+                                     "spreads into the liver (no distinct lesion there); click inside the lesion, "
+                                     "or draw it in Segment Editor")
     if active_contour_iterations > 0:
         refined = refine_lesions(hu, region, allowed, tuple(spacing), iterations=active_contour_iterations)
         refined = refined.astype(bool) & allowed

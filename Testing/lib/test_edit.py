@@ -326,3 +326,36 @@ def test_the_search_region_on_a_box_is_the_pipelines_on_the_whole_volume(helpers
     inside = list(tunnel)
     inside[along] = slice(3, 21)
     assert whole[tuple(inside)].all()  # the tunnel through the liver is an in-slice hole across its own axis
+
+
+@pytest.fixture(scope="module")
+def held_out_case(shared_data):
+    """The real CT the embedded tumor models never saw (DICOM, 0.98 x 0.98 x 2 mm) and its liver."""
+    from LiverTumorSegLib.io.volume import load_volume
+
+    folder = shared_data("ts_dicom_upper_abdomen")
+    ct = load_volume(folder / "dicom").image
+    liver = sitk.Cast(sitk.ReadImage(str(folder / "liver_reference.nii.gz")) > 0, sitk.sitkUInt8)
+    liver.CopyInformation(ct)
+    return ct, liver
+
+
+def test_held_out_real_ct_lesions_are_drawn_and_a_lesion_nobody_can_see_is_refused(held_out_case, real_editor):
+    from LiverTumorSegLib.synth.tumors import insert_tumors_image
+
+    ct, liver = held_out_case
+    before = sitk.GetArrayFromImage(liver)
+    ct_t, truth_image, infos = insert_tumors_image(ct, liver, seed=4, n_tumors=3, size_range_mm=(10.0, 30.0))
+    lesions, _ = ndimage.label(sitk.GetArrayFromImage(truth_image) == 2, structure=np.ones((3, 3, 3)))
+    dices = []
+    for info in infos:
+        reference = lesions == lesions[info["center_kji"]]
+        result = real_editor.add(ct_t, liver, _ras(info["center_lps_mm"]))
+        diff = _assert_only_the_lesion_changed(before, result, 2)
+        dices.append(round(2.0 * np.count_nonzero(diff & reference) / (diff.sum() + reference.sum()), 3))
+    assert len(dices) == 3 and min(dices) >= 0.7, dices
+    # A 14 mm lesion 26 HU below the liver's median, placed where the liver itself is 20 HU darker:
+    # the models see nothing and its density runs on into the liver. Refused, not painted over it.
+    ct_t, _, infos = insert_tumors_image(ct, liver, seed=5, n_tumors=3, size_range_mm=(10.0, 30.0))
+    with pytest.raises(LiverTumorSegError, match="spreads into the liver"):
+        real_editor.add(ct_t, liver, _ras(infos[2]["center_lps_mm"]))
