@@ -16,7 +16,7 @@ from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, apply_parenchym
 
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (56, 64, 64)
-PRIOR = ParenchymaPrior(enabled=True)
+PRIOR = ParenchymaPrior()
 
 
 def _ball(center, radius_mm, shape=SHAPE, spacing=SPACING) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_support_fraction_and_reach_limit_what_the_map_may_add():
     labels = (hypo > 0).astype(np.int32)  # one candidate of 936 voxels
     p = np.zeros(hypo.shape, np.float32)
     p[4:6, 4:6, 4:6] = 0.8  # the model is sure of 8 of its voxels (< 1 %)
-    base = replace(PRIOR, model_floor=0.5)
+    base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0)
     assert (combine_with_model(p, hypo, labels, base) >= 0.5).sum() == labels.sum()
     strict = combine_with_model(p, hypo, labels, replace(base, min_support_fraction=0.05))
     assert np.array_equal(strict, p)
@@ -177,7 +177,7 @@ def test_apply_is_a_no_op_when_disabled_and_completes_a_lesion_the_model_found_i
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
     p = np.where(lesion, 0.25, 0.0).astype(np.float32)  # an under-confident model ...
     p[_ball((28, 32, 32), 6.0)] = 0.6  # ... sure of the lesion's core only
-    off = apply_parenchyma_prior(p, hu, mask, SPACING, ParenchymaPrior(enabled=False))
+    off = apply_parenchyma_prior(p, hu, mask, SPACING, replace(PRIOR, enabled=False))
     assert np.array_equal(off, p)
     on = apply_parenchyma_prior(p, hu, mask, SPACING, PRIOR)
     found = on >= 0.5
@@ -192,7 +192,8 @@ def test_fine_in_plane_voxels_are_worked_on_a_coarser_grid_and_answered_on_their
     hu, mask, _ = make_liver(lesion=lesion)
     fine = [np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)[:, :-1, :-1] for a in (hu, mask, lesion)]
     spacing = (1.5, 0.75, 0.75)
-    hypo, label_sets, stats, cands = parenchyma_candidates(fine[0], fine[1], spacing, PRIOR)
+    hypo, label_sets, stats, cands = parenchyma_candidates(fine[0], fine[1], spacing,
+                                                           replace(PRIOR, coarse_smoothing_mm=6.0))
     assert len(label_sets) == 2  # the fine and the coarse scale
     assert all(labels.shape == hypo.shape == fine[0].shape for labels in label_sets)
     assert abs(stats.median_hu - 100.0) < 3.0
