@@ -68,7 +68,7 @@ class ParenchymaPrior:
     min_thickness_mm: float = 3.0  # candidates without a ball of this radius inside are dropped (vessels, rims)
     model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
     min_support_fraction: float = 0.02  # ... making up at least this fraction of the candidate
-    reach_mm: float = math.inf  # only a candidate's voxels this close to model evidence are raised
+    reach_mm: float = 0.0  # > 0: only a candidate's voxels this close to model evidence are raised
     weight: float = 1.0  # probability' = max(probability, weight * map) inside supported candidates
     working_mm: float = 1.5  # in-plane voxels finer than this are averaged in blocks first (0: never)
 
@@ -387,7 +387,7 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     """The model's probability raised to ``weight * hypodensity`` inside each kept candidate
     (``candidate_labels`` from :func:`hypodense_candidates`, or one such array per scale, each
     judged on its own) where the model has evidence: at least ``min_support_fraction`` of the
-    candidate (and one voxel) at ``model_floor`` or more. With a finite ``reach_mm`` (needs
+    candidate (and one voxel) at ``model_floor`` or more. With ``reach_mm`` > 0 (needs
     ``spacing_kji``) only the candidate's voxels within that distance of such model evidence are
     raised. Unchanged elsewhere. float32, the model's grid."""
     p = np.asarray(model_probability, dtype=np.float32)
@@ -410,9 +410,9 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     out = p.copy()
     if not inside.any():
         return out
-    if math.isfinite(prior.reach_mm):
+    if prior.reach_mm > 0:
         if spacing_kji is None:
-            raise ValueError("a finite reach_mm needs spacing_kji")
+            raise ValueError("reach_mm > 0 needs spacing_kji")
         hits = np.nonzero(inside)
         box = tuple(slice(int(h.min()), int(h.max()) + 1) for h in hits)
         near = ndimage.distance_transform_edt(~(evidence[box] & inside[box]), sampling=spacing_kji) <= prior.reach_mm
