@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -119,6 +119,9 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip the liver refinement model (the liver stage's mask is used as it is)")
     p.add_argument("--no-active-contour", action="store_true", help="skip the active-contour lesion refinement")
     p.add_argument("--no-interslice", action="store_true", help="skip the inter-slice consistency cleanup")
+    p.add_argument("--no-parenchyma-prior", action="store_true",
+                   help="tumors from the model ensemble alone, without completing its lesions from this scan's "
+                        "liver parenchyma HU")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="drop lesions smaller than this (mL)")
     p.add_argument("--margin-mm", type=float, default=None, help="margin around the liver for the tumor crop")
     p.add_argument("--dicom-seg", action="store_true",
@@ -133,6 +136,8 @@ def _settings_from_args(args: argparse.Namespace):
     settings = PipelineSettings(device=args.device, fast=args.fast, tta=args.tta,
                                 active_contour=not args.no_active_contour, interslice=not args.no_interslice,
                                 refine_liver=not args.no_liver_refine)
+    if args.no_parenchyma_prior:
+        settings.parenchyma = replace(settings.parenchyma, enabled=False)
     if args.liver_model:
         settings.liver_model = args.liver_model
     if args.tumor_model:

@@ -27,6 +27,7 @@ from .postprocess.interslice import interslice_consistency
 from .progress import Progress
 from .stages.crop import Box, crop_image, liver_box
 from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver, tumor_search_region
+from .stages.parenchyma import ParenchymaPrior, apply_parenchyma_prior
 from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class PipelineSettings:
     fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
     crop_margin_mm: float = 15.0
     tumor_inside_liver: bool = True
+    # complete lesions the ensemble found in part from this scan's own liver parenchyma HU
+    parenchyma: ParenchymaPrior = field(default_factory=ParenchymaPrior)
     interslice: bool = True
     active_contour: bool = True
     active_contour_iterations: int = 8
@@ -220,7 +223,10 @@ class Pipeline:
         liver, box, ct_crop, region = evidence.liver, evidence.box, evidence.ct_crop, evidence.region
         with self._timed("postprocess", progress, timings):
             axial = geometry.axial_array_axis()
-            tumor = tumor_mask(evidence.probability, s.tumor_threshold, s.tumor_grow_threshold)
+            probability = apply_parenchyma_prior(evidence.probability, sitk.GetArrayViewFromImage(ct_crop), region,
+                                                 spacing_kji, s.parenchyma)
+            tumor = tumor_mask(probability, s.tumor_threshold, s.tumor_grow_threshold)
+            del probability
             if s.tumor_inside_liver:
                 tumor = tumor_inside_liver(tumor, region)
             if s.interslice:

@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,15 +300,20 @@ def main() -> int:
     parser.add_argument("--no-liver-refine", action="store_true", help="ablation: skip the liver refinement model")
     parser.add_argument("--no-active-contour", action="store_true", help="ablation: skip the lesion refinement")
     parser.add_argument("--no-interslice", action="store_true", help="ablation: skip the inter-slice cleanup")
+    parser.add_argument("--no-parenchyma-prior", action="store_true",
+                        help="ablation: the ensemble's probability alone, without the parenchyma prior")
     parser.add_argument("--kinds", default=",".join(TUMOR_KINDS), help="tumour kinds to evaluate, comma-separated")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.update_cards and (args.no_active_contour or args.no_interslice or args.no_liver_refine):
+    if args.update_cards and (args.no_active_contour or args.no_interslice or args.no_liver_refine
+                              or args.no_parenchyma_prior):
         parser.error("the cards record the default settings: no ablation with --update-cards")
     kinds = [k for k in args.kinds.split(",") if k]
     settings = PipelineSettings(device="cpu", active_contour=not args.no_active_contour,
                                 interslice=not args.no_interslice, refine_liver=not args.no_liver_refine)
+    if args.no_parenchyma_prior:
+        settings.parenchyma = replace(settings.parenchyma, enabled=False)
     pipeline = Pipeline(settings, ModelRegistry([args.models]))
     rows, overlays = [], []
 

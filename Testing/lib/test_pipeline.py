@@ -5,7 +5,7 @@ out-of-memory, and the user errors it raises."""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -58,7 +58,7 @@ def test_result_is_on_the_input_grid_and_finds_the_phantom(helpers, tiny_pipelin
 
     assert result.device == "cpu" and result.warnings == []
     assert set(result.seconds_per_stage) == set(STAGES)
-    assert result.settings == tiny_pipeline.settings.__dict__
+    assert result.settings == asdict(tiny_pipeline.settings)
 
 
 def test_same_image_in_any_orientation_gives_the_same_labels(helpers, tiny_pipeline):
@@ -362,3 +362,23 @@ def test_grow_threshold_only_adds_to_the_lesions_found(helpers, tiny_pipeline):
     base = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
     more = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, grown).labelmap) == 2
     assert base.any() and more.sum() > base.sum() and not (base & ~more).any()
+
+
+def test_the_parenchyma_prior_shapes_the_probability_the_tumor_mask_is_drawn_from(helpers, tiny_pipeline,
+                                                                                  monkeypatch):
+    import LiverTumorSegLib.pipeline as pipeline_module
+
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    seen = []
+
+    def no_tumor_anywhere(probability, hu, region, spacing, prior):
+        seen.append(prior)
+        return np.zeros_like(probability)
+
+    monkeypatch.setattr(pipeline_module, "apply_parenchyma_prior", no_tumor_anywhere)
+    result = tiny_pipeline.finish(ct, evidence)
+    assert seen == [tiny_pipeline.settings.parenchyma]
+    assert not (sitk.GetArrayViewFromImage(result.labelmap) == 2).any()
+    assert evidence.probability.max() > 0.5  # the saved evidence itself is untouched
+    assert result.settings["parenchyma"]["enabled"] is tiny_pipeline.settings.parenchyma.enabled
