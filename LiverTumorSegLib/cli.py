@@ -286,18 +286,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from .geometry import Geometry
-    from .io.volume import load_volume, output_name
+    from .io.volume import load_volume, output_name, read_labelmap
     from .measure import measure_labelmap, write_lesions_csv
 
     labelmap_path = Path(args.labelmap)
-    if not labelmap_path.is_file():
-        raise LiverTumorSegError(f"{labelmap_path} does not exist")
-    try:
-        labelmap = sitk.ReadImage(str(labelmap_path))
-    except RuntimeError:
-        raise LiverTumorSegError(f"{labelmap_path} cannot be read as a labelmap image") from None
-    if labelmap.GetDimension() != 3 or labelmap.GetNumberOfComponentsPerPixel() != 1:
-        raise LiverTumorSegError(f"{labelmap_path} is not a 3-D single-channel labelmap")
+    labelmap = read_labelmap(labelmap_path)
     labels = sitk.GetArrayFromImage(labelmap)
     ct_hu = None
     if args.ct:

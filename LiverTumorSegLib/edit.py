@@ -690,22 +690,15 @@ def load_labelmap(path: "Path | str", ct: sitk.Image) -> sitk.Image:
     """The labelmap to edit, as the 0/1/2 uint8 image on the CT's grid: a labelmap image (NIfTI,
     NRRD, MHA; 0 background, 1 liver, 2 tumor) or a 3D Slicer segmentation (.seg.nrrd, segments
     "Liver" and "Liver tumor"), on the CT's grid or a whole-voxel crop of it."""
+    from .io.volume import read_labelmap
+
     path = Path(path)
     if not path.is_file():
         raise LiverTumorSegError(f"{path} does not exist")
     if path.name.lower().endswith(".seg.nrrd"):
         return _read_seg_nrrd(path, ct)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise LiverTumorSegError(f"{path} cannot be read as a labelmap image") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise LiverTumorSegError(f"{path} is not a 3-D single-channel labelmap")
-    labels = sitk.GetArrayFromImage(image)
-    if labels.size and (not np.all(np.isfinite(labels)) or labels.min() < 0 or labels.max() > TUMOR_LABEL
-                        or np.any(labels != np.round(labels))):
-        raise LiverTumorSegError(f"{path} holds values other than 0 (background), 1 (liver) and 2 (tumor)")
-    return _paste_onto(labels.astype(np.uint8), image, ct, path)
+    image = read_labelmap(path)
+    return _paste_onto(sitk.GetArrayFromImage(image).astype(np.uint8), image, ct, path)
 
 
 _default_editor: Optional[LesionEditor] = None

@@ -220,3 +220,22 @@ def is_supported_input(path: Path) -> bool:
     """True for a folder or a file whose name ends in a supported image extension."""
     path = Path(path)
     return path.is_dir() or bool(re.search(r"\.(nii(\.gz)?|nrrd|nhdr|mha|mhd|dcm)$", path.name, re.I))
+
+
+def read_labelmap(path: Path | str) -> sitk.Image:
+    """A 0/1/2 labelmap image (0 background, 1 liver, 2 tumor; NIfTI, NRRD, MHA), checked: it
+    exists, reads, is 3-D with one channel and holds no other values. One clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise LiverTumorSegError(f"{path} does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise LiverTumorSegError(f"{path} cannot be read as a labelmap image") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise LiverTumorSegError(f"{path} is not a 3-D single-channel labelmap")
+    labels = sitk.GetArrayViewFromImage(image)
+    if labels.size and (not np.all(np.isfinite(labels)) or labels.min() < 0 or labels.max() > 2
+                        or np.any(labels != np.round(labels))):
+        raise LiverTumorSegError(f"{path} holds values other than 0 (background), 1 (liver) and 2 (tumor)")
+    return image

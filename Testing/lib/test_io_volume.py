@@ -230,3 +230,22 @@ def test_supported_inputs(tmp_path):
         assert is_supported_input(tmp_path / name), name
     for name in ("a.png", "a.txt", "a.gz"):
         assert not is_supported_input(tmp_path / name), name
+
+
+def test_read_labelmap_accepts_0_1_2_and_refuses_anything_else(tmp_path):
+    from LiverTumorSegLib.io.volume import read_labelmap
+
+    good = np.zeros((4, 5, 6), np.uint8)
+    good[1, 2, 3], good[2, 2, 3] = 1, 2
+    sitk.WriteImage(sitk.GetImageFromArray(good), str(tmp_path / "good.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_labelmap(tmp_path / "good.nii.gz")), good)
+    bad = good.copy()
+    bad[0, 0, 0] = 3
+    sitk.WriteImage(sitk.GetImageFromArray(bad), str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(LiverTumorSegError, match="other than 0"):
+        read_labelmap(tmp_path / "bad.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.uint8)), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(LiverTumorSegError, match="3-D"):
+        read_labelmap(tmp_path / "flat.nii.gz")
+    with pytest.raises(LiverTumorSegError, match="does not exist"):
+        read_labelmap(tmp_path / "missing.nii.gz")
