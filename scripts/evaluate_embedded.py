@@ -147,7 +147,10 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             *[f"* {card.name} (refines liver-demo's mask on the liver crop): {card.trained_on}" for card in refine],
             f"* tumor members: {members[0].trained_on}",
             "* Synthetic phantoms: `LiverTumorSegLib.synth.phantom` (abdomen, upper abdomen and chest views, "
-            "random spacing 0.8-3 mm in-plane, 1.5-5 mm slices). Synthetic tumours: "
+            "random spacing 0.8-3 mm in-plane, 1.5-5 mm slices; since liver-demo round 10 the stomach in every "
+            "filling (food at soft-tissue density, air, water, oral contrast, collapsed) against the left lobe in "
+            "most seeds, duodenum, colon, gallbladder in its fossa and the right kidney touching the liver: hard "
+            "negatives). Synthetic tumours: "
             "`LiverTumorSegLib.synth.tumors`, kinds " + ", ".join(f"`{k}`" for k in TUMOR_KINDS)
             + " (5 mm to 15 cm, iso- to hypodense and hyperdense, confluent metastases, surface lesions that "
             "bulge the liver, capsules, necrosis, calcification).",
@@ -186,8 +189,12 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
               f"{v['lesions_ge_10mm_found'][0]}/{v['lesions_ge_10mm_found'][1]} | {v['tumor_outside_liver_ml']} |"
               for key, v in summary["by_tumor_kind"].items()],
             "", "## Limitations", "",
-            "* Trained on one real CT: expect under- or over-segmentation on other scanners, phases and "
-            "anatomy; no real tumour was ever seen in training, so tumour detection on patients is unproven.",
+            "* The liver models trained on one real CT and the tumor models on two: expect under- or "
+            "over-segmentation on other scanners, phases and anatomy. No real tumour was ever seen in training "
+            "(all tumours are synthetic, inserted into real and synthetic livers), so tumour detection on "
+            "patients is unproven; the per-kind table shows which synthetic kinds are still missed.",
+            "* The parenchyma prior (on by default) completes hypodense lesions the ensemble found in part; "
+            "it cannot create a lesion the ensemble misses entirely, nor help bright (arterial) lesions.",
             "* Small models sized for CPU training and inference (liver found at 3 mm"
             + (" and redrawn at 1.5 mm on its crop" if refine else "") + ", tumors at 1.5 mm): lesions under "
             "10 mm are mostly missed (see the lesion-detection row).",
@@ -257,7 +264,7 @@ def summarize(rows: list) -> dict:
         "tumor_dpc_phantoms": collect("held-out phantom", "tumor_dice"),
         "tumor_dpc_real_liver_synthetic_tumors": collect("held-out real liver", "tumor_dice"),
         "false_positive_tumor_ml_real_tumor_free": {r["case"]: r.get("tumor_ml") for r in rows
-                                                    if r["kind"].startswith("real")},
+                                                    if r["kind"].startswith("real (")},
         "liver_leak_ml_phantoms_stomach_against_liver": {
             r["case"]: r["liver_leak_ml"] for r in rows
             if r["kind"].startswith("held-out phantom") and r.get("stomach_touches_liver") and "liver_leak_ml" in r},
@@ -303,6 +310,9 @@ def main() -> int:
     parser.add_argument("--no-parenchyma-prior", action="store_true",
                         help="ablation: the ensemble's probability alone, without the parenchyma prior")
     parser.add_argument("--kinds", default=",".join(TUMOR_KINDS), help="tumour kinds to evaluate, comma-separated")
+    parser.add_argument("--rows-from", type=Path, default=None, metavar="JSON",
+                        help="summarise the rows of an earlier evaluation.json of the same models instead of "
+                             "running the pipeline again")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -314,8 +324,11 @@ def main() -> int:
                                 interslice=not args.no_interslice, refine_liver=not args.no_liver_refine)
     if args.no_parenchyma_prior:
         settings.parenchyma = replace(settings.parenchyma, enabled=False)
-    pipeline = Pipeline(settings, ModelRegistry([args.models]))
     rows, overlays = [], []
+    if args.rows_from is not None:
+        rows = json.loads(args.rows_from.read_text())["rows"]
+        return write_report(args, rows, overlays)
+    pipeline = Pipeline(settings, ModelRegistry([args.models]))
 
     for name, ct_path, _, kind in REAL_CASES:
         if not ct_path.exists():
@@ -344,6 +357,11 @@ def main() -> int:
         rows.append(evaluate_case(pipeline, f"phantom-{seed}", ct_t, labels_t, overlays, "held-out phantom",
                                   args.out, tumor_kind, touches))
 
+    return write_report(args, rows, overlays)
+
+
+def write_report(args: argparse.Namespace, rows: list, overlays: list) -> int:
+    """evaluation.json/.md, the overlay mosaic and (``--update-cards``) the cards and MODEL_CARD.md."""
     summary = summarize(rows)
     (args.out / "evaluation.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     lines = ["| case | kind | tumour kind | liver Dice | tumor Dice | liver leak mL | tumor outside liver mL | "

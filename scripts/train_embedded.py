@@ -41,8 +41,8 @@ from LiverTumorSegLib.training.history import describe_training  # noqa: E402
 from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and two real CTs with synthetic tumours. "
-                "NOT FOR CLINICAL USE: not validated on real patients' tumours.")
+NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and real CTs with synthetic tumours (see "
+                "trained_on). NOT FOR CLINICAL USE: not validated on real patients' tumours.")
 log = logging.getLogger("train_embedded")
 PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
 LIVER_REFINE_NAME = "liver-refine-demo"
