@@ -130,7 +130,7 @@ def phantom_spacing(seed: int) -> tuple:
 
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
-    and ``n_real_variants`` variants of each real training CT of the card's task (all with
+    and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model)."""
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
@@ -155,7 +155,9 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         ct, liver = real_case(name)
         for variant in range(n_real_variants):
             seed = seed_base + 5000 + variant + 100 * (name != "ts_upper_abdomen_3mm")
-            if card.task == "tumor" or variant % 2:
+            # every third real variant of a tumor model stays tumour-free: real livers' own dark spots,
+            # edges and vessels are what it must learn to leave alone
+            if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
                 ct_v, labels_v, _ = insert_tumor_kind(ct, liver, seed=seed, kind=draw_kind(seed))
             else:
                 ct_v, labels_v = ct, liver
@@ -246,8 +248,8 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
                                           positive_fraction=0.6, init_from=start, learning_rate=args.learning_rate))
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
-            f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0) with "
-            f"{args.real_variants} sets of synthetic tumours each (kinds: {', '.join(KIND_MIX)}); "
+            f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
+            f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}); "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)
