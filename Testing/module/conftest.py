@@ -8,8 +8,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "LiverTumorSeg"
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
+MRML_TEST_DIR = REPO_ROOT / "Testing" / "mrml"  # mrml_helpers: the scene-building helpers the MRML tests use
+for folder in (MODULE_DIR, MRML_TEST_DIR):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 @pytest.fixture

@@ -37,10 +37,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = REPO_ROOT / "LiverTumorSeg" / "LiverTumorSeg.py"
@@ -604,17 +602,12 @@ class SlicerApp:
         self.monkeypatch.setenv("FAKE_CLI_MODE", mode)
 
     def add_ct_volume(self, name: str = "CT", shape_kji=(10, 16, 20)):
-        rng = np.random.default_rng(0)
-        voxels = rng.integers(-200, 200, size=shape_kji, dtype=np.int16)
-        image = vtk.vtkImageData()
-        k, j, i = shape_kji
-        image.SetDimensions(i, j, k)
-        image.AllocateScalars(vtk.VTK_SHORT, 1)
-        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = voxels.ravel()
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        node.SetAndObserveImageData(image)
-        node.SetSpacing(1.5, 1.5, 3.0)
-        node.CreateDefaultDisplayNodes()
+        from mrml_helpers import add_ct_volume
+
+        spacing = vtk.vtkMatrix4x4()
+        for axis, mm in enumerate((1.5, 1.5, 3.0)):
+            spacing.SetElement(axis, axis, mm)
+        node, _ = add_ct_volume(self.scene, name, shape_kji, matrix=spacing)
         return node
 
 
