@@ -50,7 +50,8 @@ def tumor_mask(probability: np.ndarray, threshold: float = 0.5, grow_threshold: 
     from skimage.filters import apply_hysteresis_threshold
 
     # skimage compares with '>' on both thresholds; nudge them so 'at least' holds as documented
-    low, high = np.nextafter(np.float32(grow_threshold), np.float32(-1)), np.nextafter(np.float32(threshold), np.float32(-1))
+    low = np.nextafter(np.float32(grow_threshold), np.float32(-1))
+    high = np.nextafter(np.float32(threshold), np.float32(-1))
     return apply_hysteresis_threshold(probability, low, high).astype(np.uint8)
 
 

@@ -33,7 +33,9 @@ from ..geometry import Geometry
 # Weight below which a tumour is treated as absent (its outer extent; the faint rest of the
 # partial-volume tail is cut at the liver's boundary, where it is invisible under noise).
 _EXTENT_WEIGHT = 0.05
-_MIN_ABS_DELTA_HU = 8.0
+# Smallest HU offset of a tumour: 15 HU, or the recipe's own lower bound where that is less
+# (iso-dense and washout kinds).
+_MIN_ABS_DELTA_HU = 15.0
 _MAX_ATTEMPTS = 40
 # Outside the liver a bulging tumour may only displace fat and soft tissue (not air, bone or
 # bright contrast), and at most ``outside_mm`` from the liver's surface.

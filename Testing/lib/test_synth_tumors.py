@@ -335,3 +335,14 @@ def test_recipe_and_kind_are_checked(real_liver):
         TumorRecipe(outside_mm=-1.0)
     with pytest.raises(LiverTumorSegError, match="count"):
         TumorRecipe(count=(3, 1))
+
+
+def test_classic_tumours_keep_at_least_15_hu_of_contrast_while_subtle_kinds_go_lower(liver_case):
+    ct, liver, _ = liver_case
+    tiny = [info for seed in range(4)
+            for info in insert_tumors(ct, liver, SPACING, np.random.default_rng(seed), 10, size_range_mm=(4.0, 6.0))[2]]
+    assert len(tiny) >= 30 and all(abs(info["delta_hu"]) >= 15.0 for info in tiny)
+    _, _, washout = insert_tumors(ct, liver, SPACING, np.random.default_rng(7), 6,
+                                  recipe=replace(TUMOR_KINDS["hypervascular_washout"], size_range_mm=(15.0, 25.0),
+                                                 hypo_delta_hu=(8.0, 12.0)))
+    assert washout and all(8.0 <= abs(info["delta_hu"]) <= 12.0 for info in washout)
