@@ -29,9 +29,38 @@ def _basicunet(**kw: Any) -> torch.nn.Module:
     return BasicUNet(spatial_dims=3, **kw)
 
 
-def _vnet(**kw: Any) -> torch.nn.Module:
+def _vnet(width: int = 16, **kw: Any) -> torch.nn.Module:
+    """MONAI's V-Net; ``width`` (its first level's channels, 16 in MONAI and the V-Net paper) makes
+    it narrower: the levels have width, 2, 4, 8 and 16 x width channels and the same layer names."""
     from monai.networks.nets import VNet
-    return VNet(spatial_dims=3, **kw)
+    if width == 16:
+        return VNet(spatial_dims=3, **kw)
+    return _narrow_vnet(width, **kw)
+
+
+def _narrow_vnet(width: int, in_channels: int = 1, out_channels: int = 1,
+                 act: Any = ("elu", {"inplace": True}), dropout_prob_down: Any = 0.5,
+                 dropout_prob_up: Any = (0.5, 0.5), bias: bool = False) -> torch.nn.Module:
+    """MONAI's VNet with ``width`` instead of 16 channels at the first level (MONAI's forward)."""
+    from monai.networks.nets import VNet
+    from monai.networks.nets.vnet import DownTransition, InputTransition, OutputTransition, UpTransition
+
+    if width < 1 or width % in_channels:
+        raise ValueError(f"width {width} must be a positive multiple of in_channels {in_channels}")
+    network = VNet.__new__(VNet)
+    torch.nn.Module.__init__(network)
+    w = width
+    network.in_tr = InputTransition(3, in_channels, w, act, bias=bias)
+    network.down_tr32 = DownTransition(3, w, 1, act, bias=bias)
+    network.down_tr64 = DownTransition(3, 2 * w, 2, act, bias=bias)
+    network.down_tr128 = DownTransition(3, 4 * w, 3, act, dropout_prob=dropout_prob_down, bias=bias)
+    network.down_tr256 = DownTransition(3, 8 * w, 2, act, dropout_prob=dropout_prob_down, bias=bias)
+    network.up_tr256 = UpTransition(3, 16 * w, 16 * w, 2, act, dropout_prob=tuple(dropout_prob_up))
+    network.up_tr128 = UpTransition(3, 16 * w, 8 * w, 2, act, dropout_prob=tuple(dropout_prob_up))
+    network.up_tr64 = UpTransition(3, 8 * w, 4 * w, 1, act)
+    network.up_tr32 = UpTransition(3, 4 * w, 2 * w, 1, act)
+    network.out_tr = OutputTransition(3, 2 * w, out_channels, act, bias=bias)
+    return network
 
 
 def _dynunet(**kw: Any) -> torch.nn.Module:
