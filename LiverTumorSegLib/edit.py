@@ -484,23 +484,30 @@ class LesionEditor:
 
     ``tumor_model``: a tumor model or ensemble name (default: the registry's default tumor model);
     ``registry``: where to find it (default: the standard search order); ``device``: cpu, cuda or
-    auto; ``seed_threshold``: the probability near the click at which the model is taken to see a lesion there."""
+    auto; ``seed_threshold``: the probability near the click at which the model is taken to see a lesion there;
+    ``use_model=False``: no tumor model (no PyTorch needed), every lesion is grown from the CT around the
+    click (the fallback of the model path)."""
 
     def __init__(self, tumor_model: Optional[str] = None, registry=None, device: str = "cpu",
                  seed_threshold: float = SEED_THRESHOLD, max_patch_mm: float = MAX_PATCH_MM,
-                 patch_mm: Optional[float] = None):
+                 patch_mm: Optional[float] = None, use_model: bool = True):
+        if not 0.0 < seed_threshold < 1.0:
+            raise LiverTumorSegError(f"seed_threshold must lie between 0 and 1, got {seed_threshold}")
+        self.seed_threshold = float(seed_threshold)
+        if not use_model:
+            self.registry, self.tumor_card, self.members, self.weights, self.device = None, None, [], [], None
+            self.patch_mm = float(patch_mm) if patch_mm else 0.0
+            self.max_patch_mm = max(float(max_patch_mm), self.patch_mm)
+            return
         from .inference import LoadedModel, resolve_device
         from .models.registry import DEFAULT_TUMOR_MODEL, ModelRegistry
 
-        if not 0.0 < seed_threshold < 1.0:
-            raise LiverTumorSegError(f"seed_threshold must lie between 0 and 1, got {seed_threshold}")
         self.registry = registry or ModelRegistry.default()
         card = self.registry.resolve(tumor_model or DEFAULT_TUMOR_MODEL, task="tumor")
         self.tumor_card = card
         self.members = [LoadedModel.load(self.registry.with_weights(c)) for c in self.registry.ensemble_members(card)]
         self.weights: List[float] = (card.normalized_weights() if hasattr(card, "normalized_weights") else [1.0])
         self.device = resolve_device(device)
-        self.seed_threshold = float(seed_threshold)
         # one sliding window of the largest member: one network pass per member for a lesion that fits
         window_mm = max(min(float(p) * float(s) for p, s in zip(m.card.inference_patch_size_kji,
                                                                  m.card.spacing_mm[::-1]))
@@ -508,17 +515,32 @@ class LesionEditor:
         self.patch_mm = float(patch_mm) if patch_mm else window_mm
         self.max_patch_mm = max(float(max_patch_mm), self.patch_mm)
 
+    @property
+    def uses_model(self) -> bool:
+        return bool(self.members)
+
     def model_summaries(self) -> List[dict]:
+        if self.tumor_card is None:
+            return []
         summaries = [self.tumor_card.summary()]
         if self.tumor_card.kind == "ensemble":
             summaries += [m.card.summary() for m in self.members]
         return summaries
 
-    def probability(self, ct_crop: sitk.Image) -> np.ndarray:
-        """The ensemble's tumor probability on ``ct_crop``'s grid (float32, (k, j, i))."""
-        from .stages.tumor import ensemble_probability
+    def probability(self, ct_crop: sitk.Image, region: np.ndarray) -> np.ndarray:
+        """The ensemble's tumor probability on ``ct_crop``'s grid (float32, (k, j, i)); ``region``
+        (the tumor search region on that grid) is where members that take the parenchyma map
+        get it computed."""
+        from .stages.parenchyma import hypodensity_channel
+        from .stages.tumor import ensemble_probability, needs_hypodensity
 
-        probability, _ = ensemble_probability(ct_crop, self.members, self.weights, self.device, overlap=0.25)
+        hypodensity = None
+        if needs_hypodensity(self.members):
+            hypodensity = sitk.GetImageFromArray(hypodensity_channel(sitk.GetArrayViewFromImage(ct_crop), region,
+                                                                     ct_crop.GetSpacing()[::-1]))
+            hypodensity.CopyInformation(ct_crop)
+        probability, _ = ensemble_probability(ct_crop, self.members, self.weights, self.device, overlap=0.25,
+                                              hypodensity=hypodensity)
         return probability
 
     def add(self, ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float]) -> LesionEdit:
@@ -532,14 +554,15 @@ class LesionEditor:
             raise LiverTumorSegError("the labelmap has no liver; segment the CT first (livertumorseg segment)")
         side = self.patch_mm
         found = None
-        while True:
+        best: Optional[float] = None  # the model's largest probability near the click (None: no model)
+        while self.uses_model:
             box = _cube(click, side, spacing_kji, labels.shape)
             local = tuple(c - s.start for c, s in zip(click, box))
             allowed = _search_region(labels, box, axial)
             if not allowed[local]:
                 raise _outside_liver(ct, click, point_ras)
             ct_crop = crop_image(ct, box)
-            probability = self.probability(ct_crop)
+            probability = self.probability(ct_crop, allowed)
             hu = sitk.GetArrayViewFromImage(ct_crop)
             region, best, confident = grow_from_probability(probability, allowed, labels[box] == LIVER_LABEL, hu,
                                                             local, spacing_kji, self.seed_threshold)
@@ -560,6 +583,8 @@ class LesionEditor:
             box = _cube(click, side, spacing_kji, labels.shape)
             local = tuple(c - s.start for c, s in zip(click, box))
             allowed = _search_region(labels, box, axial)
+            if not allowed[local]:
+                raise _outside_liver(ct, click, point_ras)
             hu = sitk.GetArrayFromImage(crop_image(ct, box))  # a copy: a view would outlive its image
             region = grow_from_hu(hu, allowed, _liver_median_hu(ct, labels), local, spacing_kji)
         new_labels = labels

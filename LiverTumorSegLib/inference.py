@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import LiverTumorSegError
-from .models.card import ModelCard
+from .models.card import HYPODENSITY_CHANNEL, ModelCard
 from .models.networks import build_network, forward_logits
 from .models.weights import load_weights
 from .preprocess import normalize_hu
@@ -61,9 +61,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         or "can't allocate memory" in text or "not enough memory" in text
 
 
-def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = None) -> np.ndarray:
+def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = None,
+                hypodensity: Optional[np.ndarray] = None) -> np.ndarray:
     """The network input (channels, k, j, i) float32 in the card's channel order: the CT with the
-    card's HU window, and for a ``liver_prior`` channel the liver mask so far (0..1, same grid)."""
+    card's HU window; for a ``liver_prior`` channel the liver mask so far (0..1, same grid); for a
+    ``hypodensity`` channel the parenchyma map of the liver crop (0..1, same grid)."""
     channels = []
     for name in card.input_channels:
         if name == "ct":
@@ -72,6 +74,10 @@ def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = N
             if prior is None or prior.shape != hu.shape:
                 raise ValueError(f"model '{card.name}' needs a liver prior of the CT's shape {hu.shape}")
             channels.append(np.clip(prior, 0.0, 1.0).astype(np.float32, copy=False))
+        elif name == HYPODENSITY_CHANNEL:
+            if hypodensity is None or hypodensity.shape != hu.shape:
+                raise ValueError(f"model '{card.name}' needs a hypodensity map of the CT's shape {hu.shape}")
+            channels.append(np.clip(hypodensity, 0.0, 1.0).astype(np.float32, copy=False))
         else:
             raise ValueError(f"model '{card.name}': unknown input channel '{name}'")
     return np.stack(channels)
@@ -80,14 +86,15 @@ def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = N
 def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device, overlap: float = 0.25,
                        tta: bool = False, sw_batch_size: int = 1,
                        on_progress: Optional[Callable[[float], None]] = None,
-                       prior: Optional[np.ndarray] = None) -> tuple:
+                       prior: Optional[np.ndarray] = None, hypodensity: Optional[np.ndarray] = None) -> tuple:
     """Foreground probability (float32, same shape as ``hu``) and, with ``tta``, the per-voxel
     standard deviation across the flips (else None). ``hu`` is the CT on the model's grid;
-    ``prior`` the liver mask so far on the same grid, for models with a ``liver_prior`` channel."""
+    ``prior`` the liver mask so far on the same grid, for models with a ``liver_prior`` channel;
+    ``hypodensity`` the parenchyma map on the same grid, for models with a ``hypodensity`` channel."""
     from monai.inferers import sliding_window_inference
 
     card = model.card
-    x = torch.from_numpy(model_input(card, hu, prior))[None]
+    x = torch.from_numpy(model_input(card, hu, prior, hypodensity))[None]
     flips = TTA_FLIPS if tta else [()]
     network = model.network.to(device)
     total_steps = len(flips)
@@ -125,10 +132,12 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
 
 def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, overlap: float = 0.25,
                   tta: bool = False, on_progress: Optional[Callable[[float], None]] = None,
-                  prior: Optional["sitk.Image"] = None) -> tuple:
+                  prior: Optional["sitk.Image"] = None, hypodensity: Optional["sitk.Image"] = None) -> tuple:
     """Foreground probability of ``model`` for the CT region ``ct`` as images on the model's grid
     (probability, and TTA standard deviation or None). ``prior``: the liver mask so far (any grid
-    covering ``ct``), for models with a ``liver_prior`` channel; resampled linearly (soft edges)."""
+    covering ``ct``), for models with a ``liver_prior`` channel; ``hypodensity``: the parenchyma
+    map (any grid covering ``ct``), for models with a ``hypodensity`` channel; both resampled
+    linearly."""
     import SimpleITK as sitk
 
     from .preprocess import resample_ct_to_model, resample_to
@@ -139,8 +148,11 @@ def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, ov
     if prior is not None:
         prior_on_grid = resample_to(prior, on_model_grid, sitk.sitkLinear, 0.0)
         prior_array = sitk.GetArrayFromImage(prior_on_grid)
+    hypodensity_array = None
+    if hypodensity is not None and HYPODENSITY_CHANNEL in model.card.input_channels:
+        hypodensity_array = sitk.GetArrayFromImage(resample_to(hypodensity, on_model_grid, sitk.sitkLinear, 0.0))
     prob, std = predict_foreground(model, hu, device, overlap=overlap, tta=tta, on_progress=on_progress,
-                                   prior=prior_array)
+                                   prior=prior_array, hypodensity=hypodensity_array)
 
     def as_image(array: np.ndarray) -> sitk.Image:
         image = sitk.GetImageFromArray(array)

@@ -27,8 +27,8 @@ from .postprocess.interslice import interslice_consistency
 from .progress import Progress
 from .stages.crop import Box, crop_image, liver_box
 from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver, tumor_search_region
-from .stages.parenchyma import ParenchymaPrior, apply_parenchyma_prior
-from .stages.tumor import ensemble_probability, member_stage_names, tumor_mask
+from .stages.parenchyma import ParenchymaPrior, apply_parenchyma_prior, hypodensity_channel
+from .stages.tumor import ensemble_probability, member_stage_names, needs_hypodensity, tumor_mask
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,17 @@ class Pipeline:
             progress.report(stages[index], fraction)
 
         start = time.perf_counter()
-        probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
-                                                        overlap=s.overlap, tta=s.use_tta,
-                                                        on_progress=member_progress)
-        timings["tumor"] = round(time.perf_counter() - start, 3)
         axial = geometry.axial_array_axis()
         region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
+        hypodensity = None
+        if needs_hypodensity(self.tumor_members):
+            hypodensity = sitk.GetImageFromArray(hypodensity_channel(sitk.GetArrayViewFromImage(ct_crop), region,
+                                                                     spacing_kji, s.parenchyma))
+            hypodensity.CopyInformation(ct_crop)
+        probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
+                                                        overlap=s.overlap, tta=s.use_tta,
+                                                        on_progress=member_progress, hypodensity=hypodensity)
+        timings["tumor"] = round(time.perf_counter() - start, 3)
         return TumorEvidence(liver=liver, box=box, ct_crop=ct_crop, region=region, probability=probability,
                              uncertainty=uncertainty)
 

@@ -391,6 +391,16 @@ def write_model(directory: Path, name: str, task: str, state: dict, args: dict, 
     return card_path
 
 
+def write_map_member(directory: Path, name: str = "tiny-map-member") -> str:
+    """A tumor model that takes the CT and the parenchyma map and calls tumor wherever the map
+    (channel 1) is above 0.5, ignoring the CT; returns its name."""
+    args = dict(THRESHOLD_UNET_ARGS, in_channels=2)
+    write_model(directory, name, "tumor", channel_threshold_unet_state(args, 1, 0.5, brighter_is_foreground=True),
+                args, spacing=(4.0, 4.0, 4.0), input_channels=["ct", "hypodensity"],
+                description="tumor = parenchyma map above 0.5")
+    return name
+
+
 def write_refined_liver_models(directory: Path, refine_channel: int, refine_threshold: float,
                                liver_name: str = "tiny-liver-refined", refine_name: str = "tiny-liver-refine") -> str:
     """A liver model (the tiny one: brighter than 100 HU) whose card names a liver_refine model
@@ -520,6 +530,7 @@ def helpers():
         threshold_unet_state = staticmethod(threshold_unet_state)
         channel_threshold_unet_state = staticmethod(channel_threshold_unet_state)
         write_refined_liver_models = staticmethod(write_refined_liver_models)
+        write_map_member = staticmethod(write_map_member)
         random_unet_state = staticmethod(random_unet_state)
         tiny_pipeline_settings = staticmethod(tiny_pipeline_settings)
         dice = staticmethod(dice)

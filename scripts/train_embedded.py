@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card  # noqa: E402
 from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
 from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
+from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumor_kind  # noqa: E402
 from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
 from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
@@ -56,6 +57,8 @@ REAL_CASES = {
 }
 REAL_FOR_TASK = {"liver": ("ts_upper_abdomen_3mm",), "liver_refine": ("ts_upper_abdomen_3mm",),
                  "tumor": ("ts_upper_abdomen_3mm", "chaos_ct_1")}
+# The fraction of samples with a broad tumour-free darkening of part of the liver (synth.perfusion).
+PERFUSION_FRACTION = 0.4
 # How often each synthetic tumour kind is drawn: the kinds real scans show and the first models
 # missed (large iso-dense masses, many metastases, surface lesions) most.
 KIND_MIX = {"classic": 1.0, "large_isodense": 2.0, "metastases": 2.0, "surface": 1.5, "small": 1.0,
@@ -87,7 +90,11 @@ def liver_refine_card() -> ModelCard:
 
 
 def tumor_cards() -> list:
-    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5),
+    # Inputs: the CT and the parenchyma map (how far each voxel lies below this scan's own liver
+    # parenchyma, stages.parenchyma): a cue that carries over from one scan's contrast and texture
+    # to another's, where the CT alone let the first members miss large mildly hypodense lesions
+    # in the held-out real liver.
+    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5), input_channels=["ct", "hypodensity"],
                   hu_window=(-100.0, 250.0), weights_file="", weights_sha256="", non_clinical=True,
                   classes={"0": "background", "1": "liver tumor"}, intended_use=NON_CLINICAL,
                   source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
@@ -95,11 +102,11 @@ def tumor_cards() -> list:
         # Two residual U-Nets of different depth and width: on a CPU a SegResNet member costs about
         # ten times more per window (measured), too slow for the embedded default.
         ModelCard(name="tumor-demo-unet", architecture="UNet",
-                  architecture_args={"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128],
+                  architecture_args={"in_channels": 2, "out_channels": 2, "channels": [16, 32, 64, 128],
                                      "strides": [2, 2, 2], "num_res_units": 2}, patch_size=(64, 64, 64),
                   description="Local-view tumor model (liver crop at 1.5 mm), residual U-Net member.", **common),
         ModelCard(name="tumor-demo-unet-deep", architecture="UNet",
-                  architecture_args={"in_channels": 1, "out_channels": 2, "channels": [8, 16, 32, 64, 128],
+                  architecture_args={"in_channels": 2, "out_channels": 2, "channels": [8, 16, 32, 64, 128],
                                      "strides": [2, 2, 2, 2], "num_res_units": 1}, patch_size=(64, 64, 64),
                   description="Local-view tumor model (liver crop at 1.5 mm), deeper residual U-Net member "
                               "(wider receptive field for large lesions).", **common),
@@ -120,6 +127,12 @@ def draw_kind(seed: int) -> str:
     names = list(KIND_MIX)
     weights = np.array([KIND_MIX[n] for n in names])
     return str(np.random.default_rng([seed, 31]).choice(names, p=weights / weights.sum()))
+
+
+def with_perfusion_variation(seed: int) -> bool:
+    """Whether a sample gets a broad tumour-free darkening of part of its liver (synth.perfusion):
+    40 % do, so the models learn that darker than the parenchyma is not tumour by itself."""
+    return bool(np.random.default_rng([seed, 91]).random() < PERFUSION_FRACTION)
 
 
 def phantom_spacing(seed: int) -> tuple:
@@ -147,6 +160,8 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         if card.task != "liver" and not has_liver:
             continue  # a chest view with no liver: nothing to crop (the pipeline stops before the crop)
         ct = ph.ct
+        if has_liver and with_perfusion_variation(seed):
+            ct, _ = add_perfusion_variation(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed))
@@ -157,10 +172,11 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             seed = seed_base + 5000 + variant + 100 * (name != "ts_upper_abdomen_3mm")
             # every third real variant of a tumor model stays tumour-free: real livers' own dark spots,
             # edges and vessels are what it must learn to leave alone
+            ct_v = add_perfusion_variation(ct, liver, seed)[0] if with_perfusion_variation(seed) else ct
             if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
-                ct_v, labels_v, _ = insert_tumor_kind(ct, liver, seed=seed, kind=draw_kind(seed))
+                ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed))
             else:
-                ct_v, labels_v = ct, liver
+                labels_v = liver
             samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card))
     return samples
 
@@ -249,7 +265,9 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
-            f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}); "
+            f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}), "
+            f"{PERFUSION_FRACTION:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
+            "inputs: the CT and the parenchyma map; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         members.append(trained)

@@ -20,7 +20,10 @@ CARD_FORMAT = "livertumorseg-model-card/1"
 # tumor: liver crop -> tumor.
 TASKS = ("liver", "liver_refine", "tumor")
 # What a model's input channels can be: the CT (HU window applied) and the liver mask so far.
-INPUT_CHANNELS = ("ct", "liver_prior")
+# A model's input channels: the CT, then optionally the liver mask so far (liver refinement
+# models) or the parenchyma map of the liver crop (tumor models, stages.parenchyma).
+HYPODENSITY_CHANNEL = "hypodensity"
+INPUT_CHANNELS = ("ct", "liver_prior", HYPODENSITY_CHANNEL)
 # Model names become file and folder names in the cache: letters, digits, '.', '_', '-', not
 # starting with '.' (no '/', '..', hidden files), at most 128 characters.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
@@ -192,6 +195,9 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
     if (task == "liver_refine") != ("liver_prior" in channels):
         raise LiverTumorSegError(f"model card {path}: a liver_refine model takes the channels ['ct', "
                                  f"'liver_prior'], and only it takes 'liver_prior' (got task {task}, {channels})")
+    if HYPODENSITY_CHANNEL in channels and task != "tumor":
+        raise LiverTumorSegError(f"model card {path}: only a tumor model takes the '{HYPODENSITY_CHANNEL}' channel "
+                                 f"(got task {task})")
     return ModelCard(architecture=_require(d, "architecture", path),
                      architecture_args=dict(d.get("architecture_args", {})),
                      spacing_mm=spacing, patch_size=patch, hu_window=window,  # type: ignore[arg-type]

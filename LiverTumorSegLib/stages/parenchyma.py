@@ -475,6 +475,14 @@ def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: 
     return hypo, label_sets, stats, candidates
 
 
+def hypodensity_channel(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
+                        prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
+    """The parenchyma map (float32 0..1 on the crop grid, 0 outside ``region``) that tumor models
+    with a ``hypodensity`` input channel take, computed as for the prior (whether or not the prior
+    itself is enabled), so training and the pipeline give the models the same channel."""
+    return parenchyma_candidates(hu_crop, region, spacing_kji, prior)[0]
+
+
 def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, region: np.ndarray,
                            spacing_kji: Spacing, prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
     """Steps 1-4 for the pipeline: the tumor probability on the crop with the parenchyma prior

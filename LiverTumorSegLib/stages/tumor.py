@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from ..inference import LoadedModel, predict_image
+from ..models.card import HYPODENSITY_CHANNEL
 from ..preprocess import resample_to
 
 MemberProgress = Callable[[int, float], None]  # (member index, fraction of that member)
@@ -16,9 +17,11 @@ MemberProgress = Callable[[int, float], None]  # (member index, fraction of that
 
 def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], weights: Sequence[float],
                          device: torch.device, overlap: float = 0.25, tta: bool = False,
-                         on_progress: Optional[MemberProgress] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                         on_progress: Optional[MemberProgress] = None,
+                        hypodensity: Optional[sitk.Image] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Weighted average of the members' tumor probabilities on the crop grid (float32, (k, j, i)),
-    and, with ``tta``, the weighted average of their flip standard deviations (an uncertainty map)."""
+    and, with ``tta``, the weighted average of their flip standard deviations (an uncertainty map).
+    ``hypodensity``: the parenchyma map on the crop grid, for members with that input channel."""
     if len(members) != len(weights) or not members:
         raise ValueError("one weight per ensemble member is needed")
     total = float(sum(weights))
@@ -28,7 +31,8 @@ def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], we
         callback = (lambda f, index=index: on_progress(index, f)) if on_progress else None
         if callback is not None:
             callback(0.0)  # announce the member before its (long) inference
-        prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta, on_progress=callback)
+        prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta, on_progress=callback,
+                                           hypodensity=hypodensity)
         prob = sitk.GetArrayFromImage(resample_to(prob_img, ct_crop, sitk.sitkLinear, 0.0))
         prob *= weight / total
         prob_sum = prob if prob_sum is None else prob_sum + prob
@@ -53,6 +57,11 @@ def tumor_mask(probability: np.ndarray, threshold: float = 0.5, grow_threshold: 
     low = np.nextafter(np.float32(grow_threshold), np.float32(-1))
     high = np.nextafter(np.float32(threshold), np.float32(-1))
     return apply_hysteresis_threshold(probability, low, high).astype(np.uint8)
+
+
+def needs_hypodensity(members: Sequence[LoadedModel]) -> bool:
+    """Whether any member takes the parenchyma map as an input channel."""
+    return any(HYPODENSITY_CHANNEL in m.card.input_channels for m in members)
 
 
 def member_stage_names(members: Sequence[LoadedModel]) -> List[str]:

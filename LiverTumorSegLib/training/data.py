@@ -8,9 +8,12 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..models.card import ModelCard
+from ..geometry import Geometry
+from ..models.card import HYPODENSITY_CHANNEL, ModelCard
 from ..preprocess import model_grid, normalize_hu, resample_to
 from ..stages.crop import crop_image, liver_box
+from ..stages.liver import tumor_search_region
+from ..stages.parenchyma import hypodensity_channel
 from .prior import signed_distance_mm
 
 
@@ -24,6 +27,7 @@ class TrainingSample:
     image: np.ndarray
     target: np.ndarray  # uint8 0/1
     prior_distance: Optional[np.ndarray] = None  # float32 mm, negative inside the liver
+    hypodensity: Optional[np.ndarray] = None  # float32 0..1: the parenchyma map, for cards with that channel
 
 
 def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCard,
@@ -49,5 +53,18 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
     target_on_grid = resample_to(target_image, grid, sitk.sitkLinear, 0.0)
     target = (sitk.GetArrayViewFromImage(target_on_grid) >= 0.5).astype(np.uint8)
     distance = signed_distance_mm(target, grid.GetSpacing()[::-1]) if "liver_prior" in card.input_channels else None
+    hypodensity = None
+    if HYPODENSITY_CHANNEL in card.input_channels:
+        hypodensity = _hypodensity_on_grid(ct, sitk.GetArrayViewFromImage(labels) > 0, grid)
     return TrainingSample(name=name, image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
-                          target=target, prior_distance=distance)
+                          target=target, prior_distance=distance, hypodensity=hypodensity)
+
+
+def _hypodensity_on_grid(ct_crop: sitk.Image, liver_crop: np.ndarray, grid: sitk.Image) -> np.ndarray:
+    """The parenchyma map of the liver crop, as the pipeline computes it (the reference liver in
+    place of the liver stage's mask, its tumor search region), on the model's grid."""
+    region = tumor_search_region(liver_crop.astype(np.uint8), Geometry.of(ct_crop).axial_array_axis())
+    hu = sitk.GetArrayFromImage(ct_crop).astype(np.float32)
+    image = sitk.GetImageFromArray(hypodensity_channel(hu, region, ct_crop.GetSpacing()[::-1]))
+    image.CopyInformation(ct_crop)
+    return sitk.GetArrayFromImage(resample_to(image, grid, sitk.sitkLinear, 0.0)).astype(np.float32)

@@ -26,7 +26,8 @@ def fit_ensemble_weights(members: Sequence[ModelCard], validation: Sequence[Trai
     common grid); returns the weights and the score of every weight vector tried."""
     loaded = [LoadedModel.load(card) for card in members]
     device = torch.device("cpu")
-    probabilities = [[predict_foreground(model, _denormalize(sample, model.card), device, overlap=0.25)[0]
+    probabilities = [[predict_foreground(model, _denormalize(sample, model.card), device, overlap=0.25,
+                                       hypodensity=sample.hypodensity)[0]
                       for sample in validation] for model in loaded]
     scores: Dict[str, float] = {}
     best, best_score = None, -1.0

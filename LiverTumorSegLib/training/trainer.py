@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import LiverTumorSegError
-from ..models.card import ModelCard, write_card
+from ..models.card import HYPODENSITY_CHANNEL, ModelCard, write_card
 from ..models.networks import build_network, forward_logits
 from ..models.weights import load_weights, save_weights
 from .data import TrainingSample
@@ -42,14 +42,14 @@ class TrainConfig:
     prior_simulation: PriorSimulation = field(default_factory=PriorSimulation)  # liver_refine models only
 
 
-def _augmentations(patch_size_kji: Sequence[int], affine: bool, with_prior: bool = False):
-    """Spatial transforms on the CT, the label and (``with_prior``) the liver prior alike;
-    intensity transforms on the CT only."""
+def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: Sequence[str] = ()):
+    """Spatial transforms on the CT, the label and the extra input channels (``prior``,
+    ``hypodensity``) alike; intensity transforms on the CT only."""
     from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
                                   RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd)
 
-    keys = ["image", "label"] + (["prior"] if with_prior else [])
-    modes = ("bilinear", "nearest") + (("bilinear",) if with_prior else ())
+    keys = ["image", "label"] + list(extra_channels)
+    modes = ("bilinear", "nearest") + ("bilinear",) * len(extra_channels)
     transforms = []
     if affine:
         transforms.append(RandAffined(keys=keys, prob=0.5, rotate_range=(0.15, 0.15, 0.15),
@@ -68,9 +68,9 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, with_prior: bool
 
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
                  positive: bool) -> tuple:
-    """A patch ``(image, target, prior_distance or None)`` (padded with zero / zero / far outside
-    where it leaves the volume), centred on a foreground voxel when ``positive`` and the sample
-    has one, else anywhere."""
+    """A patch ``(image, target, prior_distance or None, hypodensity or None)`` (padded with zero
+    / zero / far outside / zero where it leaves the volume), centred on a foreground voxel when
+    ``positive`` and the sample has one, else anywhere."""
     shape = np.array(sample.image.shape)
     patch = np.array(patch_kji)
     if positive and sample.target.any():
@@ -93,16 +93,38 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
     if sample.prior_distance is not None:
         distance = np.full(tuple(patch), OUTSIDE_MM, np.float32)
         distance[dst] = sample.prior_distance[src]
-    return image, target, distance
+    hypodensity = None
+    if sample.hypodensity is not None:
+        hypodensity = np.zeros(tuple(patch), np.float32)
+        hypodensity[dst] = sample.hypodensity[src]
+    return image, target, distance, hypodensity
 
 
 def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
-    """Start from ``source``'s weights; it must be the same network as ``card``'s."""
-    if (source.architecture, source.architecture_args) != (card.architecture, card.architecture_args):
+    """Start from ``source``'s weights; it must be the same network as ``card``'s, or differ
+    only in taking fewer input channels (a card that adds a channel, e.g. the parenchyma map, to
+    a trained model): the new channels' input weights start at zero, so the network starts out
+    computing exactly what ``source`` computed and learns to use them."""
+    def without_inputs(args: dict) -> dict:
+        return {k: v for k, v in args.items() if k != "in_channels"}
+
+    if source.architecture != card.architecture or \
+            without_inputs(source.architecture_args) != without_inputs(card.architecture_args) or \
+            source.input_channels != card.input_channels[:len(source.input_channels)]:
         raise LiverTumorSegError(f"cannot fine-tune {card.name} from {source.name}: different networks "
-                                 f"({source.architecture} {source.architecture_args} vs "
-                                 f"{card.architecture} {card.architecture_args})")
-    network.load_state_dict(load_weights(source.weights_path, source.weights_sha256), strict=True)
+                                 f"({source.architecture} {source.architecture_args} {source.input_channels} vs "
+                                 f"{card.architecture} {card.architecture_args} {card.input_channels})")
+    state = load_weights(source.weights_path, source.weights_sha256)
+    own = network.state_dict()
+    for key, value in state.items():
+        target = own.get(key)
+        if target is not None and target.shape != value.shape and target.ndim == value.ndim and target.ndim > 2 \
+                and target.shape[0] == value.shape[0] and target.shape[2:] == value.shape[2:] \
+                and target.shape[1] > value.shape[1]:
+            widened = torch.zeros_like(target)
+            widened[:, :value.shape[1]] = value
+            state[key] = widened
+    network.load_state_dict(state, strict=True)
     log.info("%s: starting from the weights of %s (%s)", card.name, source.name, source.weights_sha256[:12])
 
 
@@ -129,7 +151,14 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
     if with_prior and any(sample.prior_distance is None for sample in samples):
         raise LiverTumorSegError(f"{card.name} takes a liver prior: prepare its samples with prepare_sample "
                                  "for this card (they carry the reference's signed distance)")
-    augment = _augmentations(card.patch_size_kji, config.affine, with_prior)
+    with_hypodensity = HYPODENSITY_CHANNEL in card.input_channels
+    if with_hypodensity and any(sample.hypodensity is None for sample in samples):
+        raise LiverTumorSegError(f"{card.name} takes the parenchyma map: prepare its samples with prepare_sample "
+                                 "for this card (they carry the map)")
+    # the extra channels in the card's order after the CT
+    extra = [{"liver_prior": "prior", HYPODENSITY_CHANNEL: "hypodensity"}[name]
+             for name in card.input_channels if name != "ct"]
+    augment = _augmentations(card.patch_size_kji, config.affine, extra)
     network.train()
     started = time.perf_counter()
     running = None
@@ -137,14 +166,15 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
         images, targets = [], []
         for _ in range(config.batch_size):
             sample = samples[rng.integers(len(samples))]
-            image, target, distance = sample_patch(sample, card.patch_size_kji, rng,
-                                                   rng.random() < config.positive_fraction)
+            image, target, distance, hypodensity = sample_patch(sample, card.patch_size_kji, rng,
+                                                                rng.random() < config.positive_fraction)
             item = {"image": image[None], "label": target[None].astype(np.float32)}
             if with_prior:
                 item["prior"] = config.prior_simulation(distance, card.spacing_mm[::-1], rng)[None]
+            if with_hypodensity:
+                item["hypodensity"] = hypodensity[None]
             item = augment(item)
-            channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32)
-                        for key in (("image", "prior") if with_prior else ("image",))]
+            channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32) for key in ["image"] + extra]
             images.append(torch.cat(channels))
             targets.append(torch.as_tensor(np.asarray(item["label"]), dtype=torch.float32))
         batch, target_batch = torch.stack(images), torch.stack(targets).round()

@@ -359,3 +359,15 @@ def test_held_out_real_ct_lesions_are_drawn_and_a_lesion_nobody_can_see_is_refus
     ct_t, _, infos = insert_tumors_image(ct, liver, seed=5, n_tumors=3, size_range_mm=(10.0, 30.0))
     with pytest.raises(LiverTumorSegError, match="spreads into the liver"):
         real_editor.add(ct_t, liver, _ras(infos[2]["center_lps_mm"]))
+
+
+def test_add_gives_members_that_take_the_parenchyma_map_the_map_around_the_click(helpers, tmp_path):
+    """A member that sees only the map (channel 1 above 0.5): the lesion 50 HU below the liver is
+    drawn by the model path only if the editor computed the map of the cube around the click."""
+    member = helpers.write_map_member(tmp_path)
+    editor = edit.LesionEditor(tumor_model=member, registry=ModelRegistry([tmp_path]))
+    ct, labelmap, truth = _case(helpers, lesion_hu=110)
+    result = edit.add_lesion(ct, labelmap, _ras(helpers.LESION_CENTER_LPS), editor=editor)
+    diff = _assert_only_the_lesion_changed(_labels(labelmap), result, 2)
+    assert result.method == "model"
+    assert helpers.dice(diff, truth == 2) > 0.8

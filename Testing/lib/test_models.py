@@ -110,6 +110,7 @@ def test_card_missing_a_required_field_names_it(field):
     ({"input_channels": ["ct", "pet"]}, "expected 'ct' first"),
     ({"input_channels": []}, "expected 'ct' first"),
     ({"input_channels": ["ct", "liver_prior"]}, "only it takes 'liver_prior'"),  # a liver model with a prior
+    ({"input_channels": ["ct", "hypodensity"]}, "only a tumor model takes the 'hypodensity' channel"),
     ({"task": "liver_refine"}, "a liver_refine model takes"),  # a refinement model without its prior
     ({"name": "../x"}, "model name '../x'; a model name uses only"),
     ({"name": "a/b"}, "model name 'a/b'; a model name uses only"),

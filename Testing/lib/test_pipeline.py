@@ -382,3 +382,24 @@ def test_the_parenchyma_prior_shapes_the_probability_the_tumor_mask_is_drawn_fro
     assert not (sitk.GetArrayViewFromImage(result.labelmap) == 2).any()
     assert evidence.probability.max() > 0.5  # the saved evidence itself is untouched
     assert result.settings["parenchyma"]["enabled"] is tiny_pipeline.settings.parenchyma.enabled
+
+
+# --- tumor members that take the parenchyma map as a second channel -------------------------
+
+def test_a_member_with_the_parenchyma_map_channel_gets_the_map_of_the_liver_crop(helpers, tiny_models, tmp_path,
+                                                                               monkeypatch):
+    """This member calls tumor wherever the map (channel 1) is above 0.5 and ignores the CT: it
+    finds the phantom's lesion (50 HU below its liver) only if the pipeline computed the map of
+    the liver crop and handed it to the member on the member's grid."""
+    member = helpers.write_map_member(tmp_path)
+    calls = []
+    real = pipeline_module.hypodensity_channel
+    monkeypatch.setattr(pipeline_module, "hypodensity_channel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ct = _float_ct(helpers, lesion_hu=110)
+    result = _pipeline(helpers, tiny_models, tmp_path, tumor_model=member).run(ct)
+    assert len(calls) == 1
+    tumor = sitk.GetArrayViewFromImage(result.labelmap) == 2
+    assert helpers.dice(tumor, helpers.analytic_labels_like(ct) == 2) > 0.8
+    calls.clear()
+    _pipeline(helpers, tiny_models).run(ct)  # members without the channel: the map is not computed for them
+    assert calls == []

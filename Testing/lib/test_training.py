@@ -213,3 +213,78 @@ def test_refinement_samples_are_liver_crops_with_distances(helpers):
     assert sample.image.shape[2] < 0.75 * ct.GetSize()[0]  # cropped to the liver (76 mm) + 2 x 15 mm
     assert np.all(sample.prior_distance[sample.target > 0] < 0) and np.all(sample.prior_distance[sample.target == 0] > 0)
     assert prepare_sample("phantom", ct, labels, tiny_card("plain")).prior_distance is None
+
+
+# --- the parenchyma map as a second input channel of tumor models ----------------------------
+
+def map_card(name: str = "map-unet") -> ModelCard:
+    card = tiny_card(name)
+    card.input_channels = ["ct", "hypodensity"]
+    card.architecture_args = dict(card.architecture_args, in_channels=2)
+    return card
+
+
+def map_only_samples(n: int, seed: int = 0) -> list:
+    """Boxes that only the parenchyma map shows: the CT is the same noise inside and out."""
+    samples = []
+    for index, box in enumerate(bright_box_samples(n, seed)):
+        noise = np.random.default_rng([seed, index]).normal(0.3, 0.05, box.image.shape).astype(np.float32)
+        hypodensity = np.where(box.target > 0, 0.9, 0.05).astype(np.float32)
+        samples.append(TrainingSample(box.name, noise, box.target, hypodensity=hypodensity))
+    return samples
+
+
+def test_a_tumor_model_with_the_parenchyma_map_channel_learns_from_it(tmp_path):
+    card = train_model(map_card(), map_only_samples(6), tmp_path, TrainConfig(steps=150, seed=0, **QUICK))
+    model = LoadedModel.load(read_card(card.card_path))
+    cpu = torch.device("cpu")
+    scores = [dice(predict_foreground(model, to_hu(s), cpu, hypodensity=s.hypodensity)[0] >= 0.5, s.target)
+              for s in map_only_samples(3, seed=5)]
+    assert min(scores) > 0.8, scores
+    with pytest.raises(ValueError, match="needs a hypodensity map"):
+        predict_foreground(model, to_hu(map_only_samples(1)[0]), cpu)
+
+
+def test_a_map_model_needs_samples_with_the_map(tmp_path):
+    with pytest.raises(LiverTumorSegError, match="takes the parenchyma map"):
+        train_model(map_card(), bright_box_samples(2), tmp_path, TrainConfig(steps=1, **QUICK))
+
+
+def test_adding_the_map_channel_to_a_trained_model_starts_from_what_it_computed(trained, tmp_path):
+    card, samples = trained
+    widened = map_card("box-unet-with-map")
+    # zero learning rate: the saved weights are the widened start
+    start = train_model(widened, map_only_samples(2), tmp_path, TrainConfig(steps=1, seed=0, init_from=card,
+                                                                            **{**QUICK, "learning_rate": 0.0}))
+    source, grown = LoadedModel.load(card), LoadedModel.load(read_card(start.card_path))
+    cpu = torch.device("cpu")
+    for sample in bright_box_samples(2, seed=3):
+        any_map = np.random.default_rng(0).random(sample.image.shape).astype(np.float32)
+        expected = predict_foreground(source, to_hu(sample), cpu)[0]
+        got = predict_foreground(grown, to_hu(sample), cpu, hypodensity=any_map)[0]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    other = tiny_card("other", channels=(8, 16))
+    other.input_channels, other.architecture_args = ["ct", "hypodensity"], dict(other.architecture_args, in_channels=2)
+    with pytest.raises(LiverTumorSegError, match="different networks"):
+        train_model(other, map_only_samples(1), tmp_path / "o", TrainConfig(steps=1, init_from=card, **QUICK))
+
+
+def test_tumor_samples_carry_the_parenchyma_map_of_their_liver(helpers):
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.training.data import prepare_sample
+
+    ct = sitk.Cast(helpers.phantom_ct(lesion_hu=110), sitk.sitkFloat32)  # 50 HU below the liver, not fat
+    labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
+    labels.CopyInformation(ct)
+    card = map_card()
+    card.spacing_mm = (3.0, 3.0, 3.0)
+    sample = prepare_sample("phantom", ct, labels, card)
+    assert sample.hypodensity.shape == sample.image.shape == sample.target.shape
+    lesion = sample.target > 0
+    parenchyma = (sample.image > 0.8) & ~lesion  # the phantom's liver is at 160 HU, its body at 40 HU
+    body = (sample.image > 0.4) & (sample.image < 0.5)
+    assert np.median(sample.hypodensity[lesion]) > 0.8  # the hypodense lesion stands out on the map ...
+    assert np.median(sample.hypodensity[parenchyma]) < 0.1  # ... the parenchyma does not ...
+    assert np.median(sample.hypodensity[body]) == 0.0  # ... nor, outside the liver, the darker body
+    assert prepare_sample("phantom", ct, labels, tiny_card("plain")).hypodensity is None
