@@ -33,16 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from LiverTumorSegLib.errors import LiverTumorSegError  # noqa: E402
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
 from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of  # noqa: E402
 from LiverTumorSegLib.models.card import read_card, write_card  # noqa: E402
 from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from LiverTumorSegLib.render import axial_overlay, save_png, stack_rows  # noqa: E402
-from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
+from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
+                                                 phantom_with_tumor_kind, shared_data_dir)
 from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir(ROOT)
 log = logging.getLogger("evaluate_embedded")
 
 
@@ -221,16 +221,12 @@ def update_cards_and_model_card(args: argparse.Namespace, summary: dict, table_l
     (args.models / "MODEL_CARD.md").write_text(model_card_markdown(args, summary, table_lines), encoding="utf-8")
 
 
-REAL_CASES = [  # (name, CT, reference liver or None, kind)
-    ("ts_upper_abdomen_3mm", SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
-     SHARED / "ts_upper_abdomen_3mm" / "liver_reference.nii.gz", "real (training case)"),
-    ("ts_dicom_upper_abdomen", SHARED / "ts_dicom_upper_abdomen" / "dicom",
-     SHARED / "ts_dicom_upper_abdomen" / "liver_reference.nii.gz", "real (held out)"),
-    ("chaos_ct_1", SHARED / "chaos_ct_1" / "dicom", SHARED / "chaos_ct_1" / "liver_reference.nii.gz",
-     "real (held out from the liver models; expert liver)"),
-    ("ts_abdomen_3mm", SHARED / "ts_abdomen_3mm" / "ct.nii.gz", None, "real (training patient, more slices)"),
-    ("ts_thorax_1p5mm", SHARED / "ts_thorax_1p5mm" / "ct.nii.gz", None,
-     "real (chest; only the liver dome, under the heart)"),
+REAL_CASES = [  # (shared case, what it is to the models)
+    ("ts_upper_abdomen_3mm", "real (training case)"),
+    ("ts_dicom_upper_abdomen", "real (held out)"),
+    ("chaos_ct_1", "real (held out from the liver models; expert liver)"),
+    ("ts_abdomen_3mm", "real (training patient, more slices)"),
+    ("ts_thorax_1p5mm", "real (chest; only the liver dome, under the heart)"),
 ]
 # Real livers that get every synthetic tumour kind: ts_dicom is held out of all training;
 # chaos_ct_1 is held out of the liver models only (the tumor models trained on its liver).
@@ -240,14 +236,7 @@ KIND_LIVERS = [("dicom", "ts_dicom_upper_abdomen", "held-out real liver"),
 
 def load_real(name: str) -> tuple:
     """(CT, reference liver or None) of a real case by name."""
-    for case, ct_path, ref_path, _ in REAL_CASES:
-        if case == name:
-            ct = load_volume(ct_path).image
-            ref = sitk.ReadImage(str(ref_path), sitk.sitkUInt8) if ref_path else None
-            if ref is not None:
-                ref.CopyInformation(ct)
-            return ct, ref
-    raise KeyError(name)
+    return load_shared_case(SHARED, name)
 
 
 def summarize(rows: list) -> dict:
@@ -330,14 +319,14 @@ def main() -> int:
         return write_report(args, rows, overlays)
     pipeline = Pipeline(settings, ModelRegistry([args.models]))
 
-    for name, ct_path, _, kind in REAL_CASES:
-        if not ct_path.exists():
+    for name, kind in REAL_CASES:
+        if not has_shared_case(SHARED, name):
             continue
         ct, ref = load_real(name)
         rows.append(evaluate_case(pipeline, name, ct, ref, overlays, kind, args.out))
 
     for short, name, kind in KIND_LIVERS:
-        if not (SHARED / name).exists():
+        if not has_shared_case(SHARED, name):
             continue
         ct, liver = load_real(name)
         for index, tumor_kind in enumerate(kinds):
@@ -349,11 +338,10 @@ def main() -> int:
     for i in range(args.phantoms):
         seed = 10000 + i
         tumor_kind = kinds[i % len(kinds)]
-        ph = make_phantom(seed, spacing=(1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5), n_tumors=0)
-        liver = sitk.Cast(ph.labels > 0, sitk.sitkUInt8)
-        ct_t, labels_t, _ = insert_tumor_kind(ph.ct, liver, seed=seed, kind=tumor_kind)
-        touches = {key: ph.properties[key] for key in ("stomach_filling", "stomach_touches_liver")
-                   if key in ph.properties}
+        ct_t, labels_t, properties = phantom_with_tumor_kind(seed, tumor_kind,
+                                                             (1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5))
+        touches = {key: properties[key] for key in ("stomach_filling", "stomach_touches_liver")
+                   if key in properties}
         rows.append(evaluate_case(pipeline, f"phantom-{seed}", ct_t, labels_t, overlays, "held-out phantom",
                                   args.out, tumor_kind, touches))
 

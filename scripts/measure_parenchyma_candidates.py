@@ -27,18 +27,16 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = (ROOT / ".." / "shared" / "data").resolve()
 
-from LiverTumorSegLib.geometry import Geometry  # noqa: E402
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
-from LiverTumorSegLib.metrics import dice, lesion_detection  # noqa: E402
+from LiverTumorSegLib.synth.shared_cases import load_shared_case, shared_data_dir  # noqa: E402
+from LiverTumorSegLib.metrics import lesion_detection  # noqa: E402
 from LiverTumorSegLib.postprocess.active_contour import refine_lesions  # noqa: E402
 from LiverTumorSegLib.postprocess.cleanup import remove_small_lesions, tumor_inside_liver  # noqa: E402
 from LiverTumorSegLib.postprocess.interslice import interslice_consistency  # noqa: E402
@@ -46,10 +44,9 @@ from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, combine_with_mo
                                                 parenchyma_candidates)
 
 # Validation CTs: (name, CT path, reference liver path or None). Held-out ts_dicom_upper_abdomen is absent on purpose.
-TUMOR_CTS = [("ts_upper_abdomen_3mm", SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
-              SHARED / "ts_upper_abdomen_3mm" / "liver_reference.nii.gz"),
-             ("chaos_ct_1", SHARED / "chaos_ct_1" / "dicom", SHARED / "chaos_ct_1" / "liver_reference.nii.gz")]
-FREE_CTS = TUMOR_CTS + [("ts_abdomen_3mm", SHARED / "ts_abdomen_3mm" / "ct.nii.gz", None)]
+SHARED = shared_data_dir(ROOT)
+TUMOR_CTS = ["ts_upper_abdomen_3mm", "chaos_ct_1"]  # shared cases (synth.shared_cases)
+FREE_CTS = TUMOR_CTS + ["ts_abdomen_3mm"]
 SEED_BASE = 71000  # validation insertion seeds; evaluate_embedded holds out 9000+ on the held-out CT
 # Tumour kinds used when synth.tumors has no TUMOR_KINDS yet (size range, count).
 FALLBACK_KINDS = {"large": ((50.0, 120.0), 1), "medium": ((15.0, 40.0), 3), "small": ((5.0, 12.0), 4)}
@@ -73,40 +70,19 @@ def insert(ct: sitk.Image, liver: sitk.Image, seed: int, kind: str) -> Tuple[sit
         return insert_tumors_image(ct, liver, seed=seed, n_tumors=count, size_range_mm=size, hyper_fraction=0.0)
 
 
-def load_case(ct_path: Path, ref_path: Optional[Path]) -> Tuple[sitk.Image, Optional[sitk.Image]]:
-    ct = load_volume(ct_path).image
-    if ref_path is None:
-        return ct, None
-    ref = sitk.ReadImage(str(ref_path), sitk.sitkUInt8)
-    if not Geometry.of(ct).matches(Geometry.of(ref)):
-        ref = sitk.Resample(ref, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return ct, sitk.Cast(ref > 0, sitk.sitkUInt8)
-
-
 # --- cache: the pipeline's own stages -----------------------------------------------------------------
 
 def run_stages(pipeline, ct: sitk.Image) -> Dict[str, np.ndarray]:
-    """What pipeline.Pipeline._run_on computes before post-processing, with its own functions."""
-    from LiverTumorSegLib.stages.crop import crop_image, liver_box
-    from LiverTumorSegLib.stages.liver import segment_liver, tumor_search_region
-    from LiverTumorSegLib.stages.tumor import ensemble_probability
-    s, device = pipeline.settings, pipeline.device
+    """What the pipeline computes before post-processing (Pipeline.tumor_evidence), as arrays."""
+    from LiverTumorSegLib.geometry import Geometry
+
+    evidence = pipeline.tumor_evidence(ct)
     geometry = Geometry.of(ct)
-    spacing_kji = tuple(reversed(geometry.spacing))
-    liver = segment_liver(ct, pipeline.liver_model, device, overlap=s.overlap, threshold=s.liver_threshold,
-                          keep_largest=s.keep_largest_liver, fill=s.fill_liver_holes)
-    box = liver_box(liver, spacing_kji, s.crop_margin_mm)
-    ct_crop = crop_image(ct, box)
-    if pipeline.liver_refine_model is not None:
-        liver = pipeline._refined_liver(ct_crop, liver, box, geometry, device, lambda f: None)
-    probability, _ = ensemble_probability(ct_crop, pipeline.tumor_members, pipeline.tumor_weights, device,
-                                          overlap=s.overlap, tta=s.use_tta)
-    axial = geometry.axial_array_axis()
-    region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
-    return {"hu": sitk.GetArrayFromImage(ct_crop).astype(np.int16), "region": region.astype(np.uint8),
-            "probability": probability.astype(np.float16), "box": np.array([[b.start, b.stop] for b in box]),
-            "spacing_kji": np.array(spacing_kji), "axial": np.array(axial), "liver_full_ml":
-            np.array(float(liver.sum()) * geometry.voxel_volume_ml)}
+    return {"hu": sitk.GetArrayFromImage(evidence.ct_crop).astype(np.int16),
+            "region": evidence.region.astype(np.uint8), "probability": evidence.probability.astype(np.float16),
+            "box": np.array([[b.start, b.stop] for b in evidence.box]),
+            "spacing_kji": np.array(tuple(reversed(geometry.spacing))), "axial": np.array(geometry.axial_array_axis()),
+            "liver_full_ml": np.array(float(evidence.liver.sum()) * geometry.voxel_volume_ml)}
 
 
 def cache(args: argparse.Namespace) -> None:
@@ -116,10 +92,10 @@ def cache(args: argparse.Namespace) -> None:
     pipeline = Pipeline(PipelineSettings(device="cpu"))
     args.cache.mkdir(parents=True, exist_ok=True)
     kinds = args.kinds.split(",") if args.kinds else tumour_kinds()
-    for name, ct_path, ref_path in FREE_CTS:
-        ct, ref = load_case(ct_path, ref_path)
+    for name in FREE_CTS:
+        ct, ref = load_shared_case(SHARED, name)
         jobs = [("free", 0)]
-        if any(name == t[0] for t in TUMOR_CTS):
+        if name in TUMOR_CTS:
             jobs += [(kind, SEED_BASE + 100 * k + i) for k, kind in enumerate(kinds) for i in range(args.seeds)]
         for kind, seed in jobs:
             out = args.cache / f"{name}__{kind}__{seed}.npz"
@@ -303,8 +279,7 @@ def candidate_table(args: argparse.Namespace) -> None:
 def crop_geometry(ct_name: str, box: np.ndarray) -> sitk.Image:
     """An empty image with the geometry of the cached crop of CT ``ct_name``."""
     from LiverTumorSegLib.stages.crop import crop_image
-    path = next(p for name, p, _ in FREE_CTS if name == ct_name)
-    ct = load_volume(path).image
+    ct = load_shared_case(SHARED, ct_name)[0]
     return crop_image(ct, tuple(slice(int(a), int(b)) for a, b in box))
 
 

@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from LiverTumorSegLib.synth.phantom import ORGAN, make_phantom  # noqa: E402
+from LiverTumorSegLib.synth.shared_cases import has_shared_case, load_shared_case, shared_data_dir  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir(ROOT)
 LIVER_RGB = (40, 220, 60)
 TUMOR_RGB = (255, 40, 40)
 NEIGHBOUR_RGB = {"stomach": (255, 220, 0), "bowel": (0, 220, 255), "gallbladder": (255, 0, 255),
@@ -147,24 +148,12 @@ def render_neighbours(ph, path: Path) -> None:
           f"face to face with the liver: {', '.join(p['liver_neighbours'])}")
 
 
-def read_dicom(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    return reader.Execute()
-
-
 def render_real(out: Path, seed: int) -> None:
-    cases = [("upper_abdomen_3mm", SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
-              SHARED / "ts_upper_abdomen_3mm" / "liver_reference.nii.gz"),
-             ("dicom_upper_abdomen", SHARED / "ts_dicom_upper_abdomen" / "dicom",
-              SHARED / "ts_dicom_upper_abdomen" / "liver_reference.nii.gz")]
-    for name, ct_path, liver_path in cases:
-        if not ct_path.exists():
-            print(f"skipped {name}: {ct_path} not found")
+    for name in ("ts_upper_abdomen_3mm", "ts_dicom_upper_abdomen"):
+        if not has_shared_case(SHARED, name):
+            print(f"skipped {name}: not in {SHARED}")
             continue
-        ct = read_dicom(ct_path) if ct_path.is_dir() else sitk.ReadImage(str(ct_path))
-        liver = sitk.ReadImage(str(liver_path))
-        liver.CopyInformation(ct)
+        ct, liver = load_shared_case(SHARED, name)
         new_ct, labels, infos = insert_tumors_image(ct, liver, seed=seed, n_tumors=6)
         print(f"real {name}: tumours {[(t['contrast'], round(t['diameter_mm'], 1), t['n_voxels']) for t in infos]}")
         before = sitk.GetArrayFromImage(to_lps(ct))
@@ -181,19 +170,18 @@ def render_real(out: Path, seed: int) -> None:
 
 def render_comparison(out: Path, seeds: Sequence[int]) -> None:
     """Real CT slices (top row) beside phantoms at 3 mm, at the same relative levels of the liver."""
-    folder = SHARED / "ts_upper_abdomen_3mm"
-    if not folder.exists():
-        print(f"skipped comparison: {folder} not found")
+    if not has_shared_case(SHARED, "ts_upper_abdomen_3mm"):
+        print(f"skipped comparison: ts_upper_abdomen_3mm not in {SHARED}")
         return
-    real_image = to_lps(sitk.ReadImage(str(folder / "ct.nii.gz")))
+    real_ct, real_reference = load_shared_case(SHARED, "ts_upper_abdomen_3mm")
+    real_image = to_lps(real_ct)
     real = sitk.GetArrayFromImage(real_image)
-    real_liver = sitk.GetArrayFromImage(to_lps(sitk.ReadImage(str(folder / "liver_reference.nii.gz"))))
+    real_liver = sitk.GetArrayFromImage(to_lps(real_reference))
     sp = real_image.GetSpacing()
     rows = [row([axial(real, None, k, sp, 1.0) for k in liver_levels(real_liver, 4)[::-1]])]
     coronals = []
-    abdomen = SHARED / "ts_abdomen_3mm" / "ct.nii.gz"
-    if abdomen.exists():
-        whole = sitk.GetArrayFromImage(to_lps(sitk.ReadImage(str(abdomen))))
+    if has_shared_case(SHARED, "ts_abdomen_3mm"):
+        whole = sitk.GetArrayFromImage(to_lps(load_shared_case(SHARED, "ts_abdomen_3mm")[0]))
         coronals.append(coronal(whole, None, whole.shape[1] // 2 + 5, (3.0, 3.0, 3.0), 1.0))
     for seed in seeds:
         ph = make_phantom(seed, spacing=(3.0, 3.0, 3.0), size_mm=(366, 303, 336), n_tumors=0)

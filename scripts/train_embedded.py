@@ -33,28 +33,23 @@ sys.path.insert(0, str(ROOT))
 
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card  # noqa: E402
 from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
 from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
+from LiverTumorSegLib.synth.shared_cases import load_shared_case, shared_data_dir  # noqa: E402
 from LiverTumorSegLib.synth.tumors import insert_tumor_kind  # noqa: E402
 from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
 from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
 from LiverTumorSegLib.training.history import describe_training  # noqa: E402
 from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir(ROOT)
 NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and real CTs with synthetic tumours (see "
                 "trained_on). NOT FOR CLINICAL USE: not validated on real patients' tumours.")
 log = logging.getLogger("train_embedded")
 PHANTOM_VIEWS = ("abdomen", "abdomen", "upper_abdomen", "abdomen", "thorax")
 LIVER_REFINE_NAME = "liver-refine-demo"
 HELD_OUT = "ts_dicom_upper_abdomen"  # the real case no model is trained on
-# Real training CTs per task: (name, CT path, reference liver path). chaos_ct_1 (expert liver
-# mask) trains the tumor models only; the liver models keep it as their held-out expert case.
-REAL_CASES = {
-    "ts_upper_abdomen_3mm": (SHARED / "ts_upper_abdomen_3mm" / "ct.nii.gz",
-                             SHARED / "ts_upper_abdomen_3mm" / "liver_reference.nii.gz"),
-    "chaos_ct_1": (SHARED / "chaos_ct_1" / "dicom", SHARED / "chaos_ct_1" / "liver_reference.nii.gz"),
-}
+# Real training CTs per task (synth.shared_cases). chaos_ct_1 (expert liver mask) trains the
+# tumor models only; the liver models keep it as their held-out expert case.
 REAL_FOR_TASK = {"liver": ("ts_upper_abdomen_3mm",), "liver_refine": ("ts_upper_abdomen_3mm",),
                  "tumor": ("ts_upper_abdomen_3mm", "chaos_ct_1")}
 # The fraction of samples with a broad tumour-free darkening of part of the liver (synth.perfusion).
@@ -115,11 +110,7 @@ def tumor_cards() -> list:
 
 def real_case(name: str) -> tuple:
     """A real training CT (float32 HU) and its reference liver (uint8, on the CT's grid)."""
-    ct_path, liver_path = REAL_CASES[name]
-    ct = sitk.Cast(load_volume(ct_path).image, sitk.sitkFloat32)
-    liver = sitk.ReadImage(str(liver_path), sitk.sitkUInt8)
-    liver.CopyInformation(ct)
-    return ct, liver
+    return load_shared_case(SHARED, name)
 
 
 def draw_kind(seed: int) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Tune the tumor post-processing (seed and grow thresholds, minimum lesion volume) of the
 embedded models on VALIDATION data only: phantoms of seeds 5002+ (the ones the ensemble
-weights are fitted on) and the real training liver ts_upper_abdomen_3mm with synthetic tumours
-of every kind under other seeds; never on the held-out evaluation data (phantom seeds 10000+,
+weights are fitted on), the real training liver ts_upper_abdomen_3mm with synthetic tumours
+of every kind under other seeds, and the real training livers (ts_upper_abdomen_3mm,
+chaos_ct_1) with a broad tumour-free darkening (synth.perfusion), alone and under lesions; never on the held-out evaluation data (phantom seeds 10000+,
 ts_dicom_upper_abdomen, real-liver tumour seeds 9000+).
 
 The models run once per case (Pipeline.tumor_evidence); each setting only re-runs the
@@ -13,11 +14,14 @@ lesions >= 10 mm found and the false-positive lesions of each setting, best firs
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
+import pickle
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,14 +29,16 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
 from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of  # noqa: E402
 from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
-from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
+from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior  # noqa: E402
+from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
+from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
+                                                 phantom_with_tumor_kind, shared_data_dir)
 from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = shared_data_dir(ROOT)
 
 
 def validation_cases(n_phantoms: int, kinds: list) -> list:
@@ -40,32 +46,49 @@ def validation_cases(n_phantoms: int, kinds: list) -> list:
     cases = []
     for i in range(n_phantoms):
         seed, kind = 5002 + i, kinds[i % len(kinds)]
-        ph = make_phantom(seed, spacing=(1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5), n_tumors=0)
-        ct, labels, _ = insert_tumor_kind(ph.ct, sitk.Cast(ph.labels > 0, sitk.sitkUInt8), seed=seed, kind=kind)
+        ct, labels, _ = phantom_with_tumor_kind(seed, kind, (1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5))
         cases.append((f"phantom-{seed}", kind, ct, labels))
-    folder = SHARED / "ts_upper_abdomen_3mm"
-    if folder.exists():
-        ct = sitk.Cast(load_volume(folder / "ct.nii.gz").image, sitk.sitkFloat32)
-        liver = sitk.ReadImage(str(folder / "liver_reference.nii.gz"), sitk.sitkUInt8)
-        liver.CopyInformation(ct)
+    if has_shared_case(SHARED, "ts_upper_abdomen_3mm"):
+        ct, liver = load_shared_case(SHARED, "ts_upper_abdomen_3mm")
         for index, kind in enumerate(kinds):
             seed = 20000 + index  # tumours the training never drew
             ct_t, labels_t, _ = insert_tumor_kind(ct, liver, seed=seed, kind=kind)
             cases.append((f"ts_upper+{kind}-{seed}", kind, ct_t, labels_t))
-        cases.append(("ts_upper (tumour-free)", "none", ct, sitk.Cast(liver, sitk.sitkUInt8)))
+        cases.append(("ts_upper (tumour-free)", "none", ct, liver))
+    cases += perfusion_cases()
+    return cases
+
+
+def perfusion_cases() -> list:
+    """The real training livers with a broad tumour-free darkening (synth.perfusion, seeds 21000+
+    that training never drew): alone (false tumour there) and under metastases or a large iso-dense
+    lesion (lesions must not merge with it), the hard negative the held-out real liver showed."""
+    cases = []
+    for short, name in (("ts_upper", "ts_upper_abdomen_3mm"), ("chaos", "chaos_ct_1")):
+        if not has_shared_case(SHARED, name):
+            continue
+        ct, liver = load_shared_case(SHARED, name)
+        for index, kind in enumerate(("none", "metastases", "large_isodense", "none")):
+            seed = 21000 + index
+            ct_p, info = add_perfusion_variation(ct, liver, seed)
+            if kind == "none":
+                cases.append((f"{short}+perfusion-{info['pattern']}-{seed} (tumour-free)", "none", ct_p, liver))
+                continue
+            ct_t, labels_t, _ = insert_tumor_kind(ct_p, liver, seed=seed, kind=kind)
+            cases.append((f"{short}+perfusion+{kind}-{seed}", f"{kind} on perfusion", ct_t, labels_t))
     return cases
 
 
 def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> dict:
     per_kind: dict = {}
-    found, false_positives, free_ml = [], 0, 0.0
+    found, false_positives, free_ml = [], 0, {}
     for (name, kind, ct, labels), evidence in evidences:
         result = pipeline.finish(ct, evidence, settings)
         pred = sitk.GetArrayViewFromImage(result.labelmap) == 2
         ref = on_grid_of(labels, result.labelmap) == 2
         voxel_mm3 = float(np.prod(ct.GetSpacing()))
         if kind == "none":
-            free_ml += float(pred.sum()) * voxel_mm3 / 1000.0
+            free_ml[name] = round(float(pred.sum()) * voxel_mm3 / 1000.0, 2)
             continue
         per_kind.setdefault(kind, []).append(dice(pred, ref))
         detection = lesion_detection(pred, ref, voxel_mm3)
@@ -76,7 +99,39 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
             "worst_kind": round(min(float(np.mean(v)) for v in per_kind.values()), 4),
             "per_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(per_kind.items())},
             "lesions_ge_10mm_found": f"{sum(found)}/{len(found)}", "false_positive_lesions": false_positives,
-            "tumor_ml_on_tumour_free_liver": round(free_ml, 2)}
+            "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0)}
+
+
+def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
+    """The models' evidence of ``case`` (Pipeline.tumor_evidence), kept in ``cache`` (a pickle of
+    this script's own results, keyed by the case and the sha256 of every model's weights)."""
+    if cache is None:
+        return pipeline.tumor_evidence(case[2])
+    models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
+    key = hashlib.sha256(f"{case[0]}|{models}".encode()).hexdigest()[:16]
+    path = cache / f"{key}.pkl"
+    if path.exists():
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    evidence = pipeline.tumor_evidence(case[2])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as handle:
+        pickle.dump(evidence, handle)
+    path.with_suffix(".tmp").replace(path)
+    return evidence
+
+
+def parse_prior(text: str) -> ParenchymaPrior:
+    """'on' (the defaults), 'off', or 'field=value+field=value' changes of the defaults."""
+    if text == "on":
+        return ParenchymaPrior()
+    if text == "off":
+        return ParenchymaPrior(enabled=False)
+    changes = {}
+    for item in text.split("+"):
+        key, value = item.split("=")
+        changes[key] = type(getattr(ParenchymaPrior(), key))(float(value))
+    return replace(ParenchymaPrior(), **changes)
 
 
 def main() -> int:
@@ -86,23 +141,29 @@ def main() -> int:
     parser.add_argument("--thresholds", default="0.4,0.5")
     parser.add_argument("--grow-thresholds", default="none,0.3,0.2", help="'none' for no hysteresis")
     parser.add_argument("--min-lesion-ml", default="0.05,0.2")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                        help="keep each case's model evidence here (keyed by the models' weights) for later sweeps")
+    parser.add_argument("--priors", default="on", help="parenchyma prior variants, ';'-separated: on, off, or "
+                        "field=value+field=value changes of its defaults (e.g. 'reach_mm=20')")
     args = parser.parse_args()
     pipeline = Pipeline(PipelineSettings(device="cpu"), ModelRegistry([args.models]))
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
-    evidences = [(case, pipeline.tumor_evidence(case[2])) for case in cases]
+    evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
-    for threshold, grow, min_ml in itertools.product(
+    for prior_text, threshold, grow, min_ml in itertools.product(
+            args.priors.split(";"),
             map(float, args.thresholds.split(",")),
             [None if g == "none" else float(g) for g in args.grow_thresholds.split(",")],
             map(float, args.min_lesion_ml.split(","))):
         settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
-                           min_lesion_ml=min_ml)
-        key = f"threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL"
+                           min_lesion_ml=min_ml, parenchyma=parse_prior(prior_text))
+        key = f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL"
         results[key] = score(pipeline, evidences, settings)
         print(key, json.dumps(results[key]), flush=True)
     print("\nbest first (mean tumor Dice per case):")
     for key, value in sorted(results.items(), key=lambda kv: -kv[1]["tumor_dpc_mean"]):
-        print(f"  {value['tumor_dpc_mean']:.4f} worst kind {value['worst_kind']:.3f}  {key}")
+        print(f"  {value['tumor_dpc_mean']:.4f} worst kind {value['worst_kind']:.3f} "
+              f"tumour-free max {value['tumor_ml_on_tumour_free_max']:.1f} mL  {key}")
     return 0
 
 

@@ -69,6 +69,10 @@ class ParenchymaPrior:
     model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
     min_support_fraction: float = 0.02  # ... making up at least this fraction of the candidate
     reach_mm: float = 0.0  # > 0: only a candidate's voxels this close to model evidence are raised
+    # > 0: only a candidate's voxels within this many times the equivalent radius of the nearest
+    # piece of model evidence are raised: a lesion the model found in part grows by about its own
+    # size, not into a broad darker region it happens to touch
+    reach_factor: float = 0.0
     weight: float = 1.0  # probability' = max(probability, weight * map) inside supported candidates
     working_mm: float = 1.5  # in-plane voxels finer than this are averaged in blocks first (0: never)
 
@@ -389,7 +393,8 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     judged on its own) where the model has evidence: at least ``min_support_fraction`` of the
     candidate (and one voxel) at ``model_floor`` or more. With ``reach_mm`` > 0 (needs
     ``spacing_kji``) only the candidate's voxels within that distance of such model evidence are
-    raised. Unchanged elsewhere. float32, the model's grid."""
+    raised; with ``reach_factor`` > 0 only those within that many times the equivalent radius of
+    the nearest evidence component. Unchanged elsewhere. float32, the model's grid."""
     p = np.asarray(model_probability, dtype=np.float32)
     label_sets = [candidate_labels] if isinstance(candidate_labels, np.ndarray) else list(candidate_labels)
     for labels in label_sets:
@@ -410,16 +415,31 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     out = p.copy()
     if not inside.any():
         return out
-    if prior.reach_mm > 0:
+    if prior.reach_mm > 0 or prior.reach_factor > 0:
         if spacing_kji is None:
-            raise ValueError("reach_mm > 0 needs spacing_kji")
+            raise ValueError("reach_mm or reach_factor > 0 needs spacing_kji")
         hits = np.nonzero(inside)
         box = tuple(slice(int(h.min()), int(h.max()) + 1) for h in hits)
-        near = ndimage.distance_transform_edt(~(evidence[box] & inside[box]), sampling=spacing_kji) <= prior.reach_mm
-        inside[box] &= near
+        inside[box] &= _within_reach(evidence[box] & inside[box], spacing_kji, prior)
     raised = prior.weight * np.asarray(hypodensity, np.float32)[inside]
     out[inside] = np.maximum(p[inside], raised)
     return out
+
+
+def _within_reach(evidence: np.ndarray, spacing_kji: Spacing, prior: ParenchymaPrior) -> np.ndarray:
+    """Voxels within ``reach_mm`` of ``evidence`` and (``reach_factor`` > 0) within
+    ``reach_factor`` times the equivalent-sphere radius of the nearest evidence component."""
+    if not evidence.any():
+        return np.zeros(evidence.shape, bool)
+    distance, nearest = ndimage.distance_transform_edt(~evidence, sampling=spacing_kji, return_indices=True)
+    near = np.ones(evidence.shape, bool) if prior.reach_mm <= 0 else distance <= prior.reach_mm
+    if prior.reach_factor > 0:
+        pieces, count = ndimage.label(evidence)
+        volume_mm3 = np.bincount(pieces.ravel(), minlength=count + 1) * float(np.prod(spacing_kji))
+        radius = (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+        piece = pieces[tuple(nearest)]
+        near &= distance <= prior.reach_factor * radius[piece]
+    return near
 
 
 def _block_factors(spacing_kji: Spacing, working_mm: float) -> Tuple[int, int, int]:

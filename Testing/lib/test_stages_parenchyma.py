@@ -172,6 +172,25 @@ def test_support_fraction_and_reach_limit_what_the_map_may_add():
         combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0))
 
 
+def test_reach_factor_lets_each_piece_of_evidence_grow_by_about_its_own_size():
+    """A large lesion the model saw in its middle grows to its whole extent; a small one found
+    whole, in the same darker region, grows only by about its own radius, not into the region."""
+    hypo = np.zeros((12, 12, 60), np.float32)
+    hypo[1:11, 1:11, 1:59] = 0.9  # one long candidate: a broad darker region
+    labels = (hypo > 0).astype(np.int32)
+    p = np.zeros(hypo.shape, np.float32)
+    p[3:9, 3:9, 5:11] = 0.8  # a large piece of evidence (216 voxels, radius ~3.7 mm) ...
+    p[5:7, 5:7, 45:47] = 0.8  # ... and a small one (8 voxels, radius ~1.2 mm)
+    base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0, reach_factor=2.0)
+    raised = combine_with_model(p, hypo, labels, base, spacing_kji=(1.0, 1.0, 1.0)) >= 0.5
+    assert raised[5, 5, 1] and raised[5, 5, 16] and not raised[5, 5, 20]  # up to ~7.4 mm beyond the large piece
+    assert raised[5, 5, 48] and not raised[5, 5, 50] and not raised[5, 5, 30]  # ~2.5 mm beyond the small one
+    capped = combine_with_model(p, hypo, labels, replace(base, reach_mm=2.0), spacing_kji=(1.0, 1.0, 1.0)) >= 0.5
+    assert capped[5, 5, 12] and not capped[5, 5, 14]  # reach_mm caps it
+    with pytest.raises(ValueError, match="spacing"):
+        combine_with_model(p, hypo, labels, base)
+
+
 def test_apply_is_a_no_op_when_disabled_and_completes_a_lesion_the_model_found_in_part():
     lesion = _ball((28, 32, 32), 12.0)
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
