@@ -27,7 +27,7 @@ from .postprocess.interslice import interslice_consistency
 from .progress import Progress
 from .stages.crop import Box, crop_image, liver_box
 from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver, tumor_search_region
-from .stages.parenchyma import ParenchymaPrior, apply_parenchyma_prior, hypodensity_channel
+from .stages.parenchyma import ParenchymaCandidates, ParenchymaPrior, apply_parenchyma_prior
 from .stages.tumor import ensemble_probability, member_stage_names, needs_hypodensity, tumor_mask
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class TumorEvidence:
     region: np.ndarray
     probability: np.ndarray
     uncertainty: Optional[np.ndarray] = None
+    parenchyma: Optional[ParenchymaCandidates] = None  # when the members took the map: steps 1-3 of the prior
 
 
 @dataclass
@@ -209,17 +210,18 @@ class Pipeline:
         start = time.perf_counter()
         axial = geometry.axial_array_axis()
         region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
-        hypodensity = None
+        hypodensity, candidates = None, None
         if needs_hypodensity(self.tumor_members):
-            hypodensity = sitk.GetImageFromArray(hypodensity_channel(sitk.GetArrayViewFromImage(ct_crop), region,
-                                                                     spacing_kji, s.parenchyma))
+            candidates = ParenchymaCandidates.of(sitk.GetArrayViewFromImage(ct_crop), region, spacing_kji,
+                                                 s.parenchyma)
+            hypodensity = sitk.GetImageFromArray(candidates.hypodensity)
             hypodensity.CopyInformation(ct_crop)
         probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
                                                         overlap=s.overlap, tta=s.use_tta,
                                                         on_progress=member_progress, hypodensity=hypodensity)
         timings["tumor"] = round(time.perf_counter() - start, 3)
         return TumorEvidence(liver=liver, box=box, ct_crop=ct_crop, region=region, probability=probability,
-                             uncertainty=uncertainty)
+                             uncertainty=uncertainty, parenchyma=candidates)
 
     def _finish(self, ct: sitk.Image, evidence: TumorEvidence, s: PipelineSettings, device: torch.device,
                 progress: Progress, warnings: List[str], timings: Dict[str, float]) -> SegmentationResult:
@@ -229,7 +231,7 @@ class Pipeline:
         with self._timed("postprocess", progress, timings):
             axial = geometry.axial_array_axis()
             probability = apply_parenchyma_prior(evidence.probability, sitk.GetArrayViewFromImage(ct_crop), region,
-                                                 spacing_kji, s.parenchyma)
+                                                 spacing_kji, s.parenchyma, evidence.parenchyma)
             tumor = tumor_mask(probability, s.tumor_threshold, s.tumor_grow_threshold)
             del probability
             if s.tumor_inside_liver:

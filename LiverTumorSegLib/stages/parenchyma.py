@@ -33,7 +33,7 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -495,6 +495,28 @@ def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: 
     return hypo, label_sets, stats, candidates
 
 
+@dataclass
+class ParenchymaCandidates:
+    """Steps 1-3 of one crop (:func:`parenchyma_candidates`), kept so the tumor stage's input
+    channel and the prior after it are computed once; ``prior`` is what they were computed with."""
+
+    prior: ParenchymaPrior
+    hypodensity: np.ndarray
+    label_sets: List[np.ndarray]
+
+    @classmethod
+    def of(cls, hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
+           prior: ParenchymaPrior = ParenchymaPrior()) -> "ParenchymaCandidates":
+        hypo, labels, _, _ = parenchyma_candidates(hu_crop, region, spacing_kji, prior)
+        return cls(prior, hypo, labels)
+
+    def fits(self, prior: ParenchymaPrior) -> bool:
+        """Whether ``prior`` would compute the same map and candidates (only its combination
+        step, step 4, may differ)."""
+        steps_4 = ("enabled", "model_floor", "min_support_fraction", "reach_mm", "reach_factor", "weight")
+        return replace(self.prior, **{k: getattr(prior, k) for k in steps_4}) == prior
+
+
 def hypodensity_channel(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
                         prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
     """The parenchyma map (float32 0..1 on the crop grid, 0 outside ``region``) that tumor models
@@ -504,10 +526,13 @@ def hypodensity_channel(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Sp
 
 
 def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, region: np.ndarray,
-                           spacing_kji: Spacing, prior: ParenchymaPrior = ParenchymaPrior()) -> np.ndarray:
+                           spacing_kji: Spacing, prior: ParenchymaPrior = ParenchymaPrior(),
+                           computed: Optional[ParenchymaCandidates] = None) -> np.ndarray:
     """Steps 1-4 for the pipeline: the tumor probability on the crop with the parenchyma prior
-    applied inside ``region`` (the tumor search region); the probability itself when disabled."""
+    applied inside ``region`` (the tumor search region); the probability itself when disabled.
+    ``computed``: steps 1-3 of this crop already done, used when they :meth:`fit <ParenchymaCandidates.fits>`."""
     if not prior.enabled or not np.any(region):
         return np.asarray(model_probability, dtype=np.float32)
-    hypo, labels, _, _ = parenchyma_candidates(hu_crop, region, spacing_kji, prior)
-    return combine_with_model(model_probability, hypo, labels, prior, spacing_kji)
+    if computed is None or not computed.fits(prior):
+        computed = ParenchymaCandidates.of(hu_crop, region, spacing_kji, prior)
+    return combine_with_model(model_probability, computed.hypodensity, computed.label_sets, prior, spacing_kji)

@@ -372,7 +372,7 @@ def test_the_parenchyma_prior_shapes_the_probability_the_tumor_mask_is_drawn_fro
     evidence = tiny_pipeline.tumor_evidence(ct)
     seen = []
 
-    def no_tumor_anywhere(probability, hu, region, spacing, prior):
+    def no_tumor_anywhere(probability, hu, region, spacing, prior, computed=None):
         seen.append(prior)
         return np.zeros_like(probability)
 
@@ -392,14 +392,19 @@ def test_a_member_with_the_parenchyma_map_channel_gets_the_map_of_the_liver_crop
     finds the phantom's lesion (50 HU below its liver) only if the pipeline computed the map of
     the liver crop and handed it to the member on the member's grid."""
     member = helpers.write_map_member(tmp_path)
+    from LiverTumorSegLib.stages import parenchyma
+
     calls = []
-    real = pipeline_module.hypodensity_channel
-    monkeypatch.setattr(pipeline_module, "hypodensity_channel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = parenchyma.parenchyma_candidates
+    monkeypatch.setattr(parenchyma, "parenchyma_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
     ct = _float_ct(helpers, lesion_hu=110)
     result = _pipeline(helpers, tiny_models, tmp_path, tumor_model=member).run(ct)
-    assert len(calls) == 1
+    assert len(calls) == 1  # the map for the member and the prior after it: computed once
     tumor = sitk.GetArrayViewFromImage(result.labelmap) == 2
     assert helpers.dice(tumor, helpers.analytic_labels_like(ct) == 2) > 0.8
     calls.clear()
-    _pipeline(helpers, tiny_models).run(ct)  # members without the channel: the map is not computed for them
-    assert calls == []
+    _pipeline(helpers, tiny_models).run(ct)  # members without the channel: computed once, for the prior
+    assert len(calls) == 1
+    calls.clear()
+    _pipeline(helpers, tiny_models, parenchyma=replace(PipelineSettings().parenchyma, enabled=False)).run(ct)
+    assert calls == []  # nor the prior: not at all

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, apply_parenchyma_prior, combine_with_model,
+from LiverTumorSegLib.stages.parenchyma import (ParenchymaCandidates, ParenchymaPrior, apply_parenchyma_prior, combine_with_model,
                                                 hypodense_candidates, hypodensity_map, parenchyma_candidates,
                                                 parenchyma_statistics)
 
@@ -220,3 +220,19 @@ def test_fine_in_plane_voxels_are_worked_on_a_coarser_grid_and_answered_on_their
     assert 2.0 * (found & fine[2]).sum() / (found.sum() + fine[2].sum()) > 0.75
     near = ndimage.binary_dilation(fine[2], iterations=3)
     assert not any(((labels > 0) & ~near).any() for labels in label_sets)  # no scale finds anything else
+
+
+def test_candidates_computed_once_serve_every_prior_that_differs_only_in_how_it_combines():
+    lesion = _ball((28, 32, 32), 12.0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
+    p = np.where(lesion, 0.25, 0.0).astype(np.float32)
+    p[_ball((28, 32, 32), 6.0)] = 0.6
+    computed = ParenchymaCandidates.of(hu, mask, SPACING, PRIOR)
+    for variant in (PRIOR, replace(PRIOR, reach_factor=1.5), replace(PRIOR, min_support_fraction=0.1, weight=0.8)):
+        assert computed.fits(variant)
+        np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, variant, computed),
+                                      apply_parenchyma_prior(p, hu, mask, SPACING, variant))
+    other = replace(PRIOR, min_delta_hu=25.0)  # another map: recomputed, not reused
+    assert not computed.fits(other)
+    np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, other, computed),
+                                  apply_parenchyma_prior(p, hu, mask, SPACING, other))
