@@ -1,4 +1,4 @@
-"""Command line: ``livertumorseg segment|models|measure|lesion`` (also ``python -m LiverTumorSegLib``).
+"""Command line: ``livertumorseg segment|models|measure|lesion|train`` (also ``python -m LiverTumorSegLib``).
 
 A user mistake ends in one ``error: ...`` line on stderr and exit code 1, never a traceback.
 With ``--progress json`` each progress event is one JSON object per line on stdout, the
@@ -401,6 +401,140 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a liver or tumor model on a labelled dataset",
+                       description="Train a liver or tumor model on MSD Task03, LiTS, HCC-TACE-Seg or a plain "
+                                   "images/ + labels/ folder (detected from --data). Writes NAME.json + "
+                                   "NAME.safetensors (load them with segment --liver-model/--tumor-model), the "
+                                   "split, a CSV log and checkpoints into --output. Settings come from the flags, "
+                                   "else from --config FILE (JSON or YAML, keys as the flags), else the defaults.")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="settings file (JSON or YAML)")
+    p.add_argument("--data", default=None, metavar="DIR", help="the labelled dataset folder")
+    p.add_argument("--task", choices=["liver", "tumor"], default=None)
+    p.add_argument("--output", "-o", default=None, metavar="DIR")
+    p.add_argument("--architecture", choices=["unet", "segresnet", "segresnetvae", "vnet", "dynunet"], default=None,
+                   help="default unet")
+    p.add_argument("--architecture-args", type=json.loads, default=None, metavar="JSON",
+                   help="network arguments merged onto the architecture's defaults, e.g. '{\"channels\": [8, 16]}'")
+    p.add_argument("--loss", choices=["dicece", "gdl-focal", "bd"], default=None,
+                   help="Dice+CE (default), generalized Dice + focal, or balanced Dice (+CE)")
+    p.add_argument("--gpa", action="store_true", default=None,
+                   help="greedy parameter averaging of the checkpoints of the second half of the run")
+    p.add_argument("--gpa-start", type=float, default=None, metavar="FRACTION",
+                   help="checkpoints from this fraction of the run on are GPA candidates (default 0.5)")
+    p.add_argument("--folds", type=int, default=None, help="patient-level folds (default 5; 1: no validation)")
+    p.add_argument("--fold", type=int, default=None, help="the validation fold, 0-based (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="instead of --steps: passes over the training cases")
+    p.add_argument("--validate-every", type=int, default=None, metavar="N", help="steps (default a tenth of the run)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--positive-fraction", type=float, default=None,
+                   help="share of patches centred on the target (default 0.67)")
+    p.add_argument("--no-affine", dest="affine", action="store_false", default=None,
+                   help="no random rotation and scaling")
+    p.add_argument("--vae-weight", type=float, default=None, help="weight of SegResNetVAE's VAE loss (default 0.1)")
+    p.add_argument("--patch-size", default=None, metavar="X,Y,Z")
+    p.add_argument("--spacing", default=None, metavar="X,Y,Z", help="model grid spacing in mm")
+    p.add_argument("--hu-window", default=None, metavar="LOW,HIGH")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--name", default=None, help="the model's name (default TASK-ARCHITECTURE[-foldI])")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA)")
+    p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run saved in --output")
+    p.add_argument("--init-from", default=None, metavar="NAME|CARD.json", help="fine-tune this model")
+    p.add_argument("--label-smoothing", choices=["tlvr"], default=None,
+                   help="knowledge-informed label smoothing with a TLVR regressed from clinical variables")
+    p.add_argument("--smoothing-alpha", type=float, default=None, help="label smoothing strength (default 0.1)")
+    p.add_argument("--clinical", default=None, metavar="TABLE", help="clinical table (.csv/.xlsx) keyed by TCIA_ID")
+    p.add_argument("--clinical-columns", default=None, metavar="A,B", help="regression variables (default: "
+                                                                           "every numeric column)")
+    p.add_argument("--category-column", default=None, metavar="COLUMN",
+                   help="clinical column with the tumour category each case belongs to (balanced Dice loss)")
+    p.add_argument("--pseudo-liver-model", default=None, metavar="NAME|CARD.json",
+                   help="liver model giving liver pseudo-labels to cases without a liver label")
+    p.add_argument("--progress", choices=["bar", "none"], default="bar")
+    return p
+
+
+def _train_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    """The settings given as flags (None where not given)."""
+    from .training.config import parse_numbers, split_names
+
+    return {"data": args.data, "task": args.task, "output": args.output, "architecture": args.architecture,
+            "architecture_args": args.architecture_args, "loss": args.loss, "gpa": args.gpa, "folds": args.folds,
+            "fold": args.fold, "steps": args.steps, "epochs": args.epochs, "validate_every": args.validate_every,
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+            "positive_fraction": args.positive_fraction, "affine": args.affine, "vae_weight": args.vae_weight,
+            "gpa_start": args.gpa_start,
+            "patch_size": parse_numbers(args.patch_size, 3, int, "--patch-size") if args.patch_size else None,
+            "spacing_mm": parse_numbers(args.spacing, 3, float, "--spacing") if args.spacing else None,
+            "hu_window": parse_numbers(args.hu_window, 2, float, "--hu-window") if args.hu_window else None,
+            "seed": args.seed, "name": args.name, "device": args.device, "amp": args.amp, "workers": args.workers,
+            "resume": args.resume, "init_from": args.init_from, "label_smoothing": args.label_smoothing,
+            "smoothing_alpha": args.smoothing_alpha, "clinical": args.clinical,
+            "clinical_columns": split_names(args.clinical_columns), "category_column": args.category_column,
+            "pseudo_liver_model": args.pseudo_liver_model}
+
+
+class _TrainingProgress:
+    """A tqdm bar over the steps on a terminal; otherwise one line per validation."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.interactive = sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, event) -> None:  # noqa: ANN001 (training.run.RunEvent)
+        if not self.enabled:
+            return
+        if event.kind == "prepare":
+            print(f"preparing case {event.step + 1}/{event.total}: {event.info['case']}", file=sys.stderr, flush=True)
+        elif event.kind == "step" and self.interactive:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total, initial=event.step - 1, desc="train", unit="step", file=sys.stderr,
+                                mininterval=0.5)
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.info['loss']:.4f}", refresh=False)
+        elif event.kind == "validation":
+            line = f"step {event.step}/{event.total}: validation Dice {event.info['dice']:.4f} " \
+                   f"(best {event.info['best']:.4f})"
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        elif event.kind == "done":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model from a dataset folder; print where its card is."""
+    from .training.config import build_config, read_config_file
+    from .training.run import TrainingRun
+
+    settings = read_config_file(args.config) if args.config else {}
+    config = build_config(settings, _train_flags(args))
+    progress = _TrainingProgress(args.progress == "bar")
+    try:
+        card = TrainingRun(config, progress).run()
+    finally:
+        progress.close()
+    validation = card.metrics.get("validation", {})
+    score = f", validation Dice per case {validation['dice_per_case_mean']:.4f}" if validation else ""
+    print(f"{card.name}: {card.task} model ({card.architecture}, {card.metrics['selected_weights']} weights{score}) "
+          f"-> {card.card_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumor segmentation of CT "
                                      "(LiverTumorSegLib). Embedded demo models are NOT for clinical use.")
@@ -425,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--output", "-o", type=Path, required=True)
     meas.add_argument("--force", action="store_true")
     lesion = _add_lesion_parser(sub)
-    for command in (sub.choices["segment"], lst, ver, imp, meas, lesion):  # also accepted after the command
+    train = _add_train_parser(sub)
+    for command in (sub.choices["segment"], lst, ver, imp, meas, lesion, train):  # also accepted after the command
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
@@ -460,7 +595,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:  # not the main thread
         pass
     commands: Dict[str, Callable[[argparse.Namespace], int]] = {
-        "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure, "lesion": cmd_lesion}
+        "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure, "lesion": cmd_lesion,
+        "train": cmd_train}
     try:
         return commands[args.command](args)
     except CancelledError as exc:

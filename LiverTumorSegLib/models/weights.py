@@ -20,10 +20,17 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def save_weights(state_dict: Dict[str, torch.Tensor], path: Path) -> str:
-    """Write a state dict as safetensors and return its sha256."""
+    """Write a state dict as safetensors and return its sha256. Tensors a network holds under two
+    names (DynUNet's skip layers) are written under each name, as ``state_dict`` lists them."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    seen = set()
+    tensors = {}
+    for key, value in state_dict.items():
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
     save_file(tensors, str(path))
     return sha256_of(Path(path))
 

@@ -29,9 +29,9 @@ def network_loss(network: torch.nn.Module, batch: torch.Tensor, target: torch.Te
     vae = None
     if isinstance(output, (tuple, list)):
         output, vae = output[0], (output[1] if len(output) > 1 else None)
-    segmentation = loss_fn(output, target, known, sample_weights)
+    segmentation = loss_fn(output.float(), target, known, sample_weights)  # in float32 under AMP too
     parts = {"segmentation": float(segmentation.detach())}
     if vae is None:
         return segmentation, parts
     parts["vae"] = float(vae.detach())
-    return segmentation + vae_weight * vae, parts
+    return segmentation + vae_weight * vae.float(), parts
