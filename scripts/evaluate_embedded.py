@@ -38,6 +38,7 @@ from LiverTumorSegLib.models.card import read_card, write_card  # noqa: E402
 from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from LiverTumorSegLib.render import axial_overlay, save_png, stack_rows  # noqa: E402
+from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
 from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
                                                  phantom_with_tumor_kind, shared_data_dir)
 from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
@@ -161,7 +162,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "", "## Held out", "",
             "* Real: `ts_dicom_upper_abdomen` (another patient, portal-venous phase; liver reference), "
             "used only here; `chaos_ct_1` is held out of the liver models (their expert-referenced real case).",
-            "* Synthetic: phantom seeds 10000+ and the held-out real liver with synthetic tumours (seeds 9000+).",
+            "* Synthetic: phantom seeds 10000+ and the held-out real liver with synthetic tumours (seeds 9000+); "
+            "the held-out livers with a broad tumour-free perfusion darkening (`LiverTumorSegLib.synth.perfusion`, "
+            "seeds 9100+), alone and under tumours.",
             "", "## Measured accuracy (full pipeline, default settings, CPU)", "",
             TARGETS, "",
             "| measure | value |", "|---|---|",
@@ -180,6 +183,8 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             f"{json.dumps(summary['false_positive_lesions_per_case'])} |",
             f"| false-positive tumor (mL) on real tumor-free livers | "
             f"{json.dumps(summary['false_positive_tumor_ml_real_tumor_free'])} |",
+            f"| false-positive tumor (mL) on held-out real livers with a broad perfusion darkening (tumour-free) | "
+            f"{json.dumps(summary.get('false_positive_tumor_ml_perfusion_darkening', {}))} |",
             f"| liver leak (mL) on held-out phantoms whose stomach touches the liver | "
             f"{json.dumps(summary['liver_leak_ml_phantoms_stomach_against_liver'])} |",
             "", "### By tumour kind", "",
@@ -209,6 +214,8 @@ def update_cards_and_model_card(args: argparse.Namespace, summary: dict, table_l
                                              "liver_leak_ml_phantoms_stomach_against_liver")}
     metrics_tumor = {k: summary[k] for k in ("tumor_dpc_phantoms", "tumor_dpc_real_liver_synthetic_tumors",
                                              "false_positive_tumor_ml_real_tumor_free")}
+    metrics_tumor["false_positive_tumor_ml_perfusion_darkening"] = summary.get(
+        "false_positive_tumor_ml_perfusion_darkening", {})
     metrics_tumor["tumor_dpc_by_kind"] = {key: value["tumor_dpc"] for key, value in summary["by_tumor_kind"].items()}
     liver = read_card(args.models / "liver-demo.json")
     refine_cards = [args.models / f"{liver.refine_model}.json"] if liver.refine_model else []
@@ -254,6 +261,8 @@ def summarize(rows: list) -> dict:
         "tumor_dpc_real_liver_synthetic_tumors": collect("held-out real liver", "tumor_dice"),
         "false_positive_tumor_ml_real_tumor_free": {r["case"]: r.get("tumor_ml") for r in rows
                                                     if r["kind"].startswith("real (")},
+        "false_positive_tumor_ml_perfusion_darkening": {r["case"]: r.get("tumor_ml") for r in rows
+                                                        if r["kind"].startswith("hard negative")},
         "liver_leak_ml_phantoms_stomach_against_liver": {
             r["case"]: r["liver_leak_ml"] for r in rows
             if r["kind"].startswith("held-out phantom") and r.get("stomach_touches_liver") and "liver_leak_ml" in r},
@@ -299,6 +308,8 @@ def main() -> int:
     parser.add_argument("--no-parenchyma-prior", action="store_true",
                         help="ablation: the ensemble's probability alone, without the parenchyma prior")
     parser.add_argument("--kinds", default=",".join(TUMOR_KINDS), help="tumour kinds to evaluate, comma-separated")
+    parser.add_argument("--no-perfusion", dest="perfusion", action="store_false",
+                        help="skip the held-out livers with a perfusion darkening (synth.perfusion)")
     parser.add_argument("--rows-from", type=Path, default=None, metavar="JSON",
                         help="summarise the rows of an earlier evaluation.json of the same models instead of "
                              "running the pipeline again")
@@ -335,6 +346,8 @@ def main() -> int:
                 ct_t, labels_t, _ = insert_tumor_kind(ct, liver, seed=seed, kind=tumor_kind)
                 rows.append(evaluate_case(pipeline, f"{short}+{tumor_kind}-{seed}", ct_t, labels_t, overlays,
                                           f"{kind}, synthetic tumours", args.out, tumor_kind))
+        if args.perfusion:
+            rows += perfusion_rows(pipeline, short, ct, liver, kind, overlays, args.out)
     for i in range(args.phantoms):
         seed = 10000 + i
         tumor_kind = kinds[i % len(kinds)]
@@ -346,6 +359,29 @@ def main() -> int:
                                   args.out, tumor_kind, touches))
 
     return write_report(args, rows, overlays)
+
+
+PERFUSION_TUMOURS = ("none", "metastases", "large_isodense")  # on each held-out liver with a perfusion darkening
+
+
+def perfusion_rows(pipeline: Pipeline, short: str, ct: sitk.Image, liver: sitk.Image, kind: str, overlays: list,
+                   out: Path) -> list:
+    """The hard negative the held-out real liver showed, on each held-out liver: a broad
+    tumour-free darkening (synth.perfusion, seeds 9100+) alone (false tumour there) and under
+    metastases or a large iso-dense lesion (a lesion must not merge with it)."""
+    rows = []
+    for index, tumor_kind in enumerate(PERFUSION_TUMOURS):
+        seed = 9100 + index
+        ct_p, info = add_perfusion_variation(ct, liver, seed)
+        if tumor_kind == "none":
+            rows.append(evaluate_case(pipeline, f"{short}+perfusion-{seed}", ct_p, liver, overlays,
+                                      f"hard negative: {kind} with a perfusion darkening ({info['pattern']}, "
+                                      f"{info['darkening_hu']} HU), tumour-free", out))
+            continue
+        ct_t, labels_t, _ = insert_tumor_kind(ct_p, liver, seed=seed, kind=tumor_kind)
+        rows.append(evaluate_case(pipeline, f"{short}+perfusion+{tumor_kind}-{seed}", ct_t, labels_t, overlays,
+                                  f"{kind}, synthetic tumours", out, f"{tumor_kind} on a perfusion darkening"))
+    return rows
 
 
 def write_report(args: argparse.Namespace, rows: list, overlays: list) -> int:
