@@ -414,7 +414,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--output", "-o", default=None, metavar="DIR")
     p.add_argument("--architecture", choices=["unet", "segresnet", "segresnetvae", "vnet", "dynunet"], default=None,
                    help="default unet")
-    p.add_argument("--architecture-args", type=json.loads, default=None, metavar="JSON",
+    p.add_argument("--architecture-args", default=None, metavar="JSON",
                    help="network arguments merged onto the architecture's defaults, e.g. '{\"channels\": [8, 16]}'")
     p.add_argument("--loss", choices=["dicece", "gdl-focal", "bd"], default=None,
                    help="Dice+CE (default), generalized Dice + focal, or balanced Dice (+CE)")
@@ -444,7 +444,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA)")
     p.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run saved in --output")
-    p.add_argument("--init-from", default=None, metavar="NAME|CARD.json", help="fine-tune this model")
+    p.add_argument("--init-from", default=None, metavar="NAME|CARD.json", help="fine-tune this model (its network, grid, HU window and patch size are used)")
     p.add_argument("--label-smoothing", choices=["tlvr"], default=None,
                    help="knowledge-informed label smoothing with a TLVR regressed from clinical variables")
     p.add_argument("--smoothing-alpha", type=float, default=None, help="label smoothing strength (default 0.1)")
@@ -463,8 +463,17 @@ def _train_flags(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings given as flags (None where not given)."""
     from .training.config import parse_numbers, split_names
 
+    architecture_args = None
+    if args.architecture_args is not None:
+        try:
+            architecture_args = json.loads(args.architecture_args)
+        except ValueError:
+            architecture_args = None
+        if not isinstance(architecture_args, dict):
+            raise LiverTumorSegError(f"--architecture-args takes a JSON object, e.g. '{{\"channels\": [8, 16]}}'; got "
+                                     f"{args.architecture_args!r}")
     return {"data": args.data, "task": args.task, "output": args.output, "architecture": args.architecture,
-            "architecture_args": args.architecture_args, "loss": args.loss, "gpa": args.gpa, "folds": args.folds,
+            "architecture_args": architecture_args, "loss": args.loss, "gpa": args.gpa, "folds": args.folds,
             "fold": args.fold, "steps": args.steps, "epochs": args.epochs, "validate_every": args.validate_every,
             "batch_size": args.batch_size, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
             "positive_fraction": args.positive_fraction, "affine": args.affine, "vae_weight": args.vae_weight,
@@ -526,6 +535,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = _TrainingProgress(args.progress == "bar")
     try:
         card = TrainingRun(config, progress).run()
+    except (KeyboardInterrupt, CancelledError):
+        checkpoint = config.output_dir / "checkpoint_last.pt"
+        where = f"; continue it from its last checkpoint with --resume" if checkpoint.is_file() else ""
+        raise CancelledError(f"training was stopped before its last step{where}") from None
     finally:
         progress.close()
     validation = card.metrics.get("validation", {})

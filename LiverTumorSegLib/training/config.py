@@ -161,9 +161,9 @@ def build_config(file_settings: Mapping[str, Any], flag_settings: Mapping[str, A
     missing = [k for k in ("data", "task", "output") if merged.get(k) in (None, "")]
     if missing:
         raise LiverTumorSegError(f"train needs {', '.join('--' + m for m in missing)} (as flags or in --config)")
-    for key in ("data", "output", "clinical"):
+    for key in ("data", "output", "clinical"):  # absolute: a resumed run from another folder is the same run
         if merged.get(key) is not None:
-            merged[key] = str(merged[key])
+            merged[key] = str(Path(merged[key]).expanduser().absolute())
     try:
         return TrainingConfig(**merged)
     except TypeError as exc:

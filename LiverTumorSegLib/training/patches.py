@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+MAX_CENTRES = 200_000  # patch centres kept per case and kind (foreground, background): memory stays small
 
 @dataclass
 class PreparedCase:
@@ -40,9 +41,17 @@ class PreparedCase:
             self.target = np.pad(self.target, pads)
             self.known = np.pad(self.known, pads)
         foreground = (self.target >= 0.5) & (self.known > 0)
-        self.foreground_indices = np.flatnonzero(foreground).astype(np.int64)
-        self.background_indices = np.flatnonzero(~foreground).astype(np.int64)
+        rng = np.random.default_rng(0)
+        self.foreground_indices = _at_most(np.flatnonzero(foreground), MAX_CENTRES, rng)
+        self.background_indices = _at_most(np.flatnonzero(~foreground), MAX_CENTRES, rng)
         return self
+
+
+def _at_most(indices: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``indices``, or ``count`` of them drawn at random (sorted) when there are more."""
+    if len(indices) > count:
+        indices = np.sort(rng.choice(indices, size=count, replace=False))
+    return indices.astype(np.int64)
 
 
 def augmentations(patch_kji: Sequence[int], positive_fraction: float, affine: bool):

@@ -31,6 +31,7 @@ from ..metrics import dice
 from ..models.card import ModelCard, write_card
 from ..models.networks import build_network, forward_logits
 from ..models.weights import load_weights, save_weights
+from ..pipeline import PipelineSettings
 from ..preprocess import model_grid, resample_to
 from ..stages.crop import crop_image, liver_box
 from .architectures import architecture_for
@@ -99,8 +100,9 @@ def prepare_case(case: TrainingCase, card: ModelCard, pseudo_liver: Optional[Cal
                                  "liver crop")
     labels_image = sitk.GetImageFromArray(composed)
     labels_image.CopyInformation(ct)
-    sample = prepare_sample(case.case_id, ct, labels_image, card)
-    box = liver_box(composed > 0, ct.GetSpacing()[::-1], 15.0) if card.task == "tumor" else None
+    margin = PipelineSettings.crop_margin_mm  # the tumor stage's crop, as the pipeline makes it
+    sample = prepare_sample(case.case_id, ct, labels_image, card, crop_margin_mm=margin)
+    box = liver_box(composed > 0, ct.GetSpacing()[::-1], margin) if card.task == "tumor" else None
     grid = model_grid(crop_image(ct, box) if box is not None else ct, card.spacing_mm, card.orientation)
     known_on_grid = _mask_on_grid(known, ct, box, grid)
     liver_on_grid = _mask_on_grid(composed > 0, ct, box, grid)

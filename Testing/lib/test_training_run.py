@@ -343,3 +343,71 @@ def test_bad_training_inputs_end_in_one_error_line(changes, message, datasets, t
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_batches_depend_only_on_the_seed_and_the_step_whatever_the_workers():
+    from LiverTumorSegLib.training.patches import PatchBatches, PreparedCase
+
+    rng = np.random.default_rng(0)
+    target = np.zeros((20, 20, 20), np.float32)
+    target[5:12, 6:14, 4:10] = 1
+    cases = [PreparedCase(f"c{i}", rng.normal(size=(1, 20, 20, 20)).astype(np.float32), target,
+                          np.ones(target.shape, np.uint8), weight=float(i + 1)).pad_to((16, 16, 16)) for i in range(2)]
+
+    def batches():
+        return PatchBatches(cases, (16, 16, 16), batch_size=2, positive_fraction=0.5, affine=True, seed=4, steps=6)
+
+    first = batches()
+    step3 = first[3]
+    first[5]
+    assert all(torch.equal(step3[k], batches()[3][k]) for k in step3)
+    assert not torch.equal(step3["image"], first[4]["image"])
+    loader = torch.utils.data.DataLoader(batches(), batch_size=None, sampler=range(2, 4), num_workers=1)
+    from_worker = list(loader)
+    assert all(torch.equal(from_worker[1][k], step3[k]) for k in step3)
+    assert step3["image"].shape == (2, 1, 16, 16, 16) and step3["known"].shape == (2, 1, 16, 16, 16)
+
+
+def test_category_weights_epochs_and_fine_tuning(tmp_path, helpers, datasets, cli_main):
+    from LiverTumorSegLib.training.config import build_config
+    from LiverTumorSegLib.training.run import TrainingRun
+
+    root = _write_plain(tmp_path / "typed", helpers, count=4,
+                        index={"categories": {"case0": "HCC", "case1": "HCC", "case2": "HCC", "case3": "ICC"}})
+    config = build_config({}, {"data": str(root), "task": "tumor", "output": str(tmp_path / "typed_run"), "folds": 1,
+                               "epochs": 3, "batch_size": 3, "patch_size": [16, 16, 16], "spacing_mm": [4, 4, 4],
+                               "architecture_args": TINY_ARGS["unet"]})
+    run = TrainingRun(config)
+    assert run.total_steps == 3 * 2  # 4 cases in batches of 3: two steps per epoch
+    train, validation = run.prepare()
+    assert [c.weight for c in train] == pytest.approx([4 / 6, 4 / 6, 4 / 6, 2.0]) and validation == []
+
+    source_out, tuned_out = tmp_path / "source", tmp_path / "tuned"
+    assert cli_main(train_args(datasets["plain"], source_out, "tumor", "unet", 1)) == 0
+    source = read_card(source_out / "tumor-unet-fold0.json")
+    assert cli_main(["train", "--data", str(datasets["plain"]), "--task", "tumor", "--output", str(tuned_out),
+                     "--init-from", source.card_path, "--steps", "1", "--learning-rate", "0", "--folds", "1",
+                     "--device", "cpu", "--progress", "none"]) == 0
+    tuned = read_card(tuned_out / "tumor-unet-fold0-finetuned.json")
+    assert (tuned.architecture_args, tuned.patch_size, tuned.spacing_mm) == \
+        (source.architecture_args, source.patch_size, source.spacing_mm)
+    start, after = load_weights(source.weights_path, source.weights_sha256), load_weights(tuned.weights_path,
+                                                                                           tuned.weights_sha256)
+    assert all(torch.equal(start[k], after[k]) for k in start)  # learning rate 0: still the source's weights
+    assert "fine-tuned from tumor-unet-fold0" in tuned.trained_on
+
+
+def test_a_stopped_run_says_how_to_continue_it(datasets, tmp_path, cli_main, capfd, monkeypatch):
+    from LiverTumorSegLib.training.run import TrainingRun
+
+    out = tmp_path / "run"
+
+    def stopped(self):
+        out.mkdir()
+        (out / "checkpoint_last.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingRun, "run", stopped)
+    assert cli_main(train_args(datasets["plain"], out)) == 130
+    assert capfd.readouterr().err.strip() == ("error: training was stopped before its last step; continue it from its "
+                                             "last checkpoint with --resume")
