@@ -402,6 +402,9 @@ def cmd_lesion(args: argparse.Namespace) -> int:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from .training.architectures import ARCHITECTURE_PRESETS
+    from .training.config import LOSS_NAMES, TASK_DEFAULTS
+
     p = sub.add_parser("train", help="train a liver or tumor model on a labelled dataset",
                        description="Train a liver or tumor model on MSD Task03, LiTS, HCC-TACE-Seg or a plain "
                                    "images/ + labels/ folder (detected from --data). Writes NAME.json + "
@@ -410,13 +413,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "else from --config FILE (JSON or YAML, keys as the flags), else the defaults.")
     p.add_argument("--config", type=Path, default=None, metavar="FILE", help="settings file (JSON or YAML)")
     p.add_argument("--data", default=None, metavar="DIR", help="the labelled dataset folder")
-    p.add_argument("--task", choices=["liver", "tumor"], default=None)
+    p.add_argument("--task", choices=list(TASK_DEFAULTS), default=None)
     p.add_argument("--output", "-o", default=None, metavar="DIR")
-    p.add_argument("--architecture", choices=["unet", "segresnet", "segresnetvae", "vnet", "dynunet"], default=None,
+    p.add_argument("--architecture", choices=list(ARCHITECTURE_PRESETS), default=None,
                    help="default unet")
     p.add_argument("--architecture-args", default=None, metavar="JSON",
                    help="network arguments merged onto the architecture's defaults, e.g. '{\"channels\": [8, 16]}'")
-    p.add_argument("--loss", choices=["dicece", "gdl-focal", "bd"], default=None,
+    p.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                    help="Dice+CE (default), generalized Dice + focal, or balanced Dice (+CE)")
     p.add_argument("--gpa", action="store_true", default=None,
                    help="greedy parameter averaging of the checkpoints of the second half of the run")

@@ -15,6 +15,7 @@ TASK_DEFAULTS = {  # grid, window and patch (x, y, z) of the pipeline's embedded
     "liver": {"spacing_mm": [3.0, 3.0, 3.0], "hu_window": [-250.0, 350.0], "patch_size": [96, 96, 64]},
     "tumor": {"spacing_mm": [1.5, 1.5, 1.5], "hu_window": [-100.0, 250.0], "patch_size": [96, 96, 96]},
 }
+LOSS_NAMES = ("dicece", "gdl-focal", "bd")  # training.losses builds them
 # Settings that may change when a run is resumed (they do not change what it computes).
 RESUMABLE = ("resume", "device", "workers")
 
@@ -71,6 +72,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise LiverTumorSegError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        if self.loss not in LOSS_NAMES:
+            raise LiverTumorSegError(f"unknown loss '{self.loss}'; choose one of {', '.join(LOSS_NAMES)}")
         if self.label_smoothing not in (None, "tlvr"):
             raise LiverTumorSegError(f"--label-smoothing knows only 'tlvr', not '{self.label_smoothing}'")
         if self.label_smoothing == "tlvr" and self.task != "tumor":

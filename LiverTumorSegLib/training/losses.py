@@ -6,10 +6,11 @@ import torch
 
 from ..errors import LiverTumorSegError
 from .bd_loss import BalancedDiceLoss
+from .config import LOSS_NAMES
 from .gdl_focal import GeneralizedDiceFocalLoss
 from .loss_terms import DiceCELoss
 
-LOSSES = {"dicece": DiceCELoss, "gdl-focal": GeneralizedDiceFocalLoss, "bd": BalancedDiceLoss}
+LOSSES = dict(zip(LOSS_NAMES, (DiceCELoss, GeneralizedDiceFocalLoss, BalancedDiceLoss)))
 
 
 def build_loss(name: str) -> torch.nn.Module:

@@ -470,10 +470,13 @@ class TrainingRun:
             candidates = [(name, float(mean), lambda name=name: _load_safetensors(out / GPA_DIR / f"{name}.safetensors"))
                           for name, mean in state["gpa_candidates"]]
             average = greedy_average(candidates, evaluate)
-            weights, selected, score = average.average(), f"gpa of {', '.join(average.members)}", average.score
+            weights, score = average.average(), average.score
+            selected, step = f"gpa of {', '.join(average.members)}", None
         weights_path = out / f"{self.card.name}.safetensors"
         sha = save_weights(weights, weights_path)
-        metrics: Dict[str, Any] = {"selected_weights": selected, "step": step}
+        metrics: Dict[str, Any] = {"selected_weights": selected}
+        if step is not None:
+            metrics["step"] = step
         if validation:
             metrics["validation"] = {"dice_per_case_mean": round(float(score), 4), "cases": len(validation),
                                      "split": f"fold {config.fold} of {config.folds}, patient-level, seed {config.seed}"}
