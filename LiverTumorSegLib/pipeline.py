@@ -207,15 +207,17 @@ class Pipeline:
         def member_progress(index: int, fraction: float) -> None:
             progress.report(stages[index], fraction)
 
-        start = time.perf_counter()
         axial = geometry.axial_array_axis()
         region = tumor_search_region(liver[box], axial) if s.fill_liver_holes else liver[box]
         hypodensity, candidates = None, None
         if needs_hypodensity(self.tumor_members):
+            start = time.perf_counter()
             candidates = ParenchymaCandidates.of(sitk.GetArrayViewFromImage(ct_crop), region, spacing_kji,
                                                  s.parenchyma)
             hypodensity = sitk.GetImageFromArray(candidates.hypodensity)
             hypodensity.CopyInformation(ct_crop)
+            timings["parenchyma_map"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
         probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
                                                         overlap=s.overlap, tta=s.use_tta,
                                                         on_progress=member_progress, hypodensity=hypodensity)

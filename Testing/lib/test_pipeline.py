@@ -400,6 +400,7 @@ def test_a_member_with_the_parenchyma_map_channel_gets_the_map_of_the_liver_crop
     ct = _float_ct(helpers, lesion_hu=110)
     result = _pipeline(helpers, tiny_models, tmp_path, tumor_model=member).run(ct)
     assert len(calls) == 1  # the map for the member and the prior after it: computed once
+    assert result.seconds_per_stage["parenchyma_map"] >= 0  # and timed on its own
     tumor = sitk.GetArrayViewFromImage(result.labelmap) == 2
     assert helpers.dice(tumor, helpers.analytic_labels_like(ct) == 2) > 0.8
     calls.clear()
