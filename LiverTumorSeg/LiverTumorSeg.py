@@ -18,7 +18,7 @@ import qt
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
-from LiverTumorSegModuleLib import dependencies, export, mrml, parameters
+from LiverTumorSegModuleLib import dependencies, export, lesion, mrml, parameters
 from LiverTumorSegModuleLib.process import CANCELLED, FAILED, SUCCEEDED, Launcher, SegmentOptions
 from LiverTumorSegModuleLib.task import SegmentationTask
 from LiverTumorSegModuleLib.widget import PanelWidget, removeStaleRuns, resourcePath, stopAllRuns
@@ -49,7 +49,9 @@ tumor volume, the tumor-to-liver volume ratio (TLVR) and a per-lesion table.</p>
 <ol>
 <li>Select the input CT and, optionally, a segmentation to write into.</li>
 <li>Click <b>Segment</b>. It runs in the background: keep working, watch the stages, cancel any time.</li>
-<li>Correct the segments in <b>Segment Editor</b>, then <b>Recompute measurements</b>.</li>
+<li>Correct a lesion with one click: <b>Add lesion</b> or <b>Remove lesion</b>, then click it in a
+slice view (<b>Undo lesion edit</b> takes it back); or correct the segments in <b>Segment Editor</b>,
+then <b>Recompute measurements</b>.</li>
 <li><b>Export</b> writes .seg.nrrd, a NIfTI labelmap, CSV tables and a JSON report
 (and DICOM SEG when the CT came from DICOM).</li>
 </ol>
@@ -131,6 +133,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
         logic = slicer.util.getModuleLogic("LiverTumorSeg")  # or LiverTumorSeg.LiverTumorSegLogic()
         task = logic.segment(slicer.util.getNode("CT*"), wait=True)
         task.segmentation_node, task.table_node
+        logic.lesions.add(task.segmentation_node, task.volume_node, (12.0, -30.5, 41.0))  # a click, RAS mm
 
     ``launcher`` says how the background process starts (default: ``PythonSlicer -m
     LiverTumorSegLib``); tests give one that runs a fake command line.
@@ -141,6 +144,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self, launcher: Optional[Launcher] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.task: Optional[SegmentationTask] = None
+        self.lesions = lesion.LesionEditing()  # one-click lesion edits, in this process, with undo
         if launcher is not None:
             self.launcher = launcher
 
@@ -356,6 +360,16 @@ class LiverTumorSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(rows[0][mrml.COLUMN_STRUCTURE], mrml.LIVER_ROW)
         self.assertGreater(rows[0][mrml.COLUMN_VOLUME], 100.0)  # a liver, in mL
         self.assertFalse(mrml.was_edited(segmentation, volume))
+
+        tumor = mrml.segment_mask(segmentation, mrml.SEGMENTS[1], volume)
+        if tumor.any():
+            self.delayDisplay("Removing a lesion with one click (in this process), then undoing it")
+            k, j, i = (int(axis[0]) for axis in tumor.nonzero())  # a tumor voxel
+            pointRas = (mrml.ijk_to_ras_matrix(volume) @ [i, j, k, 1])[:3]
+            logic.lesions.remove(segmentation, volume, mrml.local_to_world_ras(volume, pointRas))
+            self.assertFalse(mrml.segment_mask(segmentation, mrml.SEGMENTS[1], volume)[k, j, i])
+            logic.lesions.undo(segmentation)
+            self.assertTrue((mrml.segment_mask(segmentation, mrml.SEGMENTS[1], volume) == tumor).all())
 
         self.delayDisplay("Recomputing and exporting")
         measurements = logic.recomputeMeasurements(segmentation, volume)

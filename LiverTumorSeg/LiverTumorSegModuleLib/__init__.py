@@ -8,6 +8,8 @@
 - ``task``: one segmentation from a volume node to imported nodes (runs + mrml).
 - ``mrml``: results into MRML and back (segmentation, table, measurements, export through the
   library's writers); runs on PyPI's ``slicer-core`` as well as inside Slicer.
+- ``lesion``: one-click lesion edits on the segmentation node (the library's lesion editor in
+  this process, undo) and the click as a markups point; runs on ``slicer-core`` too.
 - ``export``: Export: the library's files, and DICOM SEG from the DICOM database's files.
 - ``presentation``: the text the panel shows (results table, model card, model combo boxes).
 - ``parameters``: the settings stored in the parameter node.

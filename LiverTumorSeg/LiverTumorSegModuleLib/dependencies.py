@@ -37,12 +37,15 @@ REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
 # What each action of the module imports in Slicer's own Python (None: everything, PyTorch
 # included). Segment runs the whole library in a background process; Recompute measurements runs
 # LiverTumorSegLib.measure (NumPy, SciPy, SimpleITK) in Slicer, Export also the library's writers
-# (slicerio for the .seg.nrrd); a test checks these lists by importing what those actions import.
-SEGMENT, MEASURE, EXPORT = "segment", "measure", "export"
+# (slicerio for the .seg.nrrd); the lesion edit runs LiverTumorSegLib.edit in Slicer (its active
+# contour needs scikit-image; PyTorch and MONAI only for the tumor model, without them lesions are
+# grown from the CT alone). A test checks these lists by importing what those actions import.
+SEGMENT, MEASURE, EXPORT, LESION = "segment", "measure", "export", "lesion"
 ACTION_IMPORTS: Dict[str, Optional[Tuple[str, ...]]] = {
     SEGMENT: None,
     MEASURE: ("numpy", "scipy", "SimpleITK"),
     EXPORT: ("numpy", "scipy", "SimpleITK", "slicerio"),
+    LESION: ("numpy", "scipy", "SimpleITK", "skimage"),
 }
 
 ImportableCheck = Callable[[str], bool]  # import name -> importable?
@@ -166,8 +169,8 @@ def _problem(import_name: str, requirement: str, importable: ImportableCheck,
 
 def requirement_problems(action: str = SEGMENT, importable: Optional[ImportableCheck] = None,
                          version_of: Optional[VersionReader] = None) -> List[Problem]:
-    """What ``action`` ("segment", "measure", "export") needs that is missing or of a version
-    outside the requirement; PyTorch first."""
+    """What ``action`` ("segment", "measure", "export", "lesion") needs that is missing or of a
+    version outside the requirement; PyTorch first."""
     if action not in ACTION_IMPORTS:
         raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTION_IMPORTS)}")
     wanted = ACTION_IMPORTS[action]

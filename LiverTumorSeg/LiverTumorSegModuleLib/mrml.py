@@ -32,7 +32,8 @@ from LiverTumorSegLib.io.terminology import SEGMENTS, SegmentTerminology  # noqa
 
 ATTRIBUTE_CONTENT_HASH = "LiverTumorSeg.ContentHash"
 ATTRIBUTE_REPORT = "LiverTumorSeg.Report"
-ATTRIBUTE_MEASUREMENTS_SOURCE = "LiverTumorSeg.MeasurementsSource"  # "segmentation run" | "recomputed"
+ATTRIBUTE_MEASUREMENTS_SOURCE = "LiverTumorSeg.MeasurementsSource"  # "segmentation run" | "recomputed" | "lesion edit"
+ATTRIBUTE_MEASURED_HASH = "LiverTumorSeg.MeasuredHash"  # content hash of what the table measures
 REFERENCE_ROLE_INPUT_VOLUME = "LiverTumorSegInputVolume"
 REFERENCE_ROLE_MEASUREMENTS = "LiverTumorSegMeasurements"
 
@@ -367,6 +368,15 @@ def was_edited(segmentation_node, volume_node) -> bool:
     return stored is None or stored != content_hash(segmentation_node, volume_node)
 
 
+def measurements_outdated(segmentation_node, volume_node) -> bool:
+    """True when the liver/tumor voxels differ from those the measurements table was computed from
+    (a lesion edit updates the table without marking the segmentation unedited: it stays protected
+    from being overwritten). Scenes saved before the measured hash existed use the content hash."""
+    stored = (segmentation_node.GetAttribute(ATTRIBUTE_MEASURED_HASH)
+              or segmentation_node.GetAttribute(ATTRIBUTE_CONTENT_HASH))
+    return stored is None or stored != content_hash(segmentation_node, volume_node)
+
+
 def needs_overwrite_confirmation(segmentation_node, volume_node) -> bool:
     """True when writing a new result into this node could destroy work: the node has our segments
     and either LiverTumorSeg did not make them or they were edited since. The content is compared on
@@ -491,6 +501,16 @@ def local_to_world_ras(node, point_ras: Sequence[float]) -> Tuple[float, float, 
     return tuple(transform.TransformPoint([float(v) for v in point_ras]))  # type: ignore[return-value]
 
 
+def world_to_local_ras(node, point_ras: Sequence[float]) -> Tuple[float, float, float]:
+    """A world RAS point (a click) in ``node``'s own coordinates (through its parent transforms)."""
+    parent = node.GetParentTransformNode() if node is not None else None
+    if parent is None:
+        return tuple(float(v) for v in point_ras)  # type: ignore[return-value]
+    transform = vtk.vtkGeneralTransform()
+    parent.GetTransformFromWorld(transform)
+    return tuple(transform.TransformPoint([float(v) for v in point_ras]))  # type: ignore[return-value]
+
+
 # ----------------------------------------------------------------------------------------------
 # Importing a CLI result
 
@@ -509,7 +529,7 @@ def import_results(scene, volume_node, outputs: Dict[str, Any], segmentation_nod
     report = json.loads(Path(outputs["report"]).read_text(encoding="utf-8"))
     segmentation_node = import_labelmap(scene, volume_node, labels, segmentation_node, name)
     segmentation_node.SetAttribute(ATTRIBUTE_REPORT, json.dumps(_report_metadata(report)))
-    table_node = set_measurements(scene, segmentation_node, report, source="segmentation run")
+    table_node = set_measurements(scene, segmentation_node, report, "segmentation run", volume_node)
     place_beside(volume_node, segmentation_node)
     place_beside(volume_node, table_node)
     return segmentation_node, table_node
@@ -522,14 +542,15 @@ def _report_metadata(report: Dict[str, Any]) -> Dict[str, Any]:
     return {key: report[key] for key in keep if key in report}
 
 
-def set_measurements(scene, segmentation_node, measurements: Dict[str, Any], source: str):
-    """Write measurements into the segmentation's table node (created on first use) and remember
-    where they came from."""
+def set_measurements(scene, segmentation_node, measurements: Dict[str, Any], source: str, volume_node):
+    """Write measurements of the segmentation as it is now (on ``volume_node``'s grid) into its
+    table node (created on first use); remember where they came from and what they measured."""
     table_node = measurements_table_node(segmentation_node)
     table_node = update_measurements_table(scene, measurements, table_node,
                                            name=f"{segmentation_node.GetName()} measurements")
     segmentation_node.SetNodeReferenceID(REFERENCE_ROLE_MEASUREMENTS, table_node.GetID())
     segmentation_node.SetAttribute(ATTRIBUTE_MEASUREMENTS_SOURCE, source)
+    segmentation_node.SetAttribute(ATTRIBUTE_MEASURED_HASH, content_hash(segmentation_node, volume_node))
     return table_node
 
 
@@ -545,7 +566,7 @@ def recompute_measurements(scene, segmentation_node, volume_node):
     """Measure the (edited) segmentation with the library's code and update its table; the new
     content becomes the reference for edit detection. Returns ``(measurements, table_node)``."""
     measurements = measure_segmentation(segmentation_node, volume_node)
-    table_node = set_measurements(scene, segmentation_node, measurements.to_dict(), source="recomputed")
+    table_node = set_measurements(scene, segmentation_node, measurements.to_dict(), "recomputed", volume_node)
     mark_unedited(segmentation_node, volume_node)
     return measurements, table_node
 

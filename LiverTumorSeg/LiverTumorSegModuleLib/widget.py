@@ -1,10 +1,11 @@
-"""The module's panel: settings, Segment/Cancel, staged progress, log, results, edit, export.
+"""The module's panel: settings, Segment/Cancel, staged progress, log, results, lesion edits, edit, export.
 
 GUI only: every action calls the module's Logic (``LiverTumorSeg.py``), which calls this
 package's helpers and the library. ``LiverTumorSeg.py`` subclasses :class:`PanelWidget` as
 ``LiverTumorSegWidget`` and gives it its Logic (:meth:`PanelWidget.createLogic`).
 """
 
+import html
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -15,7 +16,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from . import dependencies, mrml, runs
+from . import dependencies, lesion, mrml, parameters, runs
 from .presentation import (MODELS_LISTED, MODELS_UNKNOWN, RESULT_HEADERS, card_summary_html, missing_model_message,
                            model_combo_items, results_display_rows)
 from .process import CANCELLED, SUCCEEDED, safe_file_stem
@@ -71,6 +72,8 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedSegmentation = None
         self._editedSinceMeasured = False
         self._writingResults = False
+        self._lesionClick: Optional[lesion.ClickPlacement] = None
+        self._lesionAction = ""  # the lesion edit waiting for its click
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self.onTimer)
@@ -95,6 +98,8 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.verticalHeader().setVisible(False)
 
         self.logic = self.createLogic()
+        # the click of a lesion edit is handled once the view has handled it
+        self._lesionClick = lesion.ClickPlacement(slicer.mrmlScene, defer=lambda callback: qt.QTimer.singleShot(0, callback))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -115,6 +120,9 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
         self.ui.recomputeButton.clicked.connect(self.onRecompute)
         self.ui.editButton.clicked.connect(self.onEdit)
+        self.ui.addLesionButton.clicked.connect(lambda: self.onLesionButton(lesion.ADD))
+        self.ui.removeLesionButton.clicked.connect(lambda: self.onLesionButton(lesion.REMOVE))
+        self.ui.undoLesionButton.clicked.connect(self.onUndoLesion)
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.resultsTable.cellClicked.connect(self.onResultCellClicked)
 
@@ -127,6 +135,7 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None and self._task.running:
             self._task.cancel()
         stopAllRuns()
+        self.stopLesionClick()
         self._timer.stop()
         self.removeObservers()
 
@@ -139,6 +148,8 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self._task is not None and self._task.running:
             self._task.cancel()
+        self.stopLesionClick()
+        self.logic.lesions.forget()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -230,6 +241,13 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = not running
         for button in (self.ui.recomputeButton, self.ui.editButton, self.ui.exportButton):
             button.enabled = hasResult and not running
+        waiting = self._lesionClick is not None and self._lesionClick.active
+        for action, button in ((lesion.ADD, self.ui.addLesionButton), (lesion.REMOVE, self.ui.removeLesionButton)):
+            button.enabled = hasResult and not running
+            button.text = "Cancel (Esc)" if waiting and action == self._lesionAction else lesion.ACTION_TITLES[action]
+        undo = "" if running else self.logic.lesions.undo_description(segmentation)
+        self.ui.undoLesionButton.enabled = bool(undo)
+        self.ui.undoLesionButton.toolTip = f"Undo the last lesion edit: {undo}" if undo else "No lesion edit to undo"
 
     # -- models -----------------------------------------------------------------------------
     def refreshModels(self, quiet: bool = False) -> None:
@@ -333,7 +351,8 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text += " This downloads several hundred MB (PyTorch) and can take a few minutes."
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle="LiverTumorSeg: install dependencies"):
             self.appendLog("warning", "Dependencies not installed; "
-                           + {"segment": "segmentation", "measure": "recomputing", "export": "export"}.get(action, action)
+                           + {"segment": "segmentation", "measure": "recomputing", "export": "export",
+                              "lesion": "the lesion edit"}.get(action, action)
                            + " needs them.")
             return False
         try:
@@ -365,6 +384,7 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self.ensureDependencies(dependencies.SEGMENT):
             return
+        self.stopLesionClick()
         overwrite = False
         target = p.outputSegmentation
         if target is not None and mrml.needs_overwrite_confirmation(target, p.inputVolume):
@@ -410,6 +430,7 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         if task.status == SUCCEEDED:
             self._editedSinceMeasured = False
+            self.logic.lesions.forget(task.segmentation_node)  # its segments were replaced
             self.ui.stageLabel.text = f"Done in {task.seconds:.0f} s"
             self.ui.progressBar.setValue(1000)
             self._parameterNode.outputSegmentation = task.segmentation_node
@@ -439,7 +460,7 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(segmentationNode.GetSegmentation(), SOURCE_MODIFIED_EVENT, self.onSegmentationEdited)
             volume = self.volumeFor(segmentationNode)
             if volume is not None and mrml.measurements_table_node(segmentationNode) is not None:
-                self._editedSinceMeasured = mrml.was_edited(segmentationNode, volume)
+                self._editedSinceMeasured = mrml.measurements_outdated(segmentationNode, volume)
 
     def onSegmentationEdited(self, caller=None, event=None) -> None:
         if self._writingResults:
@@ -511,6 +532,120 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                f"{measurements.tumor_volume_ml:.1f} mL, TLVR {tlvr}, {len(measurements.lesions)} lesion(s)")
         self.updateResults()
 
+    # -- lesion edits -------------------------------------------------------------------------
+    def lesionTargets(self) -> Tuple[Any, Any]:
+        """(segmentation, its CT) the lesion edits work on."""
+        segmentation = None if self._parameterNode is None else self._parameterNode.outputSegmentation
+        return segmentation, (None if segmentation is None else self.volumeFor(segmentation))
+
+    def setLesionStatus(self, text: str, error: bool = False, log: bool = True) -> None:
+        """A message under the lesion buttons (errors in red), and in the log."""
+        escaped = html.escape(text, quote=False)
+        self.ui.lesionStatusLabel.text = f'<span style="color:#c62828">{escaped}</span>' if error else escaped
+        if log:
+            self.appendLog("warning" if error else "info", text)
+
+    def onLesionButton(self, action: str) -> None:
+        """Turn the next click in a view into adding (removing) the lesion there; clicking the
+        button again while it waits cancels."""
+        if self._lesionClick.active:
+            waiting = self._lesionAction
+            self.stopLesionClick()
+            if waiting == action:
+                self.setLesionStatus(f"{lesion.ACTION_TITLES[action]}: cancelled.", log=False)
+                return
+        segmentation, volume = self.lesionTargets()
+        try:
+            self.logic.lesions.check_ready(segmentation, volume)
+        except lesion.LesionEditError as exc:
+            self.setLesionStatus(str(exc), error=True)
+            return
+        if not self.ensureDependencies(dependencies.LESION):
+            return
+        p = self._parameterNode
+        self.logic.lesions.configure(p.tumorModel or None, parameters.DEVICE_TO_CLI.get(p.device, "auto"))
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.lesions.prepare(volume)  # the model loads now, not after the click
+        except Exception as exc:  # a broken installation: say so, the traceback goes to the Python console
+            logging.exception("LiverTumorSeg: preparing the lesion edit failed")
+            self.setLesionStatus(f"{lesion.ACTION_TITLES[action]} is not available: {exc}", error=True)
+            return
+        self._lesionAction = action
+        self._lesionClick.start(lambda point: self.applyLesionEdit(action, point), self.onLesionClickCancelled)
+        where = "inside the lesion to add" if action == lesion.ADD else "on the lesion to remove"
+        note = f" {self.logic.lesions.model_note}" if action == lesion.ADD and self.logic.lesions.model_note else ""
+        self.setLesionStatus(f"Click {where} in a slice view (Escape cancels).{note}", log=False)
+        self.updateButtonStates()
+
+    def stopLesionClick(self) -> None:
+        if self._lesionClick is not None and self._lesionClick.active:
+            self._lesionClick.stop()
+        self._lesionAction = ""
+        self.updateButtonStates()
+
+    def onLesionClickCancelled(self) -> None:
+        title = lesion.ACTION_TITLES.get(self._lesionAction, "Lesion edit")
+        self._lesionAction = ""
+        self.setLesionStatus(f"{title}: cancelled, no point was clicked.", log=False)
+        self.updateButtonStates()
+
+    def applyLesionEdit(self, action: str, pointRas) -> None:
+        """The click arrived: edit the segments in this process, then update the table."""
+        self._lesionAction = ""
+        segmentation, volume = self.lesionTargets()
+        self._writingResults = True  # our own edit; the table is updated below
+        try:
+            with slicer.util.WaitCursor():
+                result = self.logic.lesions.apply(action, segmentation, volume, pointRas)
+        except lesion.LesionEditError as exc:
+            self.setLesionStatus(f"{lesion.ACTION_TITLES[action]}: {exc}", error=True)
+            return
+        except Exception as exc:  # a bug or a broken installation: the message here, the traceback in the console
+            logging.exception("LiverTumorSeg: the lesion edit failed")
+            self.setLesionStatus(f"{lesion.ACTION_TITLES[action]} failed: {exc}", error=True)
+            return
+        finally:
+            self._writingResults = False
+            self.updateButtonStates()
+        self.setLesionStatus(result.message())
+        if result.step is not None:  # the lesion is drawn first, then measured
+            qt.QTimer.singleShot(0, lambda: self.updateLesionMeasurements(segmentation, volume))
+
+    def onUndoLesion(self) -> None:
+        segmentation, volume = self.lesionTargets()
+        self.stopLesionClick()
+        self._writingResults = True
+        try:
+            try:
+                step = self.logic.lesions.undo(segmentation)
+            except lesion.UndoConflictError as exc:
+                if not slicer.util.confirmYesNoDisplay(f"{exc}\n\nUndo the lesion edit anyway?",
+                                                       windowTitle="LiverTumorSeg: undo lesion edit"):
+                    self.setLesionStatus("Undo cancelled: the segmentation is unchanged.", log=False)
+                    return
+                step = self.logic.lesions.undo(segmentation, force=True)
+        except lesion.LesionEditError as exc:
+            self.setLesionStatus(str(exc), error=True)
+            return
+        finally:
+            self._writingResults = False
+            self.updateButtonStates()
+        self.setLesionStatus(f"Undone: {step.description}.")
+        if volume is not None:
+            qt.QTimer.singleShot(0, lambda: self.updateLesionMeasurements(segmentation, volume))
+
+    def updateLesionMeasurements(self, segmentation, volume) -> None:
+        """The table after a lesion edit (the module's own measurements of the segmentation as it is now)."""
+        try:
+            self.logic.lesions.update_measurements(segmentation, volume)
+        except Exception as exc:
+            self._editedSinceMeasured = True
+            self.appendLog("warning", f"Could not update the measurements after the lesion edit: {exc}")
+        else:
+            self._editedSinceMeasured = False
+        self.updateResults()
+
     def onEdit(self) -> None:
         segmentation = self._parameterNode.outputSegmentation
         self.logic.openInSegmentEditor(segmentation, self.volumeFor(segmentation))
@@ -538,11 +673,6 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         listing = "\n".join(str(p) for p in paths.values())
         self.appendLog("info", f"Exported:\n{listing}")
         slicer.util.infoDisplay(f"Exported to {folder}:\n\n{listing}", windowTitle="LiverTumorSeg")
-
-
-def _selectComboText(comboBox, value: str) -> None:
-    index = comboBox.findText(value)
-    comboBox.setCurrentIndex(index if index >= 0 else 0)
 
 
 def _selectComboText(comboBox, value: str) -> None:

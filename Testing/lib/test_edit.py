@@ -371,3 +371,17 @@ def test_add_gives_members_that_take_the_parenchyma_map_the_map_around_the_click
     diff = _assert_only_the_lesion_changed(_labels(labelmap), result, 2)
     assert result.method == "model"
     assert helpers.dice(diff, truth == 2) > 0.8
+
+
+def test_without_the_model_the_lesion_is_grown_from_the_ct(helpers):
+    """``use_model=False`` (3D Slicer without PyTorch): the HU path alone, the same refusals."""
+    editor = edit.LesionEditor(use_model=False)
+    assert not editor.uses_model and editor.model_summaries() == []
+    ct, labelmap, truth = _case(helpers)
+    result = editor.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS))
+    assert result.method == "hu_region" and result.max_probability_near_click is None
+    diff = _assert_only_the_lesion_changed(_labels(labelmap), result, 2)
+    assert helpers.dice(diff, truth == 2) > 0.8
+    assert result.summary()["max_probability_near_click"] is None
+    with pytest.raises(LiverTumorSegError, match="outside the liver"):
+        editor.add(ct, labelmap, _ras((40.0, 30.0, 0.0)))

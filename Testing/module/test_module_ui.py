@@ -145,7 +145,7 @@ def test_module_source_compiles_and_imports_nothing_heavy_at_load():
               "import LiverTumorSegModuleLib.mrml, LiverTumorSegModuleLib.task, LiverTumorSegModuleLib.process\n"
               "import LiverTumorSegModuleLib.runs, LiverTumorSegModuleLib.export\n"
               "import LiverTumorSegModuleLib.dependencies, LiverTumorSegModuleLib.parameters\n"
-              "import LiverTumorSegModuleLib.presentation\n"
+              "import LiverTumorSegModuleLib.presentation, LiverTumorSegModuleLib.lesion\n"
               "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
               "('torch', 'monai', 'scipy', 'skimage', 'safetensors', 'slicerio'))\n"
               "print(heavy)") % str(REPO_ROOT / "LiverTumorSeg")

@@ -41,6 +41,31 @@ def add_ct_volume(scene, name: str = "CT abdomen", shape_kji=SHAPE_KJI, matrix=N
     return node, voxels
 
 
+def add_volume_from_image(scene, image, name: str = "CT phantom"):
+    """A scalar volume node with the voxels and the grid of a SimpleITK image (LPS -> RAS)."""
+    import SimpleITK as sitk
+
+    voxels = sitk.GetArrayFromImage(image)
+    vtk_image = vtk.vtkImageData()
+    k, j, i = voxels.shape
+    vtk_image.SetDimensions(i, j, k)
+    vtk_image.AllocateScalars(numpy_support.get_vtk_array_type(voxels.dtype), 1)
+    numpy_support.vtk_to_numpy(vtk_image.GetPointData().GetScalars())[:] = voxels.ravel()
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    axes = lps_to_ras @ np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    origin = lps_to_ras @ np.asarray(image.GetOrigin())
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, float(axes[r, c]))
+        matrix.SetElement(r, 3, float(origin[r]))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetAndObserveImageData(vtk_image)
+    node.SetIJKToRASMatrix(matrix)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def liver_with_two_tumors(shape_kji=SHAPE_KJI) -> np.ndarray:
     """0 background, 1 liver, 2 tumor: a box liver with a larger and a smaller lesion inside."""
     labels = np.zeros(shape_kji, dtype=np.uint8)
