@@ -11,7 +11,14 @@ the inserted one, the remove click, and the process's peak resident memory. Each
 given as a ratio to a baseline measured in the same run (a fixed 3-D convolution, about a tenth
 of one member's pass), so numbers compare across machines and across a busy and an idle machine.
 
-    python benchmarks/bench_lesion_click.py [--clicks 5] [--threads 2] [--skip-full-size] [--json out.json]
+Then the Slicer module's path on real MRML (PyPI slicer-core; skipped without it): the CT as a
+volume node, the liver as a segmentation node, and ``LesionEditing.add`` as the panel runs it on a
+click: the segments' voxels to arrays, the library's edit, the changed voxels written back into
+the segments (the click-to-drawn-lesion latency); then, apart, the table update that follows
+it and the undo.
+
+    python benchmarks/bench_lesion_click.py [--clicks 5] [--threads 2] [--skip-full-size] [--skip-mrml]
+                                            [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "LiverTumorSeg"))  # the module's LiverTumorSegModuleLib
+sys.path.insert(0, str(ROOT / "Testing" / "mrml"))  # mrml_helpers: a volume node from an image
 
 from bench_pipeline import peak_rss_mb, reset_peak  # noqa: E402
 
@@ -70,15 +79,15 @@ def insert_lesion(ct: sitk.Image, liver: sitk.Image, diameter_mm: float = 50.0):
 
 
 def bench(editor: edit.LesionEditor, name: str, ct: sitk.Image, liver: sitk.Image, clicks: int,
-          baseline: float) -> dict:
+          baseline: float, mrml_path: bool = True) -> dict:
     ct_t, reference, center_lps = insert_lesion(ct, liver)
     model_seconds = []
     probability = editor.probability
 
-    def timed_probability(crop):
+    def timed_probability(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return probability(crop)
+            return probability(*args, **kwargs)
         finally:
             model_seconds.append(time.perf_counter() - start)
 
@@ -122,6 +131,65 @@ def bench(editor: edit.LesionEditor, name: str, ct: sitk.Image, liver: sitk.Imag
           f"first click {first:.2f} s")
     print(f"    remove click {remove:.2f} s; Dice median {row['dice_median']} (min {row['dice_min']}), "
           f"{'/'.join(row['methods'])}; peak RSS {row['peak_rss_mb']} MB")
+    if mrml_path:
+        row["mrml"] = bench_mrml(editor, ct_t, liver, reference, center_lps, clicks, baseline)
+    return row
+
+
+def bench_mrml(editor: edit.LesionEditor, ct: sitk.Image, liver: sitk.Image, reference: np.ndarray,
+               center_lps, clicks: int, baseline: float) -> dict:
+    """The module's path on a real segmentation node: LesionEditing.add per click (segments to
+    arrays, the edit, the changed voxels written back), then the table update and the undo."""
+    import slicer
+    from mrml_helpers import add_volume_from_image
+
+    from LiverTumorSegModuleLib import lesion, mrml
+
+    scene = slicer.vtkMRMLScene()
+    volume = add_volume_from_image(scene, ct)
+    node = mrml.import_labelmap(scene, volume, (sitk.GetArrayFromImage(liver) > 0).astype(np.uint8))
+    editing = lesion.LesionEditing(editor_factory=lambda: editor)
+    start = time.perf_counter()
+    editing.prepare(volume)  # at the button press: the CT to SimpleITK (the model is loaded already)
+    prepare = time.perf_counter() - start
+    clicks_s, cpus_s, edits_s, tables_s, undos_s, dices = [], [], [], [], [], []
+    first = None
+    for index in range(clicks + 1):
+        offset = np.asarray(OFFSETS_MM[index % len(OFFSETS_MM)], dtype=float)
+        point = [float(v) for v in lps_to_ras(np.asarray(center_lps) + offset)]
+        start, cpu = time.perf_counter(), time.process_time()
+        result = editing.add(node, volume, point)
+        click, cpu = time.perf_counter() - start, time.process_time() - cpu
+        drawn = mrml.segment_mask(node, mrml.SEGMENTS[1], volume)
+        start = time.perf_counter()
+        editing.update_measurements(node, volume)
+        table = time.perf_counter() - start
+        start = time.perf_counter()
+        editing.undo(node)
+        undo = time.perf_counter() - start
+        if index == 0:
+            first = click
+            continue
+        clicks_s.append(click)
+        cpus_s.append(cpu)
+        edits_s.append(result.edit.seconds)
+        tables_s.append(table)
+        undos_s.append(undo)
+        dices.append(2.0 * np.count_nonzero(drawn & reference) / (np.count_nonzero(drawn) + np.count_nonzero(reference)))
+    median = statistics.median(clicks_s)
+    row = {"first_click_s": round(first, 3), "median_click_s": round(median, 3),
+           "median_click_cpu_s": round(statistics.median(cpus_s), 3),
+           "median_library_edit_s": round(statistics.median(edits_s), 3),
+           "median_mrml_overhead_s": round(median - statistics.median(edits_s), 3),
+           "click_over_baseline": round(median / baseline, 1), "prepare_s": round(prepare, 3),
+           "median_table_update_s": round(statistics.median(tables_s), 3),
+           "median_undo_s": round(statistics.median(undos_s), 3), "dice_median": round(statistics.median(dices), 3)}
+    print(f"    Slicer module on MRML: click to lesion drawn in the segments median {median:.2f} s wall "
+          f"({row['median_click_cpu_s']:.2f} s CPU; library edit {row['median_library_edit_s']:.2f} s + segments to arrays and back "
+          f"{row['median_mrml_overhead_s']:.2f} s) = {row['click_over_baseline']}x baseline; first click "
+          f"{first:.2f} s; CT prepared at the button press {prepare:.2f} s")
+    print(f"    then the table update {row['median_table_update_s']:.2f} s (after the lesion is drawn), undo "
+          f"{row['median_undo_s']:.2f} s; Dice median {row['dice_median']}")
     return row
 
 
@@ -130,9 +198,18 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-full-size", action="store_true")
+    parser.add_argument("--skip-mrml", action="store_true", help="only the library, not the module's MRML path")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     import torch
+
+    mrml_path = not args.skip_mrml
+    if mrml_path:
+        try:
+            import slicer  # noqa: F401  (PyPI slicer-core)
+        except ImportError:
+            print("slicer-core is not installed: the module's MRML path is not timed")
+            mrml_path = False
 
     torch.set_num_threads(args.threads)
     baseline = baseline_seconds()
@@ -146,13 +223,13 @@ def main() -> int:
     if (real / "ct.nii.gz").exists():
         rows.append(bench(editor, "real upper abdomen 3 mm", load_volume(real / "ct.nii.gz").image,
                           sitk.Cast(sitk.ReadImage(str(real / "liver_reference.nii.gz")), sitk.sitkUInt8),
-                          args.clicks, baseline))
+                          args.clicks, baseline, mrml_path))
     chaos = DATA / "chaos_ct_1"
     if not args.skip_full_size and (chaos / "dicom").exists():
         ct = load_volume(chaos / "dicom").image
         liver = sitk.Cast(sitk.ReadImage(str(chaos / "liver_reference.nii.gz")) > 0, sitk.sitkUInt8)
         liver.CopyInformation(ct)
-        rows.append(bench(editor, "CHAOS CT full resolution", ct, liver, args.clicks, baseline))
+        rows.append(bench(editor, "CHAOS CT full resolution", ct, liver, args.clicks, baseline, mrml_path))
     if args.json:
         args.json.write_text(json.dumps({"baseline_s": baseline, "load_s": load, "rows": rows}, indent=2))
     return 0
