@@ -42,7 +42,8 @@ def equivalent_diameter_mm(n_voxels: int, voxel_volume_mm3: float) -> float:
 def lesion_detection(prediction: np.ndarray, reference: np.ndarray, voxel_volume_mm3: float) -> Dict[str, object]:
     """Lesion-wise detection: each reference lesion (26-connected component) is found when any
     predicted voxel overlaps it; predicted lesions that touch no reference lesion are false
-    positives. Returns ``{"reference": [{"diameter_mm", "detected"}...], "false_positives": n}``."""
+    positives. Returns ``{"reference": [{"diameter_mm", "detected"}...], "predicted":
+    [{"diameter_mm", "true_positive"}...], "false_positives": n}`` (diameters: equivalent sphere)."""
     from scipy import ndimage
 
     structure = np.ones((3, 3, 3), dtype=bool)
@@ -54,6 +55,10 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, voxel_volume
     hit[np.unique(ref_labels[p])] = True
     lesions = [{"diameter_mm": round(equivalent_diameter_mm(int(sizes[i]), voxel_volume_mm3), 1),
                 "detected": bool(hit[i])} for i in range(1, n_ref + 1)]
-    touching = np.unique(pred_labels[r])
-    false_positives = n_pred - int(np.count_nonzero(touching))
-    return {"reference": lesions, "false_positives": int(false_positives)}
+    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    touching = np.zeros(n_pred + 1, dtype=bool)
+    touching[np.unique(pred_labels[r])] = True
+    predicted = [{"diameter_mm": round(equivalent_diameter_mm(int(pred_sizes[i]), voxel_volume_mm3), 1),
+                  "true_positive": bool(touching[i])} for i in range(1, n_pred + 1)]
+    false_positives = n_pred - int(np.count_nonzero(touching[1:]))
+    return {"reference": lesions, "predicted": predicted, "false_positives": int(false_positives)}

@@ -47,6 +47,8 @@ def test_lesion_detection_by_lesion_and_false_positives():
     assert [lesion["detected"] for lesion in result["reference"]] == [True, False]
     assert result["reference"][0]["diameter_mm"] == pytest.approx(equivalent_diameter_mm(64, 8.0), abs=0.1)
     assert result["false_positives"] == 1
+    assert [lesion["true_positive"] for lesion in result["predicted"]] == [True, False]
+    assert result["predicted"][1]["diameter_mm"] == pytest.approx(equivalent_diameter_mm(8, 8.0), abs=0.1)
     assert equivalent_diameter_mm(1, 4.0 / 3.0 * np.pi) == pytest.approx(2.0)
     empty = lesion_detection(np.zeros_like(reference), np.zeros_like(reference), 1.0)
-    assert empty == {"reference": [], "false_positives": 0}
+    assert empty == {"reference": [], "predicted": [], "false_positives": 0}
