@@ -1,4 +1,4 @@
-"""Command line: ``livertumorseg segment|models|measure|lesion|train|evaluate`` (also
+"""Command line: ``livertumorseg segment|models|measure|lesion|train|evaluate|ensemble`` (also
 ``python -m LiverTumorSegLib``).
 
 A user mistake ends in one ``error: ...`` line on stderr and exit code 1, never a traceback.
@@ -620,6 +620,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ensemble_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("ensemble", help="a tumor ensemble card with member weights fitted on held-out cases",
+                       description="Fit the weights of a tumor ensemble on the validation cases of --data (those of "
+                                   "the members' split.json, of --split, or with --all-cases every case) and write "
+                                   "its card; members given as card files are copied beside it, so segment "
+                                   "--tumor-model CARD loads it as it is.")
+    p.add_argument("--members", nargs="+", required=True, metavar="NAME|CARD.json", help="tumor models (two or more)")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="the labelled dataset folder")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="CARD.json", help="the ensemble card to write")
+    p.add_argument("--split", type=Path, default=None, metavar="SPLIT.json",
+                   help="fit on this split's validation cases (default: those of the members' split.json)")
+    p.add_argument("--all-cases", action="store_true", help="fit on every case of --data (held-out data only)")
+    p.add_argument("--step", type=float, default=0.1, help="grid step of the weights (default 0.1)")
+    p.add_argument("--name", default=None, help="the ensemble's name (default: the card file's name)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--force", action="store_true", help="overwrite an existing card")
+    p.add_argument("--progress", choices=["bar", "none"], default="bar")
+    return p
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Fit an ensemble's weights; print them and where its card is."""
+    import shlex
+
+    from .training.ensemble import EnsembleRequest, build_ensemble
+
+    if args.split is not None and args.all_cases:
+        raise LiverTumorSegError("give --split or --all-cases, not both")
+
+    def on_case(index: int, total: int, case: str) -> None:
+        if args.progress == "bar":
+            print(f"[{index + 1}/{total}] {case}", file=sys.stderr, flush=True)
+
+    words = ["livertumorseg", "ensemble", "--members", *args.members, "--data", str(Path(args.data).absolute()),
+             "--output", str(args.output), "--step", f"{args.step:g}"]
+    words += ["--split", str(args.split)] if args.split else (["--all-cases"] if args.all_cases else [])
+    request = EnsembleRequest(members=list(args.members), data=args.data, output=args.output, split=args.split,
+                              all_cases=args.all_cases, step=args.step, name=args.name, device=args.device,
+                              force=args.force, command_line=" ".join(shlex.quote(w) for w in words))
+    card = build_ensemble(request, on_case=on_case)
+    validation = card.metrics["validation"]
+    weights = ", ".join(f"{m.model} {m.weight:g}" for m in card.members)
+    print(f"{card.name}: tumor ensemble ({weights}; Dice per case {validation['dice_per_case_mean']:.4f} on "
+          f"{validation['cases']} case(s)) -> {card.card_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livertumorseg", description="Liver and liver-tumor segmentation of CT "
                                      "(LiverTumorSegLib). Embedded demo models are NOT for clinical use.")
@@ -646,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     lesion = _add_lesion_parser(sub)
     train = _add_train_parser(sub)
     evaluate = _add_evaluate_parser(sub)
-    for command in (sub.choices["segment"], lst, ver, imp, meas, lesion, train, evaluate):
+    ensemble = _add_ensemble_parser(sub)
+    for command in (sub.choices["segment"], lst, ver, imp, meas, lesion, train, evaluate, ensemble):
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
@@ -682,7 +730,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pass
     commands: Dict[str, Callable[[argparse.Namespace], int]] = {
         "segment": cmd_segment, "models": cmd_models, "measure": cmd_measure, "lesion": cmd_lesion,
-        "train": cmd_train, "evaluate": cmd_evaluate}
+        "train": cmd_train, "evaluate": cmd_evaluate, "ensemble": cmd_ensemble}
     try:
         return commands[args.command](args)
     except CancelledError as exc:

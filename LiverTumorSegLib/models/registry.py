@@ -127,12 +127,20 @@ class ModelRegistry:
         return card
 
     def ensemble_members(self, card: Card) -> List[ModelCard]:
-        """The model cards an ensemble names (a single model is its own one-member ensemble)."""
+        """The model cards an ensemble names (a single model is its own one-member ensemble); a
+        member whose card ``<name>.json`` lies beside the ensemble's card is that one, any other is
+        found by name."""
         if isinstance(card, ModelCard):
             return [card]
         members = []
         for member in card.members:
-            resolved = self.resolve(member.model, task=card.task)
+            beside = Path(card.card_path).parent / f"{member.model}.json" if card.card_path else None
+            resolved = read_card(beside) if beside is not None and beside.is_file() else None
+            if resolved is None or resolved.name != member.model:
+                resolved = self.resolve(member.model, task=card.task)
+            elif resolved.task != card.task:
+                raise LiverTumorSegError(f"ensemble '{card.name}' names '{member.model}', a {resolved.task} model; "
+                                         f"its members must be {card.task} models")
             if not isinstance(resolved, ModelCard):
                 raise LiverTumorSegError(f"ensemble '{card.name}' names '{member.model}', which is itself "
                                          "an ensemble; members must be single models")

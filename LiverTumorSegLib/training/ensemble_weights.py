@@ -1,9 +1,13 @@
-"""Fit a weighted ensemble's weights on validation data (grid search of the Dice)."""
+"""Fit a weighted ensemble's weights on validation data (grid search of the Dice).
+
+For the members' foreground probabilities p_m of each validation case and every weight vector w on
+a ``step`` grid of the simplex (Σ w_m = 1, w_m >= 0), the ensemble's mask is Σ_m w_m p_m >= 0.5;
+the weights kept are those with the highest mean Dice per case (the first of equal ones)."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,14 +33,32 @@ def fit_ensemble_weights(members: Sequence[ModelCard], validation: Sequence[Trai
     probabilities = [[predict_foreground(model, _denormalize(sample, model.card), device, overlap=0.25,
                                        hypodensity=sample.hypodensity)[0]
                       for sample in validation] for model in loaded]
+    grid = weight_grid(len(members), step)
+    per_case = [grid_dice([probabilities[m][case] for m in range(len(members))], sample.target, grid)
+                for case, sample in enumerate(validation)]
+    return best_weights(grid, per_case)
+
+
+def grid_dice(probabilities: Sequence[np.ndarray], target: np.ndarray, grid: Sequence[Tuple[float, ...]],
+              known: Optional[np.ndarray] = None) -> List[float]:
+    """One case's Dice of Σ_m w_m p_m >= 0.5 against ``target`` for every weight vector w of
+    ``grid`` (counted over the ``known`` voxels when given)."""
+    scores = []
+    for weights in grid:
+        prob = sum(w * probabilities[m] for m, w in enumerate(weights))
+        predicted = prob >= 0.5
+        scores.append(dice(predicted, target) if known is None else dice(predicted & known, target & known))
+    return scores
+
+
+def best_weights(grid: Sequence[Tuple[float, ...]], per_case: Sequence[Sequence[float]]
+                 ) -> Tuple[List[float], Dict[str, float]]:
+    """The weight vector of ``grid`` with the highest mean Dice per case (``per_case[case][vector]``),
+    and the mean Dice of every vector, keyed ``"w1,w2,..."``."""
     scores: Dict[str, float] = {}
     best, best_score = None, -1.0
-    for weights in weight_grid(len(members), step):
-        per_case = []
-        for case, sample in enumerate(validation):
-            prob = sum(w * probabilities[m][case] for m, w in enumerate(weights))
-            per_case.append(dice(prob >= 0.5, sample.target))
-        score = float(np.mean(per_case))
+    for index, weights in enumerate(grid):
+        score = float(np.mean([case[index] for case in per_case]))
         scores[",".join(f"{w:g}" for w in weights)] = round(score, 4)
         if score > best_score + 1e-9:
             best, best_score = weights, score
