@@ -92,6 +92,7 @@ class SegmentationResult:
     seconds_per_stage: Dict[str, float]
     settings: Dict
     tumor_uncertainty: Optional[sitk.Image] = None  # TTA std on the liver crop, when TTA ran
+    tumor_probability: Optional[sitk.Image] = None  # the ensemble's TTA mean on the liver crop, when TTA ran
     warnings: List[str] = field(default_factory=list)
 
 
@@ -258,13 +259,16 @@ class Pipeline:
 
         labelmap = sitk.GetImageFromArray(labels)
         labelmap.CopyInformation(ct)
-        uncertainty_image = None
+        uncertainty_image, probability_image = None, None
         if evidence.uncertainty is not None:
             uncertainty_image = sitk.GetImageFromArray(evidence.uncertainty)
             uncertainty_image.CopyInformation(ct_crop)
+            probability_image = sitk.GetImageFromArray(evidence.probability)
+            probability_image.CopyInformation(ct_crop)
         return SegmentationResult(labelmap=labelmap, measurements=measurements, models=self.model_summaries,
                                   device=device.type, seconds_per_stage=timings, settings=asdict(s),
-                                  tumor_uncertainty=uncertainty_image, warnings=list(warnings))
+                                  tumor_uncertainty=uncertainty_image, tumor_probability=probability_image,
+                                  warnings=list(warnings))
 
     def _refined_liver(self, ct_crop: sitk.Image, liver: np.ndarray, box: Box, geometry: Geometry,
                        device: torch.device, on_progress: Callable[[float], None]) -> np.ndarray:

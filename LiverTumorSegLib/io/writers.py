@@ -1,6 +1,9 @@
-"""Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv, and on
-request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series). The command line and the
-3D Slicer module both write through :func:`write_outputs` (the module with a
+"""Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv, on
+request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series), and after test-time
+augmentation the tumor ensemble's mean probability, its standard deviation and the voxel variation
+coefficient (``inference.variation_coefficient``) as NAME_tumor_tta_{mean,std,cv}.nii.gz, float32
+volumes on the liver crop's grid (they lie where they belong in the patient). The command line
+and the 3D Slicer module both write through :func:`write_outputs` (the module with a
 :class:`LabelmapResult` of the segmentation as the user edited it).
 
 All files are written to a temporary folder inside the output folder and moved into
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .. import __version__
+from .. import TUMOR_LABEL, __version__
 from ..errors import LiverTumorSegError
 from ..geometry import Geometry, array_to_image
 from ..measure import Measurements, measure_labelmap, write_lesions_csv
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 OUTPUT_KEYS = ("segmentation", "labelmap", "report", "lesions_csv")
 DICOM_SEG_KEY = "dicom_seg"
+TTA_KEYS = ("tta_mean", "tta_std", "tta_cv")  # written when the result carries the TTA maps
 
 
 @dataclass
@@ -48,6 +52,7 @@ class LabelmapResult:
     settings: Dict[str, Any] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     tumor_uncertainty: Optional[sitk.Image] = None
+    tumor_probability: Optional[sitk.Image] = None
 
     @classmethod
     def measured(cls, labels: np.ndarray, geometry: Geometry, ct_hu: Optional[np.ndarray] = None,
@@ -62,18 +67,21 @@ class LabelmapResult:
                    settings=dict(report.get("settings", {})), warnings=list(report.get("warnings", [])))
 
 
-def output_paths(output_dir: Path, name: str, dicom_seg: bool = False) -> Dict[str, Path]:
+def output_paths(output_dir: Path, name: str, dicom_seg: bool = False, tta: bool = False) -> Dict[str, Path]:
     output_dir = Path(output_dir)
     paths = {"segmentation": output_dir / f"{name}.seg.nrrd", "labelmap": output_dir / f"{name}.nii.gz",
              "report": output_dir / f"{name}.json", "lesions_csv": output_dir / f"{name}_lesions.csv"}
     if dicom_seg:
         paths[DICOM_SEG_KEY] = output_dir / f"{name}_seg.dcm"
+    if tta:
+        paths.update({key: output_dir / f"{name}_tumor_{key}.nii.gz" for key in TTA_KEYS})
     return paths
 
 
-def check_not_overwriting(output_dir: Path, name: str, force: bool, dicom_seg: bool = False) -> None:
+def check_not_overwriting(output_dir: Path, name: str, force: bool, dicom_seg: bool = False,
+                          tta: bool = False) -> None:
     """Refuse (before any work is done) when an output file already exists and ``force`` is off."""
-    existing = [str(p) for p in output_paths(output_dir, name, dicom_seg).values() if p.exists()]
+    existing = [str(p) for p in output_paths(output_dir, name, dicom_seg, tta).values() if p.exists()]
     if existing and not force:
         raise LiverTumorSegError(f"output {existing[0]} already exists; use --force to overwrite it "
                                  "or choose another --output folder")
@@ -137,7 +145,30 @@ def build_report(result: Any, input_path: Path, name: str, source: str) -> Dict[
     if result.tumor_uncertainty is not None and report.get("lesions"):
         std = sitk.GetArrayViewFromImage(result.tumor_uncertainty)
         report["tumor_tta_std_mean"] = float(std.mean())
+        maps = tta_maps(result)
+        if maps is not None:
+            from ..metrics import on_grid_of
+
+            in_tumor = on_grid_of(result.labelmap, maps["tta_cv"]) == TUMOR_LABEL
+            if in_tumor.any():
+                cv = sitk.GetArrayViewFromImage(maps["tta_cv"])
+                report["tumor_tta_cv_mean_in_tumor"] = float(cv[in_tumor].mean())
     return report
+
+
+def tta_maps(result: Any) -> Optional[Dict[str, sitk.Image]]:
+    """The TTA mean, standard deviation and variation coefficient images of ``result`` by TTA_KEYS
+    (None when it carries no TTA maps)."""
+    from ..inference import variation_coefficient
+
+    std, mean = getattr(result, "tumor_uncertainty", None), getattr(result, "tumor_probability", None)
+    if std is None or mean is None:
+        return None
+    cv = sitk.GetImageFromArray(variation_coefficient(sitk.GetArrayViewFromImage(mean),
+                                                      sitk.GetArrayViewFromImage(std)))
+    cv.CopyInformation(mean)
+    return {"tta_mean": sitk.Cast(mean, sitk.sitkFloat32), "tta_std": sitk.Cast(std, sitk.sitkFloat32),
+            "tta_cv": cv}
 
 
 def write_outputs(result: Any, input_path: Path, name: str, source: str, output_dir: Path,
@@ -149,18 +180,19 @@ def write_outputs(result: Any, input_path: Path, name: str, source: str, output_
     JSON report. Returns the paths by key (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``)."""
     output_dir = Path(output_dir)
     with_dicom_seg = dicom_seg_source is not None
-    check_not_overwriting(output_dir, name, force, with_dicom_seg)
+    maps = tta_maps(result)
+    check_not_overwriting(output_dir, name, force, with_dicom_seg, maps is not None)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LiverTumorSegError(f"cannot create output folder {output_dir} ({exc.strerror})") from None
-    final = output_paths(output_dir, name, with_dicom_seg)
+    final = output_paths(output_dir, name, with_dicom_seg, maps is not None)
     labels = sitk.GetArrayViewFromImage(result.labelmap)
     geometry = Geometry.of(result.labelmap)
     tmp = Path(tempfile.mkdtemp(prefix=".livertumorseg-", dir=output_dir))
     moved: List[Path] = []
     try:
-        staged = output_paths(tmp, name, with_dicom_seg)
+        staged = output_paths(tmp, name, with_dicom_seg, maps is not None)
         if with_dicom_seg:
             from .dicom_seg import write_dicom_seg
 
@@ -168,6 +200,8 @@ def write_outputs(result: Any, input_path: Path, name: str, source: str, output_
         write_seg_nrrd(np.asarray(labels), geometry, staged["segmentation"])
         write_labelmap(result.labelmap, staged["labelmap"])
         write_lesions_csv(staged["lesions_csv"], result.measurements)
+        for key, image in (maps or {}).items():
+            sitk.WriteImage(image, str(staged[key]), useCompression=True)
         report = build_report(result, input_path, name, source)
         report.update(report_extra or {})
         report["outputs"] = {k: str(v) for k, v in final.items()}

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 import torch
 
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.inference import LoadedModel, predict_foreground, predict_image, resolve_device
+from LiverTumorSegLib.inference import (TRAINING_FLIP_AXES, TTA_FLIPS, LoadedModel, predict_foreground,
+                                        predict_image, resolve_device, variation_coefficient)
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.preprocess import model_grid, normalize_hu, resample_ct_to_model
 from LiverTumorSegLib.stages.liver import probability_to_mask
@@ -157,13 +158,31 @@ def test_tta_returns_a_std_map_and_undoes_its_flips(helpers, liver_model, random
     mean, std = predict_foreground(liver_model, hu, torch.device("cpu"), tta=True, on_progress=fractions.append)
     assert no_std is None
     assert std is not None and std.shape == hu.shape and std.dtype == np.float32 and mean.dtype == np.float32
-    assert fractions == [0.25, 0.5, 0.75, 1.0]
+    assert fractions == [0.5, 1.0]  # the identity and the left-right flip
     # A per-voxel model commutes with flips: undone flips give the same map and no spread.
     np.testing.assert_allclose(mean, plain, atol=1e-5)
     assert float(std.max()) < 1e-5
     # A random network does not: its flipped predictions disagree somewhere.
     _, random_std = predict_foreground(random_model, hu, torch.device("cpu"), tta=True)
     assert float(random_std.max()) > 1e-4 and float(random_std.min()) >= 0.0
+
+
+def test_tta_flips_are_the_flips_training_applies():
+    from LiverTumorSegLib.training.patches import augmentations
+    from LiverTumorSegLib.training.trainer import _augmentations
+
+    def flip_axes(compose) -> set:
+        return {t.flipper.spatial_axis for t in compose.transforms if type(t).__name__ == "RandFlipd"}
+
+    assert flip_axes(augmentations((16, 16, 16), 0.5, True)) == set(TRAINING_FLIP_AXES)
+    assert flip_axes(_augmentations((16, 16, 16), True)) == set(TRAINING_FLIP_AXES)
+    assert TTA_FLIPS == [(), (4,)]  # tensor axes (batch, channel, k, j, i): identity and the i flip
+
+
+def test_variation_coefficient_by_hand():
+    mean = np.array([0.5, 0.2, 0.04, 0.0], np.float32)
+    std = np.array([0.25, 0.1, 0.02, 0.0], np.float32)
+    np.testing.assert_allclose(variation_coefficient(mean, std), [0.5, 0.5, 0.0, 0.0])  # 0 below mean 0.05
 
 
 def test_image_smaller_than_the_patch_is_padded(liver_model):

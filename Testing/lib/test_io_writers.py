@@ -17,7 +17,7 @@ from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry
 from LiverTumorSegLib.io import writers
 from LiverTumorSegLib.io.terminology import LIVER, SEGMENTS, TUMOR
-from LiverTumorSegLib.io.writers import output_paths, write_outputs
+from LiverTumorSegLib.io.writers import TTA_KEYS, output_paths, write_outputs
 from LiverTumorSegLib.measure import CSV_HEADER, measure_labelmap
 from LiverTumorSegLib.pipeline import PipelineSettings, SegmentationResult
 
@@ -159,6 +159,42 @@ def test_json_reports_the_tta_uncertainty_when_present(tmp_path, helpers, tiny_r
     _, _, result = _result(helpers, tiny_registry, tiny_models, uncertainty=True)
     paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
     assert json.loads(Path(paths["report"]).read_text())["tumor_tta_std_mean"] == pytest.approx(0.25)
+    assert not any(key in paths for key in TTA_KEYS)  # no mean given: no TTA maps
+
+
+def test_tta_mean_std_and_variation_coefficient_volumes(tmp_path, helpers, tiny_registry, tiny_models):
+    ct, labels, result = _result(helpers, tiny_registry, tiny_models, orientation="RAS", uncertainty=True)
+    crop = ct[10:30, 8:26, 4:18]  # a crop holding the phantom's lesion
+    mean = np.full(sitk.GetArrayViewFromImage(crop).shape, 0.5, np.float32)
+    mean[0, 0, 0] = 0.01  # below CV_MIN_MEAN: CV 0
+    result.tumor_probability = sitk.GetImageFromArray(mean)
+    result.tumor_probability.CopyInformation(crop)
+    result.tumor_uncertainty = sitk.GetImageFromArray(np.full(mean.shape, 0.1, np.float32))
+    result.tumor_uncertainty.CopyInformation(crop)
+    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
+    assert [Path(paths[key]).name for key in TTA_KEYS] == ["c_tumor_tta_mean.nii.gz", "c_tumor_tta_std.nii.gz",
+                                                          "c_tumor_tta_cv.nii.gz"]
+    cv = sitk.ReadImage(paths["tta_cv"])
+    assert cv.GetOrigin() == pytest.approx(crop.GetOrigin()) and cv.GetDirection() == pytest.approx(crop.GetDirection())
+    values = sitk.GetArrayFromImage(cv)
+    assert values[0, 0, 0] == 0.0 and values[1, 1, 1] == pytest.approx(0.2)  # 0.1 / 0.5
+    report = json.loads(Path(paths["report"]).read_text())
+    assert report["tumor_tta_cv_mean_in_tumor"] == pytest.approx(0.2, abs=1e-6)
+    assert report["outputs"]["tta_mean"] == paths["tta_mean"]
+    # an existing TTA volume is not overwritten without force
+    (tmp_path / "out2").mkdir()
+    Path(tmp_path / "out2" / "c_tumor_tta_cv.nii.gz").write_text("x")
+    with pytest.raises(LiverTumorSegError, match="already exists"):
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out2")
+
+
+def test_segment_tta_writes_the_uncertainty_volumes(tmp_path, small_ct_file, tiny_models_env, cli_main):
+    assert cli_main(["segment", str(small_ct_file), "--output", str(tmp_path), "--device", "cpu", "--progress",
+                     "none", "--tta"]) == 0
+    name = json.loads(next(tmp_path.glob("*.json")).read_text())["name"]
+    for key in TTA_KEYS:
+        image = sitk.ReadImage(str(tmp_path / f"{name}_tumor_{key}.nii.gz"))
+        assert image.GetPixelID() == sitk.sitkFloat32
 
 
 def test_lesions_csv_header_and_rows(written):

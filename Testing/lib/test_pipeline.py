@@ -260,6 +260,9 @@ def test_tta_gives_an_uncertainty_map_on_the_liver_crop(helpers, tiny_models):
     # The crop's origin is a voxel centre of the CT grid.
     index = ct.TransformPhysicalPointToContinuousIndex(uncertainty.GetOrigin())
     np.testing.assert_allclose(index, np.round(index), atol=1e-6)
+    mean = result.tumor_probability  # the ensemble's TTA mean, on the same crop grid
+    assert mean.GetSize() == uncertainty.GetSize() and mean.GetOrigin() == uncertainty.GetOrigin()
+    assert 0.0 <= float(sitk.GetArrayViewFromImage(mean).min()) and float(sitk.GetArrayViewFromImage(mean).max()) <= 1.0
     assert _pipeline(helpers, tiny_models, tta=True, fast=True).run(ct).tumor_uncertainty is None
 
 
