@@ -88,26 +88,10 @@ uncertainty;</li>
 # Parameter node
 #
 
-if parameterNodeWrapper is not None:
-
-    @parameterNodeWrapper
-    class LiverTumorSegParameterNode:
-        """The module's settings, saved with the scene (names and defaults: parameters.py)."""
-
-        inputVolume: slicer.vtkMRMLScalarVolumeNode
-        outputSegmentation: slicer.vtkMRMLSegmentationNode
-        liverModel: str = ""
-        tumorModel: str = ""
-        device: str = "auto"
-        quality: str = "full"
-        tta: bool = False
-        liverRefine: bool = True
-        activeContour: bool = True
-        interslice: bool = True
-        exportDirectory: str = ""
-
-else:
-    LiverTumorSegParameterNode = None
+# The module's settings, saved with the scene: names, types and defaults from parameters.py (made
+# from the library's settings schema).
+LiverTumorSegParameterNode = (parameterNodeWrapper(parameters.wrapper_class(slicer))
+                              if parameterNodeWrapper is not None else None)
 
 
 #
@@ -158,10 +142,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def optionsFromParameters(p) -> SegmentOptions:
-        return SegmentOptions(device=parameters.DEVICE_TO_CLI.get(p.device, "auto"), fast=p.quality == "fast",
-                              tta=p.tta, liver_refine=p.liverRefine, active_contour=p.activeContour,
-                              interslice=p.interslice,
-                              liver_model=p.liverModel or None, tumor_model=p.tumorModel or None)
+        return parameters.segment_options(p)
 
     # -- dependencies -----------------------------------------------------------------------
     @staticmethod
@@ -193,7 +174,7 @@ class LiverTumorSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def defaultModels() -> Dict[str, str]:
         """The models the library uses when none is chosen, by task."""
-        from LiverTumorSegLib.models.registry import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL
+        from LiverTumorSegLib.settings_schema import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL
 
         return {"liver": DEFAULT_LIVER_MODEL, "tumor": DEFAULT_TUMOR_MODEL}
 

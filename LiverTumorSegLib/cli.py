@@ -15,11 +15,11 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import __version__
+from . import __version__, settings_schema
 from .errors import CancelledError, LiverTumorSegError
 from .progress import ProgressEvent
 
@@ -102,6 +102,11 @@ def _configure_logging(progress_mode: str, verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# The pipeline's settings as ``segment`` options, in this order (declared in settings_schema).
+SEGMENT_SETTINGS = ("device", "fast", "liver_model", "tumor_model", "tta", "refine_liver", "active_contour",
+                    "interslice", "parenchyma_prior", "min_lesion_ml", "crop_margin_mm")
+
+
 def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment the liver and liver tumors of CT volumes",
                        description="Segment the liver and liver tumors of one or more CTs (NIfTI, NRRD, MHA/MHD "
@@ -109,22 +114,9 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
                                    "and NAME_lesions.csv per input into --output.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--fast", action="store_true", help="less sliding-window overlap and no TTA: faster, coarser")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--liver-model", default=None, metavar="NAME|CARD.json")
-    p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation of the tumor ensemble "
-                                                      "(reports an uncertainty)")
-    p.add_argument("--no-liver-refine", action="store_true",
-                   help="skip the liver refinement model (the liver stage's mask is used as it is)")
-    p.add_argument("--no-active-contour", action="store_true", help="skip the active-contour lesion refinement")
-    p.add_argument("--no-interslice", action="store_true", help="skip the inter-slice consistency cleanup")
-    p.add_argument("--no-parenchyma-prior", action="store_true",
-                   help="tumors from the model ensemble alone, without completing its lesions from this scan's "
-                        "liver parenchyma HU")
-    p.add_argument("--min-lesion-ml", type=float, default=None, help="drop lesions smaller than this (mL)")
-    p.add_argument("--margin-mm", type=float, default=None, help="margin around the liver for the tumor crop")
+    for name in SEGMENT_SETTINGS:
+        settings_schema.add_argument(p, name)
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write NAME_seg.dcm, a DICOM SEG referencing the input series (DICOM folder "
                         "inputs only; needs highdicom: pip install 'LiverTumorSegLib[dicom]')")
@@ -132,26 +124,11 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings_from_args(args: argparse.Namespace):
+    """The pipeline's settings from the parsed options; a tuned number not given is the tumor
+    model card's (else the library default)."""
     from .pipeline import PipelineSettings
 
-    settings = PipelineSettings(device=args.device, fast=args.fast, tta=args.tta,
-                                active_contour=not args.no_active_contour, interslice=not args.no_interslice,
-                                refine_liver=not args.no_liver_refine)
-    if args.no_parenchyma_prior:
-        settings.parenchyma = replace(settings.parenchyma, enabled=False)
-    if args.liver_model:
-        settings.liver_model = args.liver_model
-    if args.tumor_model:
-        settings.tumor_model = args.tumor_model
-    if args.min_lesion_ml is not None:
-        if args.min_lesion_ml < 0:
-            raise LiverTumorSegError("--min-lesion-ml must be 0 or more")
-        settings.min_lesion_ml = args.min_lesion_ml
-    if args.margin_mm is not None:
-        if args.margin_mm < 0:
-            raise LiverTumorSegError("--margin-mm must be 0 or more")
-        settings.crop_margin_mm = args.margin_mm
-    return settings
+    return PipelineSettings.from_values(settings_schema.values_from_args(args, SEGMENT_SETTINGS))
 
 
 def _check_dicom_seg_possible(inputs: Sequence[Path]) -> None:
@@ -340,8 +317,8 @@ def _add_lesion_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--at", required=True, metavar="R,A,S", help="the point, RAS mm as 3D Slicer shows it")
     p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json",
-                   help="the tumor model or ensemble that draws an added lesion (default: the default one)")
+    settings_schema.add_argument(p, "tumor_model",
+                                 help="the tumor model or ensemble that draws an added lesion (default: %(default)s)")
     return p
 
 

@@ -14,6 +14,7 @@ from .models.card import HYPODENSITY_CHANNEL, ModelCard
 from .models.networks import build_network, forward_logits
 from .models.weights import load_weights
 from .preprocess import normalize_hu
+from .settings_schema import setting
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,15 @@ CV_MIN_MEAN = 0.05  # the variation coefficient is reported where the mean proba
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error."""
+    """The device setting (settings_schema) as a torch device: ``auto`` picks CUDA when available;
+    ``cuda`` without a GPU is a user error."""
+    requested = setting("device").check(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise LiverTumorSegError("--device cuda was requested but no CUDA GPU is available; "
-                                     "use --device cpu or auto")
-        return torch.device("cuda")
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise LiverTumorSegError(f"unknown device '{requested}'; use auto, cpu or cuda")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise LiverTumorSegError("--device cuda was requested but no CUDA GPU is available; "
+                                 "use --device cpu or auto")
+    return torch.device(requested)
 
 
 @dataclass

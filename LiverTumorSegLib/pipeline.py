@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,11 +20,12 @@ from .geometry import Geometry
 from .inference import LoadedModel, resolve_device
 from .measure import Measurements, measure_labelmap
 from .models.card import ModelCard
-from .models.registry import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL, ModelRegistry
+from .models.registry import ModelRegistry
 from .postprocess.active_contour import refine_lesions
 from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
 from .postprocess.interslice import interslice_consistency
 from .progress import Progress
+from .settings_schema import BY_NAME, LibraryDefault, checked_values, default
 from .stages.crop import Box, crop_image, liver_box
 from .stages.liver import clean_liver, liver_cut_by_scan, refine_liver, segment_liver, tumor_search_region
 from .stages.parenchyma import ParenchymaCandidates, ParenchymaPrior, apply_parenchyma_prior
@@ -35,28 +36,50 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PipelineSettings:
-    """Every switch of the pipeline; defaults are the full-quality run."""
+    """Every switch of the pipeline; defaults are the full-quality run. The user-facing ones take
+    their defaults (and their meaning) from ``settings_schema``; the tuned numbers among them
+    (tumor threshold, minimum lesion, crop margin) become the tumor model card's ``postprocess``
+    values where the caller gave none (:meth:`tuned_by`)."""
 
-    liver_model: str = DEFAULT_LIVER_MODEL
-    tumor_model: str = DEFAULT_TUMOR_MODEL
-    device: str = "auto"
-    fast: bool = False  # less sliding-window overlap, no test-time augmentation
-    tta: bool = False  # flip test-time augmentation of the tumor ensemble (+ uncertainty map)
+    liver_model: str = default("liver_model")
+    tumor_model: str = default("tumor_model")
+    device: str = default("device")
+    fast: bool = default("fast")
+    tta: bool = default("tta")
     liver_threshold: float = 0.5
-    tumor_threshold: float = 0.5  # a lesion needs voxels at least this probable (its seed)
-    tumor_grow_threshold: Optional[float] = None  # ... and extends over connected voxels above this (hysteresis)
-    refine_liver: bool = True  # run the liver model's refinement model (its card's refine_model), if any
+    tumor_threshold: float = default("tumor_threshold")
+    tumor_grow_threshold: Optional[float] = None  # a lesion extends over connected voxels above this (hysteresis)
+    refine_liver: bool = default("refine_liver")  # the liver model's refinement model (card's refine_model), if any
     keep_largest_liver: bool = True
     fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
-    crop_margin_mm: float = 15.0
+    crop_margin_mm: float = default("crop_margin_mm")
     tumor_inside_liver: bool = True
-    # complete lesions the ensemble found in part from this scan's own liver parenchyma HU
-    parenchyma: ParenchymaPrior = field(default_factory=ParenchymaPrior)
-    interslice: bool = True
-    active_contour: bool = True
+    parenchyma: ParenchymaPrior = field(default_factory=lambda: ParenchymaPrior(enabled=default("parenchyma_prior")))
+    interslice: bool = default("interslice")
+    active_contour: bool = default("active_contour")
     active_contour_iterations: int = 8
-    min_lesion_ml: float = 0.05
+    min_lesion_ml: float = default("min_lesion_ml")
     min_liver_ml: float = 100.0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "PipelineSettings":
+        """Settings from user-facing values by schema name (checked; ``None`` = not given)."""
+        settings = cls()
+        for name, value in checked_values(values).items():
+            if value is None or name not in values:
+                continue
+            owner, _, attribute = BY_NAME[name].pipeline_field.rpartition(".")
+            if owner:
+                setattr(settings, owner, replace(getattr(settings, owner), **{attribute: value}))
+            else:
+                setattr(settings, attribute, value)
+        return settings
+
+    def tuned_by(self, postprocess: Mapping[str, float]) -> "PipelineSettings":
+        """These settings with a tumor model card's tuned numbers where they hold the library
+        default (a value the caller gave is kept)."""
+        tuned = {name: value for name, value in postprocess.items() if isinstance(getattr(self, name), LibraryDefault)}
+        return replace(self, **tuned) if tuned else self
 
     @property
     def overlap(self) -> float:
@@ -104,10 +127,12 @@ class Pipeline:
     """Loads the liver model and tumor ensemble once and segments any number of CTs."""
 
     def __init__(self, settings: Optional[PipelineSettings] = None, registry: Optional[ModelRegistry] = None):
-        self.settings = settings or PipelineSettings()
+        settings = settings or PipelineSettings()
         self.registry = registry or ModelRegistry.default()
-        liver_card = self.registry.resolve(self.settings.liver_model, task="liver")
-        tumor_card = self.registry.resolve(self.settings.tumor_model, task="tumor")
+        liver_card = self.registry.resolve(settings.liver_model, task="liver")
+        tumor_card = self.registry.resolve(settings.tumor_model, task="tumor")
+        self.tumor_postprocess: Dict[str, float] = dict(tumor_card.postprocess)  # the card's tuned numbers
+        self.settings = settings.tuned_by(self.tumor_postprocess)
         liver_members = self.registry.ensemble_members(liver_card)
         if len(liver_members) != 1:
             raise LiverTumorSegError(f"liver model '{liver_card.name}' must be a single model")
@@ -166,8 +191,10 @@ class Pipeline:
     def finish(self, ct: sitk.Image, evidence: TumorEvidence,
                settings: Optional[PipelineSettings] = None) -> SegmentationResult:
         """Post-processing and measurements of ``evidence`` with ``settings`` (default: this
-        pipeline's); only the post-processing switches of ``settings`` are used."""
-        return self._finish(ct, evidence, settings or self.settings, self.device, Progress(), [], {})
+        pipeline's; tuned numbers they leave at the library default are the tumor card's); only
+        the post-processing switches of ``settings`` are used."""
+        settings = self.settings if settings is None else settings.tuned_by(self.tumor_postprocess)
+        return self._finish(ct, evidence, settings, self.device, Progress(), [], {})
 
     @staticmethod
     @contextmanager

@@ -12,16 +12,28 @@
   this process, undo) and the click as a markups point; runs on ``slicer-core`` too.
 - ``export``: Export: the library's files, and DICOM SEG from the DICOM database's files.
 - ``presentation``: the text the panel shows (results table, model card, model combo boxes).
-- ``parameters``: the settings stored in the parameter node.
+- ``parameters``: the module's settings, made from the library's settings schema: the parameter
+  node, the panel's widgets for them, the options of a run.
 - ``dependencies``: which Python packages the library needs, which are missing, installing them.
 
 They live in this sub-package because Slicer tries to load every ``.py`` file at the top of a
-scripted-module folder as a module.
+scripted-module folder as a module. Importing it puts the library on ``sys.path``, so its
+submodules import ``LiverTumorSegLib`` (only its torch-free parts in Slicer's own process).
 """
 
 import sys
+from pathlib import Path
 
-from .process import library_root
+
+def library_root() -> Path:
+    """The folder that holds the ``LiverTumorSegLib`` package: beside this package when installed
+    (qt-scripted-modules/), the repository root in a source checkout."""
+    module_dir = Path(__file__).resolve().parents[1]
+    for candidate in (module_dir, module_dir.parent):
+        if (candidate / "LiverTumorSegLib" / "__init__.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"the LiverTumorSegLib package was not found beside {module_dir}; "
+                            "reinstall the LiverTumorSeg extension")
 
 
 def ensure_library_importable() -> None:

@@ -33,6 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
+from LiverTumorSegLib import settings_schema  # the settings and stages (no PyTorch); on sys.path: see __init__.py
+from LiverTumorSegLib.settings_schema import Stage
+
+from . import library_root
+
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
@@ -64,41 +69,33 @@ class RunOutcome:
 # Command line
 
 
-@dataclass
 class SegmentOptions:
-    """The switches of ``segment`` the module exposes; ``None`` model names mean the CLI's default."""
+    """What a background ``segment`` run is asked for: settings of ``LiverTumorSegLib.settings_schema``
+    by name (``SegmentOptions(device="cpu", fast=True)``; unknown names and values it does not allow
+    raise ValueError here, before any process starts; ``None`` or left out: the library's default)
+    and ``force``, to overwrite existing outputs."""
 
-    device: str = "auto"  # auto | cpu | cuda
-    fast: bool = False
-    tta: bool = False
-    liver_refine: bool = True
-    active_contour: bool = True
-    interslice: bool = True
-    liver_model: Optional[str] = None
-    tumor_model: Optional[str] = None
-    force: bool = False
+    def __init__(self, force: bool = False, **settings: Any) -> None:
+        self.settings = settings_schema.checked_values(settings)
+        self.force = bool(force)
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings", {})
+        if name not in settings:
+            raise AttributeError(name)
+        return settings[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SegmentOptions) and (self.settings, self.force) == (other.settings, other.force)
+
+    def __repr__(self) -> str:
+        changed = [f"{name}={value!r}" for name, value in self.settings.items()
+                   if value is not None and value != settings_schema.BY_NAME[name].default]
+        return f"SegmentOptions({', '.join(changed + (['force=True'] if self.force else []))})"
 
     def to_args(self) -> List[str]:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        args = ["--device", self.device]
-        if self.fast:
-            args.append("--fast")
-        if self.force:
-            args.append("--force")
-        if self.tta:
-            args.append("--tta")
-        if not self.liver_refine:
-            args.append("--no-liver-refine")
-        if not self.active_contour:
-            args.append("--no-active-contour")
-        if not self.interslice:
-            args.append("--no-interslice")
-        if self.liver_model:
-            args += ["--liver-model", self.liver_model]
-        if self.tumor_model:
-            args += ["--tumor-model", self.tumor_model]
-        return args
+        """The ``segment`` options for these settings (none for a default)."""
+        return settings_schema.command_line(self.settings) + (["--force"] if self.force else [])
 
 
 def running_in_slicer() -> bool:
@@ -120,17 +117,6 @@ def python_executable() -> str:
         return str(beside)
     raise FileNotFoundError("PythonSlicer was not found on PATH or beside the Slicer executable; "
                             "reinstall 3D Slicer")
-
-
-def library_root() -> Path:
-    """The folder that holds the ``LiverTumorSegLib`` package: beside this package when installed
-    (qt-scripted-modules/), the repository root in a source checkout."""
-    module_dir = Path(__file__).resolve().parents[1]
-    for candidate in (module_dir, module_dir.parent):
-        if (candidate / "LiverTumorSegLib" / "__init__.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"the LiverTumorSegLib package was not found beside {module_dir}; "
-                            "reinstall the LiverTumorSeg extension")
 
 
 def library_environment(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -429,14 +415,8 @@ class Launcher:
 # Staged progress
 
 
-STAGE_WEIGHTS: Tuple[Tuple[str, float], ...] = (
-    ("load", 0.04), ("liver", 0.20), ("crop", 0.02), ("liver_refine", 0.10), ("tumor", 0.38), ("postprocess", 0.12),
-    ("measure", 0.03), ("write", 0.03), ("import", 0.08))
-
-STAGE_TITLES = {"load": "Loading the CT", "liver": "Liver (global view)", "crop": "Cropping to the liver",
-                "liver_refine": "Liver refinement (local view)",
-                "postprocess": "Post-processing", "measure": "Measuring", "write": "Writing results",
-                "import": "Importing into the scene"}
+# The library's stages (titles and weights: LiverTumorSegLib.settings_schema), then the module's own.
+STAGES: Tuple[Stage, ...] = settings_schema.STAGES + (Stage("import", "Importing into the scene", 0.08),)
 
 
 @dataclass
@@ -453,18 +433,18 @@ class StagedProgress:
     _members_seen: List[str] = field(default_factory=list)
 
     def update(self, stage: str, fraction: float) -> Tuple[float, str]:
-        base, weight = self._band(stage.split(":", 1)[0])
-        if stage.startswith("tumor:"):
-            member = stage.split(":", 1)[1]
+        base, member = settings_schema.split_stage(stage)
+        start, weight = self._band(base)
+        if member is not None:
             if member not in self._members_seen:
                 self._members_seen.append(member)
             count = max(self.tumor_members or 0, len(self._members_seen))
             index = self._members_seen.index(member)
-            position = base + weight * (index + fraction) / count
-            self.title = f"Tumor model {member} ({index + 1}/{count})"
+            position = start + weight * (index + fraction) / count
+            self.title = settings_schema.stage_title(stage, index + 1, count, STAGES)
         elif weight > 0:
-            position = base + weight * fraction
-            self.title = STAGE_TITLES.get(stage, stage)
+            position = start + weight * fraction
+            self.title = settings_schema.stage_title(stage, stages=STAGES)
         else:
             position = self.overall
             self.title = stage
@@ -473,9 +453,11 @@ class StagedProgress:
 
     @staticmethod
     def _band(stage: str) -> Tuple[float, float]:
+        """(start, share) of ``stage`` on the overall bar; (0, 0) for an unknown stage."""
+        total = sum(s.weight for s in STAGES)
         start = 0.0
-        for name, weight in STAGE_WEIGHTS:
-            if name == stage:
-                return start, weight
-            start += weight
+        for s in STAGES:
+            if s.name == stage:
+                return start / total, s.weight / total
+            start += s.weight
         return 0.0, 0.0

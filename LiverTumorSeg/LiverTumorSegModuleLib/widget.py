@@ -97,6 +97,8 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setHorizontalHeaderLabels(RESULT_HEADERS)
         self.ui.resultsTable.verticalHeader().setVisible(False)
 
+        self.setupSettingWidgets()
+
         self.logic = self.createLogic()
         # the click of a lesion edit is handled once the view has handled it
         self._lesionClick = lesion.ClickPlacement(slicer.mrmlScene, defer=lambda callback: qt.QTimer.singleShot(0, callback))
@@ -106,13 +108,10 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.liverModelComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.tumorModelComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        self.ui.qualityComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
-        for checkBox in (self.ui.ttaCheckBox, self.ui.liverRefineCheckBox, self.ui.activeContourCheckBox,
-                         self.ui.intersliceCheckBox):
-            checkBox.toggled.connect(self.updateParameterNodeFromGUI)
+        for setting in parameters.MODULE_SETTINGS:
+            widget = self.settingWidget(setting)
+            signal = widget.toggled if parameters.is_check_box(setting) else widget.currentIndexChanged
+            signal.connect(self.updateParameterNodeFromGUI)
         self.ui.exportDirectoryButton.directoryChanged.connect(self.updateParameterNodeFromGUI)
 
         self.ui.segmentButton.clicked.connect(self.onSegmentButton)
@@ -128,6 +127,22 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self.refreshModels(quiet=True)
+
+    def setupSettingWidgets(self) -> None:
+        """Labels, tooltips and combo box items of the run's settings, from the library's settings schema."""
+        for setting in parameters.MODULE_SETTINGS:
+            widget = self.settingWidget(setting)
+            widget.toolTip = setting.help[:1].upper() + setting.help[1:] + "."
+            if parameters.is_check_box(setting):
+                widget.text = setting.label
+                continue
+            getattr(self.ui, setting.parameter + "Label").text = setting.label + ":"
+            for text, _ in setting.shown:  # the model combo boxes list the installed models instead
+                widget.addItem(text)
+
+    def settingWidget(self, setting):
+        """The check box or combo box of one of the run's settings."""
+        return getattr(self.ui, parameters.widget_name(setting))
 
     def cleanup(self) -> None:
         """Called when the module is unloaded (application exit, reload): stop the panel's run and
@@ -187,12 +202,12 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
             self.ui.outputSegmentationSelector.setCurrentNode(p.outputSegmentation)
             self.updateModelComboBoxes()
-            _selectComboText(self.ui.deviceComboBox, p.device)
-            _selectComboText(self.ui.qualityComboBox, p.quality)
-            self.ui.ttaCheckBox.checked = p.tta
-            self.ui.liverRefineCheckBox.checked = p.liverRefine
-            self.ui.activeContourCheckBox.checked = p.activeContour
-            self.ui.intersliceCheckBox.checked = p.interslice
+            for setting in parameters.MODULE_SETTINGS:
+                widget, value = self.settingWidget(setting), getattr(p, setting.parameter)
+                if parameters.is_check_box(setting):
+                    widget.checked = value
+                elif setting.shown:
+                    _selectComboText(widget, value)
             if p.exportDirectory:
                 self.ui.exportDirectoryButton.directory = p.exportDirectory
         finally:
@@ -211,14 +226,15 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             p.inputVolume = self.ui.inputVolumeSelector.currentNode()
             p.outputSegmentation = self.ui.outputSegmentationSelector.currentNode()
-            p.liverModel = self.ui.liverModelComboBox.currentData or ""
-            p.tumorModel = self.ui.tumorModelComboBox.currentData or ""
-            p.device = self.ui.deviceComboBox.currentText
-            p.quality = self.ui.qualityComboBox.currentText
-            p.tta = self.ui.ttaCheckBox.checked
-            p.liverRefine = self.ui.liverRefineCheckBox.checked
-            p.activeContour = self.ui.activeContourCheckBox.checked
-            p.interslice = self.ui.intersliceCheckBox.checked
+            for setting in parameters.MODULE_SETTINGS:
+                widget = self.settingWidget(setting)
+                if parameters.is_check_box(setting):
+                    value = widget.checked
+                elif setting.shown:
+                    value = widget.currentText
+                else:  # a model combo box: the model's name, "" for the library's default
+                    value = widget.currentData or ""
+                setattr(p, setting.parameter, value)
             p.exportDirectory = self.ui.exportDirectoryButton.directory
         finally:
             mrmlNode.EndModify(wasModifying)
@@ -233,11 +249,9 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = running or hasInput
         self.ui.segmentButton.toolTip = ("Stop the segmentation; nothing is added to the scene" if running else
                                          "Segment the liver and liver tumors in the background")
-        for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.liverModelComboBox,
-                       self.ui.tumorModelComboBox, self.ui.deviceComboBox, self.ui.qualityComboBox,
-                       self.ui.ttaCheckBox, self.ui.liverRefineCheckBox, self.ui.activeContourCheckBox,
-                       self.ui.intersliceCheckBox,
-                       self.ui.installDependenciesButton, self.ui.refreshModelsButton):
+        for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector,
+                       self.ui.installDependenciesButton, self.ui.refreshModelsButton,
+                       *(self.settingWidget(setting) for setting in parameters.MODULE_SETTINGS)):
             widget.enabled = not running
         for button in (self.ui.recomputeButton, self.ui.editButton, self.ui.exportButton):
             button.enabled = hasResult and not running
@@ -563,7 +577,7 @@ class PanelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ensureDependencies(dependencies.LESION):
             return
         p = self._parameterNode
-        self.logic.lesions.configure(p.tumorModel or None, parameters.DEVICE_TO_CLI.get(p.device, "auto"))
+        self.logic.lesions.configure(parameters.run_setting(p, "tumor_model"), parameters.run_setting(p, "device"))
         try:
             with slicer.util.WaitCursor():
                 self.logic.lesions.prepare(volume)  # the model loads now, not after the click

@@ -3,6 +3,11 @@
 A *model card* describes one network (architecture, preprocessing, weights, provenance,
 measured metrics). An *ensemble card* lists member model names with their weights.
 Both are plain JSON so a person can read them and a registry can serve them.
+
+The card named as the tumor model (a single model or an ensemble) may carry ``postprocess``: the
+tuned numbers of ``settings_schema.TUNED`` (``{"tumor_threshold": 0.4, "min_lesion_ml": 0.1,
+"crop_margin_mm": 20}``) that the pipeline uses for it unless the user gives them; without it the
+library's defaults hold.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import LiverTumorSegError
+from ..settings_schema import check_postprocess
 
 CARD_FORMAT = "livertumorseg-model-card/1"
 # liver: whole CT -> liver; liver_refine: liver crop + the liver stage's mask -> a finer liver;
@@ -49,6 +55,7 @@ class ModelCard:
     input_channels: List[str] = field(default_factory=lambda: ["ct"])
     refine_model: Optional[str] = None  # liver models: a liver_refine model run on the crop after this one
     classes: Dict[str, str] = field(default_factory=dict)
+    postprocess: Dict[str, float] = field(default_factory=dict)  # tumor models: tuned numbers (settings_schema.TUNED)
     description: str = ""
     trained_on: str = ""
     source: str = ""
@@ -101,6 +108,7 @@ class EnsembleCard:
     version: str
     task: str
     members: List[EnsembleMember]
+    postprocess: Dict[str, float] = field(default_factory=dict)  # tuned numbers for the ensemble's probability
     description: str = ""
     trained_on: str = ""
     source: str = ""
@@ -130,9 +138,12 @@ AnyCard = "ModelCard | EnsembleCard"
 
 
 def _card_dict(card: Any, kind: str) -> Dict[str, Any]:
-    """The JSON form of a card: its fields without the in-memory ``card_path``, plus format and kind."""
+    """The JSON form of a card: its fields without the in-memory ``card_path`` (and without an empty
+    ``postprocess``: such cards read as before), plus format and kind."""
     d = asdict(card)
     d.pop("card_path")
+    if not d["postprocess"]:
+        d.pop("postprocess")
     d["format"] = CARD_FORMAT
     d["kind"] = kind
     return d
@@ -169,7 +180,11 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
     task = _require(d, "task", path)
     if task not in TASKS:
         raise LiverTumorSegError(f"model card {path} has task '{task}'; expected one of {TASKS}")
-    common = dict(name=check_model_name(_require(d, "name", path), path),
+    postprocess = check_postprocess(d.get("postprocess", {}), path)
+    if postprocess and task != "tumor":
+        raise LiverTumorSegError(f"model card {path}: only a tumor model's card has postprocess numbers "
+                                 f"(got task {task})")
+    common = dict(name=check_model_name(_require(d, "name", path), path), postprocess=postprocess,
                   version=str(_require(d, "version", path)), task=task,
                   description=d.get("description", ""), trained_on=d.get("trained_on", ""),
                   source=d.get("source", ""), metrics=d.get("metrics", {}),

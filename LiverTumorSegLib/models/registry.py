@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ..errors import LiverTumorSegError
+from ..settings_schema import DEFAULT_LIVER_MODEL, DEFAULT_TUMOR_MODEL  # noqa: F401 (declared with the settings)
 from .card import EnsembleCard, ModelCard, read_card
-
-DEFAULT_LIVER_MODEL = "liver-demo"
-DEFAULT_TUMOR_MODEL = "tumor-demo-ensemble"
 
 Card = Union[ModelCard, EnsembleCard]
 

@@ -11,6 +11,7 @@ import torch
 from ..inference import LoadedModel, predict_image
 from ..models.card import HYPODENSITY_CHANNEL
 from ..preprocess import resample_to
+from ..settings_schema import member_stage
 
 MemberProgress = Callable[[int, float], None]  # (member index, fraction of that member)
 
@@ -66,4 +67,4 @@ def needs_hypodensity(members: Sequence[LoadedModel]) -> bool:
 
 def member_stage_names(members: Sequence[LoadedModel]) -> List[str]:
     """Progress stage ids, one per member: ``tumor:<model name>``."""
-    return [f"tumor:{m.card.name}" for m in members]
+    return [member_stage(m.card.name) for m in members]

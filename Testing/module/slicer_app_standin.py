@@ -14,7 +14,7 @@ What it plays, as Slicer 5.6 has it:
   test sets the answers), and ``slicer.ScriptedLoadableModule`` as in Slicer 5.6 (``runTest``
   instantiates ``<Module>Test`` and calls its ``runTest``; Reload and Test shows any exception as
   an error). ``slicer.parameterNodeWrapper`` is absent, so the settings live on the plain
-  parameter node through ``ParameterNodeAdapter`` (same names and defaults: a test checks it).
+  parameter node through ``ParameterNodeAdapter`` (the same names and defaults: parameters.py).
 
 Everything is installed with pytest's ``monkeypatch`` and undone after the test. The module's
 background runs go through its Logic's ``launcher`` (:meth:`SlicerApp.use_fake_cli` gives it one

@@ -1,6 +1,7 @@
 """The Slicer module without Slicer: the .ui file loads with Qt offscreen and has every widget
-(and widget member) the module code uses; the module imports nothing heavy and stays a thin shell;
-its settings and dependency list agree with the library."""
+(and widget member) the module code uses, the run's settings' widgets among them; the module imports
+nothing heavy and stays a thin shell; its parameter node is made from the library's settings schema;
+its dependency list agrees with pyproject.toml."""
 
 from __future__ import annotations
 
@@ -37,15 +38,37 @@ def ui_widgets() -> dict:
     return {w.get("name"): w.get("class") for w in root.iter("widget")}
 
 
+# What the panel does with the widgets of the run's settings (widget.py: setupSettingWidgets,
+# settingWidget and the loops over parameters.MODULE_SETTINGS).
+SETTING_WIDGET_MEMBERS = {
+    "QCheckBox": {"text", "toolTip", "toggled", "checked", "enabled"},
+    "QComboBox": {"toolTip", "addItem", "currentIndexChanged", "currentText", "currentData", "enabled"},
+    "QLabel": {"text"},
+}
+
+
+def setting_widgets() -> dict:
+    """name -> class the panel expects for the widgets of the run's settings."""
+    widgets = {}
+    for setting in parameters.MODULE_SETTINGS:
+        name = parameters.widget_name(setting)
+        widgets[name] = "QComboBox" if name.endswith("ComboBox") else "QCheckBox"
+        if widgets[name] == "QComboBox":
+            widgets[setting.parameter + "Label"] = "QLabel"
+    return widgets
+
+
 def ui_member_uses() -> dict:
-    """name -> set of members the module code (the shell and its panel) uses on ``self.ui.<name>``."""
+    """name -> set of members the module code (the shell and its panel) uses on ``self.ui.<name>``,
+    and on the widgets of the run's settings."""
     source = MODULE_FILE.read_text(encoding="utf-8") + WIDGET_FILE.read_text(encoding="utf-8")
     uses: dict = {}
     for name, member in re.findall(r"self\.ui\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?", source):
         uses.setdefault(name, set())
         if member:
             uses[name].add(member)
-    # widgets passed around in loops: "for checkBox in (self.ui.a, self.ui.b): checkBox.toggled..."
+    for name, cls in setting_widgets().items():
+        uses.setdefault(name, set()).update(SETTING_WIDGET_MEMBERS[cls])
     return uses
 
 
@@ -78,17 +101,16 @@ def test_ui_uses_slicer_widget_classes_with_the_right_settings():
     assert {cls for cls in widgets.values() if cls[0] in "qc" and not cls.startswith("Q")} <= declared
 
 
-def test_combo_items_match_the_settings():
+def test_the_settings_widgets_are_in_the_ui_file_and_hold_no_text_of_their_own():
+    """Their labels, tooltips and items come from the library's settings schema, so the .ui file has
+    the widgets only (nothing there to disagree with the schema)."""
     root = ElementTree.parse(UI_FILE).getroot()
-
-    def items(name):
-        widget = next(w for w in root.iter("widget") if w.get("name") == name)
-        return tuple(i.find("property/string").text for i in widget.findall("item"))
-
-    assert items("deviceComboBox") == parameters.DEVICE_CHOICES
-    assert items("qualityComboBox") == parameters.QUALITY_CHOICES
-    assert set(parameters.DEVICE_TO_CLI) == set(parameters.DEVICE_CHOICES)
-    assert set(parameters.DEVICE_TO_CLI.values()) == {"auto", "cuda", "cpu"}
+    widgets = ui_widgets()
+    expected = setting_widgets()
+    assert {name: widgets.get(name) for name in expected} == expected
+    for element in root.iter("widget"):
+        if element.get("name") in expected:
+            assert not list(element), f"{element.get('name')} sets {[p.get('name') for p in element]} in the .ui"
 
 
 @pytest.fixture(scope="module")
@@ -154,19 +176,41 @@ def test_module_source_compiles_and_imports_nothing_heavy_at_load():
     assert completed.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_parameter_node_wrapper_declares_the_same_settings():
+def test_parameter_node_wrapper_class_is_made_from_the_schema():
+    """What Slicer 5.2+'s parameterNodeWrapper reads (typing.get_type_hints and class attributes):
+    the node settings typed by MRML class, every value setting with its type and stored default."""
+    import typing
+    import types
+
+    mrml = types.SimpleNamespace(vtkMRMLScalarVolumeNode=type("Volume", (), {}),
+                                 vtkMRMLSegmentationNode=type("Segmentation", (), {}))
+    cls = parameters.wrapper_class(mrml)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    assert hints == {"inputVolume": mrml.vtkMRMLScalarVolumeNode, "outputSegmentation": mrml.vtkMRMLSegmentationNode,
+                     "liverModel": str, "tumorModel": str, "device": str, "quality": str, "tta": bool,
+                     "liverRefine": bool, "activeContour": bool, "interslice": bool, "exportDirectory": str}
+    defaults = {name: getattr(cls, name) for name in hints if hasattr(cls, name)}
+    assert defaults == {"liverModel": "", "tumorModel": "", "device": "auto", "quality": "full", "tta": False,
+                        "liverRefine": True, "activeContour": True, "interslice": True, "exportDirectory": ""}
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    wrapper = next(node for node in ast.walk(tree)
-                   if isinstance(node, ast.ClassDef) and node.name == "LiverTumorSegParameterNode")
-    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in wrapper.decorator_list)
-    declared = {}
-    for statement in wrapper.body:
-        if isinstance(statement, ast.AnnAssign):
-            declared[statement.target.id] = (ast.unparse(statement.annotation),
-                                             None if statement.value is None else ast.literal_eval(statement.value))
-    expected = {name: (f"slicer.{cls}", None) for name, cls in parameters.NODE_PARAMETERS.items()}
-    expected.update({name: (type(default).__name__, default) for name, default in parameters.VALUE_DEFAULTS.items()})
-    assert declared == expected
+    assert "parameterNodeWrapper(parameters.wrapper_class(slicer))" in ast.unparse(tree)
+
+
+def test_stored_settings_become_the_options_of_a_run():
+    """The parameter node stores what the panel shows; a run gets the library's values."""
+    import types
+
+    stored = dict(parameters.VALUE_DEFAULTS)
+    assert parameters.segment_options(types.SimpleNamespace(**stored)).to_args() == []
+    stored.update(device="GPU", quality="fast", tta=True, liverRefine=False, activeContour=False, interslice=False,
+                  liverModel="my-liver", tumorModel="")
+    options = parameters.segment_options(types.SimpleNamespace(**stored))
+    assert (options.device, options.fast, options.refine_liver, options.tumor_model) == \
+        ("cuda", True, False, "tumor-demo-ensemble")
+    assert options.to_args() == ["--device", "cuda", "--fast", "--liver-model", "my-liver", "--tta",
+                                 "--no-liver-refine", "--no-active-contour", "--no-interslice"]
+    stored.update(device="a device from a future version")  # a saved scene's unknown value: the default
+    assert parameters.run_setting(types.SimpleNamespace(**stored), "device") == "auto"
 
 
 def test_the_module_file_is_a_thin_shell():
