@@ -522,6 +522,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CancelledError(f"training was stopped before its last step{where}") from None
     finally:
         progress.close()
+    if card is None:  # a process other than 0 of a distributed run: process 0 reports
+        return 0
     validation = card.metrics.get("validation", {})
     score = f", validation Dice per case {validation['dice_per_case_mean']:.4f}" if validation else ""
     print(f"{card.name}: {card.task} model ({card.architecture}, {card.metrics['selected_weights']} weights{score}) "

@@ -203,14 +203,16 @@ def build_ensemble(request: EnsembleRequest, registry: Optional[ModelRegistry] =
         name=name, version="1.0.0", task="tumor",
         members=[EnsembleMember(c.name, w) for c, w in zip(members, weights)],
         description="Tumor ensemble from livertumorseg ensemble: weighted mean of the members' probabilities.",
-        trained_on=f"Weights fitted on {fitted_on}; members: " + "; ".join(f"{c.name}: {c.trained_on}" for c in members),
+        trained_on=f"Weights fitted on {fitted_on}; members: "
+                   + "; ".join(f"{c.name}: {c.trained_on}" for c in members),
         source=request.command_line,
         metrics={"validation": {"dice_per_case_mean": scores[",".join(f"{w:g}" for w in weights)],
                                 "cases": len(case_ids), "case_ids": case_ids,
                                 "members_alone": alone, "weights_tried": scores,
                                 "criterion": "mean Dice per case of sum(w*p) >= 0.5 inside the reference liver's "
                                              f"tumour search region, grid step {request.step:g}"}},
-        non_clinical=True, intended_use="Research ensemble from livertumorseg ensemble; not validated for clinical use.")
+        non_clinical=True,
+        intended_use="Research ensemble from livertumorseg ensemble; not validated for clinical use.")
     output.parent.mkdir(parents=True, exist_ok=True)
     given_as_file = [Path(m).suffix.lower() == ".json" and Path(m).exists() for m in request.members]
     _place_members(members, output.parent, given_as_file, request.force, registry)

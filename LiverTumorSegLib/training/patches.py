@@ -4,7 +4,8 @@ case), then affine, flip and intensity augmentation.
 
 Batch ``s`` depends only on (seed, s): its cases and every transform's random state are drawn from
 ``numpy.random.default_rng([seed, s])``. So any number of loader workers gives the same batches,
-and a resumed run sees exactly the batches the uninterrupted run would have seen.
+and a resumed run sees exactly the batches the uninterrupted run would have seen. Under torchrun
+process r > 0 draws from ``[seed, s, r]`` (``distributed``).
 """
 
 from __future__ import annotations
@@ -81,19 +82,19 @@ def augmentations(patch_kji: Sequence[int], positive_fraction: float, affine: bo
 
 class PatchBatches(torch.utils.data.Dataset):
     """Item ``s``: the batch of step ``s`` as tensors ``image`` (B, C, ...), ``target`` (B, 1, ...),
-    ``known`` (B, 1, ...) and ``weight`` (B,)."""
+    ``known`` (B, 1, ...) and ``weight`` (B,); ``rank``: the distributed process drawing it."""
 
     def __init__(self, cases: Sequence[PreparedCase], patch_kji: Sequence[int], batch_size: int,
-                 positive_fraction: float, affine: bool, seed: int, steps: int) -> None:
+                 positive_fraction: float, affine: bool, seed: int, steps: int, rank: int = 0) -> None:
         self.cases = list(cases)
-        self.batch_size, self.seed, self.steps = batch_size, seed, steps
+        self.batch_size, self.seed, self.steps, self.rank = batch_size, seed, steps, rank
         self.transforms = augmentations(patch_kji, positive_fraction, affine)
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, step: int) -> Dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, int(step)])
+        rng = np.random.default_rng([self.seed, int(step)] + ([self.rank] if self.rank else []))
         images: List[torch.Tensor] = []
         targets: List[torch.Tensor] = []
         knowns: List[torch.Tensor] = []

@@ -2,7 +2,8 @@
 batches from MONAI transforms, the chosen network and loss, validation with Dice per case, best
 and last checkpoints (network, optimizer, scheduler, AMP scaler, RNG), resume, a CSV log,
 optionally greedy parameter averaging, and at the end a model card + safetensors weights that
-``segment --liver-model/--tumor-model`` load.
+``segment --liver-model/--tumor-model`` load. Under ``torchrun`` the processes train one network
+with distributed data parallel (``distributed``).
 
 The output folder holds: ``config.json`` (the settings), ``split.json`` (the fold's cases),
 ``training_log.csv`` (loss per step, validation Dice at validation steps), ``validation.csv``
@@ -39,6 +40,7 @@ from .bd_loss import category_weights
 from .cases import TrainingCase, kfold_split, open_training_cases
 from .config import TrainingConfig, spacing_patch_window
 from .data import prepare_sample
+from .distributed import Distributed
 from .gpa import greedy_average
 from .history import describe_training
 from .loss_terms import one_hot
@@ -266,10 +268,11 @@ class TrainingRun:
         from ..inference import resolve_device
 
         self.config = config
-        self.on_event = on_event or (lambda event: None)
+        self.dist = Distributed.from_environment()
+        self.on_event = (on_event if self.dist.main else None) or (lambda event: None)  # process 0 reports
         self.out = config.output_dir
         _check_output(config)
-        self.device = resolve_device(config.device)
+        self.device = self.dist.start(resolve_device(config.device))
         self.amp = _resolve_amp(config, self.device)
         self.layout, cases = open_training_cases(Path(config.data), config.category_column)
         _attach_clinical(config, cases)
@@ -280,7 +283,7 @@ class TrainingRun:
         if not self.train_cases:
             raise LiverTumorSegError(f"no training cases left in {config.data} for fold {config.fold} of {config.folds}")
         self.card, self.source = _start_card(config)
-        per_epoch = math.ceil(len(self.train_cases) / config.batch_size)
+        per_epoch = math.ceil(len(self.train_cases) / (config.batch_size * self.dist.world_size))
         self.total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
         self.validate_every = config.validate_every or max(1, self.total_steps // 10)
         self.regression: Optional[TlvrRegression] = None
@@ -288,6 +291,7 @@ class TrainingRun:
         if unlabelled and not config.pseudo_liver_model:
             raise LiverTumorSegError(f"{len(unlabelled)} case(s) have no liver label ({', '.join(unlabelled[:3])}): "
                                      "give a stage-1 liver model for their pseudo-labels with --pseudo-liver-model")
+        self.dist.barrier()  # every process has checked --output before process 0 writes into it
 
     # -- preparation ---------------------------------------------------------------------------
 
@@ -330,7 +334,8 @@ class TrainingRun:
             raise LiverTumorSegError("--label-smoothing tlvr needs clinical records (HCC-TACE-Seg's table, or "
                                      "--clinical TABLE) for at least two tumour-annotated training cases")
         self.regression = TlvrRegression.fit([r for r, _ in fit], [t for _, t in fit], self.config.clinical_columns)
-        _write_json(self.out / "tlvr_regression.json", self.regression.to_dict())
+        if self.dist.main:
+            _write_json(self.out / "tlvr_regression.json", self.regression.to_dict())
         for case, sample in zip(self.train_cases, train):
             clinical_tlvr = self.regression.predict(case.case.clinical or {})
             liver = prepared[case.case_id][1]
@@ -349,24 +354,33 @@ class TrainingRun:
         checkpoint = {"format": CHECKPOINT_FORMAT, "step": step, "network": network.state_dict(),
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                      "config": json.dumps(self.config.to_dict())}
+                      "config": json.dumps(self.config.to_dict()), "world_size": self.dist.world_size}
         if torch.cuda.is_available():
             checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
         checkpoint.update(state)
         return checkpoint
 
-    def run(self) -> ModelCard:
-        """Train to the last step (continuing the saved run with ``resume``); write the card."""
-        config, out = self.config, self.out
-        out.mkdir(parents=True, exist_ok=True)
-        if not config.resume:
+    def run(self) -> Optional[ModelCard]:
+        """Train to the last step (continuing the saved run with ``resume``); write the card and return
+        it (None in the processes of a distributed run other than process 0)."""
+        try:
+            return self._run()
+        finally:
+            self.dist.stop()
+
+    def _run(self) -> Optional[ModelCard]:
+        config, out, main = self.config, self.out, self.dist.main
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        if not config.resume and main:
             _write_json(out / CONFIG_FILE, config.to_dict())
             _write_json(out / SPLIT_FILE, self.split)
-        elif json.loads((out / SPLIT_FILE).read_text(encoding="utf-8")) != self.split:
+        elif config.resume and json.loads((out / SPLIT_FILE).read_text(encoding="utf-8")) != self.split:
             raise LiverTumorSegError(f"the cases in {config.data} no longer give the split recorded in "
                                      f"{out / SPLIT_FILE}; resume with the same data or start a new run")
         train, validation = self.prepare()
         network = self._network().to(self.device)
+        model = self.dist.wrap(network, self.device)  # forward through it; weights from the network itself
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         total = self.total_steps
         warmup = max(1, total // 20)
@@ -379,6 +393,9 @@ class TrainingRun:
         step = 0
         if config.resume:
             checkpoint = _read_checkpoint(out / LAST_CHECKPOINT)
+            if checkpoint.get("world_size", 1) != self.dist.world_size:
+                raise LiverTumorSegError(f"--resume: the run in {out} trained with {checkpoint.get('world_size', 1)} "
+                                         f"process(es), this one has {self.dist.world_size}; resume it with as many")
             network.load_state_dict(checkpoint["network"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
@@ -389,10 +406,11 @@ class TrainingRun:
             state.update({k: checkpoint[k] for k in state})
             step = int(checkpoint["step"])
             for name in (LOG_FILE, VALIDATION_FILE):
-                _truncate_csv(out / name, step)
+                if main:
+                    _truncate_csv(out / name, step)
             log.info("resuming %s at step %d of %d", out, step, total)
         batches = PatchBatches(train, self.card.patch_size_kji, config.batch_size, config.positive_fraction,
-                               config.affine, config.seed, total)
+                               config.affine, config.seed, total, self.dist.rank)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(step, total),
                                              num_workers=config.workers)
         started = time.perf_counter() - state["seconds"]
@@ -401,7 +419,7 @@ class TrainingRun:
             step += 1
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                loss, parts = network_loss(network, batch["image"].to(self.device),
+                loss, parts = network_loss(model, batch["image"].to(self.device),
                                            one_hot(batch["target"].to(self.device)), loss_fn,
                                            batch["known"].to(self.device), batch["weight"].to(self.device),
                                            config.vae_weight)
@@ -410,6 +428,10 @@ class TrainingRun:
             scaler.update()
             scheduler.step()
             value = float(loss.detach())
+            if self.dist.enabled:  # the logged loss is the mean over the processes
+                value, parts["segmentation"], vae = self.dist.mean([value, parts["segmentation"],
+                                                                    parts.get("vae", 0.0)], self.device)
+                parts.update({"vae": vae} if "vae" in parts else {})
             running = state["running_loss"]
             state["running_loss"] = value if running is None else 0.98 * running + 0.02 * value
             state["seconds"] = time.perf_counter() - started
@@ -421,27 +443,33 @@ class TrainingRun:
             self.on_event(RunEvent("step", step, total, {"loss": state["running_loss"]}))
             if step % self.validate_every == 0 or step == total:
                 row["validation_dice"] = self._validate(step, network, validation, state)
+                if main:
+                    _append_csv(out / LOG_FILE, LOG_COLUMNS, [[row[c] for c in LOG_COLUMNS]])
+                    checkpoint = self._checkpoint(step, network, optimizer, scheduler, scaler, state)
+                    if state["best_step"] == step:
+                        _save_atomic(checkpoint, out / BEST_CHECKPOINT)
+                    _save_atomic(checkpoint, out / LAST_CHECKPOINT)
+            elif main:
                 _append_csv(out / LOG_FILE, LOG_COLUMNS, [[row[c] for c in LOG_COLUMNS]])
-                checkpoint = self._checkpoint(step, network, optimizer, scheduler, scaler, state)
-                if state["best_step"] == step:
-                    _save_atomic(checkpoint, out / BEST_CHECKPOINT)
-                _save_atomic(checkpoint, out / LAST_CHECKPOINT)
-            else:
-                _append_csv(out / LOG_FILE, LOG_COLUMNS, [[row[c] for c in LOG_COLUMNS]])
-        return self._finish(network, validation, state)
+        return self._finish(network, validation, state) if main else None
 
     def _validate(self, step: int, network: torch.nn.Module, validation: List[PreparedCase],
                   state: Dict[str, Any]) -> Any:
-        """Dice per validation case; a new best; a GPA candidate. Returns the mean Dice ('' without validation)."""
+        """Dice per validation case (each process predicts its share); a new best; a GPA candidate.
+        Returns the mean Dice ('' without validation)."""
         if not validation:
             state["best_step"] = step  # without validation the last checkpoint is the best one known
             return ""
-        scores = validation_dice(network, validation, self.card.patch_size_kji, self.device, self.amp)
+        mine = validation_dice(network, self.dist.share(validation), self.card.patch_size_kji, self.device, self.amp)
+        gathered = self.dist.gather(mine)
+        scores = {case.name: gathered[case.name] for case in validation}
         mean = float(np.mean(list(scores.values())))
-        _append_csv(self.out / VALIDATION_FILE, ["step", "case", "dice"],
-                    [[step, name, round(score, 6)] for name, score in scores.items()])
         if mean > state["best_score"]:
             state["best_score"], state["best_step"] = mean, step
+        if not self.dist.main:
+            return round(mean, 6)
+        _append_csv(self.out / VALIDATION_FILE, ["step", "case", "dice"],
+                    [[step, name, round(score, 6)] for name, score in scores.items()])
         if self.config.gpa and step >= self.config.gpa_start * self.total_steps:
             (self.out / GPA_DIR).mkdir(exist_ok=True)
             name = f"step_{step:07d}"
@@ -484,6 +512,8 @@ class TrainingRun:
                     else "")
         this_round = (f"{len(self.train_cases)} case(s) of the {self.layout} dataset {Path(config.data).name}, "
                       f"{self.total_steps} steps, {config.loss} loss" + (", GPA" if config.gpa else "")
+                      + (f", {self.dist.world_size} processes (DDP, {self.dist.world_size} x {config.batch_size} "
+                         "patches per step)" if self.dist.enabled else "")
                       + (", TLVR label smoothing" if self.regression is not None else ""))
         card = replace(self.card, weights_file=weights_path.name, weights_sha256=sha,
                        card_path=str(out / f"{self.card.name}.json"), metrics=metrics, source=config.command_line(),
@@ -502,7 +532,8 @@ def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
 
 
-def train(config: TrainingConfig, on_event: Optional[Callable[[RunEvent], None]] = None) -> ModelCard:
-    """Run ``config`` to the end; returns the written card."""
+def train(config: TrainingConfig, on_event: Optional[Callable[[RunEvent], None]] = None) -> Optional[ModelCard]:
+    """Run ``config`` to the end; returns the written card (None in processes other than 0 of a
+    distributed run)."""
     return TrainingRun(config, on_event).run()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Dict, List
 
@@ -411,3 +413,39 @@ def test_a_stopped_run_says_how_to_continue_it(datasets, tmp_path, cli_main, cap
     assert cli_main(train_args(datasets["plain"], out)) == 130
     assert capfd.readouterr().err.strip() == ("error: training was stopped before its last step; continue it from its "
                                              "last checkpoint with --resume")
+
+
+# --- distributed data parallel ----------------------------------------------------------------
+
+def test_torchrun_with_two_processes_trains_one_model(datasets, tmp_path, cli_main, python_exe, capfd):
+    """DDP on the CPU (gloo): process 0 alone writes; process 1's batches take part in every step."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert cli_main(train_args(datasets["plain"], single, "liver", "unet", 2)) == 0
+    command = [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "LiverTumorSegLib", *train_args(datasets["plain"], ddp, "liver", "unet", 2)]
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("liver-unet-fold0: liver model") == 1  # process 0 reports
+    card = read_card(ddp / "liver-unet-fold0.json")
+    assert "2 processes (DDP, 2 x 2 patches per step)" in card.trained_on
+    assert [r["step"] for r in _log_rows(ddp / "training_log.csv")] == ["1", "2"]
+    assert len(_log_rows(ddp / "validation.csv")) == 2  # one validation case (process 0's share), two validations
+    assert torch.load(ddp / "checkpoint_last.pt", weights_only=True)["world_size"] == 2
+    # process 0 draws the one-process run's batches; with process 1's gradients averaged in, the weights differ
+    assert card.weights_sha256 != read_card(single / "liver-unet-fold0.json").weights_sha256
+    capfd.readouterr()
+    resume = train_args(datasets["plain"], ddp, "liver", "unet", 2, "--resume")
+    assert cli_main(resume) == 1
+    assert "trained with 2 process(es), this one has 1" in capfd.readouterr().err
+
+
+def test_distributed_ranks_from_the_environment():
+    from LiverTumorSegLib.errors import LiverTumorSegError
+    from LiverTumorSegLib.training.distributed import Distributed
+
+    assert not Distributed.from_environment({}).enabled and Distributed.from_environment({}).main
+    second = Distributed.from_environment({"WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"})
+    assert second.enabled and not second.main and second.share(list("abcdefg")) == ["b", "e"]
+    with pytest.raises(LiverTumorSegError, match="is not a process of the launch"):
+        Distributed.from_environment({"WORLD_SIZE": "2", "RANK": "2"})
