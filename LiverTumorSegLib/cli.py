@@ -673,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = _add_train_parser(sub)
     evaluate = _add_evaluate_parser(sub)
     ensemble = _add_ensemble_parser(sub)
+    # --verbose is also accepted after the command
     for command in (sub.choices["segment"], lst, ver, imp, meas, lesion, train, evaluate, ensemble):
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser

@@ -55,11 +55,27 @@ def _at_most(indices: np.ndarray, count: int, rng: np.random.Generator) -> np.nd
     return indices.astype(np.int64)
 
 
+def intensity_transforms(channel_wise: bool = True) -> list:
+    """The intensity augmentation of the CT channel (key ``image``), shared with ``trainer``: scale
+    by 1 + U(-0.15, 0.15) and shift by U(-0.08, 0.08) (normalised HU; one draw per channel with
+    ``channel_wise``), each with probability 0.5; gamma U(0.8, 1.25) (0.3); Gaussian smoothing with
+    σ U(0.3, 0.9) voxel per axis (0.2); Gaussian noise σ 0.03 (0.3)."""
+    from monai.transforms import (RandAdjustContrastd, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd,
+                                  RandShiftIntensityd)
+
+    return [
+        RandScaleIntensityd(keys="image", factors=0.15, prob=0.5, channel_wise=channel_wise),
+        RandShiftIntensityd(keys="image", offsets=0.08, prob=0.5, channel_wise=channel_wise),
+        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
+        RandGaussianSmoothd(keys="image", sigma_x=(0.3, 0.9), sigma_y=(0.3, 0.9), sigma_z=(0.3, 0.9), prob=0.2),
+        RandGaussianNoised(keys="image", std=0.03, prob=0.3),
+    ]
+
+
 def augmentations(patch_kji: Sequence[int], positive_fraction: float, affine: bool):
     """Crop (centred on the target with probability ``positive_fraction``), then spatial transforms
     on the input, target and known mask alike and intensity transforms on the CT channel only."""
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
-                                  RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd)
+    from monai.transforms import Compose, RandAffined, RandCropByPosNegLabeld, RandFlipd
 
     keys = ["image", "target", "known"]
     transforms = [RandCropByPosNegLabeld(keys=keys, label_key="target", spatial_size=tuple(patch_kji),
@@ -69,15 +85,8 @@ def augmentations(patch_kji: Sequence[int], positive_fraction: float, affine: bo
         transforms.append(RandAffined(keys=keys, prob=0.5, rotate_range=(0.15, 0.15, 0.15),
                                       scale_range=(0.15, 0.15, 0.15), mode=("bilinear", "nearest", "nearest"),
                                       padding_mode="border", spatial_size=tuple(patch_kji)))
-    transforms += [
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=0.15, prob=0.5, channel_wise=True),
-        RandShiftIntensityd(keys="image", offsets=0.08, prob=0.5, channel_wise=True),
-        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-        RandGaussianSmoothd(keys="image", sigma_x=(0.3, 0.9), sigma_y=(0.3, 0.9), sigma_z=(0.3, 0.9), prob=0.2),
-        RandGaussianNoised(keys="image", std=0.03, prob=0.3),
-    ]
-    return Compose(transforms)
+    transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=2))  # inference.TRAINING_FLIP_AXES
+    return Compose(transforms + intensity_transforms(channel_wise=True))
 
 
 class PatchBatches(torch.utils.data.Dataset):

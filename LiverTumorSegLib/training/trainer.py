@@ -23,6 +23,7 @@ from ..models.card import HYPODENSITY_CHANNEL, ModelCard, write_card
 from ..models.networks import build_network, forward_logits
 from ..models.weights import load_weights, save_weights
 from .data import TrainingSample
+from .patches import intensity_transforms
 from .prior import OUTSIDE_MM, PriorSimulation
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ class TrainConfig:
 def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: Sequence[str] = ()):
     """Spatial transforms on the CT, the label and the extra input channels (``prior``,
     ``hypodensity``) alike; intensity transforms on the CT only."""
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
-                                  RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd)
+    from monai.transforms import Compose, RandAffined, RandFlipd
 
     keys = ["image", "label"] + list(extra_channels)
     modes = ("bilinear", "nearest") + ("bilinear",) * len(extra_channels)
@@ -55,15 +55,8 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: 
         transforms.append(RandAffined(keys=keys, prob=0.5, rotate_range=(0.15, 0.15, 0.15),
                                       scale_range=(0.15, 0.15, 0.15), mode=modes,
                                       padding_mode="border", spatial_size=tuple(patch_size_kji)))
-    transforms += [
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=0.15, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.08, prob=0.5),
-        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-        RandGaussianSmoothd(keys="image", sigma_x=(0.3, 0.9), sigma_y=(0.3, 0.9), sigma_z=(0.3, 0.9), prob=0.2),
-        RandGaussianNoised(keys="image", std=0.03, prob=0.3),
-    ]
-    return Compose(transforms)
+    transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=2))  # inference.TRAINING_FLIP_AXES
+    return Compose(transforms + intensity_transforms(channel_wise=False))
 
 
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
