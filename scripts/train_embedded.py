@@ -52,7 +52,7 @@ HELD_OUT = "ts_dicom_upper_abdomen"  # the real case no model is trained on
 # tumor models only; the liver models keep it as their held-out expert case.
 REAL_FOR_TASK = {"liver": ("ts_upper_abdomen_3mm",), "liver_refine": ("ts_upper_abdomen_3mm",),
                  "tumor": ("ts_upper_abdomen_3mm", "chaos_ct_1")}
-# The fraction of samples with a broad tumour-free darkening of part of the liver (synth.perfusion).
+# The default fraction of samples with a broad tumour-free darkening of part of the liver (synth.perfusion).
 PERFUSION_FRACTION = 0.4
 # How often each synthetic tumour kind is drawn: the kinds real scans show and the first models
 # missed (large iso-dense masses, many metastases, surface lesions) most.
@@ -89,7 +89,8 @@ def tumor_cards() -> list:
     # parenchyma, stages.parenchyma): a cue that carries over from one scan's contrast and texture
     # to another's, where the CT alone let the first members miss large mildly hypodense lesions
     # in the held-out real liver.
-    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5), input_channels=["ct", "hypodensity"],
+    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5),
+                  input_channels=["ct", "hypodensity"],
                   hu_window=(-100.0, 250.0), weights_file="", weights_sha256="", non_clinical=True,
                   classes={"0": "background", "1": "liver tumor"}, intended_use=NON_CLINICAL,
                   source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
@@ -120,10 +121,11 @@ def draw_kind(seed: int) -> str:
     return str(np.random.default_rng([seed, 31]).choice(names, p=weights / weights.sum()))
 
 
-def with_perfusion_variation(seed: int) -> bool:
-    """Whether a sample gets a broad tumour-free darkening of part of its liver (synth.perfusion):
-    40 % do, so the models learn that darker than the parenchyma is not tumour by itself."""
-    return bool(np.random.default_rng([seed, 91]).random() < PERFUSION_FRACTION)
+def with_perfusion_variation(seed: int, fraction: float = PERFUSION_FRACTION) -> bool:
+    """Whether a sample gets a broad tumour-free darkening of part of its liver (synth.perfusion),
+    drawn for ``fraction`` of the seeds: the models learn that darker than the parenchyma is not
+    tumour by itself."""
+    return bool(np.random.default_rng([seed, 91]).random() < fraction)
 
 
 def phantom_spacing(seed: int) -> tuple:
@@ -132,7 +134,8 @@ def phantom_spacing(seed: int) -> tuple:
     return (inplane, inplane, float(rng.choice([1.5, 2.0, 3.0, 5.0])))
 
 
-def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int) -> List[TrainingSample]:
+def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int,
+                  perfusion_fraction: float = PERFUSION_FRACTION) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model)."""
@@ -151,7 +154,7 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         if card.task != "liver" and not has_liver:
             continue  # a chest view with no liver: nothing to crop (the pipeline stops before the crop)
         ct = ph.ct
-        if has_liver and with_perfusion_variation(seed):
+        if has_liver and with_perfusion_variation(seed, perfusion_fraction):
             ct, _ = add_perfusion_variation(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
@@ -163,7 +166,8 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             seed = seed_base + 5000 + variant + 100 * (name != "ts_upper_abdomen_3mm")
             # every third real variant of a tumor model stays tumour-free: real livers' own dark spots,
             # edges and vessels are what it must learn to leave alone
-            ct_v = add_perfusion_variation(ct, liver, seed)[0] if with_perfusion_variation(seed) else ct
+            darkened = with_perfusion_variation(seed, perfusion_fraction)
+            ct_v = add_perfusion_variation(ct, liver, seed)[0] if darkened else ct
             if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
                 ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed))
             else:
@@ -183,6 +187,10 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                         help="peak learning rate (linear warm-up, cosine decay); lower it to fine-tune")
     parser.add_argument("--validation-phantoms", type=int, default=4)
+    parser.add_argument("--perfusion-fraction", type=float, default=PERFUSION_FRACTION,
+                        help="fraction of samples with a tumour-free perfusion darkening (synth.perfusion)")
+    parser.add_argument("--tumor-positive-fraction", type=float, default=0.6,
+                        help="fraction of a tumor model's patches centred on a tumour (the rest anywhere)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
                         help="which models to train, comma-separated: liver, liver_refine, tumor")
@@ -218,7 +226,8 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     """Train one (non-ensemble) model card on the phantoms and the real training case; ``data``
     opens the card's ``trained_on`` text."""
     started = time.time()
-    samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0)
+    samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0,
+                            perfusion_fraction=args.perfusion_fraction)
     log.info("%s: %d samples prepared (%.0f s)", card.name, len(samples), time.time() - started)
     start = initial_card(args, card.name)
     trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
@@ -232,7 +241,8 @@ def train_liver(args: argparse.Namespace) -> None:
     train_single_model(args, liver_card(), args.liver_steps, args.seed,
                        f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds with synthetic "
                        f"tumours of every kind) and the real CT ts_upper_abdomen_3mm ({args.real_variants} variants, "
-                       "half with synthetic tumours of every kind)")
+                       f"half with synthetic tumours of every kind); {args.perfusion_fraction:.0%} of the samples with a "
+                       "broad tumour-free darkening of part of the liver (synth.perfusion)")
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
@@ -240,24 +250,28 @@ def train_liver_refine(args: argparse.Namespace) -> None:
                        f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds "
                        f"with synthetic tumours of every kind) and of the real CT ts_upper_abdomen_3mm "
                        f"({args.real_variants} variants, half with synthetic tumours of every kind), "
-                       "with simulated liver-stage masks as the prior (LiverTumorSegLib.training.prior)")
+                       f"{args.perfusion_fraction:.0%} of the samples with a broad tumour-free darkening of part of "
+                       "the liver (synth.perfusion), with simulated liver-stage masks as the prior "
+                       "(LiverTumorSegLib.training.prior)")
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:
     members = []
     tumor_samples = None
     for member_card in tumor_cards():
-        tumor_samples = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0) \
+        tumor_samples = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
+                                      perfusion_fraction=args.perfusion_fraction) \
             if tumor_samples is None else tumor_samples
         start = initial_card(args, member_card.name)
         trained = train_model(member_card, tumor_samples, args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
-                                          positive_fraction=0.6, init_from=start, learning_rate=args.learning_rate))
+                                          positive_fraction=args.tumor_positive_fraction, init_from=start,
+                                          learning_rate=args.learning_rate))
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}), "
-            f"{PERFUSION_FRACTION:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
+            f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
             "inputs: the CT and the parenchyma map; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
