@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # (2, 3, 4) = (k, j, i).
 TRAINING_FLIP_AXES: Sequence[int] = (2,)  # spatial array axes (k, j, i) that training flips
 TTA_FLIPS: List[Sequence[int]] = [()] + [(2 + axis,) for axis in TRAINING_FLIP_AXES]
-CV_MIN_MEAN = 0.05  # the variation coefficient is reported where the mean probability is at least this
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -132,17 +131,6 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
         return results[0], None
     stack = np.stack(results)
     return stack.mean(axis=0).astype(np.float32), stack.std(axis=0).astype(np.float32)
-
-
-def variation_coefficient(mean: np.ndarray, std: np.ndarray, min_mean: float = CV_MIN_MEAN) -> np.ndarray:
-    """The voxel variation coefficient of test-time augmentation, CV = σ / μ (σ, μ: the standard
-    deviation and mean of the foreground probability over the flips) where μ >= ``min_mean``, and
-    0 elsewhere: where the models see no foreground the ratio of two near-zero numbers is noise."""
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    cv = np.zeros(mean.shape, np.float32)
-    where = mean >= min_mean
-    cv[where] = std[where] / mean[where]
-    return cv
 
 
 def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, overlap: float = 0.25,

@@ -62,3 +62,17 @@ def lesion_detection(prediction: np.ndarray, reference: np.ndarray, voxel_volume
                   "true_positive": bool(touching[i])} for i in range(1, n_pred + 1)]
     false_positives = n_pred - int(np.count_nonzero(touching[1:]))
     return {"reference": lesions, "predicted": predicted, "false_positives": int(false_positives)}
+
+
+CV_MIN_MEAN = 0.05  # the variation coefficient is reported where the mean probability is at least this
+
+
+def variation_coefficient(mean: np.ndarray, std: np.ndarray, min_mean: float = CV_MIN_MEAN) -> np.ndarray:
+    """The voxel variation coefficient of test-time augmentation, CV = σ / μ (σ, μ: the standard
+    deviation and mean of the foreground probability over the flips) where μ >= ``min_mean``, and
+    0 elsewhere: where the models see no foreground the ratio of two near-zero numbers is noise."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    cv = np.zeros(mean.shape, np.float32)
+    where = mean >= min_mean
+    cv[where] = std[where] / mean[where]
+    return cv

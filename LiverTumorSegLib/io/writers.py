@@ -1,7 +1,7 @@
 """Write a segmentation result: NAME.seg.nrrd, NAME.nii.gz, NAME.json, NAME_lesions.csv, on
 request NAME_seg.dcm (a DICOM SEG referencing the input DICOM series), and after test-time
 augmentation the tumor ensemble's mean probability, its standard deviation and the voxel variation
-coefficient (``inference.variation_coefficient``) as NAME_tumor_tta_{mean,std,cv}.nii.gz, float32
+coefficient (``metrics.variation_coefficient``) as NAME_tumor_tta_{mean,std,cv}.nii.gz, float32
 volumes on the liver crop's grid (they lie where they belong in the patient). The command line
 and the 3D Slicer module both write through :func:`write_outputs` (the module with a
 :class:`LabelmapResult` of the segmentation as the user edited it).
@@ -159,7 +159,7 @@ def build_report(result: Any, input_path: Path, name: str, source: str) -> Dict[
 def tta_maps(result: Any) -> Optional[Dict[str, sitk.Image]]:
     """The TTA mean, standard deviation and variation coefficient images of ``result`` by TTA_KEYS
     (None when it carries no TTA maps)."""
-    from ..inference import variation_coefficient
+    from ..metrics import variation_coefficient
 
     std, mean = getattr(result, "tumor_uncertainty", None), getattr(result, "tumor_probability", None)
     if std is None or mean is None:

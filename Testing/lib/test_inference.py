@@ -13,7 +13,7 @@ import torch
 
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.inference import (TRAINING_FLIP_AXES, TTA_FLIPS, LoadedModel, predict_foreground,
-                                        predict_image, resolve_device, variation_coefficient)
+                                        predict_image, resolve_device)
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.preprocess import model_grid, normalize_hu, resample_ct_to_model
 from LiverTumorSegLib.stages.liver import probability_to_mask
@@ -177,12 +177,6 @@ def test_tta_flips_are_the_flips_training_applies():
     assert flip_axes(augmentations((16, 16, 16), 0.5, True)) == set(TRAINING_FLIP_AXES)
     assert flip_axes(_augmentations((16, 16, 16), True)) == set(TRAINING_FLIP_AXES)
     assert TTA_FLIPS == [(), (4,)]  # tensor axes (batch, channel, k, j, i): identity and the i flip
-
-
-def test_variation_coefficient_by_hand():
-    mean = np.array([0.5, 0.2, 0.04, 0.0], np.float32)
-    std = np.array([0.25, 0.1, 0.02, 0.0], np.float32)
-    np.testing.assert_allclose(variation_coefficient(mean, std), [0.5, 0.5, 0.0, 0.0])  # 0 below mean 0.05
 
 
 def test_image_smaller_than_the_patch_is_padded(liver_model):

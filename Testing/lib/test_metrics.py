@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.metrics import dice, equivalent_diameter_mm, lesion_detection, on_grid_of, overlap_metrics
+from LiverTumorSegLib.metrics import (dice, equivalent_diameter_mm, lesion_detection, on_grid_of, overlap_metrics,
+                                      variation_coefficient)
 
 
 def test_dice_and_overlap_metrics():
@@ -52,3 +53,9 @@ def test_lesion_detection_by_lesion_and_false_positives():
     assert equivalent_diameter_mm(1, 4.0 / 3.0 * np.pi) == pytest.approx(2.0)
     empty = lesion_detection(np.zeros_like(reference), np.zeros_like(reference), 1.0)
     assert empty == {"reference": [], "predicted": [], "false_positives": 0}
+
+
+def test_variation_coefficient_by_hand():
+    mean = np.array([0.5, 0.2, 0.04, 0.0], np.float32)
+    std = np.array([0.25, 0.1, 0.02, 0.0], np.float32)
+    np.testing.assert_allclose(variation_coefficient(mean, std), [0.5, 0.5, 0.0, 0.0])  # 0 below mean 0.05
