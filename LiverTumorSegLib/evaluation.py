@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from . import LIVER_LABEL, TUMOR_LABEL
 from .errors import CancelledError, LiverTumorSegError
 from .metrics import dice, lesion_detection, on_grid_of
-from .training.cases import TrainingCase
+from .training.cases import TrainingCase, read_validation_ids
 from .training.mixed_labels import IGNORE_LABEL, AnnotatedStructures
 
 log = logging.getLogger(__name__)
@@ -195,16 +195,7 @@ def select_cases(cases: Sequence[TrainingCase], split_file: Optional[Path]) -> L
     if split_file is None:
         return list(cases)
     path = Path(split_file)
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LiverTumorSegError(f"--split {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LiverTumorSegError(f"--split {path} is not readable JSON ({exc})") from None
-    wanted = split.get("validation") if isinstance(split, dict) else None
-    if not isinstance(wanted, list) or not wanted:
-        raise LiverTumorSegError(f"--split {path} lists no validation cases (expected the split.json of a train run "
-                                 "with --folds 2 or more)")
+    wanted = read_validation_ids(path)
     by_id = {c.case_id: c for c in cases}
     missing = [name for name in wanted if name not in by_id]
     if missing:

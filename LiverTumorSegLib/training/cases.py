@@ -154,3 +154,20 @@ def kfold_split(cases: Sequence[TrainingCase], folds: int, fold: int, seed: int)
             "train": [c.case_id for c in cases if c.patient not in held_out],
             "validation": [c.case_id for c in cases if c.patient in held_out],
             "patients": {c.case_id: c.patient for c in cases}}
+
+
+def read_validation_ids(path: Path) -> List[str]:
+    """The validation case ids a ``split.json`` (written by ``train``, see :func:`kfold_split`)
+    lists; one clear error for a missing, unreadable or validation-less file."""
+    path = Path(path)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LiverTumorSegError(f"split file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LiverTumorSegError(f"split file {path} is not readable JSON ({exc})") from None
+    validation = recorded.get("validation") if isinstance(recorded, dict) else None
+    if not isinstance(validation, list) or not validation:
+        raise LiverTumorSegError(f"split file {path} lists no validation cases (a train run with --folds 1 holds "
+                                 "none out); give the split.json of a train run with --folds 2 or more")
+    return [str(name) for name in validation]

@@ -16,7 +16,6 @@ weights) beside the ensemble card, where the registry looks for an ensemble's me
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from ..errors import LiverTumorSegError
 from ..geometry import Geometry
 from ..models.card import EnsembleCard, EnsembleMember, ModelCard, check_model_name, read_card, write_card
 from ..models.registry import ModelRegistry
-from .cases import TrainingCase, open_training_cases
+from .cases import TrainingCase, open_training_cases, read_validation_ids
 from .ensemble_weights import best_weights, grid_dice, weight_grid
 from .mixed_labels import IGNORE_LABEL
 
@@ -91,19 +90,7 @@ def fitting_case_ids(members: Sequence[ModelCard], split: Optional[Path], all_ca
                                          "cases it did not train on; give --split FILE (a train run's split.json) "
                                          "or --all-cases (every case of --data: held-out data only)")
             sources.append(path)
-    lists = []
-    for path in sources:
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LiverTumorSegError(f"--split {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise LiverTumorSegError(f"{path} is not readable JSON ({exc})") from None
-        validation = recorded.get("validation") if isinstance(recorded, dict) else None
-        if not isinstance(validation, list) or not validation:
-            raise LiverTumorSegError(f"{path} lists no validation cases (a train run with --folds 1 holds none out); "
-                                     "give --split FILE or --all-cases")
-        lists.append(sorted(validation))
+    lists = [sorted(read_validation_ids(path)) for path in sources]
     if any(ids != lists[0] for ids in lists[1:]):
         raise LiverTumorSegError("the members were validated on different cases (their split.json files differ): no "
                                  "case is held out from all of them; give --split FILE or --all-cases with held-out "

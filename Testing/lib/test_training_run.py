@@ -17,8 +17,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.models.card import read_card
 from LiverTumorSegLib.models.weights import load_weights
+from LiverTumorSegLib.training.cases import read_validation_ids
 
 SIZE, SPACING = (32, 28, 14), (5.0, 5.0, 5.0)  # 160 x 140 x 70 mm around the phantom's liver and lesion
 TINY_ARGS = {
