@@ -1,7 +1,8 @@
 """The Python packages LiverTumorSegLib needs in Slicer's Python: which are missing, which have a
 version outside what ``pyproject.toml`` declares, and which each action of the module needs.
 
-Kept in step with ``pyproject.toml``'s ``[project] dependencies`` (a test checks it). NumPy, SciPy
+The list is LiverTumorSegLib's ``requirements.txt``, from which ``pyproject.toml`` takes its
+``[project] dependencies`` too, read from the library packaged beside the module. NumPy, SciPy
 and SimpleITK come with Slicer; PyTorch is installed through the PyTorch extension when it is
 there, because the right wheel depends on the GPU and driver.
 
@@ -18,21 +19,35 @@ import importlib.util
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-TORCH_REQUIREMENT = "torch>=2.1,<3"
+# Distributions whose import name differs from their name (the others import as they are named).
+IMPORT_NAMES = {"scikit-image": "skimage"}
+LIBRARY_REQUIREMENTS_FILE = "requirements.txt"  # in the LiverTumorSegLib package, read by pyproject.toml too
 
-# (import name, pip requirement), PyTorch excluded.
-REQUIREMENTS: Tuple[Tuple[str, str], ...] = (
-    ("numpy", "numpy>=1.24"),
-    ("scipy", "scipy>=1.10"),
-    ("SimpleITK", "SimpleITK>=2.3"),
-    ("skimage", "scikit-image>=0.21"),
-    ("monai", "monai>=1.3,<2"),
-    ("safetensors", "safetensors>=0.4"),
-    ("slicerio", "slicerio>=1.1"),
-    ("tqdm", "tqdm>=4.60"),
-)
+
+def library_requirements(package_dir: Optional[Path] = None) -> Tuple[Tuple[str, str], ...]:
+    """(import name, pip requirement) of every line of LiverTumorSegLib's ``requirements.txt``
+    (the list pyproject.toml declares), read from ``package_dir`` or where the library is
+    installed beside the module, without importing it."""
+    if package_dir is None:
+        spec = importlib.util.find_spec("LiverTumorSegLib")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("LiverTumorSegLib is not installed beside the module; reinstall the extension")
+        package_dir = Path(list(spec.submodule_search_locations)[0])
+    lines = (Path(package_dir) / LIBRARY_REQUIREMENTS_FILE).read_text(encoding="utf-8").splitlines()
+    requirements = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    out = []
+    for requirement in requirements:
+        distribution = re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0]
+        out.append((IMPORT_NAMES.get(distribution, distribution), requirement))
+    return tuple(out)
+
+
+_ALL = library_requirements()
+TORCH_REQUIREMENT = next(req for name, req in _ALL if name == "torch")
+REQUIREMENTS: Tuple[Tuple[str, str], ...] = tuple((name, req) for name, req in _ALL if name != "torch")  # PyTorch apart
 
 # What each action of the module imports in Slicer's own Python (None: everything, PyTorch
 # included). Segment runs the whole library in a background process; Recompute measurements runs

@@ -56,6 +56,7 @@ def test_the_extension_packages_module_library_and_resources(tmp_path):
     model_files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "Resources" / "Models").glob("*")
                    if p.suffix in (".json", ".safetensors")}
     assert model_files <= set(files)
+    assert files["LiverTumorSegLib/requirements.txt"] == str(REPO_ROOT / "LiverTumorSegLib" / "requirements.txt")
     assert "TEST|LiverTumorSeg.py" in entries
     assert "EXTENSION|EXTENSION_DEPENDS|PyTorch" in entries
 
@@ -72,15 +73,17 @@ def test_the_installed_layout_runs(tmp_path):
         shutil.copy2(source, target)
     script = (
         "import sys, json; sys.path.insert(0, sys.argv[1])\n"
-        "from LiverTumorSegModuleLib import process\n"
+        "from LiverTumorSegModuleLib import dependencies, process\n"
         "import LiverTumorSegLib\n"
         "from LiverTumorSegLib.models import registry\n"
-        "print(json.dumps([str(process.library_root()), LiverTumorSegLib.__file__, str(registry.embedded_models_dir())]))\n")
+        "print(json.dumps([str(process.library_root()), LiverTumorSegLib.__file__, str(registry.embedded_models_dir()),\n"
+        "                  dependencies.TORCH_REQUIREMENT, dict(dependencies.REQUIREMENTS)]))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-c", script, str(install)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    root, library_file, models_dir = json.loads(run.stdout.strip().splitlines()[-1])
+    root, library_file, models_dir, torch_requirement, requirements = json.loads(run.stdout.strip().splitlines()[-1])
+    assert torch_requirement.startswith("torch") and requirements["skimage"].startswith("scikit-image")  # the packaged list
     assert Path(root) == install
     assert Path(library_file).parent == install / "LiverTumorSegLib"
     assert Path(models_dir) == install / "Resources" / "Models"

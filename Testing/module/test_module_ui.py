@@ -223,14 +223,35 @@ def test_the_module_file_is_a_thin_shell():
     assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) <= 400
 
 
-def test_dependency_list_follows_pyproject():
+def test_pyproject_takes_its_dependencies_from_the_library_requirements_file():
+    """One list: the wheel's dependencies and the module's are LiverTumorSegLib/requirements.txt."""
     tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req.replace(" ", "")
-                for req in project["dependencies"]}
-    ours = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req for _, req in dependencies.REQUIREMENTS}
-    ours["torch"] = dependencies.TORCH_REQUIREMENT
-    assert ours == declared
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "dependencies" not in pyproject["project"] and "dependencies" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["LiverTumorSegLib/requirements.txt"]}
+    assert "requirements.txt" in pyproject["tool"]["setuptools"]["package-data"]["LiverTumorSegLib"]
+    listed = dict(dependencies.library_requirements(REPO_ROOT / "LiverTumorSegLib"))
+    assert listed["torch"] == dependencies.TORCH_REQUIREMENT
+    assert {name: req for name, req in dependencies.REQUIREMENTS} == {k: v for k, v in listed.items() if k != "torch"}
+
+
+def test_the_installed_distribution_declares_the_requirements_file():
+    from importlib import metadata
+
+    requirements = pytest.importorskip("packaging.requirements")
+    try:
+        declared = metadata.requires("LiverTumorSegLib") or []
+    except metadata.PackageNotFoundError:
+        pytest.skip("LiverTumorSegLib is not installed as a distribution here")
+    as_set = lambda reqs: {(r.name.lower(), str(r.specifier)) for r in map(requirements.Requirement, reqs)}  # noqa: E731
+    base = [req for req in declared if "extra ==" not in req]
+    assert as_set(base) == as_set(req for _, req in dependencies.library_requirements(REPO_ROOT / "LiverTumorSegLib"))
+
+
+def test_the_requirements_file_is_read_with_import_names_and_without_comments(tmp_path):
+    (tmp_path / "requirements.txt").write_text("# a comment\n\nnumpy>=1.24\nscikit-image>=0.21\n  torch>=2.1,<3 \n")
+    assert dependencies.library_requirements(tmp_path) == (
+        ("numpy", "numpy>=1.24"), ("skimage", "scikit-image>=0.21"), ("torch", "torch>=2.1,<3"))
 
 
 def test_missing_requirements_uses_import_names():
