@@ -380,8 +380,8 @@ def cmd_lesion(args: argparse.Namespace) -> int:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .training.architectures import ARCHITECTURE_PRESETS
-    from .training.config import LOSS_NAMES, TASK_DEFAULTS
+    from .develop.training.architectures import ARCHITECTURE_PRESETS
+    from .develop.training.config import LOSS_NAMES, TASK_DEFAULTS
 
     p = sub.add_parser("train", help="train a liver or tumor model on a labelled dataset",
                        description="Train a liver or tumor model on MSD Task03, LiTS, HCC-TACE-Seg or a plain "
@@ -442,7 +442,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _train_flags(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings given as flags (None where not given)."""
-    from .training.config import parse_numbers, split_names
+    from .develop.training.config import parse_numbers, split_names
 
     architecture_args = None
     if args.architecture_args is not None:
@@ -508,8 +508,8 @@ class _TrainingProgress:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model from a dataset folder; print where its card is."""
-    from .training.config import build_config, read_config_file
-    from .training.run import TrainingRun
+    from .develop.training.config import build_config, read_config_file
+    from .develop.training.run import TrainingRun
 
     settings = read_config_file(args.config) if args.config else {}
     config = build_config(settings, _train_flags(args))
@@ -556,9 +556,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score the pipeline on a labelled dataset; print the summary's headline numbers."""
-    from .evaluation import check_outputs, run_evaluation, select_cases, summarize, write_evaluation
+    from .develop.evaluation import check_outputs, run_evaluation, select_cases, summarize, write_evaluation
     from .pipeline import Pipeline, PipelineSettings
-    from .training.cases import open_training_cases
+    from .develop.training.cases import open_training_cases
 
     if args.bootstrap < 1:
         raise LiverTumorSegError(f"--bootstrap must be 1 or more, got {args.bootstrap}")
@@ -623,7 +623,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     """Fit an ensemble's weights; print them and where its card is."""
     import shlex
 
-    from .training.ensemble import EnsembleRequest, build_ensemble
+    from .develop.training.ensemble import EnsembleRequest, build_ensemble
 
     if args.split is not None and args.all_cases:
         raise LiverTumorSegError("give --split or --all-cases, not both")

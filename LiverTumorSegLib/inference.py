@@ -18,7 +18,7 @@ from .settings_schema import setting
 
 log = logging.getLogger(__name__)
 
-# Test-time augmentation applies the flips training applies (training.patches and training.trainer:
+# Test-time augmentation applies the flips training applies (develop.training.patches and develop.training.trainer:
 # RandFlipd along the array's spatial axis 2, i, the patient's left-right), so the networks see only
 # inputs of a kind they learned from: the identity and each training flip, over the tensor axes
 # (2, 3, 4) = (k, j, i).

@@ -19,6 +19,8 @@ it and the undo.
 
     python benchmarks/bench_lesion_click.py [--clicks 5] [--threads 2] [--skip-full-size] [--skip-mrml]
                                             [--json out.json]
+
+(with the library installed: ``pip install -e .``)
 """
 
 from __future__ import annotations
@@ -33,20 +35,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "LiverTumorSeg"))  # the module's LiverTumorSegModuleLib
-sys.path.insert(0, str(ROOT / "Testing" / "mrml"))  # mrml_helpers: a volume node from an image
+from bench_pipeline import peak_rss_mb, reset_peak  # beside this file
 
-from bench_pipeline import peak_rss_mb, reset_peak  # noqa: E402
+from LiverTumorSegLib import edit
+from LiverTumorSegLib.develop.synth.tumors import insert_tumors_image
+from LiverTumorSegLib.geometry import lps_to_ras
+from LiverTumorSegLib.io.volume import load_volume
+from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir
 
-from LiverTumorSegLib import edit  # noqa: E402
-from LiverTumorSegLib.geometry import lps_to_ras  # noqa: E402
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
-from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir  # noqa: E402
-from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the shared data lie beside it
 DATA = ROOT.parent / "shared" / "data"
 OFFSETS_MM = [(0, 0, 0), (4, 0, 0), (0, -4, 0), (0, 0, 4), (-3, 3, 0), (3, 0, -3), (0, 3, 3)]
 
@@ -136,13 +133,32 @@ def bench(editor: edit.LesionEditor, name: str, ct: sitk.Image, liver: sitk.Imag
     return row
 
 
+def import_from(folder: Path, name: str):
+    """The module or package ``name`` imported from ``folder`` alone, as Slicer imports a module
+    folder's packages (the module's LiverTumorSegModuleLib; the MRML test helpers); sys.path is
+    left as it is."""
+    import importlib.machinery
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.machinery.PathFinder.find_spec(name, [str(folder)])
+    if spec is None:
+        raise ImportError(f"{name} is not in {folder}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench_mrml(editor: edit.LesionEditor, ct: sitk.Image, liver: sitk.Image, reference: np.ndarray,
                center_lps, clicks: int, baseline: float) -> dict:
     """The module's path on a real segmentation node: LesionEditing.add per click (segments to
     arrays, the edit, the changed voxels written back), then the table update and the undo."""
     import slicer
-    from mrml_helpers import add_volume_from_image
 
+    add_volume_from_image = import_from(ROOT / "Testing" / "mrml", "mrml_helpers").add_volume_from_image
+    import_from(ROOT / "LiverTumorSeg", "LiverTumorSegModuleLib")
     from LiverTumorSegModuleLib import lesion, mrml
 
     scene = slicer.vtkMRMLScene()

@@ -7,6 +7,8 @@ ratio to a baseline measured in the same process on the same volume: resampling 
 liver model's grid (a fixed, model-independent cost), so numbers compare across machines.
 
     python benchmarks/bench_pipeline.py [--slices 300] [--fast] [--skip-full-size]
+
+(with the library installed: ``pip install -e .``)
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.io.volume import load_volume
+from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.preprocess import resample_ct_to_model
 
-from LiverTumorSegLib.io.volume import load_volume  # noqa: E402
-from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
-from LiverTumorSegLib.preprocess import resample_ct_to_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the shared data lie beside it
 
 
 def peak_rss_mb() -> float:
@@ -48,7 +49,7 @@ def reset_peak() -> None:
 
 
 def full_size_ct(slices: int) -> sitk.Image:
-    from LiverTumorSegLib.synth.phantom import make_phantom
+    from LiverTumorSegLib.develop.synth.phantom import make_phantom
 
     ph = make_phantom(4242, size_mm=(409.6, 409.6, float(slices)), spacing=(0.8, 0.8, 1.0), n_tumors=(3, 3))
     return sitk.Cast(ph.ct, sitk.sitkFloat32)

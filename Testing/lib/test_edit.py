@@ -233,7 +233,7 @@ REAL_CASES = [("classic", 5), ("hypervascular_arterial", 1)]
 
 @pytest.mark.parametrize("kind, seed", REAL_CASES)
 def test_real_ct_each_missed_lesion_is_drawn_with_one_click(real_case, real_editor, kind, seed):
-    from LiverTumorSegLib.synth.tumors import insert_tumor_kind, insert_tumors_image
+    from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind, insert_tumors_image
 
     ct, liver = real_case
     if kind == "classic":
@@ -341,7 +341,7 @@ def held_out_case(shared_data):
 
 
 def test_held_out_real_ct_lesions_are_drawn_and_a_lesion_nobody_can_see_is_refused(held_out_case, real_editor):
-    from LiverTumorSegLib.synth.tumors import insert_tumors_image
+    from LiverTumorSegLib.develop.synth.tumors import insert_tumors_image
 
     ct, liver = held_out_case
     before = sitk.GetArrayFromImage(liver)

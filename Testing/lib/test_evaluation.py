@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.evaluation import (bootstrap_ci, evaluate_labels, lesion_table, size_bin, summarize,
-                                         surface_distances_mm)
-from LiverTumorSegLib.training.mixed_labels import IGNORE_LABEL, AnnotatedStructures
+from LiverTumorSegLib.develop.evaluation import (bootstrap_ci, evaluate_labels, lesion_table, size_bin, summarize,
+                                                 surface_distances_mm)
+from LiverTumorSegLib.develop.training.mixed_labels import IGNORE_LABEL, AnnotatedStructures
 
 
 def test_surface_distances_by_hand():

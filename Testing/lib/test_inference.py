@@ -168,8 +168,8 @@ def test_tta_returns_a_std_map_and_undoes_its_flips(helpers, liver_model, random
 
 
 def test_tta_flips_are_the_flips_training_applies():
-    from LiverTumorSegLib.training.patches import augmentations
-    from LiverTumorSegLib.training.trainer import _augmentations
+    from LiverTumorSegLib.develop.training.patches import augmentations
+    from LiverTumorSegLib.develop.training.trainer import _augmentations
 
     def flip_axes(compose) -> set:
         return {t.flipper.spatial_axis for t in compose.transforms if type(t).__name__ == "RandFlipd"}

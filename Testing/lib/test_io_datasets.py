@@ -16,8 +16,8 @@ import SimpleITK as sitk
 from LiverTumorSegLib import LIVER_LABEL, TUMOR_LABEL
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry
-from LiverTumorSegLib.io.datasets import (HCC_TACE_SEG, LITS, MSD, LabelledCase, detect_layout, open_dataset,
-                                          open_hcc_tace_seg, open_lits, open_msd, read_clinical_table, segment_role)
+from LiverTumorSegLib.develop.datasets import (HCC_TACE_SEG, LITS, MSD, LabelledCase, detect_layout, open_dataset,
+                                               open_hcc_tace_seg, open_lits, open_msd, read_clinical_table, segment_role)
 from LiverTumorSegLib.io.volume import load_volume
 
 SIZE = (32, 28, 12)  # 160 x 140 x 72 mm: the phantom's liver and lesion, with air around the body

@@ -6,7 +6,7 @@ Most tests read the layouts' index themselves and check what the library must do
 file: the image loads as a CT with its geometry (``load_volume``), the label file lies on the
 same grid, and the dataset's label values mean what the library's labels mean (1 liver, 2
 tumor; the liver volume includes the tumor). The last test runs the library's dataset reader
-(``LiverTumorSegLib.io.datasets``) on the same files."""
+(``LiverTumorSegLib.develop.datasets``) on the same files."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from LiverTumorSegLib.geometry import Geometry
 from LiverTumorSegLib.io.volume import load_volume
 from LiverTumorSegLib.measure import measure_labelmap
 from LiverTumorSegLib.models.card import read_card
-from LiverTumorSegLib.training.data import prepare_sample
+from LiverTumorSegLib.develop.training.data import prepare_sample
 
 nib = pytest.importorskip("nibabel")
 
@@ -156,7 +156,7 @@ def test_msd_label_file_is_not_a_ct(msd_task03):
 def test_dataset_reader_opens_both_layouts(layout, msd_task03, lits, helpers):
     """The library's dataset reader finds every case of the layouts above and loads each as
     (CT in HU, labelmap 0/1/2 on the CT's grid)."""
-    datasets = pytest.importorskip("LiverTumorSegLib.io.datasets", reason="the dataset reader is not in this tree")
+    datasets = pytest.importorskip("LiverTumorSegLib.develop.datasets", reason="the dataset reader is not in this tree")
     root = msd_task03 if layout == "msd" else lits.parent
     cases = datasets.open_dataset(root)
     assert len(cases) == 2

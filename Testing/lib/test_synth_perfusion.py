@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.synth.perfusion import DARKENING_HU, FRACTION, add_perfusion_variation
+from LiverTumorSegLib.develop.synth.perfusion import DARKENING_HU, FRACTION, add_perfusion_variation
 
 
 def _uniform_liver(helpers):

@@ -1,4 +1,4 @@
-"""Tests of LiverTumorSegLib.synth.phantom: deterministic, geometry as asked, anatomy where it
+"""Tests of LiverTumorSegLib.develop.synth.phantom: deterministic, geometry as asked, anatomy where it
 belongs in physical LPS coordinates (liver on the patient's right, heart above it on the
 diaphragm, anterior and left), tumours inside the liver and darker than it when hypodense,
 plausible HU per tissue, any orientation, chest and upper-abdomen fields of view, thin slabs;
@@ -14,7 +14,7 @@ from scipy import ndimage
 from LiverTumorSegLib import LIVER_LABEL, TUMOR_LABEL
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry
-from LiverTumorSegLib.synth.phantom import ORGAN, STOMACH_FILLINGS, VIEWS, Phantom, make_phantom
+from LiverTumorSegLib.develop.synth.phantom import ORGAN, STOMACH_FILLINGS, VIEWS, Phantom, make_phantom
 
 SIZE_MM = (320.0, 260.0, 220.0)
 SPACING = (4.0, 4.0, 4.0)

@@ -8,8 +8,8 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.geometry import Geometry
-from LiverTumorSegLib.synth.shared_cases import (SHARED_CASES, has_shared_case, load_shared_case,
-                                                 phantom_with_tumor_kind, shared_data_dir)
+from LiverTumorSegLib.develop.synth.shared_cases import (SHARED_CASES, has_shared_case, load_shared_case,
+                                                         phantom_with_tumor_kind, shared_data_dir)
 
 
 @pytest.mark.parametrize("name", ["ts_upper_abdomen_3mm", "ts_dicom_upper_abdomen"])

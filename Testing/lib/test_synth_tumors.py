@@ -1,4 +1,4 @@
-"""Tests of LiverTumorSegLib.synth.tumors: synthetic tumours land inside the liver, away from
+"""Tests of LiverTumorSegLib.develop.synth.tumors: synthetic tumours land inside the liver, away from
 vessels, with the sizes and contrasts asked, blended edges, the inputs untouched; the image
 wrapper keeps geometry and pixel type; it works on a real CT's liver."""
 
@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from LiverTumorSegLib import LIVER_LABEL, TUMOR_LABEL
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.synth.tumors import insert_tumors, insert_tumors_image
+from LiverTumorSegLib.develop.synth.tumors import insert_tumors, insert_tumors_image
 
 SPACING = (2.0, 1.5, 1.5)  # (k, j, i) mm
 LIVER_HU = 100.0
@@ -231,7 +231,7 @@ def test_tumours_in_a_real_ct_liver(shared_data):
 
 from dataclasses import replace  # noqa: E402
 
-from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, TumorRecipe, insert_tumor_kind  # noqa: E402
+from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, TumorRecipe, insert_tumor_kind  # noqa: E402
 
 
 @pytest.fixture(scope="module")

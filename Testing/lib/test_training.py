@@ -13,9 +13,9 @@ from LiverTumorSegLib.inference import LoadedModel, predict_foreground
 from LiverTumorSegLib.metrics import dice
 from LiverTumorSegLib.models.card import ModelCard, read_card
 from LiverTumorSegLib.models.weights import load_weights
-from LiverTumorSegLib.training.data import TrainingSample
-from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights, weight_grid
-from LiverTumorSegLib.training.trainer import TrainConfig, train_model
+from LiverTumorSegLib.develop.training.data import TrainingSample
+from LiverTumorSegLib.develop.training.ensemble_weights import fit_ensemble_weights, weight_grid
+from LiverTumorSegLib.develop.training.trainer import TrainConfig, train_model
 
 HU_WINDOW = (-100.0, 200.0)
 
@@ -112,7 +112,7 @@ def test_ensemble_weights_favour_the_better_member(trained, tmp_path):
 # --- liver refinement: simulated priors and a two-channel (CT + liver prior) model ------------
 
 def test_signed_distance_is_negative_inside_and_in_millimetres():
-    from LiverTumorSegLib.training.prior import OUTSIDE_MM, signed_distance_mm
+    from LiverTumorSegLib.develop.training.prior import OUTSIDE_MM, signed_distance_mm
 
     mask = np.zeros((10, 10, 20), np.uint8)
     mask[2:8, 2:8, 5:15] = 1
@@ -125,7 +125,7 @@ def test_signed_distance_is_negative_inside_and_in_millimetres():
 
 
 def test_simulated_priors_are_plausible_wrong_livers():
-    from LiverTumorSegLib.training.prior import PriorSimulation, signed_distance_mm
+    from LiverTumorSegLib.develop.training.prior import PriorSimulation, signed_distance_mm
 
     target = np.zeros((64, 64, 64), np.uint8)
     target[12:52, 14:50, 10:54] = 1  # 10 x 9 x 11 cm at 2.5 mm: liver-sized
@@ -145,7 +145,7 @@ def test_simulated_priors_are_plausible_wrong_livers():
 def two_box_samples(n: int, seed: int = 0) -> list:
     """Two equally bright boxes per volume; the target is one of them, chosen at random: only the
     prior says which (as only the liver stage says which bright organ is the liver)."""
-    from LiverTumorSegLib.training.prior import signed_distance_mm
+    from LiverTumorSegLib.develop.training.prior import signed_distance_mm
 
     rng = np.random.default_rng(seed)
     samples = []
@@ -170,7 +170,7 @@ def refine_card() -> ModelCard:
 def test_a_refinement_model_learns_from_the_ct_and_the_prior(tmp_path):
     from scipy import ndimage
 
-    from LiverTumorSegLib.training.prior import PriorSimulation
+    from LiverTumorSegLib.develop.training.prior import PriorSimulation
 
     boxes_scale = PriorSimulation(max_shift_mm=5.0, bias_mm=1.5, chunk_probability=0.3, chunk_radius_mm=(8.0, 25.0))
     card = train_model(refine_card(), two_box_samples(8), tmp_path,
@@ -199,7 +199,7 @@ def test_a_refinement_model_needs_samples_with_prior_distances(tmp_path):
 def test_refinement_samples_are_liver_crops_with_distances(helpers):
     import SimpleITK as sitk
 
-    from LiverTumorSegLib.training.data import prepare_sample
+    from LiverTumorSegLib.develop.training.data import prepare_sample
 
     ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
     labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
@@ -272,7 +272,7 @@ def test_adding_the_map_channel_to_a_trained_model_starts_from_what_it_computed(
 def test_tumor_samples_carry_the_parenchyma_map_of_their_liver(helpers):
     import SimpleITK as sitk
 
-    from LiverTumorSegLib.training.data import prepare_sample
+    from LiverTumorSegLib.develop.training.data import prepare_sample
 
     ct = sitk.Cast(helpers.phantom_ct(lesion_hu=110), sitk.sitkFloat32)  # 50 HU below the liver, not fat
     labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))

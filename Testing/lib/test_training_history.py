@@ -1,11 +1,11 @@
-"""Tests of LiverTumorSegLib.training.history: the flat training history of a model card."""
+"""Tests of LiverTumorSegLib.develop.training.history: the flat training history of a model card."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from LiverTumorSegLib.models.card import ModelCard
-from LiverTumorSegLib.training.history import describe_training, render_history, training_rounds
+from LiverTumorSegLib.develop.training.history import describe_training, render_history, training_rounds
 
 HELD_OUT = "ts_dicom_upper_abdomen"
 

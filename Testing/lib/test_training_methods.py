@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.training.bd_loss import BalancedDiceLoss, category_weights
-from LiverTumorSegLib.training.gdl_focal import GeneralizedDiceFocalLoss, focal, generalized_dice
-from LiverTumorSegLib.training.loss_terms import DiceCELoss, cross_entropy, one_hot, soft_dice
+from LiverTumorSegLib.develop.training.bd_loss import BalancedDiceLoss, category_weights
+from LiverTumorSegLib.develop.training.gdl_focal import GeneralizedDiceFocalLoss, focal, generalized_dice
+from LiverTumorSegLib.develop.training.loss_terms import DiceCELoss, cross_entropy, one_hot, soft_dice
 
 
 def logits_for(foreground_probabilities) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_a_sample_without_known_voxels_adds_nothing(loss):
 
 
 def test_mixed_labels_compose_targets_and_known_voxels():
-    from LiverTumorSegLib.training.mixed_labels import IGNORE_LABEL, AnnotatedStructures, compose_labels
+    from LiverTumorSegLib.develop.training.mixed_labels import IGNORE_LABEL, AnnotatedStructures, compose_labels
 
     labels = np.array([0, 1, 2, IGNORE_LABEL, 0])
     composed, known = compose_labels(labels, AnnotatedStructures(), "tumor")
@@ -134,7 +134,7 @@ def tiny_segresnetvae() -> torch.nn.Module:
 
 
 def test_network_loss_adds_the_weighted_vae_term():
-    from LiverTumorSegLib.training.vae_loss import network_loss
+    from LiverTumorSegLib.develop.training.vae_loss import network_loss
 
     class WithVae(torch.nn.Module):
         def forward(self, x):
@@ -148,7 +148,7 @@ def test_network_loss_adds_the_weighted_vae_term():
 
 
 def test_segresnetvae_trains_its_vae_branch():
-    from LiverTumorSegLib.training.vae_loss import network_loss
+    from LiverTumorSegLib.develop.training.vae_loss import network_loss
 
     torch.manual_seed(0)
     network = tiny_segresnetvae().train()
@@ -192,7 +192,7 @@ def test_vnet_builds_from_a_card_and_a_narrow_one_keeps_monai_layer_names(tmp_pa
 
 def test_architecture_presets_build_and_check_the_patch():
     from LiverTumorSegLib.models.networks import build_network
-    from LiverTumorSegLib.training.architectures import ARCHITECTURE_PRESETS, architecture_for
+    from LiverTumorSegLib.develop.training.architectures import ARCHITECTURE_PRESETS, architecture_for
 
     tiny = {"unet": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
             "segresnet": {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]},
@@ -213,7 +213,7 @@ def test_architecture_presets_build_and_check_the_patch():
 # --- TLVR label smoothing ---------------------------------------------------------------------
 
 def test_tlvr_regression_recovers_a_linear_relation_and_fills_missing_values():
-    from LiverTumorSegLib.training.tlvr import TlvrRegression, case_tlvr, numeric_columns
+    from LiverTumorSegLib.develop.training.tlvr import TlvrRegression, case_tlvr, numeric_columns
 
     records = [{"TCIA_ID": f"P{x}", "AFP": x, "Sex": "M"} for x in (1, 2, 3, 4)]
     assert numeric_columns(records) == ["AFP"]
@@ -227,7 +227,7 @@ def test_tlvr_regression_recovers_a_linear_relation_and_fills_missing_values():
 
 
 def test_tlvr_smoothed_tumour_target_by_hand():
-    from LiverTumorSegLib.training.tlvr import smooth_tumor_target
+    from LiverTumorSegLib.develop.training.tlvr import smooth_tumor_target
 
     soft = smooth_tumor_target(np.array([1, 0, 0]), np.array([1, 1, 0]), clinical_tlvr=0.2, alpha=0.1)
     assert soft.dtype == np.float32 and soft.tolist() == pytest.approx([0.92, 0.02, 0.0])
@@ -236,7 +236,7 @@ def test_tlvr_smoothed_tumour_target_by_hand():
 # --- GPA --------------------------------------------------------------------------------------
 
 def test_a_checkpoint_joins_the_average_only_if_validation_improves():
-    from LiverTumorSegLib.training.gpa import GreedyParameterAverage
+    from LiverTumorSegLib.develop.training.gpa import GreedyParameterAverage
 
     def evaluate(state):
         return -abs(float(state["w"]) - 1.0)
@@ -255,7 +255,7 @@ def test_a_checkpoint_joins_the_average_only_if_validation_improves():
 
 
 def test_greedy_average_offers_the_best_checkpoint_first():
-    from LiverTumorSegLib.training.gpa import greedy_average
+    from LiverTumorSegLib.develop.training.gpa import greedy_average
 
     def evaluate(state):
         return -abs(float(state["w"]) - 1.0)

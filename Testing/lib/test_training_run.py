@@ -20,7 +20,7 @@ import torch
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.models.card import read_card
 from LiverTumorSegLib.models.weights import load_weights
-from LiverTumorSegLib.training.cases import read_validation_ids
+from LiverTumorSegLib.develop.training.cases import read_validation_ids
 
 SIZE, SPACING = (32, 28, 14), (5.0, 5.0, 5.0)  # 160 x 140 x 70 mm around the phantom's liver and lesion
 TINY_ARGS = {
@@ -159,7 +159,7 @@ def test_each_layout_trains_a_model_with_a_patient_level_split(layout, datasets,
 
 
 def test_the_split_keeps_a_patients_scans_in_one_fold(tmp_path, helpers):
-    from LiverTumorSegLib.training.cases import kfold_split, open_training_cases
+    from LiverTumorSegLib.develop.training.cases import kfold_split, open_training_cases
 
     root = _write_plain(tmp_path / "plain", helpers, count=4,
                         index={"patients": {"case0": "p1", "case1": "p1", "case2": "p2", "case3": "p3"}})
@@ -219,8 +219,8 @@ def test_trained_liver_and_tumor_cards_segment_a_ct(datasets, tmp_path, cli_main
 # --- resume -----------------------------------------------------------------------------------
 
 def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(datasets, tmp_path, cli_main):
-    from LiverTumorSegLib.training.config import build_config
-    from LiverTumorSegLib.training.run import TrainingRun
+    from LiverTumorSegLib.develop.training.config import build_config
+    from LiverTumorSegLib.develop.training.run import TrainingRun
 
     args = train_args(datasets["plain"], tmp_path / "whole", "liver", "unet", 4, "--validate-every", "2", "--gpa",
                       "--gpa-start", "0")
@@ -281,9 +281,9 @@ def test_tlvr_label_smoothing_on_hcc_tace_seg_with_its_clinical_table(datasets, 
 
 def test_mixed_labels_use_liver_pseudo_labels_for_a_tumour_only_case(datasets, tmp_path, cli_main, helpers,
                                                                        tiny_models_env, tiny_models):
-    from LiverTumorSegLib.training.cases import open_training_cases
-    from LiverTumorSegLib.training.run import prepare_case, _start_card
-    from LiverTumorSegLib.training.config import build_config
+    from LiverTumorSegLib.develop.training.cases import open_training_cases
+    from LiverTumorSegLib.develop.training.run import prepare_case, _start_card
+    from LiverTumorSegLib.develop.training.config import build_config
 
     root = _write_plain(tmp_path / "mixed", helpers, index={
         "labels": {"0": "background", "1": "liver", "2": "tumor"}, "annotated": {"case2": ["tumor"]}})
@@ -302,7 +302,7 @@ def test_mixed_labels_use_liver_pseudo_labels_for_a_tumour_only_case(datasets, t
     card, _ = _start_card(config)
     from LiverTumorSegLib.inference import LoadedModel
     from LiverTumorSegLib.models.registry import ModelRegistry
-    from LiverTumorSegLib.training.mixed_labels import pseudo_liver_probability
+    from LiverTumorSegLib.develop.training.mixed_labels import pseudo_liver_probability
 
     liver_model = LoadedModel.load(ModelRegistry.default().resolve(tiny_models.liver))
     prepared, _, _ = prepare_case(cases[2], card, lambda ct: pseudo_liver_probability(ct, liver_model,
@@ -350,7 +350,7 @@ def test_bad_training_inputs_end_in_one_error_line(changes, message, datasets, t
 
 
 def test_batches_depend_only_on_the_seed_and_the_step_whatever_the_workers():
-    from LiverTumorSegLib.training.patches import PatchBatches, PreparedCase
+    from LiverTumorSegLib.develop.training.patches import PatchBatches, PreparedCase
 
     rng = np.random.default_rng(0)
     target = np.zeros((20, 20, 20), np.float32)
@@ -373,8 +373,8 @@ def test_batches_depend_only_on_the_seed_and_the_step_whatever_the_workers():
 
 
 def test_category_weights_epochs_and_fine_tuning(tmp_path, helpers, datasets, cli_main):
-    from LiverTumorSegLib.training.config import build_config
-    from LiverTumorSegLib.training.run import TrainingRun
+    from LiverTumorSegLib.develop.training.config import build_config
+    from LiverTumorSegLib.develop.training.run import TrainingRun
 
     root = _write_plain(tmp_path / "typed", helpers, count=4,
                         index={"categories": {"case0": "HCC", "case1": "HCC", "case2": "HCC", "case3": "ICC"}})
@@ -402,7 +402,7 @@ def test_category_weights_epochs_and_fine_tuning(tmp_path, helpers, datasets, cl
 
 
 def test_a_stopped_run_says_how_to_continue_it(datasets, tmp_path, cli_main, capfd, monkeypatch):
-    from LiverTumorSegLib.training.run import TrainingRun
+    from LiverTumorSegLib.develop.training.run import TrainingRun
 
     out = tmp_path / "run"
 
@@ -444,7 +444,7 @@ def test_torchrun_with_two_processes_trains_one_model(datasets, tmp_path, cli_ma
 
 def test_distributed_ranks_from_the_environment():
     from LiverTumorSegLib.errors import LiverTumorSegError
-    from LiverTumorSegLib.training.distributed import Distributed
+    from LiverTumorSegLib.develop.training.distributed import Distributed
 
     assert not Distributed.from_environment({}).enabled and Distributed.from_environment({}).main
     second = Distributed.from_environment({"WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1"})

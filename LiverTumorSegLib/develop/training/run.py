@@ -27,14 +27,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import LiverTumorSegError
-from ..metrics import dice
-from ..models.card import ModelCard, write_card
-from ..models.networks import build_network, forward_logits
-from ..models.weights import load_weights, save_weights
-from ..pipeline import PipelineSettings
-from ..preprocess import model_grid, resample_to
-from ..stages.crop import crop_image, liver_box
+from ...errors import LiverTumorSegError
+from ...metrics import dice
+from ...models.card import ModelCard, write_card
+from ...models.networks import build_network, forward_logits
+from ...models.weights import load_weights, save_weights
+from ...pipeline import PipelineSettings
+from ...preprocess import model_grid, resample_to
+from ...stages.crop import crop_image, liver_box
 from .architectures import architecture_for
 from .bd_loss import category_weights
 from .cases import TrainingCase, kfold_split, open_training_cases
@@ -200,7 +200,7 @@ def _start_card(config: TrainingConfig) -> Tuple[ModelCard, Optional[ModelCard]]
     """The card to train (no weights yet) and the card fine-tuned from, if any."""
     spacing, patch, window = spacing_patch_window(config)
     if config.init_from:
-        from ..models.registry import ModelRegistry
+        from ...models.registry import ModelRegistry
 
         source = ModelRegistry.default().resolve(config.init_from, task=config.task)
         if not isinstance(source, ModelCard):
@@ -250,7 +250,7 @@ def _attach_clinical(config: TrainingConfig, cases: List[TrainingCase]) -> None:
     """Clinical records from --clinical (by patient or case id) for cases that have none."""
     if not config.clinical:
         return
-    from ..io.datasets import read_clinical_table
+    from ..datasets import read_clinical_table
 
     table = read_clinical_table(Path(config.clinical))
     for case in cases:
@@ -265,7 +265,7 @@ class TrainingRun:
     """Prepare once, then ``run()``; ``on_event`` receives every RunEvent."""
 
     def __init__(self, config: TrainingConfig, on_event: Optional[Callable[[RunEvent], None]] = None) -> None:
-        from ..inference import resolve_device
+        from ...inference import resolve_device
 
         self.config = config
         self.dist = Distributed.from_environment()
@@ -298,8 +298,8 @@ class TrainingRun:
     def _pseudo_liver(self) -> Optional[Callable[[sitk.Image], np.ndarray]]:
         if not self.config.pseudo_liver_model:
             return None
-        from ..inference import LoadedModel
-        from ..models.registry import ModelRegistry
+        from ...inference import LoadedModel
+        from ...models.registry import ModelRegistry
 
         card = ModelRegistry.default().resolve(self.config.pseudo_liver_model, task="liver")
         if not isinstance(card, ModelCard):

@@ -25,11 +25,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .. import TUMOR_LABEL
-from ..errors import LiverTumorSegError
-from ..geometry import Geometry
-from ..models.card import EnsembleCard, EnsembleMember, ModelCard, check_model_name, read_card, write_card
-from ..models.registry import ModelRegistry
+from ... import TUMOR_LABEL
+from ...errors import LiverTumorSegError
+from ...geometry import Geometry
+from ...models.card import EnsembleCard, EnsembleMember, ModelCard, check_model_name, read_card, write_card
+from ...models.registry import ModelRegistry
 from .cases import TrainingCase, open_training_cases, read_validation_ids
 from .ensemble_weights import best_weights, grid_dice, weight_grid
 from .mixed_labels import IGNORE_LABEL
@@ -102,10 +102,10 @@ def _member_probabilities(case: TrainingCase, members: Sequence["LoadedModel"], 
                           crop_margin_mm: float) -> Tuple[List[np.ndarray], np.ndarray, np.ndarray]:
     """(each member's tumour probability on the case's liver crop, the reference tumour, the voxels
     scored: known and inside the tumour search region of the reference liver)."""
-    from ..stages.crop import crop_image, liver_box
-    from ..stages.liver import tumor_search_region
-    from ..stages.parenchyma import hypodensity_channel
-    from ..stages.tumor import ensemble_probability, needs_hypodensity
+    from ...stages.crop import crop_image, liver_box
+    from ...stages.liver import tumor_search_region
+    from ...stages.parenchyma import hypodensity_channel
+    from ...stages.tumor import ensemble_probability, needs_hypodensity
 
     ct, labels = case.case.load()
     raw = sitk.GetArrayFromImage(labels)
@@ -143,8 +143,8 @@ def _place_members(members: Sequence[ModelCard], folder: Path, given_as_file: Se
 def build_ensemble(request: EnsembleRequest, registry: Optional[ModelRegistry] = None,
                    on_case: Optional[Callable[[int, int, str], None]] = None) -> EnsembleCard:
     """Fit the weights, write the card (and the members given as files beside it); returns the card."""
-    from ..inference import LoadedModel, resolve_device
-    from ..pipeline import PipelineSettings
+    from ...inference import LoadedModel, resolve_device
+    from ...pipeline import PipelineSettings
 
     registry = registry or ModelRegistry.default()
     output = Path(request.output)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional
 
-from ..models.card import ModelCard
+from ...models.card import ModelCard
 
 HELD_OUT_MARK = ". Held out: "
 _ROUND = re.compile(r"(?:^|(?<=\.) )Round \d+: ")

@@ -8,12 +8,12 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..geometry import Geometry
-from ..models.card import HYPODENSITY_CHANNEL, ModelCard
-from ..preprocess import model_grid, normalize_hu, resample_to
-from ..stages.crop import crop_image, liver_box
-from ..stages.liver import tumor_search_region
-from ..stages.parenchyma import hypodensity_channel
+from ...geometry import Geometry
+from ...models.card import HYPODENSITY_CHANNEL, ModelCard
+from ...preprocess import model_grid, normalize_hu, resample_to
+from ...stages.crop import crop_image, liver_box
+from ...stages.liver import tumor_search_region
+from ...stages.parenchyma import hypodensity_channel
 from .prior import signed_distance_mm
 
 

@@ -26,18 +26,17 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of
+from LiverTumorSegLib.models.registry import ModelRegistry
+from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior
+from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
+from LiverTumorSegLib.develop.synth.shared_cases import (has_shared_case, load_shared_case,
+                                                         phantom_with_tumor_kind, shared_data_dir)
+from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
+from LiverTumorSegLib.develop.scripts import checkout_root
 
-from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of  # noqa: E402
-from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
-from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
-from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior  # noqa: E402
-from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
-from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
-                                                 phantom_with_tumor_kind, shared_data_dir)
-from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
-
+ROOT = checkout_root()
 SHARED = shared_data_dir(ROOT)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..errors import LiverTumorSegError
+from ...errors import LiverTumorSegError
 
 DARKENING_HU = (12.0, 30.0)  # how much darker than the rest of the liver the region lies
 FRACTION = (0.12, 0.35)  # of the liver volume inside the region

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..metrics import dice
-from ..inference import LoadedModel, predict_foreground
-from ..models.card import ModelCard
+from ...metrics import dice
+from ...inference import LoadedModel, predict_foreground
+from ...models.card import ModelCard
 from .data import TrainingSample
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import LiverTumorSegError
+from ...errors import LiverTumorSegError
 from .bd_loss import BalancedDiceLoss
 from .config import LOSS_NAMES
 from .gdl_focal import GeneralizedDiceFocalLoss

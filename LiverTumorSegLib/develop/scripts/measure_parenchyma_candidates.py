@@ -32,17 +32,16 @@ from typing import Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from LiverTumorSegLib.synth.shared_cases import load_shared_case, shared_data_dir  # noqa: E402
-from LiverTumorSegLib.metrics import lesion_detection  # noqa: E402
-from LiverTumorSegLib.postprocess.active_contour import refine_lesions  # noqa: E402
-from LiverTumorSegLib.postprocess.cleanup import remove_small_lesions, tumor_inside_liver  # noqa: E402
-from LiverTumorSegLib.postprocess.interslice import interslice_consistency  # noqa: E402
-from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, combine_with_model,  # noqa: E402
+from LiverTumorSegLib.develop.synth.shared_cases import load_shared_case, shared_data_dir
+from LiverTumorSegLib.metrics import lesion_detection
+from LiverTumorSegLib.postprocess.active_contour import refine_lesions
+from LiverTumorSegLib.postprocess.cleanup import remove_small_lesions, tumor_inside_liver
+from LiverTumorSegLib.postprocess.interslice import interslice_consistency
+from LiverTumorSegLib.stages.parenchyma import (ParenchymaPrior, combine_with_model,
                                                 parenchyma_candidates)
+from LiverTumorSegLib.develop.scripts import checkout_root
 
+ROOT = checkout_root()
 # Validation CTs: (name, CT path, reference liver path or None). Held-out ts_dicom_upper_abdomen is absent on purpose.
 SHARED = shared_data_dir(ROOT)
 TUMOR_CTS = ["ts_upper_abdomen_3mm", "chaos_ct_1"]  # shared cases (synth.shared_cases)
@@ -54,7 +53,7 @@ FALLBACK_KINDS = {"large": ((50.0, 120.0), 1), "medium": ((15.0, 40.0), 3), "sma
 
 def tumour_kinds() -> List[str]:
     try:
-        from LiverTumorSegLib.synth.tumors import TUMOR_KINDS
+        from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS
         return list(TUMOR_KINDS)
     except ImportError:
         return list(FALLBACK_KINDS)
@@ -62,10 +61,10 @@ def tumour_kinds() -> List[str]:
 
 def insert(ct: sitk.Image, liver: sitk.Image, seed: int, kind: str) -> Tuple[sitk.Image, sitk.Image, List[dict]]:
     try:
-        from LiverTumorSegLib.synth.tumors import insert_tumor_kind
+        from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
         return insert_tumor_kind(ct, liver, seed=seed, kind=kind)
     except ImportError:
-        from LiverTumorSegLib.synth.tumors import insert_tumors_image
+        from LiverTumorSegLib.develop.synth.tumors import insert_tumors_image
         size, count = FALLBACK_KINDS[kind]
         return insert_tumors_image(ct, liver, seed=seed, n_tumors=count, size_range_mm=size, hyper_fraction=0.0)
 
@@ -285,7 +284,7 @@ def crop_geometry(ct_name: str, box: np.ndarray) -> sitk.Image:
 
 def render(args: argparse.Namespace) -> None:
     from LiverTumorSegLib.pipeline import PipelineSettings
-    from LiverTumorSegLib.render import axial_overlay, save_png, stack_rows
+    from LiverTumorSegLib.develop.render import axial_overlay, save_png, stack_rows
     settings = PipelineSettings(device="cpu")
     prior = ParenchymaPrior(**json.loads(args.prior)) if args.prior else ParenchymaPrior()
     names = {"model": {}, "map": {}, "combined": {}}

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar
 
 import torch
 
-from ..errors import LiverTumorSegError
+from ...errors import LiverTumorSegError
 
 T = TypeVar("T")
 TIMEOUT = timedelta(minutes=60)  # process 0 writes checkpoints while the others wait

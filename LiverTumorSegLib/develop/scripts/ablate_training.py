@@ -77,14 +77,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.develop.evaluation import bootstrap_ci
+from LiverTumorSegLib.develop.scripts import checkout_root
+from LiverTumorSegLib.develop.synth.shared_cases import (has_shared_case, load_shared_case,
+                                                         phantom_with_tumor_kind, shared_data_dir)
+from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
+from LiverTumorSegLib.develop.training.tlvr import case_tlvr
 
-from LiverTumorSegLib.evaluation import bootstrap_ci  # noqa: E402
-from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
-                                                 phantom_with_tumor_kind, shared_data_dir)
-from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
-from LiverTumorSegLib.training.tlvr import case_tlvr  # noqa: E402
+ROOT = checkout_root()
 
 TRAIN_SEED0, HELD_OUT_SEED0 = 30000, 31000
 # Unbalanced training kinds (what BD's category weights balance); held-out kinds cycle evenly.

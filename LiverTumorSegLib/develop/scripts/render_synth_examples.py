@@ -24,13 +24,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.develop.synth.phantom import ORGAN, make_phantom
+from LiverTumorSegLib.develop.synth.shared_cases import has_shared_case, load_shared_case, shared_data_dir
+from LiverTumorSegLib.develop.synth.tumors import insert_tumors_image
+from LiverTumorSegLib.develop.scripts import checkout_root
 
-from LiverTumorSegLib.synth.phantom import ORGAN, make_phantom  # noqa: E402
-from LiverTumorSegLib.synth.shared_cases import has_shared_case, load_shared_case, shared_data_dir  # noqa: E402
-from LiverTumorSegLib.synth.tumors import insert_tumors_image  # noqa: E402
-
+ROOT = checkout_root()
 SHARED = shared_data_dir(ROOT)
 LIVER_RGB = (40, 220, 60)
 TUMOR_RGB = (255, 40, 40)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
-from ..errors import LiverTumorSegError
+from ...errors import LiverTumorSegError
 
 # name -> (card architecture, default arguments without in/out channels, patch divisor)
 ARCHITECTURE_PRESETS: Dict[str, Tuple[str, Dict[str, Any], int]] = {

@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .. import LIVER_LABEL, TUMOR_LABEL
-from ..errors import LiverTumorSegError
+from ... import LIVER_LABEL, TUMOR_LABEL
+from ...errors import LiverTumorSegError
 
 DEFAULT_ALPHA = 0.1
 

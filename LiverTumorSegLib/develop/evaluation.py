@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from . import LIVER_LABEL, TUMOR_LABEL
-from .errors import CancelledError, LiverTumorSegError
-from .metrics import dice, lesion_detection, on_grid_of
+from .. import LIVER_LABEL, TUMOR_LABEL
+from ..errors import CancelledError, LiverTumorSegError
+from ..metrics import dice, lesion_detection, on_grid_of
 from .training.cases import TrainingCase, read_validation_ids
 from .training.mixed_labels import IGNORE_LABEL, AnnotatedStructures
 

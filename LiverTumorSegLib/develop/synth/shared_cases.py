@@ -14,8 +14,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
-from ..errors import LiverTumorSegError
-from ..geometry import Geometry
+from ...errors import LiverTumorSegError
+from ...geometry import Geometry
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def has_shared_case(data_dir: Path, name: str) -> bool:
 def load_shared_case(data_dir: Path, name: str) -> Tuple[sitk.Image, Optional[sitk.Image]]:
     """(CT as float32 HU, reference liver as uint8 0/1 on the CT's grid, or None) of a shared
     case. A reference stored on a slightly different grid is resampled (nearest) onto the CT's."""
-    from ..io.volume import load_volume
+    from ...io.volume import load_volume
 
     if name not in SHARED_CASES:
         raise LiverTumorSegError(f"unknown shared case '{name}'; known: {', '.join(SHARED_CASES)}")

@@ -31,8 +31,8 @@ import SimpleITK as sitk
 from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
 from ..errors import LiverTumorSegError
 from ..geometry import Geometry, array_to_image
-from .dicom_seg import is_segmentation, read_dicom_seg, referenced_series_uids
-from .volume import load_volume, output_name
+from ..io.dicom_seg import is_segmentation, read_dicom_seg, referenced_series_uids
+from ..io.volume import load_volume, output_name
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .. import LIVER_LABEL, TUMOR_LABEL
-from ..errors import LiverTumorSegError
+from ... import LIVER_LABEL, TUMOR_LABEL
+from ...errors import LiverTumorSegError
 
 IGNORE_LABEL = 255  # a voxel whose label is unknown
 CONFIDENT = 0.9
@@ -75,8 +75,8 @@ def compose_labels(labels: np.ndarray, structures: AnnotatedStructures, task: st
 
 def pseudo_liver_probability(ct: sitk.Image, liver_model: "LoadedModel", device: "torch.device") -> np.ndarray:  # noqa: F821
     """The stage-1 liver model's liver probability (float32) on ``ct``'s grid."""
-    from ..inference import predict_image
-    from ..preprocess import resample_to
+    from ...inference import predict_image
+    from ...preprocess import resample_to
 
     probability, _ = predict_image(ct, liver_model, device, overlap=0.25)
     return sitk.GetArrayFromImage(resample_to(probability, ct, sitk.sitkLinear, 0.0)).astype(np.float32)

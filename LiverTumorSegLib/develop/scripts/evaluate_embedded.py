@@ -29,20 +29,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.errors import LiverTumorSegError
+from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of
+from LiverTumorSegLib.models.card import read_card, write_card
+from LiverTumorSegLib.models.registry import ModelRegistry
+from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.develop.render import axial_overlay, save_png, stack_rows
+from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
+from LiverTumorSegLib.develop.synth.shared_cases import (has_shared_case, load_shared_case,
+                                                         phantom_with_tumor_kind, shared_data_dir)
+from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
+from LiverTumorSegLib.develop.scripts import checkout_root
 
-from LiverTumorSegLib.errors import LiverTumorSegError  # noqa: E402
-from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of  # noqa: E402
-from LiverTumorSegLib.models.card import read_card, write_card  # noqa: E402
-from LiverTumorSegLib.models.registry import ModelRegistry  # noqa: E402
-from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings  # noqa: E402
-from LiverTumorSegLib.render import axial_overlay, save_png, stack_rows  # noqa: E402
-from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
-from LiverTumorSegLib.synth.shared_cases import (has_shared_case, load_shared_case,  # noqa: E402
-                                                 phantom_with_tumor_kind, shared_data_dir)
-from LiverTumorSegLib.synth.tumors import TUMOR_KINDS, insert_tumor_kind  # noqa: E402
-
+ROOT = checkout_root()
 SHARED = shared_data_dir(ROOT)
 log = logging.getLogger("evaluate_embedded")
 
@@ -147,12 +146,12 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             f"* liver-demo: {liver.trained_on}",
             *[f"* {card.name} (refines liver-demo's mask on the liver crop): {card.trained_on}" for card in refine],
             f"* tumor members: {members[0].trained_on}",
-            "* Synthetic phantoms: `LiverTumorSegLib.synth.phantom` (abdomen, upper abdomen and chest views, "
+            "* Synthetic phantoms: `LiverTumorSegLib.develop.synth.phantom` (abdomen, upper abdomen and chest views, "
             "random spacing 0.8-3 mm in-plane, 1.5-5 mm slices; since liver-demo round 10 the stomach in every "
             "filling (food at soft-tissue density, air, water, oral contrast, collapsed) against the left lobe in "
             "most seeds, duodenum, colon, gallbladder in its fossa and the right kidney touching the liver: hard "
             "negatives). Synthetic tumours: "
-            "`LiverTumorSegLib.synth.tumors`, kinds " + ", ".join(f"`{k}`" for k in TUMOR_KINDS)
+            "`LiverTumorSegLib.develop.synth.tumors`, kinds " + ", ".join(f"`{k}`" for k in TUMOR_KINDS)
             + " (5 mm to 15 cm, iso- to hypodense and hyperdense, confluent metastases, surface lesions that "
             "bulge the liver, capsules, necrosis, calcification).",
             "* Real data: `../shared/data/ts_upper_abdomen_3mm` (and its reference liver) for all models; "
@@ -163,7 +162,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "* Real: `ts_dicom_upper_abdomen` (another patient, portal-venous phase; liver reference), "
             "used only here; `chaos_ct_1` is held out of the liver models (their expert-referenced real case).",
             "* Synthetic: phantom seeds 10000+ and the held-out real liver with synthetic tumours (seeds 9000+); "
-            "the held-out livers with a broad tumour-free perfusion darkening (`LiverTumorSegLib.synth.perfusion`, "
+            "the held-out livers with a broad tumour-free perfusion darkening (`LiverTumorSegLib.develop.synth.perfusion`, "
             "seeds 9100+), alone and under tumours.",
             "", "## Measured accuracy (full pipeline, default settings, CPU)", "",
             TARGETS, "",

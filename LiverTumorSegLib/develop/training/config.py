@@ -9,7 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..errors import LiverTumorSegError
+from ...errors import LiverTumorSegError
 
 TASK_DEFAULTS = {  # grid, window and patch (x, y, z) of the pipeline's embedded models
     "liver": {"spacing_mm": [3.0, 3.0, 3.0], "hu_window": [-250.0, 350.0], "patch_size": [96, 96, 64]},

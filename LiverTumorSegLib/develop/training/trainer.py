@@ -18,10 +18,10 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import LiverTumorSegError
-from ..models.card import HYPODENSITY_CHANNEL, ModelCard, write_card
-from ..models.networks import build_network, forward_logits
-from ..models.weights import load_weights, save_weights
+from ...errors import LiverTumorSegError
+from ...models.card import HYPODENSITY_CHANNEL, ModelCard, write_card
+from ...models.networks import build_network, forward_logits
+from ...models.weights import load_weights, save_weights
 from .data import TrainingSample
 from .patches import intensity_transforms
 from .prior import OUTSIDE_MM, PriorSimulation

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .preprocess import normalize_hu
+from ..preprocess import normalize_hu
 
 PRED_COLORS = {1: (255, 140, 0), 2: (0, 255, 0)}  # liver orange, tumor green
 REF_COLORS = {1: (0, 160, 255), 2: (255, 0, 255)}  # reference liver blue, tumor magenta

@@ -32,9 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import LIVER_LABEL, TUMOR_LABEL
-from ..errors import LiverTumorSegError
-from ..geometry import Geometry
+from ... import LIVER_LABEL, TUMOR_LABEL
+from ...errors import LiverTumorSegError
+from ...geometry import Geometry
 from .tumors import insert_tumors
 
 # Tissue ids of ``Phantom.organs`` (index = id).

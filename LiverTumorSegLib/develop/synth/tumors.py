@@ -26,9 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .. import LIVER_LABEL, TUMOR_LABEL
-from ..errors import LiverTumorSegError
-from ..geometry import Geometry
+from ... import LIVER_LABEL, TUMOR_LABEL
+from ...errors import LiverTumorSegError
+from ...geometry import Geometry
 
 # Weight below which a tumour is treated as absent (its outer extent; the faint rest of the
 # partial-volume tail is cut at the liver's boundary, where it is invisible under noise).

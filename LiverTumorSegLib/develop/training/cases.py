@@ -1,6 +1,6 @@
 """The labelled cases of a training folder, whichever layout it has, and their patient-level split.
 
-Layouts: the public datasets ``io.datasets`` reads (MSD Task03 Liver, LiTS, HCC-TACE-Seg) and a
+Layouts: the public datasets ``develop.datasets`` reads (MSD Task03 Liver, LiTS, HCC-TACE-Seg) and a
 plain folder: ``images/NAME.nii.gz`` with ``labels/NAME.nii.gz`` (any format ``load_volume`` reads,
 matched by name) and an optional ``labels.json``::
 
@@ -22,10 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from ..errors import LiverTumorSegError
-from ..io.datasets import HCC_TACE_SEG, LabelledCase, detect_layout, open_dataset
-from ..io.volume import output_name
+from ... import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
+from ...errors import LiverTumorSegError
+from ..datasets import HCC_TACE_SEG, LabelledCase, detect_layout, open_dataset
+from ...io.volume import output_name
 from .mixed_labels import IGNORE_LABEL, AnnotatedStructures
 
 PLAIN = "plain"
@@ -50,7 +50,7 @@ class TrainingCase:
 
 
 def detect_training_layout(root: Path) -> str:
-    """PLAIN for an images/ + labels/ folder, else the public layout ``io.datasets`` detects."""
+    """PLAIN for an images/ + labels/ folder, else the public layout ``develop.datasets`` detects."""
     root = Path(root)
     if root.is_dir() and not (root / "dataset.json").is_file() and (root / "images").is_dir() \
             and (root / "labels").is_dir():

@@ -2,8 +2,8 @@
 """Train the embedded default models (non-clinical demos) with the project's own trainer.
 
 Data, all made or shipped here:
-  * synthetic abdominal CT phantoms (LiverTumorSegLib.synth.phantom), seeds 0..N-1, with
-    synthetic tumours of every kind (LiverTumorSegLib.synth.tumors.TUMOR_KINDS);
+  * synthetic abdominal CT phantoms (LiverTumorSegLib.develop.synth.phantom), seeds 0..N-1, with
+    synthetic tumours of every kind (LiverTumorSegLib.develop.synth.tumors.TUMOR_KINDS);
   * the real CT ../shared/data/ts_upper_abdomen_3mm (its reference liver), with synthetic
     tumours of every kind inserted into its real liver;
   * for the tumor models only, also the real CT ../shared/data/chaos_ct_1 (CHAOS challenge,
@@ -28,19 +28,18 @@ from typing import List
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card
+from LiverTumorSegLib.develop.synth.phantom import make_phantom
+from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
+from LiverTumorSegLib.develop.synth.shared_cases import load_shared_case, shared_data_dir
+from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
+from LiverTumorSegLib.develop.training.data import TrainingSample, prepare_sample
+from LiverTumorSegLib.develop.training.ensemble_weights import fit_ensemble_weights
+from LiverTumorSegLib.develop.training.history import describe_training
+from LiverTumorSegLib.develop.training.trainer import TrainConfig, train_model
+from LiverTumorSegLib.develop.scripts import checkout_root
 
-from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card  # noqa: E402
-from LiverTumorSegLib.synth.phantom import make_phantom  # noqa: E402
-from LiverTumorSegLib.synth.perfusion import add_perfusion_variation  # noqa: E402
-from LiverTumorSegLib.synth.shared_cases import load_shared_case, shared_data_dir  # noqa: E402
-from LiverTumorSegLib.synth.tumors import insert_tumor_kind  # noqa: E402
-from LiverTumorSegLib.training.data import TrainingSample, prepare_sample  # noqa: E402
-from LiverTumorSegLib.training.ensemble_weights import fit_ensemble_weights  # noqa: E402
-from LiverTumorSegLib.training.history import describe_training  # noqa: E402
-from LiverTumorSegLib.training.trainer import TrainConfig, train_model  # noqa: E402
-
+ROOT = checkout_root()
 SHARED = shared_data_dir(ROOT)
 NON_CLINICAL = ("Demonstration model trained only on synthetic phantoms and real CTs with synthetic tumours (see "
                 "trained_on). NOT FOR CLINICAL USE: not validated on real patients' tumours.")
@@ -69,7 +68,7 @@ def liver_card() -> ModelCard:
         weights_file="", weights_sha256="", classes={"0": "background", "1": "liver (tumors included)"},
         refine_model=LIVER_REFINE_NAME,
         description="Global-view liver model (whole CT at 3 mm).", non_clinical=True, intended_use=NON_CLINICAL,
-        source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+        source="scripts/train_embedded.py (LiverTumorSegLib.develop.training.trainer)")
 
 
 def liver_refine_card() -> ModelCard:
@@ -81,7 +80,7 @@ def liver_refine_card() -> ModelCard:
         input_channels=["ct", "liver_prior"], weights_file="", weights_sha256="",
         classes={"0": "background", "1": "liver (tumors included)"},
         description="Local-view liver refinement (liver crop at 1.5 mm; inputs: the CT and the liver stage's mask).",
-        non_clinical=True, intended_use=NON_CLINICAL, source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+        non_clinical=True, intended_use=NON_CLINICAL, source="scripts/train_embedded.py (LiverTumorSegLib.develop.training.trainer)")
 
 
 def tumor_cards() -> list:
@@ -93,7 +92,7 @@ def tumor_cards() -> list:
                   input_channels=["ct", "hypodensity"],
                   hu_window=(-100.0, 250.0), weights_file="", weights_sha256="", non_clinical=True,
                   classes={"0": "background", "1": "liver tumor"}, intended_use=NON_CLINICAL,
-                  source="scripts/train_embedded.py (LiverTumorSegLib.training.trainer)")
+                  source="scripts/train_embedded.py (LiverTumorSegLib.develop.training.trainer)")
     return [
         # Two residual U-Nets of different depth and width: on a CPU a SegResNet member costs about
         # ten times more per window (measured), too slow for the embedded default.
@@ -252,7 +251,7 @@ def train_liver_refine(args: argparse.Namespace) -> None:
                        f"({args.real_variants} variants, half with synthetic tumours of every kind), "
                        f"{args.perfusion_fraction:.0%} of the samples with a broad tumour-free darkening of part of "
                        "the liver (synth.perfusion), with simulated liver-stage masks as the prior "
-                       "(LiverTumorSegLib.training.prior)")
+                       "(LiverTumorSegLib.develop.training.prior)")
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:
