@@ -7,6 +7,7 @@ that ``segment``, ``measure``, ``lesion`` or ``models`` need.
   models' trainer;
 * ``datasets.py``: the public dataset layouts (MSD Task03, LiTS, HCC-TACE-Seg) and clinical tables;
 * ``evaluation.py``: ``livertumorseg evaluate``; ``render.py``: PNG overlays;
+* ``commands.py``: the command-line parsers and runs of train, evaluate and ensemble;
 * ``scripts/``: train, measure and tune the embedded demo models (``python -m
   LiverTumorSegLib.develop.scripts.NAME``, or ``python scripts/NAME.py`` in a checkout).
 

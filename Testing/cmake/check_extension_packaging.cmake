@@ -3,7 +3,8 @@
 #   cmake -DEXTENSION_SOURCE_DIR=<repo root> -DMANIFEST_FILE=<out.txt> -P check_extension_packaging.cmake
 #
 # The Slicer and CTK macros are replaced by recorders. Fails (FATAL_ERROR) when a named file does not
-# exist, when a file that must ship is not packaged, or when the install layout breaks the module.
+# exist, when a file that must ship is not packaged, when the library's development package
+# (LiverTumorSegLib/develop/) is packaged, or when the install layout breaks the module.
 # MANIFEST_FILE receives one line per packaged file: "<path in qt-scripted-modules>|<source path>",
 # and lines "TEST|<script>" and "EXTENSION|<variable>|<value>".
 
@@ -201,9 +202,11 @@ if(NOT "${EXTENSION_CATEGORY}" STREQUAL "Segmentation")
   _recorder_error("EXTENSION_CATEGORY is '${EXTENSION_CATEGORY}', expected Segmentation")
 endif()
 
-# Everything that must ship, as "<destination-relative path>|<source>" entries.
+# Everything that must ship, as "<destination-relative path>|<source>" entries: the library
+# without its development package (LiverTumorSegLib/develop/), which must not ship.
 set(_recorder_required "")
 _file(GLOB_RECURSE _library RELATIVE "${EXTENSION_SOURCE_DIR}" "${EXTENSION_SOURCE_DIR}/LiverTumorSegLib/*.py")
+list(FILTER _library EXCLUDE REGEX "^LiverTumorSegLib/develop/")
 _file(GLOB_RECURSE _module RELATIVE "${EXTENSION_SOURCE_DIR}/LiverTumorSeg" "${EXTENSION_SOURCE_DIR}/LiverTumorSeg/*.py")
 _file(GLOB_RECURSE _resources RELATIVE "${EXTENSION_SOURCE_DIR}"
   "${EXTENSION_SOURCE_DIR}/Resources/UI/*.ui"
@@ -239,6 +242,12 @@ foreach(_entry IN LISTS _recorder_required)
   list(FIND _recorder_packaged "${_destination}|${_source}" _index)
   if(_index EQUAL -1)
     _recorder_error("${_source} is not packaged (expected as ${_destination} in qt-scripted-modules/)")
+  endif()
+endforeach()
+
+foreach(_destination IN LISTS _recorder_destinations)
+  if(_destination MATCHES "^LiverTumorSegLib/develop/")
+    _recorder_error("${_destination} is packaged: the library's development package (LiverTumorSegLib/develop/) stays out of the extension")
   endif()
 endforeach()
 

@@ -1,6 +1,7 @@
 """The extension's CMake files, run with the Slicer/CTK macros replaced by recorders (cmake -P):
-every named file exists, every library and resource file is packaged, and the installed layout
-works (module, helper package, library and resources side by side in qt-scripted-modules/)."""
+every named file exists, every runtime library file and resource file is packaged, the library's
+development package (LiverTumorSegLib/develop/) is not, and the installed layout works (module,
+helper package, library and resources side by side in qt-scripted-modules/)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ def test_the_extension_packages_module_library_and_resources(tmp_path):
     assert files["Resources/Icons/LiverTumorSeg.png"] == str(REPO_ROOT / "Resources" / "Icons" / "LiverTumorSeg.png")
     library_files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "LiverTumorSegLib").rglob("*.py")
                      if "__pycache__" not in p.parts}
-    assert library_files <= set(files)
+    runtime_files = {f for f in library_files if not f.startswith("LiverTumorSegLib/develop/")}
+    assert "LiverTumorSegLib/pipeline.py" in runtime_files and "LiverTumorSegLib/develop/__init__.py" in library_files
+    assert runtime_files <= set(files)
+    assert not [f for f in files if f.startswith("LiverTumorSegLib/develop")], "the development package is packaged"
     model_files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "Resources" / "Models").glob("*")
                    if p.suffix in (".json", ".safetensors")}
     assert model_files <= set(files)
@@ -98,6 +102,20 @@ def test_the_installed_layout_runs(tmp_path):
     assert version.returncode == 0, version.stderr
     assert "livertumorseg" in version.stdout
 
+    # Without the development package, train ends in one error line. Slicer's Python has no
+    # editable install of the library, whose finder would reach into the checkout: drop it.
+    assert not (install / "LiverTumorSegLib" / "develop").exists()
+    train = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+         "if not getattr(f, '__module__', '').startswith('__editable__')]; sys.path.insert(0, sys.argv[1]); "
+         "from LiverTumorSegLib import cli; print(cli.__file__); sys.exit(cli.main(sys.argv[2:]))", str(install),
+         "train", "--data", str(tmp_path / "data"), "--task", "liver", "--output", str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 1, train.stderr
+    assert Path(train.stdout.strip()) == install / "LiverTumorSegLib" / "cli.py"
+    assert train.stderr.strip().startswith("error: livertumorseg train needs the development package"), train.stderr
+    assert len(train.stderr.strip().splitlines()) == 1
+
 
 def test_a_named_file_that_is_missing_fails(tmp_path):
     source = copy_extension(tmp_path / "src")
@@ -131,6 +149,28 @@ def test_a_top_level_helper_script_is_refused(tmp_path):
     completed, _ = run_check(source, work)
     assert completed.returncode != 0
     assert "helper.py would be loaded by Slicer as a module" in completed.stderr
+
+
+def test_the_development_package_is_never_packaged(tmp_path):
+    """A new file under LiverTumorSegLib/develop/ stays out; naming one in the CMake files fails."""
+    source = copy_extension(tmp_path / "src")
+    (source / "LiverTumorSegLib" / "develop" / "brand_new.py").write_text("VALUE = 1\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    completed, entries = run_check(source, work)
+    assert completed.returncode == 0, completed.stderr
+    assert not [f for f in packaged(entries) if f.startswith("LiverTumorSegLib/develop")]
+
+    cmake_file = source / "LiverTumorSeg" / "CMakeLists.txt"
+    text = cmake_file.read_text()
+    assert 'list(FILTER LIBRARY_PYTHON_SCRIPTS EXCLUDE REGEX "^LiverTumorSegLib/develop/")' in text
+    cmake_file.write_text(text.replace('list(FILTER LIBRARY_PYTHON_SCRIPTS EXCLUDE REGEX "^LiverTumorSegLib/develop/")',
+                                       "", 1))
+    work = tmp_path / "work2"
+    work.mkdir()
+    completed, _ = run_check(source, work)
+    assert completed.returncode != 0
+    assert "LiverTumorSegLib/develop/brand_new.py is packaged: the library's development package" in completed.stderr
 
 
 def test_new_library_and_model_files_are_picked_up(tmp_path):
