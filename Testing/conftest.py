@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -391,6 +391,20 @@ def write_model(directory: Path, name: str, task: str, state: dict, args: dict, 
     return card_path
 
 
+def import_blocker(modules: Sequence[str] = (), module_dir: Optional[Path] = None) -> str:
+    """Python source to start a subprocess's script with: importing any of ``modules`` (a top-level
+    name such as ``torch`` blocks its submodules too; a dotted name such as
+    ``LiverTumorSegLib.develop`` blocks that package and its submodules) raises ImportError, as in
+    a Python that lacks them; ``module_dir`` (e.g. the Slicer module's folder) goes first on sys.path."""
+    path_line = f"sys.path.insert(0, {str(module_dir)!r})\n" if module_dir is not None else ""
+    return (f"import sys\n{path_line}BLOCKED = {sorted(modules)!r}\n"
+            "class _Blocker:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if any(name == b or name.startswith(b + '.') for b in BLOCKED):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)\n"
+            "sys.meta_path.insert(0, _Blocker())\n")
+
+
 def write_map_member(directory: Path, name: str = "tiny-map-member") -> str:
     """A tumor model that takes the CT and the parenchyma map and calls tumor wherever the map
     (channel 1) is above 0.5, ignoring the CT; returns its name."""
@@ -531,6 +545,7 @@ def helpers():
         channel_threshold_unet_state = staticmethod(channel_threshold_unet_state)
         write_refined_liver_models = staticmethod(write_refined_liver_models)
         write_map_member = staticmethod(write_map_member)
+        import_blocker = staticmethod(import_blocker)
         random_unet_state = staticmethod(random_unet_state)
         tiny_pipeline_settings = staticmethod(tiny_pipeline_settings)
         dice = staticmethod(dice)

@@ -10,17 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = REPO_ROOT / "LiverTumorSegLib"
 
-BLOCKER = """
-import sys
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name == "LiverTumorSegLib.develop" or name.startswith("LiverTumorSegLib.develop."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-sys.meta_path.insert(0, Blocker())
-"""
+BLOCKED = ["LiverTumorSegLib.develop"]
 
 
 def runtime_modules() -> list:
@@ -34,8 +29,14 @@ def runtime_modules() -> list:
     return names
 
 
-def run_blocked(script: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + script], env=env, cwd=cwd, capture_output=True, text=True,
+@pytest.fixture
+def blocked(helpers) -> str:
+    """The prologue that makes the development package fail to import in a subprocess."""
+    return helpers.import_blocker(BLOCKED)
+
+
+def run_blocked(prologue: str, script: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", prologue + script], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -49,7 +50,7 @@ def test_the_development_package_is_where_the_runtime_does_not_look():
 
 
 def test_runtime_modules_import_and_commands_run_with_the_development_package_blocked(cli_env, small_ct_file,
-                                                                                    tmp_path):
+                                                                                    tmp_path, blocked):
     script = f"""
 import importlib, json, sys
 for name in {runtime_modules()!r}:
@@ -68,7 +69,7 @@ codes["lesion"] = cli.main(["lesion", "remove", {str(small_ct_file)!r}, out + "/
 print(json.dumps({{"codes": codes, "lesions": len(report["lesions"]),
                   "develop": sorted(m for m in sys.modules if m.startswith("LiverTumorSegLib.develop"))}}))
 """
-    completed = run_blocked(script, cli_env, tmp_path)
+    completed = run_blocked(blocked, script, cli_env, tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     answer = json.loads(completed.stdout.strip().splitlines()[-1])
     assert answer["codes"] == {"segment": 0, "measure": 0, "models": 0, "lesion": 0}, completed.stderr[-3000:]
@@ -76,7 +77,7 @@ print(json.dumps({{"codes": codes, "lesions": len(report["lesions"]),
     assert answer["develop"] == []
 
 
-def test_development_commands_give_one_error_line_without_the_development_package(cli_env, tmp_path):
+def test_development_commands_give_one_error_line_without_the_development_package(cli_env, tmp_path, blocked):
     script = """
 from LiverTumorSegLib import cli
 sys.exit(cli.main())
@@ -88,7 +89,7 @@ sys.exit(cli.main())
         "ensemble": ["--verbose", "ensemble", "--members", "a", "b", "--data", "x", "--output", "e.json"],
     }
     for command, argv in runs.items():
-        completed = subprocess.run([sys.executable, "-c", BLOCKER + script, *argv], env=cli_env, cwd=tmp_path,
+        completed = subprocess.run([sys.executable, "-c", blocked + script, *argv], env=cli_env, cwd=tmp_path,
                                    capture_output=True, text=True, timeout=300)
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         assert completed.returncode == 1, completed.stderr
@@ -97,11 +98,11 @@ sys.exit(cli.main())
         assert "pip install" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
-    listed = subprocess.run([sys.executable, "-c", BLOCKER + script, "--help"], env=cli_env, cwd=tmp_path,
+    listed = subprocess.run([sys.executable, "-c", blocked + script, "--help"], env=cli_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
     assert "train" in listed.stdout and "(not in this installation)" in listed.stdout
-    wrong = subprocess.run([sys.executable, "-c", BLOCKER + script, "models", "list", "--bogus"], env=cli_env,
+    wrong = subprocess.run([sys.executable, "-c", blocked + script, "models", "list", "--bogus"], env=cli_env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "unrecognized arguments: --bogus" in wrong.stderr
 

@@ -48,19 +48,12 @@ def test_recompute_and_export_do_not_ask_for_pytorch_or_monai(app, monkeypatch, 
     assert widget._task is None
 
 
-def test_recompute_and_export_run_with_only_the_packages_their_action_lists(tmp_path):
+def test_recompute_and_export_run_with_only_the_packages_their_action_lists(tmp_path, helpers):
     """In a fresh Python where every other dependency fails to import, recompute and export work."""
     allowed = set(dependencies.ACTION_IMPORTS[dependencies.MEASURE]) | set(dependencies.ACTION_IMPORTS[dependencies.EXPORT])
     blocked = sorted(({name for name, _ in dependencies.REQUIREMENTS} | {"torch"}) - allowed)
-    script = f"""
-import sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / "LiverTumorSeg")!r})
-BLOCKED = {blocked!r}
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError("blocked by the test: " + name)
-sys.meta_path.insert(0, Blocker())
+    prologue = helpers.import_blocker(blocked, Path(__file__).resolve().parents[2] / "LiverTumorSeg")
+    script = prologue + f"""
 import numpy as np, slicer, vtk
 from vtk.util import numpy_support
 from LiverTumorSegModuleLib import mrml

@@ -333,18 +333,12 @@ def test_without_a_tumor_model_lesions_are_grown_from_the_ct(helpers):
     assert "no tumor model" in result.message() and editing.model_note
 
 
-def test_without_pytorch_the_module_edits_lesions_from_the_ct_and_says_so(tmp_path):
+def test_without_pytorch_the_module_edits_lesions_from_the_ct_and_says_so(tmp_path, helpers):
     """In a fresh Python where PyTorch, MONAI and the export-only packages fail to import, the
     default LesionEditing falls back to the model-free path and says what to install."""
-    script = f"""
-import sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / "LiverTumorSeg")!r})
-BLOCKED = ["torch", "monai", "safetensors", "slicerio", "tqdm"]
-class Blocker:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError("blocked by the test: " + name)
-sys.meta_path.insert(0, Blocker())
+    prologue = helpers.import_blocker(["torch", "monai", "safetensors", "slicerio", "tqdm"],
+                                      Path(__file__).resolve().parents[2] / "LiverTumorSeg")
+    script = prologue + """
 import numpy as np, slicer, vtk
 from vtk.util import numpy_support
 from LiverTumorSegModuleLib import lesion, mrml
