@@ -364,7 +364,11 @@ class TrainingRun:
         """Train to the last step (continuing the saved run with ``resume``); write the card and return
         it (None in the processes of a distributed run other than process 0)."""
         try:
-            return self._run()
+            card = self._run()
+            # every process waits until process 0 has written the card: a process that tore the group
+            # down while another still used it was killed by an abort in gloo (SIGABRT, seen on a busy CPU)
+            self.dist.barrier()
+            return card
         finally:
             self.dist.stop()
 
