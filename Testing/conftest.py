@@ -391,6 +391,25 @@ def write_model(directory: Path, name: str, task: str, state: dict, args: dict, 
     return card_path
 
 
+def phantom_case(size: Sequence[int], spacing: Sequence[float]) -> Tuple[sitk.Image, sitk.Image]:
+    """The phantom CT on a grid and its analytic labels (0/1/2) on the same grid."""
+    ct = phantom_ct(size=size, spacing=spacing)
+    labels = sitk.GetImageFromArray(analytic_labels_like(ct))
+    labels.CopyInformation(ct)
+    return ct, labels
+
+
+def write_plain_dataset(root: Path, cases: Sequence[Tuple[sitk.Image, sitk.Image]]) -> Path:
+    """``cases`` (CT, labels) as the plain training layout: ``root/images/caseI.nii.gz`` and
+    ``root/labels/caseI.nii.gz``; returns ``root``."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, (ct, labels) in enumerate(cases):
+        sitk.WriteImage(ct, str(root / "images" / f"case{i}.nii.gz"))
+        sitk.WriteImage(labels, str(root / "labels" / f"case{i}.nii.gz"))
+    return root
+
+
 def import_blocker(modules: Sequence[str] = (), module_dir: Optional[Path] = None) -> str:
     """Python source to start a subprocess's script with: importing any of ``modules`` (a top-level
     name such as ``torch`` blocks its submodules too; a dotted name such as
@@ -546,6 +565,8 @@ def helpers():
         write_refined_liver_models = staticmethod(write_refined_liver_models)
         write_map_member = staticmethod(write_map_member)
         import_blocker = staticmethod(import_blocker)
+        phantom_case = staticmethod(phantom_case)
+        write_plain_dataset = staticmethod(write_plain_dataset)
         random_unet_state = staticmethod(random_unet_state)
         tiny_pipeline_settings = staticmethod(tiny_pipeline_settings)
         dice = staticmethod(dice)

@@ -18,16 +18,8 @@ SPLIT = {"train": ["case0"], "validation": ["case1", "case2"]}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, helpers) -> Path:
-    root = tmp_path_factory.mktemp("ensemble") / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(3):
-        ct = helpers.phantom_ct(size=(36, 30, 20), spacing=(4.0 + 0.2 * i, 4.0, 4.0))
-        labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
-        labels.CopyInformation(ct)
-        sitk.WriteImage(ct, str(root / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(labels, str(root / "labels" / f"case{i}.nii.gz"))
-    return root
+    return helpers.write_plain_dataset(tmp_path_factory.mktemp("ensemble") / "data",
+                                       [helpers.phantom_case((36, 30, 20), (4.0 + 0.2 * i, 4.0, 4.0)) for i in range(3)])
 
 
 def _member_runs(tmp_path: Path, helpers, tiny_models_dir: Path, second_split: dict = SPLIT) -> tuple:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from LiverTumorSegLib.develop.evaluation import (bootstrap_ci, evaluate_labels, lesion_table, size_bin, summarize,
                                                  surface_distances_mm)
@@ -82,15 +81,8 @@ def test_case_scores_lesions_by_size_and_the_global_dice_by_hand():
 
 
 def _write_dataset(root: Path, helpers, count: int = 2) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(count):
-        ct = helpers.phantom_ct(size=(40, 34, 22), spacing=(4.0 + 0.2 * i, 4.0, 4.0))
-        labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
-        labels.CopyInformation(ct)
-        sitk.WriteImage(ct, str(root / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(labels, str(root / "labels" / f"case{i}.nii.gz"))
-    return root
+    return helpers.write_plain_dataset(root, [helpers.phantom_case((40, 34, 22), (4.0 + 0.2 * i, 4.0, 4.0))
+                                              for i in range(count)])
 
 
 @pytest.fixture(scope="module")

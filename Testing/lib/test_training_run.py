@@ -36,19 +36,11 @@ GRID = {"liver": "6,6,6", "tumor": "4,4,4"}
 
 def _case(helpers, index: int):
     """A phantom CT and its labels, each case on a slightly different grid."""
-    ct = helpers.phantom_ct(size=SIZE, spacing=(SPACING[0] + 0.2 * index, SPACING[1], SPACING[2] - 0.2 * index))
-    labels = sitk.GetImageFromArray(helpers.analytic_labels_like(ct))
-    labels.CopyInformation(ct)
-    return ct, labels
+    return helpers.phantom_case(SIZE, (SPACING[0] + 0.2 * index, SPACING[1], SPACING[2] - 0.2 * index))
 
 
 def _write_plain(root: Path, helpers, count: int = 3, index: Dict = None) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(count):
-        ct, labels = _case(helpers, i)
-        sitk.WriteImage(ct, str(root / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(labels, str(root / "labels" / f"case{i}.nii.gz"))
+    helpers.write_plain_dataset(root, [_case(helpers, i) for i in range(count)])
     if index is not None:
         (root / "labels.json").write_text(json.dumps(index))
     return root
@@ -443,7 +435,6 @@ def test_torchrun_with_two_processes_trains_one_model(datasets, tmp_path, cli_ma
 
 
 def test_distributed_ranks_from_the_environment():
-    from LiverTumorSegLib.errors import LiverTumorSegError
     from LiverTumorSegLib.develop.training.distributed import Distributed
 
     assert not Distributed.from_environment({}).enabled and Distributed.from_environment({}).main
@@ -451,3 +442,22 @@ def test_distributed_ranks_from_the_environment():
     assert second.enabled and not second.main and second.share(list("abcdefg")) == ["b", "e"]
     with pytest.raises(LiverTumorSegError, match="is not a process of the launch"):
         Distributed.from_environment({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "does not exist"),
+    ("{not json", "is not readable JSON"),
+    (json.dumps({"train": ["a"]}), "lists no validation cases"),
+    (json.dumps({"validation": []}), "lists no validation cases"),
+    (json.dumps(["a"]), "lists no validation cases"),
+])
+def test_a_split_file_without_validation_cases_is_one_clear_error(tmp_path, content, fragment):
+    path = tmp_path / "split.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(LiverTumorSegError, match=fragment):
+        read_validation_ids(path)
+    path.write_text(json.dumps({"train": ["a"], "validation": ["b", "c"]}))
+    assert read_validation_ids(path) == ["b", "c"]
