@@ -109,6 +109,40 @@ def test_ensemble_weights_favour_the_better_member(trained, tmp_path):
     assert max(scores.values()) == scores[",".join(f"{w:g}" for w in weights)]
 
 
+def test_ensemble_weights_run_a_member_of_another_spacing_on_its_own_grid(trained, tmp_path):
+    """A wide-view member (coarser grid) is fitted with the others: its probability comes back on
+    the samples' grid, over the same physical region (not shifted, flipped or cut)."""
+    import dataclasses
+    import shutil
+
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.training.ensemble_weights import _member_probability
+    from LiverTumorSegLib.stages.tumor import ensemble_probability
+    from LiverTumorSegLib.models.card import write_card
+
+    card, _ = trained
+    shutil.copyfile(card.weights_path, tmp_path / card.weights_file)
+    coarse = dataclasses.replace(card, name="box-unet-coarse", spacing_mm=(3.0, 2.0, 4.0))
+    write_card(coarse, tmp_path / "box-unet-coarse.json")
+    coarse = read_card(tmp_path / "box-unet-coarse.json")
+    validation = bright_box_samples(3, seed=7)
+    for sample in validation:
+        probability = _member_probability(LoadedModel.load(coarse), sample, card, torch.device("cpu"))
+        assert probability.shape == sample.target.shape
+        found = np.argwhere(probability >= 0.5).mean(axis=0)
+        expected = np.argwhere(sample.target > 0).mean(axis=0)
+        assert np.all(np.abs(found - expected) < 1.5), (found, expected)
+        assert dice(probability >= 0.5, sample.target) > 0.5
+        # what the pipeline's tumor stage computes for this crop, member on its own grid
+        crop = sitk.GetImageFromArray(to_hu(sample).astype(np.float32))
+        crop.SetSpacing(card.spacing_mm)
+        in_pipeline, _ = ensemble_probability(crop, [LoadedModel.load(coarse)], [1.0], torch.device("cpu"))
+        np.testing.assert_allclose(probability, in_pipeline, atol=1e-4)
+    weights, scores = fit_ensemble_weights([card, coarse], validation, step=0.5)
+    assert len(weights) == 2 and set(scores) == {"0,1", "0.5,0.5", "1,0"}
+
+
 # --- liver refinement: simulated priors and a two-channel (CT + liver prior) model ------------
 
 def test_signed_distance_is_negative_inside_and_in_millimetres():

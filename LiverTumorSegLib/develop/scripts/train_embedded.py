@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,28 +84,42 @@ def liver_refine_card() -> ModelCard:
         non_clinical=True, intended_use=NON_CLINICAL, source="scripts/train_embedded.py (LiverTumorSegLib.develop.training.trainer)")
 
 
-def tumor_cards() -> list:
-    # Inputs: the CT and the parenchyma map (how far each voxel lies below this scan's own liver
-    # parenchyma, stages.parenchyma): a cue that carries over from one scan's contrast and texture
-    # to another's, where the CT alone let the first members miss large mildly hypodense lesions
-    # in the held-out real liver.
-    common = dict(task="tumor", version="0.1.0", spacing_mm=(1.5, 1.5, 1.5),
-                  input_channels=["ct", "hypodensity"],
+# The tumour members' inputs: the CT alone (the shipped members), or the CT and the parenchyma
+# map (how far each voxel lies below this scan's own liver parenchyma, stages.parenchyma).
+TUMOR_INPUTS = {"ct": ["ct"], "ct,hypodensity": ["ct", "hypodensity"]}
+DEFAULT_TUMOR_MEMBERS = ("tumor-demo-unet", "tumor-demo-unet-deep")
+# A new member may start from another member's weights (same network, other grid).
+WARM_START_FROM = {"tumor-demo-unet-wide": "tumor-demo-unet"}
+
+
+def tumor_cards(inputs: str = "ct") -> list:
+    """Every tumour member the script can train, with ``inputs`` (a TUMOR_INPUTS key)."""
+    channels = TUMOR_INPUTS[inputs]
+    common = dict(task="tumor", version="0.1.0", input_channels=channels,
                   hu_window=(-100.0, 250.0), weights_file="", weights_sha256="", non_clinical=True,
                   classes={"0": "background", "1": "liver tumor"}, intended_use=NON_CLINICAL,
                   source="scripts/train_embedded.py (LiverTumorSegLib.develop.training.trainer)")
     return [
-        # Two residual U-Nets of different depth and width: on a CPU a SegResNet member costs about
-        # ten times more per window (measured), too slow for the embedded default.
-        ModelCard(name="tumor-demo-unet", architecture="UNet",
-                  architecture_args={"in_channels": 2, "out_channels": 2, "channels": [16, 32, 64, 128],
+        # Residual U-Nets of different depth, width and view: on a CPU a SegResNet member costs
+        # about ten times more per window (measured), too slow for the embedded default.
+        ModelCard(name="tumor-demo-unet", architecture="UNet", spacing_mm=(1.5, 1.5, 1.5),
+                  architecture_args={"in_channels": len(channels), "out_channels": 2, "channels": [16, 32, 64, 128],
                                      "strides": [2, 2, 2], "num_res_units": 2}, patch_size=(64, 64, 64),
                   description="Local-view tumor model (liver crop at 1.5 mm), residual U-Net member.", **common),
-        ModelCard(name="tumor-demo-unet-deep", architecture="UNet",
-                  architecture_args={"in_channels": 2, "out_channels": 2, "channels": [8, 16, 32, 64, 128],
-                                     "strides": [2, 2, 2, 2], "num_res_units": 1}, patch_size=(64, 64, 64),
+        ModelCard(name="tumor-demo-unet-deep", architecture="UNet", spacing_mm=(1.5, 1.5, 1.5),
+                  architecture_args={"in_channels": len(channels), "out_channels": 2,
+                                     "channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
+                  patch_size=(64, 64, 64),
                   description="Local-view tumor model (liver crop at 1.5 mm), deeper residual U-Net member "
                               "(wider receptive field for large lesions).", **common),
+        # The same network as tumor-demo-unet on a 3 mm grid: its 19 cm window holds most of a
+        # liver, so a large mildly hypodense lesion is seen whole, with parenchyma around it,
+        # where the 1.5 mm members' 9.6 cm window sees only its inside.
+        ModelCard(name="tumor-demo-unet-wide", architecture="UNet", spacing_mm=(3.0, 3.0, 3.0),
+                  architecture_args={"in_channels": len(channels), "out_channels": 2, "channels": [16, 32, 64, 128],
+                                     "strides": [2, 2, 2], "num_res_units": 2}, patch_size=(64, 64, 64),
+                  description="Wide-view tumor model (liver crop at 3 mm: a 19 cm window sees a large lesion "
+                              "whole), residual U-Net member.", **common),
     ]
 
 
@@ -193,6 +208,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
                         help="which models to train, comma-separated: liver, liver_refine, tumor")
+    parser.add_argument("--tumor-inputs", choices=sorted(TUMOR_INPUTS), default="ct",
+                        help="the tumour members' input channels")
+    parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
+                        help="tumour members to train, comma-separated (tumor-demo-unet, tumor-demo-unet-deep, "
+                             "tumor-demo-unet-wide)")
+    parser.add_argument("--ensemble", default=None,
+                        help="the ensemble's members, comma-separated (default: --tumor-members); one not "
+                             "trained now is taken from --out or --init-from")
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
     args = parser.parse_args()
@@ -215,6 +238,8 @@ def initial_card(args: argparse.Namespace, name: str):
     if args.init_from is None:
         return None
     path = args.init_from / f"{name}.json"
+    if not path.exists() and name in WARM_START_FROM:
+        path = args.init_from / f"{WARM_START_FROM[name]}.json"
     if not path.exists():
         log.info("%s: no card in %s to fine-tune from; training from scratch", name, args.init_from)
         return None
@@ -255,26 +280,34 @@ def train_liver_refine(args: argparse.Namespace) -> None:
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:
-    members = []
-    tumor_samples = None
-    for member_card in tumor_cards():
-        tumor_samples = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
-                                      perfusion_fraction=args.perfusion_fraction) \
-            if tumor_samples is None else tumor_samples
-        start = initial_card(args, member_card.name)
-        trained = train_model(member_card, tumor_samples, args.out,
-                              TrainConfig(steps=args.tumor_steps, seed=args.seed + len(members) + 1,
+    """Train the ``--tumor-members`` and fit the weights of the ``--ensemble`` members (a member
+    not trained now is taken from ``--out``, else copied from ``--init-from``)."""
+    cards = {card.name: card for card in tumor_cards(args.tumor_inputs)}
+    to_train = _member_names(args.tumor_members, cards)
+    in_ensemble = _member_names(args.ensemble or args.tumor_members, cards)
+    samples_by_grid: dict = {}
+    trained_cards = {}
+    for index, name in enumerate(to_train):
+        member_card = cards[name]
+        grid_key = (tuple(member_card.spacing_mm), tuple(member_card.input_channels))
+        if grid_key not in samples_by_grid:
+            samples_by_grid[grid_key] = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
+                                                      perfusion_fraction=args.perfusion_fraction)
+        start = initial_card(args, name)
+        trained = train_model(member_card, samples_by_grid[grid_key], args.out,
+                              TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
                                           positive_fraction=args.tumor_positive_fraction, init_from=start,
                                           learning_rate=args.learning_rate))
+        inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
-            "inputs: the CT and the parenchyma map; "
-            f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
+            f"inputs: {inputs}; {args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
-        members.append(trained)
+        trained_cards[name] = trained
+    members = [trained_cards.get(name) or _existing_member(args, name) for name in in_ensemble]
 
     validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)  # validation seeds: never used in training
     weights, scores = fit_ensemble_weights(members, validation)
@@ -287,6 +320,28 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
     write_card(ensemble, args.out / "tumor-demo-ensemble.json")
     log.info("ensemble weights %s", json.dumps([float(w) for w in weights]))
+
+
+def _member_names(text: str, cards: dict) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in cards]
+    if unknown or not names:
+        raise SystemExit(f"error: unknown tumour member(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(cards)}")
+    return names
+
+
+def _existing_member(args: argparse.Namespace, name: str) -> ModelCard:
+    """An ensemble member not trained in this run: its card in ``--out``, else copied there
+    (card and weights) from ``--init-from``."""
+    path = args.out / f"{name}.json"
+    if not path.exists() and args.init_from is not None and (args.init_from / f"{name}.json").exists():
+        source = read_card(args.init_from / f"{name}.json")
+        shutil.copyfile(source.weights_path, args.out / source.weights_file)
+        shutil.copyfile(args.init_from / f"{name}.json", path)
+    if not path.exists():
+        raise SystemExit(f"error: ensemble member {name} was neither trained now nor found in --out or --init-from")
+    return read_card(path)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...metrics import dice
-from ...inference import LoadedModel, predict_foreground
+from ...inference import LoadedModel, predict_foreground, predict_image
 from ...models.card import ModelCard
 from .data import TrainingSample
 
@@ -26,13 +26,15 @@ def weight_grid(n_members: int, step: float = 0.1) -> List[Tuple[float, ...]]:
 
 def fit_ensemble_weights(members: Sequence[ModelCard], validation: Sequence[TrainingSample],
                          step: float = 0.1) -> Tuple[List[float], Dict[str, float]]:
-    """Weights maximizing the mean per-case Dice over ``validation`` (samples on the members'
-    common grid); returns the weights and the score of every weight vector tried."""
+    """Weights maximizing the mean per-case Dice over ``validation`` (samples prepared for the
+    first member's grid); returns the weights and the score of every weight vector tried. A
+    member at another spacing (e.g. a coarse, wide-view member) runs on its own grid and its
+    probability is resampled onto the samples' grid, as the pipeline's tumor stage does."""
     loaded = [LoadedModel.load(card) for card in members]
     device = torch.device("cpu")
-    probabilities = [[predict_foreground(model, _denormalize(sample, model.card), device, overlap=0.25,
-                                       hypodensity=sample.hypodensity)[0]
-                      for sample in validation] for model in loaded]
+    reference = members[0]
+    probabilities = [[_member_probability(model, sample, reference, device) for sample in validation]
+                     for model in loaded]
     grid = weight_grid(len(members), step)
     per_case = [grid_dice([probabilities[m][case] for m in range(len(members))], sample.target, grid)
                 for case, sample in enumerate(validation)]
@@ -64,6 +66,27 @@ def best_weights(grid: Sequence[Tuple[float, ...]], per_case: Sequence[Sequence[
             best, best_score = weights, score
     assert best is not None
     return [float(w) for w in best], scores
+
+
+def _member_probability(model: LoadedModel, sample: TrainingSample, reference: ModelCard,
+                        device: torch.device) -> np.ndarray:
+    """``model``'s foreground probability on ``sample`` (prepared on ``reference``'s grid)."""
+    hu = _denormalize(sample, reference)
+    if tuple(model.card.spacing_mm) == tuple(reference.spacing_mm):
+        return predict_foreground(model, hu, device, overlap=0.25, hypodensity=sample.hypodensity)[0]
+    import SimpleITK as sitk
+
+    from ...preprocess import resample_to
+
+    def on_sample_grid(array: np.ndarray) -> "sitk.Image":
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+        image.SetSpacing(tuple(float(s) for s in reference.spacing_mm))
+        return image
+
+    ct = on_sample_grid(hu)
+    hypodensity = on_sample_grid(sample.hypodensity) if sample.hypodensity is not None else None
+    probability, _ = predict_image(ct, model, device, overlap=0.25, hypodensity=hypodensity)
+    return sitk.GetArrayFromImage(resample_to(probability, ct, sitk.sitkLinear, 0.0))
 
 
 def _denormalize(sample: TrainingSample, card: ModelCard) -> np.ndarray:
