@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,8 +50,10 @@ LIVER_REFINE_NAME = "liver-refine-demo"
 HELD_OUT = "ts_dicom_upper_abdomen"  # the real case no model is trained on
 # Real training CTs per task (synth.shared_cases). chaos_ct_1 (expert liver mask) trains the
 # tumor models only; the liver models keep it as their held-out expert case.
+# --liver-real-cases may add chaos_ct_1 to the liver models' (then they have no held-out expert case).
 REAL_FOR_TASK = {"liver": ("ts_upper_abdomen_3mm",), "liver_refine": ("ts_upper_abdomen_3mm",),
                  "tumor": ("ts_upper_abdomen_3mm", "chaos_ct_1")}
+LIVER_REAL_CHOICES = ("ts_upper_abdomen_3mm", "chaos_ct_1")
 # The default fraction of samples with a broad tumour-free darkening of part of the liver (synth.perfusion).
 PERFUSION_FRACTION = 0.4
 # How often each synthetic tumour kind is drawn: the kinds real scans show and the first models
@@ -149,7 +151,8 @@ def phantom_spacing(seed: int) -> tuple:
 
 
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int,
-                  perfusion_fraction: float = PERFUSION_FRACTION) -> List[TrainingSample]:
+                  perfusion_fraction: float = PERFUSION_FRACTION,
+                  real_cases: Optional[Sequence[str]] = None) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model)."""
@@ -174,7 +177,7 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed))
         samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card))
-    for name in REAL_FOR_TASK[card.task]:
+    for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
         ct, liver = real_case(name)
         for variant in range(n_real_variants):
             seed = seed_base + 5000 + variant + 100 * (name != "ts_upper_abdomen_3mm")
@@ -208,6 +211,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
                         help="which models to train, comma-separated: liver, liver_refine, tumor")
+    parser.add_argument("--liver-real-cases", default="ts_upper_abdomen_3mm",
+                        help="real CTs the liver and liver-refinement models train on, comma-separated "
+                             f"({', '.join(LIVER_REAL_CHOICES)})")
     parser.add_argument("--tumor-inputs", choices=sorted(TUMOR_INPUTS), default="ct",
                         help="the tumour members' input channels")
     parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
@@ -251,7 +257,7 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     opens the card's ``trained_on`` text."""
     started = time.time()
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0,
-                            perfusion_fraction=args.perfusion_fraction)
+                            perfusion_fraction=args.perfusion_fraction, real_cases=liver_real_cases(args))
     log.info("%s: %d samples prepared (%.0f s)", card.name, len(samples), time.time() - started)
     start = initial_card(args, card.name)
     trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
@@ -261,19 +267,34 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     write_card(trained, args.out / f"{trained.name}.json")
 
 
+def liver_real_cases(args: argparse.Namespace) -> List[str]:
+    """The real CTs the liver and liver-refinement models train on (``--liver-real-cases``)."""
+    names = [n.strip() for n in args.liver_real_cases.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LIVER_REAL_CHOICES]
+    if unknown or not names:
+        raise SystemExit(f"error: --liver-real-cases: unknown case(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(LIVER_REAL_CHOICES)}")
+    return names
+
+
+def describe_liver_real(args: argparse.Namespace) -> str:
+    names = liver_real_cases(args)
+    each = " each" if len(names) > 1 else ""
+    return (f"the real CT{'s' if len(names) > 1 else ''} {' and '.join(names)} ({args.real_variants} variants{each}, "
+            "half with synthetic tumours of every kind)")
+
+
 def train_liver(args: argparse.Namespace) -> None:
     train_single_model(args, liver_card(), args.liver_steps, args.seed,
                        f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds with synthetic "
-                       f"tumours of every kind) and the real CT ts_upper_abdomen_3mm ({args.real_variants} variants, "
-                       f"half with synthetic tumours of every kind); {args.perfusion_fraction:.0%} of the samples with a "
-                       "broad tumour-free darkening of part of the liver (synth.perfusion)")
+                       f"tumours of every kind) and {describe_liver_real(args)}; {args.perfusion_fraction:.0%} of the "
+                       "samples with a broad tumour-free darkening of part of the liver (synth.perfusion)")
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
     train_single_model(args, liver_refine_card(), args.refine_steps, args.seed + 100,
                        f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds "
-                       f"with synthetic tumours of every kind) and of the real CT ts_upper_abdomen_3mm "
-                       f"({args.real_variants} variants, half with synthetic tumours of every kind), "
+                       f"with synthetic tumours of every kind) and of {describe_liver_real(args)}, "
                        f"{args.perfusion_fraction:.0%} of the samples with a broad tumour-free darkening of part of "
                        "the liver (synth.perfusion), with simulated liver-stage masks as the prior "
                        "(LiverTumorSegLib.develop.training.prior)")

@@ -1,0 +1,61 @@
+"""The embedded-model training script's member and real-case selection (no training here)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from LiverTumorSegLib.develop.scripts import train_embedded
+from LiverTumorSegLib.models.networks import build_network
+
+
+@pytest.mark.parametrize("inputs", sorted(train_embedded.TUMOR_INPUTS))
+def test_every_tumor_member_takes_the_chosen_inputs(inputs):
+    channels = train_embedded.TUMOR_INPUTS[inputs]
+    for card in train_embedded.tumor_cards(inputs):
+        assert card.input_channels == channels
+        assert card.architecture_args["in_channels"] == len(channels)
+        assert card.task == "tumor" and card.non_clinical
+
+
+def test_the_wide_member_sees_a_larger_region_with_the_network_it_starts_from():
+    cards = {card.name: card for card in train_embedded.tumor_cards()}
+    wide = cards["tumor-demo-unet-wide"]
+    source = cards[train_embedded.WARM_START_FROM[wide.name]]
+    assert wide.architecture_args == source.architecture_args  # so its weights load unchanged
+    window_mm = [p * s for p, s in zip(wide.patch_size, wide.spacing_mm)]
+    assert min(window_mm) >= 2 * max(p * s for p, s in zip(source.patch_size, source.spacing_mm)) - 1e-6
+    state = build_network(source.architecture, source.architecture_args).state_dict()
+    build_network(wide.architecture, wide.architecture_args).load_state_dict(state, strict=True)
+    assert set(train_embedded.DEFAULT_TUMOR_MEMBERS) <= set(cards)
+
+
+def test_unknown_members_and_real_cases_are_refused_by_name():
+    cards = {card.name: card for card in train_embedded.tumor_cards()}
+    assert train_embedded._member_names("tumor-demo-unet, tumor-demo-unet-wide", cards) == [
+        "tumor-demo-unet", "tumor-demo-unet-wide"]
+    with pytest.raises(SystemExit, match="tumor-demo-nope"):
+        train_embedded._member_names("tumor-demo-unet,tumor-demo-nope", cards)
+    with pytest.raises(SystemExit, match="none given"):
+        train_embedded._member_names(" , ", cards)
+    args = argparse.Namespace(liver_real_cases="ts_upper_abdomen_3mm,chaos_ct_1", real_variants=8)
+    assert train_embedded.liver_real_cases(args) == ["ts_upper_abdomen_3mm", "chaos_ct_1"]
+    assert "ts_upper_abdomen_3mm and chaos_ct_1 (8 variants each" in train_embedded.describe_liver_real(args)
+    with pytest.raises(SystemExit, match="ts_dicom_upper_abdomen"):
+        train_embedded.liver_real_cases(argparse.Namespace(liver_real_cases="ts_dicom_upper_abdomen"))
+
+
+def test_an_ensemble_member_not_trained_now_is_copied_from_init_from(tmp_path, tiny_models_dir):
+    from LiverTumorSegLib.models.card import read_card
+
+    source = next(p for p in tiny_models_dir.glob("*.json") if getattr(read_card(p), "weights_file", None))
+    name = source.stem
+    out = tmp_path / "out"
+    out.mkdir()
+    card = train_embedded._existing_member(argparse.Namespace(out=out, init_from=tiny_models_dir), name)
+    assert card.name == name and (out / f"{name}.json").exists()
+    assert (out / card.weights_file).read_bytes() == (tiny_models_dir / card.weights_file).read_bytes()
+    with pytest.raises(SystemExit, match="neither trained now"):
+        train_embedded._existing_member(argparse.Namespace(out=out, init_from=None), "tumor-demo-unet-wide")
