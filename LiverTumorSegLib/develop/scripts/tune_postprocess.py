@@ -30,6 +30,7 @@ from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of
 from LiverTumorSegLib.models.registry import ModelRegistry
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
 from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior
+from LiverTumorSegLib.stages.tumor import needs_hypodensity
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
 from LiverTumorSegLib.develop.synth.shared_cases import (has_shared_case, load_shared_case,
                                                          phantom_with_tumor_kind, shared_data_dir)
@@ -101,14 +102,24 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
             "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0)}
 
 
+def evidence_key(pipeline: Pipeline, case_name: str) -> str:
+    """What the models' evidence of a case depends on: the case, every model's weights, the
+    ensemble's weights and the settings the models run under (crop margin, overlap, TTA, the
+    liver refinement)."""
+    s = pipeline.settings
+    models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
+    weights = [round(float(w), 6) for w in pipeline.tumor_weights]
+    settings = (s.crop_margin_mm, s.overlap, s.use_tta, s.refine_liver, s.liver_threshold, s.fill_liver_holes,
+                s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None)
+    return hashlib.sha256(f"{case_name}|{models}|{weights}|{settings}".encode()).hexdigest()[:16]
+
+
 def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
     """The models' evidence of ``case`` (Pipeline.tumor_evidence), kept in ``cache`` (a pickle of
-    this script's own results, keyed by the case and the sha256 of every model's weights)."""
+    this script's own results, keyed by :func:`evidence_key`)."""
     if cache is None:
         return pipeline.tumor_evidence(case[2])
-    models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
-    key = hashlib.sha256(f"{case[0]}|{models}".encode()).hexdigest()[:16]
-    path = cache / f"{key}.pkl"
+    path = cache / f"{evidence_key(pipeline, case[0])}.pkl"
     if path.exists():
         with open(path, "rb") as handle:
             return pickle.load(handle)
