@@ -24,6 +24,7 @@ from .models.registry import ModelRegistry
 from .postprocess.active_contour import refine_lesions
 from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
 from .postprocess.interslice import interslice_consistency
+from .postprocess.lesion_filter import drop_unconfident_lesions
 from .progress import Progress
 from .settings_schema import BY_NAME, LibraryDefault, checked_values, default
 from .stages.crop import Box, crop_image, liver_box
@@ -59,6 +60,7 @@ class PipelineSettings:
     active_contour: bool = default("active_contour")
     active_contour_iterations: int = 8
     min_lesion_ml: float = default("min_lesion_ml")
+    min_lesion_confidence: float = default("min_lesion_confidence")  # lesion-candidate filter (postprocess.lesion_filter)
     min_liver_ml: float = 100.0
 
     @classmethod
@@ -274,6 +276,8 @@ class Pipeline:
                                        iterations=s.active_contour_iterations, progress=progress)
             if s.min_lesion_ml > 0:
                 tumor = remove_small_lesions(tumor, geometry.voxel_volume_ml, s.min_lesion_ml)
+            if s.min_lesion_confidence > 0:
+                tumor = drop_unconfident_lesions(tumor, evidence.probability, s.min_lesion_confidence)
             if s.tumor_inside_liver:
                 tumor = tumor_inside_liver(tumor, region)
             full_tumor = np.zeros_like(liver)

@@ -121,6 +121,9 @@ SETTINGS: Tuple[Setting, ...] = (
             metavar="MM", minimum=0.0, tuned=True),
     Setting("tumor_threshold", float, 0.5, "a lesion needs voxels at least this probable (its seed)",
             minimum=0.0, maximum=1.0, tuned=True),
+    Setting("min_lesion_confidence", float, 0.0, "drop lesions whose most confident tenth of voxels is less "
+            "probable than this (the model ensemble's tumor probability; 0 keeps every lesion)",
+            flag="--min-lesion-confidence", metavar="P", minimum=0.0, maximum=1.0, tuned=True),
 )
 BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 TUNED: Tuple[str, ...] = tuple(s.name for s in SETTINGS if s.tuned)

@@ -367,6 +367,28 @@ def test_grow_threshold_only_adds_to_the_lesions_found(helpers, tiny_pipeline):
     assert base.any() and more.sum() > base.sum() and not (base & ~more).any()
 
 
+def test_the_lesion_confidence_filter_drops_lesions_by_the_ensembles_probability(helpers, tiny_pipeline):
+    """Each lesion's confidence is read from the ensemble's probability: a cut-off under the
+    weakest lesion's keeps them all, one over the strongest's drops them all, one between the
+    two drops exactly the lesions below it."""
+    from LiverTumorSegLib.postprocess.lesion_filter import lesion_confidences
+
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    plain = replace(tiny_pipeline.settings, active_contour=False)
+    base = tiny_pipeline.finish(ct, evidence, plain)
+    base_tumor = sitk.GetArrayViewFromImage(base.labelmap)[evidence.box] == 2
+    confidences = lesion_confidences(base_tumor, evidence.probability)
+    assert confidences and min(confidences) > 0
+    kept_all = tiny_pipeline.finish(ct, evidence, replace(plain, min_lesion_confidence=min(confidences) - 1e-3))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(kept_all.labelmap),
+                                  sitk.GetArrayViewFromImage(base.labelmap))
+    dropped = tiny_pipeline.finish(ct, evidence, replace(plain, min_lesion_confidence=max(confidences) + 1e-3))
+    assert not (sitk.GetArrayViewFromImage(dropped.labelmap) == 2).any()
+    assert dropped.measurements.liver_volume_ml == pytest.approx(base.measurements.liver_volume_ml)
+    assert dropped.settings["min_lesion_confidence"] == pytest.approx(max(confidences) + 1e-3)
+
+
 def test_the_parenchyma_prior_shapes_the_probability_the_tumor_mask_is_drawn_from(helpers, tiny_pipeline,
                                                                                   monkeypatch):
     import LiverTumorSegLib.pipeline as pipeline_module

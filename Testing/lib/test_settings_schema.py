@@ -60,7 +60,7 @@ def test_each_setting_is_declared_once_and_complete():
         if s.parameter:  # in the Slicer module: a label, and combo items that hold the default
             assert s.label
             assert not s.shown or s.default in [value for _, value in s.shown]
-    assert schema.TUNED == ("min_lesion_ml", "crop_margin_mm", "tumor_threshold")
+    assert schema.TUNED == ("min_lesion_ml", "crop_margin_mm", "tumor_threshold", "min_lesion_confidence")
     assert [s.parameter for s in schema.MODULE_SETTINGS] == ["device", "quality", "liverModel", "tumorModel", "tta",
                                                               "liverRefine", "activeContour", "interslice"]
 
@@ -163,7 +163,7 @@ def test_cards_carry_postprocess_only_when_they_have_it(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("postprocess, fragment", [
-    ({"liver_threshold": 0.4}, "may tune min_lesion_ml, crop_margin_mm, tumor_threshold"),
+    ({"liver_threshold": 0.4}, "may tune min_lesion_ml, crop_margin_mm, tumor_threshold, min_lesion_confidence"),
     ({"tumor_threshold": 2}, "tumor_threshold must be 1 or less"),
     ({"crop_margin_mm": -5}, "--margin-mm must be 0 or more"),
     ({"min_lesion_ml": "small"}, "takes a number"),

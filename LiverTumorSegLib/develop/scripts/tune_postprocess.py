@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tune the tumor post-processing (seed and grow thresholds, minimum lesion volume) of the
+"""Tune the tumor post-processing (seed and grow thresholds, minimum lesion volume, the lesion-candidate filter) of the
 embedded models on VALIDATION data only: phantoms of seeds 5002+ (the ones the ensemble
 weights are fitted on), the real training liver ts_upper_abdomen_3mm with synthetic tumours
 of every kind under other seeds, and the real training livers (ts_upper_abdomen_3mm,
@@ -151,6 +151,8 @@ def main() -> int:
     parser.add_argument("--thresholds", default="0.4,0.5")
     parser.add_argument("--grow-thresholds", default="none,0.3,0.2", help="'none' for no hysteresis")
     parser.add_argument("--min-lesion-ml", default="0.05,0.2")
+    parser.add_argument("--min-lesion-confidence", default="0",
+                        help="lesion-candidate filter cut-offs (postprocess.lesion_filter), comma-separated")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="keep each case's model evidence here (keyed by the models' weights) for later sweeps")
     parser.add_argument("--priors", default="on", help="parenchyma prior variants, ';'-separated: on, off, or "
@@ -160,14 +162,17 @@ def main() -> int:
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
     evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
-    for prior_text, threshold, grow, min_ml in itertools.product(
+    for prior_text, threshold, grow, min_ml, confidence in itertools.product(
             args.priors.split(";"),
             map(float, args.thresholds.split(",")),
             [None if g == "none" else float(g) for g in args.grow_thresholds.split(",")],
-            map(float, args.min_lesion_ml.split(","))):
+            map(float, args.min_lesion_ml.split(",")),
+            map(float, args.min_lesion_confidence.split(","))):
         settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
-                           min_lesion_ml=min_ml, parenchyma=parse_prior(prior_text))
-        key = f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL"
+                           min_lesion_ml=min_ml, min_lesion_confidence=confidence,
+                           parenchyma=parse_prior(prior_text))
+        key = (f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
+               f"min confidence {confidence:g}")
         results[key] = score(pipeline, evidences, settings)
         print(key, json.dumps(results[key]), flush=True)
     print("\nbest first (mean tumor Dice per case):")
