@@ -59,3 +59,17 @@ def test_an_ensemble_member_not_trained_now_is_copied_from_init_from(tmp_path, t
     assert (out / card.weights_file).read_bytes() == (tiny_models_dir / card.weights_file).read_bytes()
     with pytest.raises(SystemExit, match="neither trained now"):
         train_embedded._existing_member(argparse.Namespace(out=out, init_from=None), "tumor-demo-unet-wide")
+
+
+def test_the_kind_mix_decides_which_tumour_kinds_are_drawn():
+    assert train_embedded.parse_kind_mix(None) == train_embedded.KIND_MIX
+    only_small = train_embedded.parse_kind_mix("small=1")
+    assert {train_embedded.draw_kind(seed, only_small) for seed in range(30)} == {"small"}
+    mix = train_embedded.parse_kind_mix("small=3,surface=1")
+    drawn = [train_embedded.draw_kind(seed, mix) for seed in range(400)]
+    assert set(drawn) == {"small", "surface"} and 0.65 < drawn.count("small") / len(drawn) < 0.85
+    assert train_embedded.draw_kind(7, mix) == train_embedded.draw_kind(7, mix)  # reproducible
+    for text, message in [("tiny=1", "unknown tumour kind 'tiny'"), ("small", "not kind=weight"),
+                          ("small=-1", "negative"), ("small=0", "every weight is 0")]:
+        with pytest.raises(SystemExit, match=message):
+            train_embedded.parse_kind_mix(text)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -130,10 +130,11 @@ def real_case(name: str) -> tuple:
     return load_shared_case(SHARED, name)
 
 
-def draw_kind(seed: int) -> str:
-    """A tumour kind drawn from KIND_MIX, reproducibly from ``seed``."""
-    names = list(KIND_MIX)
-    weights = np.array([KIND_MIX[n] for n in names])
+def draw_kind(seed: int, mix: Optional[Dict[str, float]] = None) -> str:
+    """A tumour kind drawn from ``mix`` (default KIND_MIX), reproducibly from ``seed``."""
+    mix = KIND_MIX if mix is None else mix
+    names = list(mix)
+    weights = np.array([mix[n] for n in names])
     return str(np.random.default_rng([seed, 31]).choice(names, p=weights / weights.sum()))
 
 
@@ -152,7 +153,8 @@ def phantom_spacing(seed: int) -> tuple:
 
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int,
                   perfusion_fraction: float = PERFUSION_FRACTION,
-                  real_cases: Optional[Sequence[str]] = None) -> List[TrainingSample]:
+                  real_cases: Optional[Sequence[str]] = None,
+                  kind_mix: Optional[Dict[str, float]] = None) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model)."""
@@ -175,7 +177,7 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             ct, _ = add_perfusion_variation(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
-                                              kind=draw_kind(seed))
+                                              kind=draw_kind(seed, kind_mix))
         samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card))
     for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
         ct, liver = real_case(name)
@@ -186,7 +188,7 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             darkened = with_perfusion_variation(seed, perfusion_fraction)
             ct_v = add_perfusion_variation(ct, liver, seed)[0] if darkened else ct
             if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
-                ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed))
+                ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed, kind_mix))
             else:
                 labels_v = liver
             samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card))
@@ -214,6 +216,9 @@ def main() -> int:
     parser.add_argument("--liver-real-cases", default="ts_upper_abdomen_3mm",
                         help="real CTs the liver and liver-refinement models train on, comma-separated "
                              f"({', '.join(LIVER_REAL_CHOICES)})")
+    parser.add_argument("--kind-mix", default=None,
+                        help="how often each tumour kind is drawn for the tumour members, 'kind=weight,...' "
+                             "(default: " + ",".join(f"{k}={w:g}" for k, w in KIND_MIX.items()) + ")")
     parser.add_argument("--tumor-inputs", choices=sorted(TUMOR_INPUTS), default="ct",
                         help="the tumour members' input channels")
     parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
@@ -304,6 +309,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     """Train the ``--tumor-members`` and fit the weights of the ``--ensemble`` members (a member
     not trained now is taken from ``--out``, else copied from ``--init-from``)."""
     cards = {card.name: card for card in tumor_cards(args.tumor_inputs)}
+    kind_mix = parse_kind_mix(args.kind_mix)
     to_train = _member_names(args.tumor_members, cards)
     in_ensemble = _member_names(args.ensemble or args.tumor_members, cards)
     samples_by_grid: dict = {}
@@ -313,17 +319,19 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         grid_key = (tuple(member_card.spacing_mm), tuple(member_card.input_channels))
         if grid_key not in samples_by_grid:
             samples_by_grid[grid_key] = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
-                                                      perfusion_fraction=args.perfusion_fraction)
+                                                      perfusion_fraction=args.perfusion_fraction,
+                                                      kind_mix=kind_mix)
         start = initial_card(args, name)
         trained = train_model(member_card, samples_by_grid[grid_key], args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
                                           positive_fraction=args.tumor_positive_fraction, init_from=start,
                                           learning_rate=args.learning_rate))
         inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
+        mix_text = ", ".join(f"{kind} {weight:g}" for kind, weight in kind_mix.items())
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
-            f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds: {', '.join(KIND_MIX)}), "
+            f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
             f"inputs: {inputs}; {args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
@@ -341,6 +349,27 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
     write_card(ensemble, args.out / "tumor-demo-ensemble.json")
     log.info("ensemble weights %s", json.dumps([float(w) for w in weights]))
+
+
+def parse_kind_mix(text: Optional[str]) -> Dict[str, float]:
+    """``--kind-mix``: 'kind=weight,...' (kinds not named are not drawn); None gives KIND_MIX."""
+    if not text:
+        return dict(KIND_MIX)
+    mix = {}
+    for item in text.split(","):
+        name, _, weight = item.partition("=")
+        name = name.strip()
+        if name not in KIND_MIX:
+            raise SystemExit(f"error: --kind-mix: unknown tumour kind '{name}'; choose from {', '.join(KIND_MIX)}")
+        try:
+            mix[name] = float(weight)
+        except ValueError:
+            raise SystemExit(f"error: --kind-mix: '{item}' is not kind=weight") from None
+        if mix[name] < 0:
+            raise SystemExit(f"error: --kind-mix: the weight of {name} is negative")
+    if sum(mix.values()) <= 0:
+        raise SystemExit("error: --kind-mix: every weight is 0")
+    return mix
 
 
 def _member_names(text: str, cards: dict) -> List[str]:
