@@ -313,19 +313,23 @@ def nested_lesions(probability: np.ndarray, allowed: np.ndarray, click: Sequence
 
 
 def half_contrast_level(masks: Dict[float, np.ndarray], hu: np.ndarray, allowed: np.ndarray, liver: np.ndarray,
-                        spacing_kji: Sequence[float]) -> Optional[float]:
+                        spacing_kji: Sequence[float], seed_threshold: float = SEED_THRESHOLD) -> Optional[float]:
     """The level whose lesion boundary lies at half the contrast between the lesion and the liver
     around it (the half-maximum edge of a partial-volume-blurred lesion): the lesion's HU is the
-    median of its most probable core (the highest level holding ``CORE_FRACTION`` of the
-    largest mask), the liver's the median of ``liver`` voxels
+    median of its most probable core (the highest level holding ``CORE_FRACTION`` of its mask
+    at ``seed_threshold``), the liver's the median of ``liver`` voxels
     ``HALF_CONTRAST_RING_MM`` outside its largest mask; the boundary's HU is the mean of the
     voxels just inside and just outside it. None when the lesion and the liver do not differ by
     ``HU_MIN_CONTRAST`` or no liver lies around it."""
     smooth = _smoothed(hu, spacing_kji)
     largest = masks[min(masks)]
-    # the lesion's core: its most probable part that still holds a quarter of the lesion (one
-    # voxel's HU would be noise)
-    enough = CORE_FRACTION * max(np.count_nonzero(m) for m in masks.values())
+    # the lesion's core: its most probable part that still holds a quarter of the lesion as the
+    # model detects it (its mask at the seed threshold: the lowest levels are mostly the faint rim
+    # around a weakly seen lesion, whose HU would pull the lesion's towards the liver's); one
+    # voxel's HU would be noise
+    detected = [level for level in masks if level <= seed_threshold + 1e-9]
+    reference = masks[max(detected)] if detected else largest
+    enough = CORE_FRACTION * np.count_nonzero(reference)
     core = masks[max(level for level, m in masks.items() if np.count_nonzero(m) >= enough)]
     lesion_hu = float(np.median(smooth[core]))
     distance = ndimage.distance_transform_edt(~largest, sampling=tuple(float(s) for s in spacing_kji))
@@ -370,7 +374,7 @@ def grow_from_probability(probability: np.ndarray, allowed: np.ndarray, liver: n
     work = bounding_box(masks[min(masks)], margin)
     assert work is not None
     level = half_contrast_level({k: m[work] for k, m in masks.items()}, hu[work], allowed[work], liver[work],
-                                spacing_kji)
+                                spacing_kji, seed_threshold)
     if level is None:
         level = max(k for k in masks if k <= max(seed_threshold, min(masks)))
     confident = masks.get(max(level, CONFIDENT_LEVEL), masks[level])
