@@ -334,7 +334,8 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
-            f"inputs: {inputs}; {args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
+            f"inputs: {inputs}; {args.tumor_positive_fraction:.0%} of the patches centred on a tumour; "
+            f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         trained_cards[name] = trained
     members = [trained_cards.get(name) or _existing_member(args, name) for name in in_ensemble]
