@@ -67,7 +67,9 @@ class ParenchymaPrior:
     min_diameter_mm: float = 10.0  # candidates smaller (equivalent diameter) are dropped
     min_thickness_mm: float = 3.0  # candidates without a ball of this radius inside are dropped (vessels, rims)
     model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
-    min_support_fraction: float = 0.02  # ... making up at least this fraction of the candidate
+    # ... making up at least this fraction of the candidate (0.05 chosen on validation with the
+    # round-8 tumour members: mean Dice per case 0.664 vs 0.654 at 0.02, nothing else worse)
+    min_support_fraction: float = 0.05
     reach_mm: float = 0.0  # > 0: only a candidate's voxels this close to model evidence are raised
     # > 0: only a candidate's voxels within this many times the equivalent radius of the nearest
     # piece of model evidence are raised: a lesion the model found in part grows by about its own

@@ -143,8 +143,8 @@ def postprocess(probability: np.ndarray, region: np.ndarray, hu: np.ndarray, spa
 # weight a, p' = (1 - a) p + a map inside kept candidates).
 DEFAULT_VARIANTS = {
     "model": {}, "map": {},
-    "floor 0.5 f2%": {"model_floor": 0.5, "min_support_fraction": 0.02},  # the default ParenchymaPrior
-    "floor 0.5 f5%": {"model_floor": 0.5, "min_support_fraction": 0.05},
+    "floor 0.5 f2%": {"model_floor": 0.5, "min_support_fraction": 0.02},
+    "floor 0.5 f5%": {"model_floor": 0.5, "min_support_fraction": 0.05},  # the default ParenchymaPrior
     "floor 0.5 any": {"model_floor": 0.5, "min_support_fraction": 0.0},
     "floor 0.2 any": {"model_floor": 0.2, "min_support_fraction": 0.0},
     "f2% reach 15 mm": {"model_floor": 0.5, "min_support_fraction": 0.02, "reach_mm": 15.0},
