@@ -34,12 +34,12 @@ def test_the_wide_member_sees_a_larger_region_with_the_network_it_starts_from():
 
 def test_unknown_members_and_real_cases_are_refused_by_name():
     cards = {card.name: card for card in train_embedded.tumor_cards()}
-    assert train_embedded._member_names("tumor-demo-unet, tumor-demo-unet-wide", cards) == [
+    assert train_embedded.chosen_names("tumor-demo-unet, tumor-demo-unet-wide", list(cards), "member") == [
         "tumor-demo-unet", "tumor-demo-unet-wide"]
     with pytest.raises(SystemExit, match="tumor-demo-nope"):
-        train_embedded._member_names("tumor-demo-unet,tumor-demo-nope", cards)
+        train_embedded.chosen_names("tumor-demo-unet,tumor-demo-nope", list(cards), "member")
     with pytest.raises(SystemExit, match="none given"):
-        train_embedded._member_names(" , ", cards)
+        train_embedded.chosen_names(" , ", list(cards), "member")
     args = argparse.Namespace(liver_real_cases="ts_upper_abdomen_3mm,chaos_ct_1", real_variants=8)
     assert train_embedded.liver_real_cases(args) == ["ts_upper_abdomen_3mm", "chaos_ct_1"]
     assert "ts_upper_abdomen_3mm and chaos_ct_1 (8 variants each" in train_embedded.describe_liver_real(args)

@@ -275,11 +275,16 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
 
 def liver_real_cases(args: argparse.Namespace) -> List[str]:
     """The real CTs the liver and liver-refinement models train on (``--liver-real-cases``)."""
-    names = [n.strip() for n in args.liver_real_cases.split(",") if n.strip()]
-    unknown = [n for n in names if n not in LIVER_REAL_CHOICES]
+    return chosen_names(args.liver_real_cases, LIVER_REAL_CHOICES, "--liver-real-cases: unknown case(s)")
+
+
+def chosen_names(text: str, choices: Sequence[str], what: str) -> List[str]:
+    """The comma-separated names of ``text``, each one of ``choices``; else exits with one
+    ``error:`` line naming ``what`` was wrong and the choices."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise SystemExit(f"error: --liver-real-cases: unknown case(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(LIVER_REAL_CHOICES)}")
+        raise SystemExit(f"error: {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(choices)}")
     return names
 
 
@@ -311,8 +316,8 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     not trained now is taken from ``--out``, else copied from ``--init-from``)."""
     cards = {card.name: card for card in tumor_cards(args.tumor_inputs)}
     kind_mix = parse_kind_mix(args.kind_mix)
-    to_train = _member_names(args.tumor_members, cards)
-    in_ensemble = _member_names(args.ensemble or args.tumor_members, cards)
+    to_train = chosen_names(args.tumor_members, list(cards), "unknown tumour member(s)")
+    in_ensemble = chosen_names(args.ensemble or args.tumor_members, list(cards), "unknown tumour member(s)")
     samples_by_grid: dict = {}
     trained_cards = {}
     for index, name in enumerate(to_train):
@@ -372,15 +377,6 @@ def parse_kind_mix(text: Optional[str]) -> Dict[str, float]:
     if sum(mix.values()) <= 0:
         raise SystemExit("error: --kind-mix: every weight is 0")
     return mix
-
-
-def _member_names(text: str, cards: dict) -> List[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in cards]
-    if unknown or not names:
-        raise SystemExit(f"error: unknown tumour member(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(cards)}")
-    return names
 
 
 def _existing_member(args: argparse.Namespace, name: str) -> ModelCard:
