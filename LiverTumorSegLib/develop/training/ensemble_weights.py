@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...metrics import dice
-from ...inference import LoadedModel, predict_foreground, predict_image
+from ...inference import LoadedModel, predict_foreground
 from ...models.card import ModelCard
 from .data import TrainingSample
 
@@ -76,17 +76,15 @@ def _member_probability(model: LoadedModel, sample: TrainingSample, reference: M
         return predict_foreground(model, hu, device, overlap=0.25, hypodensity=sample.hypodensity)[0]
     import SimpleITK as sitk
 
-    from ...preprocess import resample_to
+    from ...stages.tumor import ensemble_probability
 
     def on_sample_grid(array: np.ndarray) -> "sitk.Image":
         image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
         image.SetSpacing(tuple(float(s) for s in reference.spacing_mm))
         return image
 
-    ct = on_sample_grid(hu)
     hypodensity = on_sample_grid(sample.hypodensity) if sample.hypodensity is not None else None
-    probability, _ = predict_image(ct, model, device, overlap=0.25, hypodensity=hypodensity)
-    return sitk.GetArrayFromImage(resample_to(probability, ct, sitk.sitkLinear, 0.0))
+    return ensemble_probability(on_sample_grid(hu), [model], [1.0], device, hypodensity=hypodensity)[0]
 
 
 def _denormalize(sample: TrainingSample, card: ModelCard) -> np.ndarray:
