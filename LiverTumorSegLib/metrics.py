@@ -34,6 +34,21 @@ def on_grid_of(reference: sitk.Image, image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
+def leak_beyond_ml(prediction: np.ndarray, reference: np.ndarray, spacing_kji, margin_mm: float) -> float:
+    """Volume (mL) of ``prediction`` lying more than ``margin_mm`` outside ``reference``: what
+    spilled into a neighbour, apart from a boundary drawn a voxel or two wide."""
+    from scipy import ndimage
+
+    prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
+    outside = prediction & ~reference
+    if not outside.any():
+        return 0.0
+    if not reference.any():
+        return float(outside.sum()) * float(np.prod(spacing_kji)) / 1000.0
+    distance = ndimage.distance_transform_edt(~reference, sampling=spacing_kji)
+    return float(np.count_nonzero(outside & (distance > margin_mm))) * float(np.prod(spacing_kji)) / 1000.0
+
+
 def equivalent_diameter_mm(n_voxels: int, voxel_volume_mm3: float) -> float:
     """Diameter of the sphere with the volume of ``n_voxels`` voxels."""
     return float((6.0 * n_voxels * voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))

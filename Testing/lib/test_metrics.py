@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.metrics import (dice, equivalent_diameter_mm, lesion_detection, on_grid_of, overlap_metrics,
-                                      variation_coefficient)
+from LiverTumorSegLib.metrics import (dice, equivalent_diameter_mm, leak_beyond_ml, lesion_detection, on_grid_of,
+                                      overlap_metrics, variation_coefficient)
 
 
 def test_dice_and_overlap_metrics():
@@ -35,6 +35,22 @@ def test_on_grid_of_compares_by_physical_position():
     reference.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))  # ... and so is the direction
     reference.SetOrigin((18.0, 0.0, 0.0))
     assert np.array_equal(on_grid_of(reference, image), mask)
+
+
+def test_leak_beyond_a_margin_counts_spill_into_a_neighbour_not_a_wide_boundary():
+    reference = np.zeros((20, 20, 40), bool)
+    reference[5:15, 5:15, 5:15] = True
+    wide = np.zeros_like(reference)
+    wide[4:16, 4:16, 4:16] = True  # one 2 mm voxel too wide all round: within 3 mm
+    spill = wide.copy()
+    spill[8:12, 8:12, 15:30] = True  # a 4x4 tongue running 15 voxels out along the last axis
+    spacing = (2.0, 2.0, 2.0)  # mm, 8 uL per voxel
+    assert leak_beyond_ml(wide, reference, spacing, 3.5) == 0.0  # corners 3.46 mm out
+    assert leak_beyond_ml(spill, reference, spacing, 3.5) == pytest.approx(14 * 16 * 0.008)  # 2 mm slice spared
+    # by physical distance: at 1 mm along that axis the first three slices lie within 3.5 mm
+    assert leak_beyond_ml(spill, reference, (2.0, 2.0, 1.0), 3.5) == pytest.approx(12 * 16 * 0.004)
+    assert leak_beyond_ml(reference, reference, spacing, 0.0) == 0.0
+    assert leak_beyond_ml(wide, np.zeros_like(reference), spacing, 3.0) == pytest.approx(wide.sum() * 0.008)
 
 
 def test_lesion_detection_by_lesion_and_false_positives():
