@@ -32,6 +32,18 @@ def test_the_wide_member_sees_a_larger_region_with_the_network_it_starts_from():
     assert set(train_embedded.DEFAULT_TUMOR_MEMBERS) <= set(cards)
 
 
+@pytest.mark.parametrize("spacing", [1.5, 1.0, 0.8])
+def test_a_finer_liver_refinement_grid_keeps_its_context_and_network(spacing):
+    card = train_embedded.liver_refine_card(spacing)
+    default = train_embedded.liver_refine_card()
+    assert card.spacing_mm == (spacing,) * 3 and default.spacing_mm == (1.5,) * 3
+    assert all(p % 16 == 0 for p in card.patch_size)  # three stride-2 levels divide it
+    window_mm = [p * s for p, s in zip(card.patch_size, card.spacing_mm)]
+    assert all(abs(w - 96.0) <= 8.0 for w in window_mm)
+    assert card.architecture_args == default.architecture_args  # a 1.5 mm model warm-starts it
+    assert f"{spacing:g} mm" in card.description
+
+
 def test_unknown_members_and_real_cases_are_refused_by_name():
     cards = {card.name: card for card in train_embedded.tumor_cards()}
     assert train_embedded.chosen_names("tumor-demo-unet, tumor-demo-unet-wide", list(cards), "member") == [
