@@ -85,3 +85,16 @@ def test_the_kind_mix_decides_which_tumour_kinds_are_drawn():
                           ("small=-1", "negative"), ("small=0", "every weight is 0")]:
         with pytest.raises(SystemExit, match=message):
             train_embedded.parse_kind_mix(text)
+
+
+def test_a_larger_tumour_patch_keeps_the_network_and_must_fit_its_levels():
+    cards = {card.name: card for card in train_embedded.tumor_cards()}
+    deep = cards["tumor-demo-unet-deep"]  # four stride-2 levels: a multiple of 16
+    larger = train_embedded.with_patch(deep, 96)
+    assert larger.patch_size == (96, 96, 96) and tuple(deep.patch_size) == (64, 64, 64)
+    assert larger.architecture_args == deep.architecture_args and larger.spacing_mm == deep.spacing_mm
+    assert train_embedded.with_patch(deep, None) is deep
+    for bad in (72, 0):
+        with pytest.raises(SystemExit, match="multiple of 16"):
+            train_embedded.with_patch(deep, bad)
+    assert train_embedded.with_patch(cards["tumor-demo-unet"], 72).patch_size == (72, 72, 72)  # three levels: 8

@@ -23,6 +23,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -231,6 +232,10 @@ def main() -> int:
     parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
                         help="tumour members to train, comma-separated (tumor-demo-unet, tumor-demo-unet-deep, "
                              "tumor-demo-unet-wide)")
+    parser.add_argument("--tumor-patch", type=int, default=None, metavar="N",
+                        help="the trained tumour members' patch side in voxels (a multiple of 16; default: each "
+                             "card's 64): a larger patch shows a large lesion with more liver around it, in "
+                             "training and in the pipeline's sliding window")
     parser.add_argument("--ensemble", default=None,
                         help="the ensemble's members, comma-separated (default: --tumor-members); one not "
                              "trained now is taken from --out or --init-from")
@@ -327,7 +332,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     samples_by_grid: dict = {}
     trained_cards = {}
     for index, name in enumerate(to_train):
-        member_card = cards[name]
+        member_card = with_patch(cards[name], args.tumor_patch)
         grid_key = (tuple(member_card.spacing_mm), tuple(member_card.input_channels))
         if grid_key not in samples_by_grid:
             samples_by_grid[grid_key] = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
@@ -345,7 +350,8 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
-            f"inputs: {inputs}; {args.tumor_positive_fraction:.0%} of the patches centred on a tumour; "
+            f"inputs: {inputs}; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
+            "of them centred on a tumour; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         trained_cards[name] = trained
@@ -362,6 +368,17 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
     write_card(ensemble, args.out / "tumor-demo-ensemble.json")
     log.info("ensemble weights %s", json.dumps([float(w) for w in weights]))
+
+
+def with_patch(card: ModelCard, side: Optional[int]) -> ModelCard:
+    """``card`` with a cubic patch of ``side`` voxels (None: unchanged); exits with one ``error:``
+    line unless every down-sampling level divides it."""
+    if side is None:
+        return card
+    divisor = int(np.prod(card.architecture_args.get("strides", [1])))
+    if side <= 0 or side % divisor:
+        raise SystemExit(f"error: --tumor-patch {side}: {card.name} needs a positive multiple of {divisor}")
+    return replace(card, patch_size=(side, side, side))
 
 
 def parse_kind_mix(text: Optional[str]) -> Dict[str, float]:
