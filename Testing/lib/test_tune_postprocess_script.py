@@ -29,3 +29,39 @@ def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tm
     assert base != key(tiny_models.directory, case="case-b")
     assert base != key(tiny_models.directory, fast=True)
     assert base != key(tiny_models.directory, crop_margin_mm=30.0)
+
+
+def test_validation_uses_both_training_livers_and_nothing_held_out(monkeypatch):
+    """Every case comes from a training liver or a validation phantom, under seeds that neither
+    training (below 9000) nor the held-out evaluation (9000-9999, phantoms 10000+) draws."""
+    from LiverTumorSegLib.develop.scripts import tune_postprocess
+
+    loaded, seeds = [], []
+
+    def load(shared, name):
+        loaded.append(name)
+        return f"ct:{name}", f"liver:{name}"
+
+    def insert(ct, liver, seed, kind):
+        seeds.append(seed)
+        return f"{ct}+{kind}", f"labels:{seed}", {}
+
+    def perfusion(ct, liver, seed):
+        seeds.append(seed)
+        return f"{ct}+perfusion", {"pattern": "wedge"}
+
+    def phantom(seed, kind, spacing):
+        seeds.append(seed)
+        return "ct", "labels", {}
+
+    monkeypatch.setattr(tune_postprocess, "has_shared_case", lambda shared, name: True)
+    monkeypatch.setattr(tune_postprocess, "load_shared_case", load)
+    monkeypatch.setattr(tune_postprocess, "insert_tumor_kind", insert)
+    monkeypatch.setattr(tune_postprocess, "add_perfusion_variation", perfusion)
+    monkeypatch.setattr(tune_postprocess, "phantom_with_tumor_kind", phantom)
+    cases = tune_postprocess.validation_cases(3, ["classic", "surface"])
+    assert set(loaded) == {"ts_upper_abdomen_3mm", "chaos_ct_1"}
+    assert all(5002 <= s < 9000 or s >= 20000 for s in seeds) and not any(9000 <= s < 20000 for s in seeds)
+    names = [case[0] for case in cases]
+    assert {"ts_upper+classic-20000", "chaos+surface-20001", "ts_upper (tumour-free)"} <= set(names)
+    assert len(names) == len(set(names))

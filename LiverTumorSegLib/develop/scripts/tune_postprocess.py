@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Tune the tumor post-processing (seed and grow thresholds, minimum lesion volume, the lesion-candidate filter) of the
 embedded models on VALIDATION data only: phantoms of seeds 5002+ (the ones the ensemble
-weights are fitted on), the real training liver ts_upper_abdomen_3mm with synthetic tumours
-of every kind under other seeds, and the real training livers (ts_upper_abdomen_3mm,
-chaos_ct_1) with a broad tumour-free darkening (synth.perfusion), alone and under lesions; never on the held-out evaluation data (phantom seeds 10000+,
-ts_dicom_upper_abdomen, real-liver tumour seeds 9000+).
+weights are fitted on), the tumour members' real training livers (ts_upper_abdomen_3mm, native;
+chaos_ct_1, portal venous) with synthetic tumours of every kind under other seeds, and the same
+livers with a broad tumour-free darkening (synth.perfusion), alone and under lesions; never on
+the held-out evaluation data (phantom seeds 10000+, ts_dicom_upper_abdomen, real-liver tumour
+seeds 9000+).
 
 The models run once per case (Pipeline.tumor_evidence); each setting only re-runs the
 post-processing (Pipeline.finish). Prints the mean tumor Dice per case, per tumour kind, the
@@ -41,6 +42,9 @@ ROOT = checkout_root()
 SHARED = shared_data_dir(ROOT)
 
 
+TRAINING_LIVERS = (("ts_upper", "ts_upper_abdomen_3mm"), ("chaos", "chaos_ct_1"))
+
+
 def validation_cases(n_phantoms: int, kinds: list) -> list:
     """(name, tumour kind, CT, labels) of the validation cases."""
     cases = []
@@ -48,13 +52,18 @@ def validation_cases(n_phantoms: int, kinds: list) -> list:
         seed, kind = 5002 + i, kinds[i % len(kinds)]
         ct, labels, _ = phantom_with_tumor_kind(seed, kind, (1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5))
         cases.append((f"phantom-{seed}", kind, ct, labels))
-    if has_shared_case(SHARED, "ts_upper_abdomen_3mm"):
-        ct, liver = load_shared_case(SHARED, "ts_upper_abdomen_3mm")
+    # The tumour members' real training livers, under tumours training never drew: the native
+    # ts_upper_abdomen_3mm and the portal-venous chaos_ct_1 (the phase of most clinical CTs).
+    for short, name in TRAINING_LIVERS:
+        if not has_shared_case(SHARED, name):
+            continue
+        ct, liver = load_shared_case(SHARED, name)
         for index, kind in enumerate(kinds):
             seed = 20000 + index  # tumours the training never drew
             ct_t, labels_t, _ = insert_tumor_kind(ct, liver, seed=seed, kind=kind)
-            cases.append((f"ts_upper+{kind}-{seed}", kind, ct_t, labels_t))
-        cases.append(("ts_upper (tumour-free)", "none", ct, liver))
+            cases.append((f"{short}+{kind}-{seed}", kind, ct_t, labels_t))
+        if short == "ts_upper":
+            cases.append(("ts_upper (tumour-free)", "none", ct, liver))
     cases += perfusion_cases()
     return cases
 
@@ -64,7 +73,7 @@ def perfusion_cases() -> list:
     that training never drew): alone (false tumour there) and under metastases or a large iso-dense
     lesion (lesions must not merge with it), the hard negative the held-out real liver showed."""
     cases = []
-    for short, name in (("ts_upper", "ts_upper_abdomen_3mm"), ("chaos", "chaos_ct_1")):
+    for short, name in TRAINING_LIVERS:
         if not has_shared_case(SHARED, name):
             continue
         ct, liver = load_shared_case(SHARED, name)
