@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.develop.synth.perfusion import DARKENING_HU, FRACTION, add_perfusion_variation
+from LiverTumorSegLib.develop.synth.perfusion import (DARKENING_HU, FRACTION, add_perfusion_variation,
+                                                      darkened_region)
 
 
 def _uniform_liver(helpers):
@@ -37,6 +38,18 @@ def test_part_of_the_liver_gets_darker_and_nothing_else_changes(helpers, seed):
     region = np.mean(darker >= 0.5 * info["darkening_hu"])
     assert 0.5 * FRACTION[0] <= region <= 1.6 * FRACTION[1], (region, info)
     assert darker.max() <= 1.7 * info["darkening_hu"]  # texture modulates it, up to 1.6x
+
+
+def test_the_darkened_region_is_where_the_liver_got_darker(helpers):
+    ct, liver = _uniform_liver(helpers)
+    out, info = add_perfusion_variation(ct, liver, 3)
+    region = darkened_region(ct, out)
+    drop = sitk.GetArrayFromImage(ct).astype(np.float32) - sitk.GetArrayFromImage(out)
+    mask = sitk.GetArrayViewFromImage(region) > 0
+    assert region.GetOrigin() == ct.GetOrigin() and region.GetSpacing() == ct.GetSpacing()
+    np.testing.assert_array_equal(mask, drop >= 5.0)
+    assert mask.any() and not (mask & (sitk.GetArrayViewFromImage(liver) == 0)).any()
+    assert not sitk.GetArrayViewFromImage(darkened_region(ct, ct)).any()
 
 
 def test_a_dependent_region_lies_posterior(helpers):

@@ -98,3 +98,13 @@ def test_a_larger_tumour_patch_keeps_the_network_and_must_fit_its_levels():
         with pytest.raises(SystemExit, match="multiple of 16"):
             train_embedded.with_patch(deep, bad)
     assert train_embedded.with_patch(cards["tumor-demo-unet"], 72).patch_size == (72, 72, 72)  # three levels: 8
+
+
+def test_darkened_tumour_samples_carry_their_hard_negative_region():
+    card = {c.name: c for c in train_embedded.tumor_cards()}["tumor-demo-unet"]
+    darkened, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=1.0, real_cases=[])
+    plain, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[])
+    assert plain.hard_negative is None
+    assert darkened.hard_negative is not None and darkened.hard_negative.shape == darkened.target.shape
+    assert darkened.hard_negative.mean() > 0.02  # a broad region of the liver crop ...
+    assert not (darkened.hard_negative & (darkened.target > 0)).any()  # ... never on a tumour

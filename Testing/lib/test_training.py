@@ -322,3 +322,76 @@ def test_tumor_samples_carry_the_parenchyma_map_of_their_liver(helpers):
     assert np.median(sample.hypodensity[parenchyma]) < 0.1  # ... the parenchyma does not ...
     assert np.median(sample.hypodensity[body]) == 0.0  # ... nor, outside the liver, the darker body
     assert prepare_sample("phantom", ct, labels, tiny_card("plain")).hypodensity is None
+
+
+# --- hard-negative patches: centred on a tumour-free region that looks like tumour -------------
+
+def test_hard_negative_patches_are_centred_in_the_region_and_never_replace_positive_ones():
+    from LiverTumorSegLib.develop.training.trainer import sample_patch
+
+    shape = (40, 40, 40)
+    target = np.zeros(shape, np.uint8)
+    target[5:8, 5:8, 5:8] = 1
+    region = np.zeros(shape, bool)
+    region[30:34, 30:34, 30:34] = True
+    image = np.zeros(shape, np.float32)
+    image[region] = 1.0  # the patch's centre voxel shows where it was centred
+    with_region = TrainingSample("s", image, target, hard_negative=region)
+    rng = np.random.default_rng(0)
+    centre = (4, 4, 4)
+    for _ in range(20):
+        patch, patch_target, _, _ = sample_patch(with_region, (8, 8, 8), rng, positive=False, hard_negative=True)
+        assert patch[centre] == 1.0 and not patch_target.any()
+        patch, patch_target, _, _ = sample_patch(with_region, (8, 8, 8), rng, positive=True, hard_negative=True)
+        assert patch_target[centre] == 1  # a positive draw stays on the tumour
+    tumour_free = TrainingSample("t", image, np.zeros(shape, np.uint8), hard_negative=region)
+    anywhere = [sample_patch(tumour_free, (8, 8, 8), rng, positive=True)[0][centre] for _ in range(40)]
+    assert min(anywhere) == 0.0  # without hard_negative a tumour-free sample's patch lies anywhere
+
+
+def test_the_hard_negative_fraction_only_takes_from_the_patches_placed_anywhere(monkeypatch, tmp_path):
+    from LiverTumorSegLib.develop.training import trainer
+
+    calls = []
+    real = trainer.sample_patch
+
+    def recording(sample, patch, rng, positive, hard_negative=False):
+        calls.append((positive, hard_negative))
+        return real(sample, patch, rng, positive, hard_negative)
+
+    monkeypatch.setattr(trainer, "sample_patch", recording)
+    samples = bright_box_samples(2)
+    for sample in samples:
+        sample.hard_negative = np.zeros(sample.target.shape, bool)
+        sample.hard_negative[:2] = True
+    train_model(tiny_card("hn"), samples, tmp_path, TrainConfig(steps=100, seed=0, **{**QUICK,
+                                                                                      "hard_negative_fraction": 0.3}))
+    positive = np.mean([p for p, _ in calls])
+    hard = np.mean([h for _, h in calls])
+    assert not any(p and h for p, h in calls)
+    assert positive == pytest.approx(0.5, abs=0.1) and hard == pytest.approx(0.3, abs=0.1)
+    with pytest.raises(LiverTumorSegError, match="hard_negative_fraction"):
+        train_model(tiny_card("bad"), samples, tmp_path, TrainConfig(steps=1, **{**QUICK, "hard_negative_fraction": 0.6}))
+
+
+def test_tumor_samples_carry_their_hard_negative_region_on_the_model_grid(helpers):
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.training.data import prepare_sample
+
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    label_array = helpers.analytic_labels_like(ct)
+    labels = sitk.GetImageFromArray(label_array)
+    labels.CopyInformation(ct)
+    region_array = (label_array > 0).astype(np.uint8)  # the whole liver, lesion included
+    region = sitk.GetImageFromArray(region_array)
+    region.CopyInformation(ct)
+    card = tiny_card("plain")
+    card.spacing_mm = (3.0, 3.0, 3.0)
+    sample = prepare_sample("phantom", ct, labels, card, hard_negative=region)
+    plain = prepare_sample("phantom", ct, labels, card)
+    assert plain.hard_negative is None
+    assert sample.hard_negative.shape == sample.target.shape
+    assert sample.target.any() and not (sample.hard_negative & (sample.target > 0)).any()  # never on tumour
+    liver_ml = np.count_nonzero(label_array == 1) * np.prod(ct.GetSpacing()) / 1000.0
+    assert np.count_nonzero(sample.hard_negative) * 27.0 / 1000.0 == pytest.approx(liver_ml, rel=0.15)

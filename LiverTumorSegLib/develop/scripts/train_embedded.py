@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card
 from LiverTumorSegLib.develop.synth.phantom import make_phantom
-from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
+from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation, darkened_region
 from LiverTumorSegLib.develop.synth.shared_cases import load_shared_case, shared_data_dir
 from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
 from LiverTumorSegLib.develop.training.data import TrainingSample, prepare_sample
@@ -177,13 +177,14 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         has_liver = bool(np.any(sitk.GetArrayViewFromImage(labels)))
         if card.task != "liver" and not has_liver:
             continue  # a chest view with no liver: nothing to crop (the pipeline stops before the crop)
-        ct = ph.ct
+        ct, dark = ph.ct, None
         if has_liver and with_perfusion_variation(seed, perfusion_fraction):
-            ct, _ = add_perfusion_variation(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
+            ct, _ = add_perfusion_variation(ph.ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
+            dark = darkened_region(ph.ct, ct) if card.task == "tumor" else None
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed, kind_mix))
-        samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card))
+        samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card, hard_negative=dark))
     for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
         ct, liver = real_case(name)
         for variant in range(n_real_variants):
@@ -192,11 +193,13 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             # edges and vessels are what it must learn to leave alone
             darkened = with_perfusion_variation(seed, perfusion_fraction)
             ct_v = add_perfusion_variation(ct, liver, seed)[0] if darkened else ct
+            # a tumour model's hard-negative patches go where the darkening is (--tumor-hard-negative-fraction)
+            dark = darkened_region(ct, ct_v) if darkened and card.task == "tumor" else None
             if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
                 ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed, kind_mix))
             else:
                 labels_v = liver
-            samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card))
+            samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card, hard_negative=dark))
     return samples
 
 
@@ -218,6 +221,9 @@ def main() -> int:
                         help="fraction of samples with a tumour-free perfusion darkening (synth.perfusion)")
     parser.add_argument("--tumor-positive-fraction", type=float, default=0.6,
                         help="fraction of a tumor model's patches centred on a tumour (the rest anywhere)")
+    parser.add_argument("--tumor-hard-negative-fraction", type=float, default=0.0,
+                        help="fraction of a tumor model's patches centred in a sample's tumour-free darkened "
+                             "region (synth.perfusion), taken from the patches placed anywhere")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
                         help="which models to train, comma-separated: liver, liver_refine, tumor")
@@ -342,16 +348,19 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         trained = train_model(member_card, samples_by_grid[grid_key], args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
                                           positive_fraction=args.tumor_positive_fraction, init_from=start,
+                                          hard_negative_fraction=args.tumor_hard_negative_fraction,
                                           learning_rate=args.learning_rate))
         inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
         mix_text = ", ".join(f"{kind} {weight:g}" for kind, weight in kind_mix.items())
+        hard_text = (f", {args.tumor_hard_negative_fraction:.0%} in a tumour-free darkened region"
+                     if args.tumor_hard_negative_fraction > 0 else "")
         trained.trained_on = describe_training(
             f"liver crops of {args.phantoms} synthetic phantoms with synthetic tumours of every kind and of the "
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
             f"inputs: {inputs}; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
-            "of them centred on a tumour; "
+            f"of them centred on a tumour{hard_text}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         trained_cards[name] = trained

@@ -66,6 +66,15 @@ def add_perfusion_variation(ct: sitk.Image, liver: sitk.Image, seed: int) -> Tup
                    "edge_mm": round(edge, 1)}
 
 
+def darkened_region(before: sitk.Image, after: sitk.Image, min_hu: float = 5.0) -> sitk.Image:
+    """Where ``after`` (from :func:`add_perfusion_variation`) lies at least ``min_hu`` below
+    ``before``: the tumour-free region a tumour model must leave alone (uint8 0/1, their grid)."""
+    drop = sitk.GetArrayViewFromImage(before).astype(np.float32) - sitk.GetArrayViewFromImage(after)
+    region = sitk.GetImageFromArray((drop >= min_hu).astype(np.uint8))
+    region.CopyInformation(before)
+    return region
+
+
 def _box(mask: np.ndarray) -> Tuple[slice, ...]:
     hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)

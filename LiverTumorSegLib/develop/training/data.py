@@ -28,20 +28,27 @@ class TrainingSample:
     target: np.ndarray  # uint8 0/1
     prior_distance: Optional[np.ndarray] = None  # float32 mm, negative inside the liver
     hypodensity: Optional[np.ndarray] = None  # float32 0..1: the parenchyma map, for cards with that channel
+    # bool: a tumour-free region that looks like tumour (a darkened part of the liver), where
+    # hard-negative patches are centred (TrainConfig.hard_negative_fraction)
+    hard_negative: Optional[np.ndarray] = None
 
 
 def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCard,
-                   crop_margin_mm: Optional[float] = None) -> TrainingSample:
+                   crop_margin_mm: Optional[float] = None,
+                   hard_negative: Optional[sitk.Image] = None) -> TrainingSample:
     """Put a labelled CT (labels 0/1 liver/2 tumor) on ``card``'s grid.
 
     A liver card learns liver+tumor (the liver includes its tumors) on the whole CT; a liver
     refinement card learns the same on the liver crop; a tumor card learns the tumor label on the
-    liver crop (``crop_margin_mm`` as in the pipeline's crop stage)."""
+    liver crop (``crop_margin_mm`` as in the pipeline's crop stage). ``hard_negative`` (0/1 on
+    the CT's grid) goes onto the same grid, less the target."""
     label_array = sitk.GetArrayViewFromImage(labels)
     if card.task in ("tumor", "liver_refine"):
         margin = 15.0 if crop_margin_mm is None else crop_margin_mm
         box = liver_box(label_array > 0, ct.GetSpacing()[::-1], margin)
         ct, labels = crop_image(ct, box), crop_image(labels, box)
+        if hard_negative is not None:
+            hard_negative = crop_image(hard_negative, box)
     if card.task == "tumor":
         target_value = (sitk.GetArrayViewFromImage(labels) == 2).astype(np.float32)
     else:
@@ -56,8 +63,12 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
     hypodensity = None
     if HYPODENSITY_CHANNEL in card.input_channels:
         hypodensity = _hypodensity_on_grid(ct, sitk.GetArrayViewFromImage(labels) > 0, grid)
+    negative = None
+    if hard_negative is not None:
+        on_grid = resample_to(sitk.Cast(hard_negative, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
+        negative = (sitk.GetArrayViewFromImage(on_grid) >= 0.5) & (target == 0)
     return TrainingSample(name=name, image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
-                          target=target, prior_distance=distance, hypodensity=hypodensity)
+                          target=target, prior_distance=distance, hypodensity=hypodensity, hard_negative=negative)
 
 
 def _hypodensity_on_grid(ct_crop: sitk.Image, liver_crop: np.ndarray, grid: sitk.Image) -> np.ndarray:

@@ -36,6 +36,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     positive_fraction: float = 0.67  # of patches centred on the foreground
+    # of patches centred on a sample's hard-negative region (when it has one), out of the rest
+    hard_negative_fraction: float = 0.0
     seed: int = 0
     affine: bool = True
     threads: Optional[int] = None
@@ -60,15 +62,21 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: 
 
 
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
-                 positive: bool) -> tuple:
+                 positive: bool, hard_negative: bool = False) -> tuple:
     """A patch ``(image, target, prior_distance or None, hypodensity or None)`` (padded with zero
     / zero / far outside / zero where it leaves the volume), centred on a foreground voxel when
-    ``positive`` and the sample has one, else anywhere."""
+    ``positive`` and the sample has one, else on a voxel of its hard-negative region when
+    ``hard_negative`` and it has one, else anywhere."""
     shape = np.array(sample.image.shape)
     patch = np.array(patch_kji)
+    centres = None
     if positive and sample.target.any():
-        fg = np.flatnonzero(sample.target)
-        centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], sample.target.shape))
+        centres = sample.target
+    elif hard_negative and sample.hard_negative is not None and sample.hard_negative.any():
+        centres = sample.hard_negative
+    if centres is not None:
+        fg = np.flatnonzero(centres)
+        centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], centres.shape))
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
     start = centre - patch // 2
@@ -128,6 +136,9 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
+    if not 0.0 <= config.hard_negative_fraction <= 1.0 - config.positive_fraction:
+        raise LiverTumorSegError(f"hard_negative_fraction {config.hard_negative_fraction} must lie between 0 and "
+                                 f"1 - positive_fraction ({1.0 - config.positive_fraction:g})")
     if config.threads:
         torch.set_num_threads(config.threads)
     set_determinism(seed=config.seed)
@@ -159,8 +170,10 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
         images, targets = [], []
         for _ in range(config.batch_size):
             sample = samples[rng.integers(len(samples))]
-            image, target, distance, hypodensity = sample_patch(sample, card.patch_size_kji, rng,
-                                                                rng.random() < config.positive_fraction)
+            draw = rng.random()  # one draw per patch, whatever the fractions
+            positive = draw < config.positive_fraction
+            hard = not positive and draw < config.positive_fraction + config.hard_negative_fraction
+            image, target, distance, hypodensity = sample_patch(sample, card.patch_size_kji, rng, positive, hard)
             item = {"image": image[None], "label": target[None].astype(np.float32)}
             if with_prior:
                 item["prior"] = config.prior_simulation(distance, card.spacing_mm[::-1], rng)[None]
