@@ -189,7 +189,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             f"| liver leak (mL) on held-out phantoms whose stomach touches the liver | "
             f"{json.dumps(summary['liver_leak_ml_phantoms_stomach_against_liver'])} |",
             f"| of it more than 3 mm outside the reference liver (spill into a neighbour, not a wide boundary) | "
-            f"{json.dumps(summary.get('liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver', {}))} |",
+            f"{json.dumps(summary['liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver'])} |",
             "", "### By tumour kind", "",
             "| liver / kind | cases | tumor Dice per case | liver Dice | lesions >= 10 mm found | "
             "tumor outside the liver (mL) |", "|---|---|---|---|---|---|",
@@ -214,10 +214,8 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
 def update_cards_and_model_card(args: argparse.Namespace, summary: dict, table_lines: list) -> None:
     metrics_liver = {k: summary[k] for k in ("liver_dice_real_held_out", "liver_dice_real_expert_held_out",
                                              "liver_dice_real_training_case", "liver_dice_phantoms",
-                                             "liver_leak_ml_phantoms_stomach_against_liver")}
-    if "liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver" in summary:
-        metrics_liver["liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver"] = \
-            summary["liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver"]
+                                             "liver_leak_ml_phantoms_stomach_against_liver",
+                                             "liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver")}
     metrics_tumor = {k: summary[k] for k in ("tumor_dpc_phantoms", "tumor_dpc_real_liver_synthetic_tumors",
                                              "false_positive_tumor_ml_real_tumor_free")}
     metrics_tumor["false_positive_tumor_ml_perfusion_darkening"] = summary.get(
@@ -258,6 +256,10 @@ def summarize(rows: list) -> dict:
         return [r[key] for r in rows if r["kind"].startswith(kind_prefix) and key in r
                 and (tumor_kind is None or r.get("tumor_kind") == tumor_kind)]
 
+    def by_phantom_touching_stomach(key: str) -> dict:
+        return {r["case"]: r[key] for r in rows
+                if r["kind"].startswith("held-out phantom") and r.get("stomach_touches_liver") and key in r}
+
     summary = {
         "liver_dice_real_held_out": collect("real (held out)", "liver_dice"),
         "liver_dice_real_expert_held_out": collect("real (held out from the liver models", "liver_dice"),
@@ -269,13 +271,9 @@ def summarize(rows: list) -> dict:
                                                     if r["kind"].startswith("real (")},
         "false_positive_tumor_ml_perfusion_darkening": {r["case"]: r.get("tumor_ml") for r in rows
                                                         if r["kind"].startswith("hard negative")},
-        "liver_leak_ml_phantoms_stomach_against_liver": {
-            r["case"]: r["liver_leak_ml"] for r in rows
-            if r["kind"].startswith("held-out phantom") and r.get("stomach_touches_liver") and "liver_leak_ml" in r},
-        "liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver": {
-            r["case"]: r["liver_leak_beyond_3mm_ml"] for r in rows
-            if r["kind"].startswith("held-out phantom") and r.get("stomach_touches_liver")
-            and "liver_leak_beyond_3mm_ml" in r},
+        "liver_leak_ml_phantoms_stomach_against_liver": by_phantom_touching_stomach("liver_leak_ml"),
+        "liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver":
+            by_phantom_touching_stomach("liver_leak_beyond_3mm_ml"),
     }
     by_kind = {}
     for prefix in ("held-out real liver", "real liver held out of the liver models", "held-out phantom"):

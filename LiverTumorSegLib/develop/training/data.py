@@ -49,26 +49,23 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
         ct, labels = crop_image(ct, box), crop_image(labels, box)
         if hard_negative is not None:
             hard_negative = crop_image(hard_negative, box)
-    if card.task == "tumor":
-        target_value = (sitk.GetArrayViewFromImage(labels) == 2).astype(np.float32)
-    else:
-        target_value = (sitk.GetArrayViewFromImage(labels) > 0).astype(np.float32)
+    target_image = (labels == 2) if card.task == "tumor" else (labels > 0)
     grid = model_grid(ct, card.spacing_mm, card.orientation)
     ct_on_grid = resample_to(ct, grid, sitk.sitkLinear, -1024.0)
-    target_image = sitk.GetImageFromArray(target_value)
-    target_image.CopyInformation(labels)
-    target_on_grid = resample_to(target_image, grid, sitk.sitkLinear, 0.0)
-    target = (sitk.GetArrayViewFromImage(target_on_grid) >= 0.5).astype(np.uint8)
+    target = _mask_on_grid(target_image, grid).astype(np.uint8)
     distance = signed_distance_mm(target, grid.GetSpacing()[::-1]) if "liver_prior" in card.input_channels else None
     hypodensity = None
     if HYPODENSITY_CHANNEL in card.input_channels:
         hypodensity = _hypodensity_on_grid(ct, sitk.GetArrayViewFromImage(labels) > 0, grid)
-    negative = None
-    if hard_negative is not None:
-        on_grid = resample_to(sitk.Cast(hard_negative, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
-        negative = (sitk.GetArrayViewFromImage(on_grid) >= 0.5) & (target == 0)
+    negative = None if hard_negative is None else _mask_on_grid(hard_negative, grid) & (target == 0)
     return TrainingSample(name=name, image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
                           target=target, prior_distance=distance, hypodensity=hypodensity, hard_negative=negative)
+
+
+def _mask_on_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """A 0/1 mask on ``grid`` (bool): linearly resampled, at least half in."""
+    on_grid = resample_to(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
+    return sitk.GetArrayViewFromImage(on_grid) >= 0.5
 
 
 def _hypodensity_on_grid(ct_crop: sitk.Image, liver_crop: np.ndarray, grid: sitk.Image) -> np.ndarray:
