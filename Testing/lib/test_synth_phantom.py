@@ -424,3 +424,23 @@ def test_neighbours_are_never_liver_in_any_view(phantoms, upper_abdomens):
         assert set(neighbours) <= set(ORGAN) and "liver" not in neighbours
         bowel_touches += "bowel" in neighbours
     assert bowel_touches >= 3, "bowel (duodenum, colon) lies against the liver's inferior surface for some seeds"
+
+
+def test_the_liver_neighbours_are_the_organs_beside_the_liver(phantoms):
+    from scipy import ndimage
+
+    from LiverTumorSegLib.develop.synth.phantom import LIVER_NEIGHBOURS, liver_neighbours
+
+    for phantom in phantoms.values():
+        _, labels, organs = arrays(phantom)
+        region_image = liver_neighbours(phantom.organs, within_mm=20.0)
+        assert Geometry.of(region_image).matches(Geometry.of(phantom.organs))
+        region = sitk.GetArrayFromImage(region_image) > 0
+        assert region.any() and not (region & (labels > 0)).any()
+        assert set(np.unique(organs[region])) <= {ORGAN[name] for name in LIVER_NEIGHBOURS}
+        distance = ndimage.distance_transform_edt(labels == 0, sampling=SPACING[::-1])
+        assert distance[region].max() <= 20.0
+        # every neighbour voxel that close is in it: nothing beside the liver is left out
+        close = np.isin(organs, [ORGAN[name] for name in LIVER_NEIGHBOURS]) & (distance <= 20.0)
+        np.testing.assert_array_equal(region, close)
+        assert sitk.GetArrayFromImage(liver_neighbours(phantom.organs, within_mm=4.0)).sum() < region.sum()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +110,25 @@ def test_darkened_tumour_samples_carry_their_hard_negative_region():
     assert darkened.hard_negative is not None and darkened.hard_negative.shape == darkened.target.shape
     assert darkened.hard_negative.mean() > 0.02  # a broad region of the liver crop ...
     assert not (darkened.hard_negative & (darkened.target > 0)).any()  # ... never on a tumour
+
+
+def test_refinement_phantoms_carry_the_neighbours_their_liver_stage_leaks_into():
+    card = train_embedded.liver_refine_card()
+    leaky, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[],
+                                          neighbour_leaks=True)
+    plain, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[])
+    assert plain.hard_negative is None
+    np.testing.assert_array_equal(plain.target, leaky.target)
+    region = leaky.hard_negative
+    assert region is not None and region.shape == leaky.target.shape
+    assert 0.005 < region.mean() < 0.3 and not (region & (leaky.target > 0)).any()  # beside the liver, not in it
+    from scipy import ndimage
+    distance = ndimage.distance_transform_edt(leaky.target == 0, sampling=card.spacing_mm[::-1])
+    assert distance[region].max() <= 22.0  # within 20 mm of the liver (a voxel of resampling)
+
+
+def test_the_neighbour_fraction_must_leave_the_liver_its_patches(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["train_embedded.py", "--refine-neighbour-fraction", "0.5"])
+    with pytest.raises(SystemExit):
+        train_embedded.main()
+    assert "--refine-neighbour-fraction must lie between 0 and 0.33" in capsys.readouterr().err

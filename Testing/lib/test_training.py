@@ -340,12 +340,12 @@ def test_hard_negative_patches_are_centred_in_the_region_and_never_replace_posit
     rng = np.random.default_rng(0)
     centre = (4, 4, 4)
     for _ in range(20):
-        patch, patch_target, _, _ = sample_patch(with_region, (8, 8, 8), rng, positive=False, hard_negative=True)
-        assert patch[centre] == 1.0 and not patch_target.any()
-        patch, patch_target, _, _ = sample_patch(with_region, (8, 8, 8), rng, positive=True, hard_negative=True)
-        assert patch_target[centre] == 1  # a positive draw stays on the tumour
+        patch = sample_patch(with_region, (8, 8, 8), rng, positive=False, hard_negative=True)
+        assert patch.image[centre] == 1.0 and not patch.target.any() and patch.hard_negative[centre]
+        patch = sample_patch(with_region, (8, 8, 8), rng, positive=True, hard_negative=True)
+        assert patch.target[centre] == 1  # a positive draw stays on the tumour
     tumour_free = TrainingSample("t", image, np.zeros(shape, np.uint8), hard_negative=region)
-    anywhere = [sample_patch(tumour_free, (8, 8, 8), rng, positive=True)[0][centre] for _ in range(40)]
+    anywhere = [sample_patch(tumour_free, (8, 8, 8), rng, positive=True).image[centre] for _ in range(40)]
     assert min(anywhere) == 0.0  # without hard_negative a tumour-free sample's patch lies anywhere
 
 
@@ -395,3 +395,52 @@ def test_tumor_samples_carry_their_hard_negative_region_on_the_model_grid(helper
     assert sample.target.any() and not (sample.hard_negative & (sample.target > 0)).any()  # never on tumour
     liver_ml = np.count_nonzero(label_array == 1) * np.prod(ct.GetSpacing()) / 1000.0
     assert np.count_nonzero(sample.hard_negative) * 27.0 / 1000.0 == pytest.approx(liver_ml, rel=0.15)
+
+
+def test_a_simulated_prior_may_claim_part_of_a_neighbour_as_liver():
+    from LiverTumorSegLib.develop.training.prior import PriorSimulation, signed_distance_mm
+
+    target = np.zeros((48, 48, 48), np.uint8)
+    target[8:40, 8:26, 8:40] = 1
+    neighbour = np.zeros(target.shape, bool)
+    neighbour[8:40, 27:40, 8:40] = True  # an organ beside the liver
+    spacing = (2.0,) * 3
+    distance = signed_distance_mm(target, spacing)
+    exact = dict(max_shift_mm=0.0, bias_mm=0.0, chunk_probability=0.0)
+    always = PriorSimulation(**exact, leak_probability=1.0)
+    sizes = set()
+    for seed in range(5):
+        prior = always(distance, spacing, np.random.default_rng(seed), leak_region=neighbour) >= 0.5
+        claimed = prior & ~(target > 0)
+        assert claimed.any() and not (claimed & ~neighbour).any()  # only ever the neighbour ...
+        np.testing.assert_array_equal(prior & (target > 0), target > 0)
+        sizes.add(int(claimed.sum()))
+    assert len(sizes) > 1 and min(sizes) < neighbour.sum()  # ... a random part of it
+    never = PriorSimulation(**exact, leak_probability=0.0)
+    plain = PriorSimulation(**exact)(distance, spacing, np.random.default_rng(0))
+    np.testing.assert_array_equal(never(distance, spacing, np.random.default_rng(0), leak_region=neighbour), plain)
+    # without a region there is no extra random draw: old recipes reproduce exactly
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    PriorSimulation()(distance, spacing, rng_a)
+    PriorSimulation()(distance, spacing, rng_b, leak_region=None)
+    assert rng_a.random() == rng_b.random()
+
+
+def test_the_trainer_hands_each_patch_its_leak_region_to_the_prior_simulation(tmp_path):
+    from LiverTumorSegLib.develop.training.prior import PriorSimulation
+
+    seen = []
+
+    class Recording:
+        def __call__(self, distance, spacing, rng, leak_region=None):
+            seen.append((distance.shape, None if leak_region is None else leak_region.copy()))
+            return PriorSimulation()(distance, spacing, rng, leak_region=leak_region)
+
+    samples = two_box_samples(4)
+    for sample in samples:  # the other box: the organ beside the target
+        sample.hard_negative = (sample.image > 0.5) & (sample.target == 0)
+    train_model(refine_card(), samples, tmp_path, TrainConfig(steps=6, seed=0, prior_simulation=Recording(),
+                                                              hard_negative_fraction=0.33, **QUICK))
+    assert len(seen) == 6 * QUICK.get("batch_size", TrainConfig.batch_size)
+    assert all(region is not None and region.shape == shape for shape, region in seen)
+    assert any(region.any() for _, region in seen)

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card
-from LiverTumorSegLib.develop.synth.phantom import make_phantom
+from LiverTumorSegLib.develop.synth.phantom import liver_neighbours, make_phantom
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation, darkened_region
 from LiverTumorSegLib.develop.synth.shared_cases import load_shared_case, shared_data_dir
 from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
@@ -159,10 +159,14 @@ def phantom_spacing(seed: int) -> tuple:
 def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_base: int,
                   perfusion_fraction: float = PERFUSION_FRACTION,
                   real_cases: Optional[Sequence[str]] = None,
-                  kind_mix: Optional[Dict[str, float]] = None) -> List[TrainingSample]:
+                  kind_mix: Optional[Dict[str, float]] = None,
+                  neighbour_leaks: bool = False) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
-    tumours for a tumor model, every other one for a liver model)."""
+    tumours for a tumor model, every other one for a liver model). A tumor model's darkened
+    samples carry the darkened region as their hard negative; with ``neighbour_leaks`` a phantom
+    sample of a liver-refinement model carries the neighbour organs beside its liver
+    (synth.phantom.liver_neighbours), where its simulated liver-stage mask may leak."""
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         with_kind = seed % 3 != 0
@@ -184,6 +188,8 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed, kind_mix))
+        if neighbour_leaks and card.task == "liver_refine" and has_liver:
+            dark = liver_neighbours(ph.organs)
         samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card, hard_negative=dark))
     for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
         ct, liver = real_case(name)
@@ -214,6 +220,11 @@ def main() -> int:
     parser.add_argument("--refine-spacing", type=float, default=1.5, metavar="MM",
                         help="the liver-refinement model's grid (isotropic mm); a finer grid follows the liver's "
                              "boundary closer at more inference time")
+    parser.add_argument("--refine-neighbour-fraction", type=float, default=0.0, metavar="F",
+                        help="share of the liver-refinement model's patches centred on a neighbour organ beside "
+                             "the liver (phantoms: bowel, IVC, stomach, ...); with it, the simulated liver-stage "
+                             "mask claims part of such a neighbour as liver, as a real liver stage does, so the "
+                             "refinement learns to take it back out")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                         help="peak learning rate (linear warm-up, cosine decay); lower it to fine-tune")
     parser.add_argument("--validation-phantoms", type=int, default=4)
@@ -248,6 +259,9 @@ def main() -> int:
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
     args = parser.parse_args()
+    if not 0.0 <= args.refine_neighbour_fraction <= 1.0 - TrainConfig.positive_fraction:
+        parser.error(f"--refine-neighbour-fraction must lie between 0 and {1.0 - TrainConfig.positive_fraction:.2f} "
+                     f"(the rest of the refinement's patches are centred on the liver)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.time()
 
@@ -275,16 +289,21 @@ def initial_card(args: argparse.Namespace, name: str):
     return read_card(path)
 
 
-def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, seed: int, data: str) -> None:
+def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, seed: int, data: str,
+                       hard_negative_fraction: float = 0.0) -> None:
     """Train one (non-ensemble) model card on the phantoms and the real training case; ``data``
-    opens the card's ``trained_on`` text."""
+    opens the card's ``trained_on`` text. With ``hard_negative_fraction`` > 0 (a refinement
+    card) the phantoms carry their liver's neighbours and that share of the patches is centred
+    on them."""
     started = time.time()
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0,
-                            perfusion_fraction=args.perfusion_fraction, real_cases=liver_real_cases(args))
+                            perfusion_fraction=args.perfusion_fraction, real_cases=liver_real_cases(args),
+                            neighbour_leaks=hard_negative_fraction > 0)
     log.info("%s: %d samples prepared (%.0f s)", card.name, len(samples), time.time() - started)
     start = initial_card(args, card.name)
     trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
-                                                                    learning_rate=args.learning_rate))
+                                                                    learning_rate=args.learning_rate,
+                                                                    hard_negative_fraction=hard_negative_fraction))
     trained.trained_on = describe_training(f"{data}; {steps} steps, peak learning rate {args.learning_rate:g}",
                                            start, HELD_OUT)
     write_card(trained, args.out / f"{trained.name}.json")
@@ -320,12 +339,15 @@ def train_liver(args: argparse.Namespace) -> None:
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
+    leaks = args.refine_neighbour_fraction
+    leak_text = (f"; the phantoms' simulated masks also leak into the neighbour organs beside the liver, "
+                 f"{leaks:.0%} of the patches centred on such a neighbour" if leaks > 0 else "")
     train_single_model(args, liver_refine_card(args.refine_spacing), args.refine_steps, args.seed + 100,
                        f"liver crops of {args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds "
                        f"with synthetic tumours of every kind) and of {describe_liver_real(args)}, "
                        f"{args.perfusion_fraction:.0%} of the samples with a broad tumour-free darkening of part of "
                        "the liver (synth.perfusion), with simulated liver-stage masks as the prior "
-                       "(LiverTumorSegLib.develop.training.prior)")
+                       f"(LiverTumorSegLib.develop.training.prior){leak_text}", hard_negative_fraction=leaks)
 
 
 def train_tumor_ensemble(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ the same model given the reference as prior reached 0.975).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -41,22 +41,33 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], nodes: int, si
     return field[tuple(slice(0, s) for s in shape)]
 
 
+def _ball(shape: Sequence[int], centre: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """A ball (bool, ``shape``) of ``radius_mm`` around the voxel ``centre``."""
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum(((g - c) * float(sp)) ** 2 for g, c, sp in zip(grids, centre, spacing_kji)) <= radius_mm ** 2
+
+
 @dataclass(frozen=True)
 class PriorSimulation:
     """How wrong the simulated liver-stage masks are: a smooth surface shift of standard deviation
     up to ``max_shift_mm``, a global bias of standard deviation ``bias_mm``, and with probability
-    ``chunk_probability`` a ball (radius in ``chunk_radius_mm``) removed or added. The defaults
-    suit a liver (1-2 L); scale them to the organ."""
+    ``chunk_probability`` a ball (radius in ``chunk_radius_mm``) removed or added. Given a
+    ``leak_region`` (a neighbour organ beside the liver), with probability ``leak_probability``
+    the part of it within a ball of that radius around one of its voxels is claimed as liver too:
+    the liver stage's real mistake, a bowel loop or the IVC drawn as liver. The defaults suit a
+    liver (1-2 L); scale them to the organ."""
 
     max_shift_mm: float = 8.0
     bias_mm: float = 2.5
     chunk_probability: float = 0.7
     chunk_radius_mm: Tuple[float, float] = (10.0, 40.0)
+    leak_probability: float = 0.7
 
     def __call__(self, distance_mm: np.ndarray, spacing_kji: Sequence[float],
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, leak_region: Optional[np.ndarray] = None) -> np.ndarray:
         """A plausible liver-stage mask (float32 in [0, 1]) from the reference's signed distance
-        ``distance_mm`` (negative inside), edges one voxel soft."""
+        ``distance_mm`` (negative inside), edges one voxel soft; with ``leak_region`` (bool, the
+        patch's shape; no random draw without one) part of it may be claimed as liver."""
         distance = np.asarray(distance_mm, np.float32)
         shift = _smooth_field(rng, distance.shape, nodes=int(rng.integers(2, 6)),
                               sigma_mm=float(rng.uniform(0.0, self.max_shift_mm)))
@@ -64,8 +75,12 @@ class PriorSimulation:
         if rng.random() < self.chunk_probability:
             centre = np.array([rng.integers(0, s) for s in distance.shape], np.float32)
             radius = float(rng.uniform(*self.chunk_radius_mm))
-            grids = np.ogrid[tuple(slice(0, s) for s in distance.shape)]
-            ball = sum(((g - c) * float(sp)) ** 2 for g, c, sp in zip(grids, centre, spacing_kji)) <= radius ** 2
+            ball = _ball(distance.shape, centre, radius, spacing_kji)
             moved = np.where(ball, OUTSIDE_MM if rng.random() < 0.6 else -OUTSIDE_MM, moved)
+        if leak_region is not None and leak_region.any() and rng.random() < self.leak_probability:
+            voxels = np.flatnonzero(leak_region)
+            centre = np.array(np.unravel_index(voxels[rng.integers(len(voxels))], leak_region.shape), np.float32)
+            radius = float(rng.uniform(*self.chunk_radius_mm))
+            moved = np.where(_ball(distance.shape, centre, radius, spacing_kji) & leak_region, -OUTSIDE_MM, moved)
         step = float(min(spacing_kji))
         return np.clip(0.5 - moved / step, 0.0, 1.0).astype(np.float32)

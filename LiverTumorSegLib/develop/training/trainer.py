@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,12 +61,21 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: 
     return Compose(transforms + intensity_transforms(channel_wise=False))
 
 
+class Patch(NamedTuple):
+    """One training patch of a sample's arrays (padded with zero / zero / far outside / zero /
+    False where it leaves the volume); the optional ones are None where the sample has none."""
+
+    image: np.ndarray
+    target: np.ndarray
+    prior_distance: Optional[np.ndarray]
+    hypodensity: Optional[np.ndarray]
+    hard_negative: Optional[np.ndarray]
+
+
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
-                 positive: bool, hard_negative: bool = False) -> tuple:
-    """A patch ``(image, target, prior_distance or None, hypodensity or None)`` (padded with zero
-    / zero / far outside / zero where it leaves the volume), centred on a foreground voxel when
-    ``positive`` and the sample has one, else on a voxel of its hard-negative region when
-    ``hard_negative`` and it has one, else anywhere."""
+                 positive: bool, hard_negative: bool = False) -> Patch:
+    """A patch centred on a foreground voxel when ``positive`` and the sample has one, else on a
+    voxel of its hard-negative region when ``hard_negative`` and it has one, else anywhere."""
     shape = np.array(sample.image.shape)
     patch = np.array(patch_kji)
     centres = None
@@ -98,7 +107,11 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
     if sample.hypodensity is not None:
         hypodensity = np.zeros(tuple(patch), np.float32)
         hypodensity[dst] = sample.hypodensity[src]
-    return image, target, distance, hypodensity
+    region = None
+    if sample.hard_negative is not None:
+        region = np.zeros(tuple(patch), bool)
+        region[dst] = sample.hard_negative[src]
+    return Patch(image, target, distance, hypodensity, region)
 
 
 def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
@@ -173,12 +186,14 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
             draw = rng.random()  # one draw per patch, whatever the fractions
             positive = draw < config.positive_fraction
             hard = not positive and draw < config.positive_fraction + config.hard_negative_fraction
-            image, target, distance, hypodensity = sample_patch(sample, card.patch_size_kji, rng, positive, hard)
-            item = {"image": image[None], "label": target[None].astype(np.float32)}
+            patch = sample_patch(sample, card.patch_size_kji, rng, positive, hard)
+            item = {"image": patch.image[None], "label": patch.target[None].astype(np.float32)}
             if with_prior:
-                item["prior"] = config.prior_simulation(distance, card.spacing_mm[::-1], rng)[None]
+                # a refinement sample's hard-negative region is the neighbours a liver stage leaks into
+                item["prior"] = config.prior_simulation(patch.prior_distance, card.spacing_mm[::-1], rng,
+                                                        leak_region=patch.hard_negative)[None]
             if with_hypodensity:
-                item["hypodensity"] = hypodensity[None]
+                item["hypodensity"] = patch.hypodensity[None]
             item = augment(item)
             channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32) for key in ["image"] + extra]
             images.append(torch.cat(channels))
