@@ -22,7 +22,7 @@ from .measure import Measurements, measure_labelmap
 from .models.card import ModelCard
 from .models.registry import ModelRegistry
 from .postprocess.active_contour import refine_lesions
-from .postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
+from .postprocess.cleanup import close_lesions, compose_labelmap, remove_small_lesions, tumor_inside_liver
 from .postprocess.interslice import interslice_consistency
 from .postprocess.lesion_filter import drop_unconfident_lesions
 from .progress import Progress
@@ -50,6 +50,13 @@ class PipelineSettings:
     liver_threshold: float = 0.5
     tumor_threshold: float = default("tumor_threshold")
     tumor_grow_threshold: Optional[float] = None  # a lesion extends over connected voxels above this (hysteresis)
+    # Lesions drawn in fragments are closed over this radius, adding only voxels at least
+    # lesion_closing_floor probable (postprocess.cleanup.close_lesions; 0: off). 10 mm / 0.1 chosen
+    # on validation (30 cases, round-9 members): mean Dice per case 0.657 -> 0.669, large
+    # iso-dense 0.487 -> 0.564, nothing found lost; without the floor 0.673 but separate
+    # metastases on a darkened liver merged (0.724 -> 0.694).
+    lesion_closing_mm: float = 10.0
+    lesion_closing_floor: float = 0.1
     refine_liver: bool = default("refine_liver")  # the liver model's refinement model (card's refine_model), if any
     keep_largest_liver: bool = True
     fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
@@ -265,6 +272,8 @@ class Pipeline:
             probability = apply_parenchyma_prior(evidence.probability, sitk.GetArrayViewFromImage(ct_crop), region,
                                                  spacing_kji, s.parenchyma, evidence.parenchyma)
             tumor = tumor_mask(probability, s.tumor_threshold, s.tumor_grow_threshold)
+            if s.lesion_closing_mm > 0:
+                tumor = close_lesions(tumor, probability, spacing_kji, s.lesion_closing_mm, s.lesion_closing_floor)
             del probability
             if s.tumor_inside_liver:
                 tumor = tumor_inside_liver(tumor, region)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from .components import as_mask, remove_small_components
+from .components import as_mask, bounding_box, fill_holes, margin_in_voxels, remove_small_components
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -32,6 +34,34 @@ def remove_small_lesions(tumor: np.ndarray, voxel_volume_ml: float, min_volume_m
     # A lesion of exactly min_volume_ml is kept; the epsilon absorbs float error in the ratio.
     min_voxels = max(int(math.ceil(min_volume_ml / voxel_volume_ml - 1e-9)), 1)
     return remove_small_components(tumor, min_voxels)
+
+
+def close_lesions(tumor: np.ndarray, probability: np.ndarray, spacing_kji: Sequence[float], radius_mm: float,
+                  floor: float) -> np.ndarray:
+    """Complete lesions the models drew in fragments (uint8 0/1).
+
+    On a large mildly hypodense lesion the members draw its darker patches, not its edge: a
+    cluster of pieces with sub-threshold probability between them. A morphological closing of
+    ``radius_mm`` (by physical distance) and 3-D hole filling join such pieces, and only voxels
+    with at least ``floor`` ensemble probability are added: gaps the models see as parenchyma
+    (two separate metastases a few millimetres apart) stay open. Drawn voxels are never removed."""
+    tumor, probability = as_mask(tumor), np.asarray(probability)
+    _check_same_shape(tumor, probability, "tumor mask and probability")
+    if radius_mm < 0:
+        raise ValueError(f"radius_mm must be >= 0, got {radius_mm}")
+    result = tumor.astype(np.uint8)
+    box = bounding_box(tumor, margin_in_voxels(radius_mm, spacing_kji))
+    if box is None or radius_mm == 0:
+        return result
+    # padding by the radius keeps the closing from treating the box's border as background
+    pad = [m + 1 for m in margin_in_voxels(radius_mm, spacing_kji)]
+    inside = np.pad(tumor[box], [(p, p) for p in pad])
+    grown = ndimage.distance_transform_edt(~inside, sampling=spacing_kji) <= radius_mm
+    closed = ndimage.distance_transform_edt(grown, sampling=spacing_kji) > radius_mm
+    closed = closed[tuple(slice(p, -p) for p in pad)]
+    completed = fill_holes(closed | tumor[box]) > 0
+    result[box] |= (completed & (probability[box] >= floor)).view(np.uint8)
+    return result
 
 
 def compose_labelmap(liver: np.ndarray, tumor: np.ndarray) -> np.ndarray:

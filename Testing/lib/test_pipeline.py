@@ -434,3 +434,24 @@ def test_a_member_with_the_parenchyma_map_channel_gets_the_map_of_the_liver_crop
     calls.clear()
     _pipeline(helpers, tiny_models, parenchyma=replace(PipelineSettings().parenchyma, enabled=False)).run(ct)
     assert calls == []  # nor the prior: not at all
+
+
+def test_lesion_closing_runs_with_its_settings_and_only_adds(helpers, tiny_pipeline, monkeypatch):
+    calls = []
+    original = pipeline_module.close_lesions
+
+    def recording(tumor, probability, spacing_kji, radius_mm, floor):
+        calls.append((radius_mm, floor, tuple(spacing_kji), probability.shape == tumor.shape))
+        return original(tumor, probability, spacing_kji, radius_mm, floor)
+
+    monkeypatch.setattr(pipeline_module, "close_lesions", recording)
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    plain = replace(tiny_pipeline.settings, active_contour=False, lesion_closing_mm=0.0)
+    base = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
+    assert calls == []  # 0 mm: off
+    closing = replace(plain, lesion_closing_mm=12.0, lesion_closing_floor=0.0)
+    closed = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, closing).labelmap) == 2
+    assert calls == [(12.0, 0.0, (3.5, 3.0, 3.0), True)]
+    assert base.any() and not (base & ~closed).any()
+    assert PipelineSettings().lesion_closing_mm == 10.0 and PipelineSettings().lesion_closing_floor == 0.1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from LiverTumorSegLib import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from LiverTumorSegLib.postprocess.cleanup import compose_labelmap, remove_small_lesions, tumor_inside_liver
+from LiverTumorSegLib.postprocess.cleanup import close_lesions, compose_labelmap, remove_small_lesions, tumor_inside_liver
 
 
 def test_tumor_inside_liver_cuts_what_lies_outside():
@@ -60,3 +60,51 @@ def test_compose_labelmap_tumor_wins():
 def test_compose_labelmap_checks_shapes():
     with pytest.raises(ValueError):
         compose_labelmap(np.zeros((2, 2, 2)), np.zeros((2, 2, 1)))
+
+
+def fragmented_lesion(spacing=(2.0, 1.0, 1.0)):
+    """A 30 mm ball lesion whose probability is 0.3 everywhere inside, with four confident pieces
+    (the darker patches a model draws); beside it, a separate small confident lesion 5 mm away
+    across parenchyma the model sees as such (probability 0.02)."""
+    shape = (30, 80, 80)
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    def ball(centre_mm, radius_mm):
+        return sum(((g * s) - c) ** 2 for g, s, c in zip(grids, spacing, centre_mm)) <= radius_mm ** 2
+    lesion = ball((30, 35, 35), 15)
+    probability = np.full(shape, 0.02, np.float32)
+    probability[lesion] = 0.3
+    for centre in [(30, 26, 28), (30, 44, 29), (21, 35, 42), (39, 33, 42)]:
+        probability[ball(centre, 6) & lesion] = 0.9
+    neighbour = ball((30, 35, 60), 5)  # its edge is 5 mm from the lesion's
+    probability[neighbour] = 0.9
+    return probability, lesion, neighbour, spacing
+
+
+def test_closing_completes_a_lesion_drawn_in_pieces_but_keeps_separate_lesions_apart():
+    from LiverTumorSegLib.postprocess.components import label_lesions
+
+    probability, lesion, neighbour, spacing = fragmented_lesion()
+    drawn = (probability >= 0.5).astype(np.uint8)
+    assert label_lesions(drawn)[1] == 5 and drawn[lesion].mean() < 0.3  # four pieces and the neighbour
+    closed = close_lesions(drawn, probability, spacing, radius_mm=10.0, floor=0.1)
+    assert closed.dtype == np.uint8 and np.all(closed[drawn > 0] == 1)  # nothing drawn is removed
+    assert closed[lesion].sum() > 1.5 * drawn[lesion].sum()  # the gaps between the pieces filled ...
+    assert label_lesions(closed)[1] == 2  # ... into one lesion, and the neighbour still one of its own
+    assert not closed[(probability < 0.1)].any()  # nothing the models see as parenchyma is added
+    without_floor = close_lesions(drawn, probability, spacing, radius_mm=10.0, floor=0.0)
+    assert label_lesions(without_floor)[1] == 1  # what the floor prevents: the two lesions merged
+    np.testing.assert_array_equal(close_lesions(drawn, probability, spacing, 0.0, 0.1), drawn)
+    empty = np.zeros_like(drawn)
+    assert not close_lesions(empty, probability, spacing, 10.0, 0.1).any()
+
+
+def test_closing_measures_its_radius_in_millimetres():
+    probability, lesion, _, _ = fragmented_lesion(spacing=(1.0, 1.0, 1.0))
+    drawn = (probability >= 0.5).astype(np.uint8)
+    small = close_lesions(drawn, probability, (1.0, 1.0, 1.0), radius_mm=2.0, floor=0.1)
+    large = close_lesions(drawn, probability, (1.0, 1.0, 1.0), radius_mm=10.0, floor=0.1)
+    assert small[lesion].sum() < large[lesion].sum()
+    with pytest.raises(ValueError, match="same shape"):
+        close_lesions(drawn, probability[:-1], (1.0, 1.0, 1.0), 10.0, 0.1)
+    with pytest.raises(ValueError, match="radius_mm"):
+        close_lesions(drawn, probability, (1.0, 1.0, 1.0), -1.0, 0.1)

@@ -1,8 +1,10 @@
-"""The post-processing tuning script's evidence cache: a key per thing the evidence depends on."""
+"""The post-processing tuning script: its evidence cache (a key per thing the evidence depends on) and its variants."""
 
 from __future__ import annotations
 
 import shutil
+
+import pytest
 
 from LiverTumorSegLib.develop.scripts.tune_postprocess import evidence_key
 from LiverTumorSegLib.models.card import read_card, write_card
@@ -65,3 +67,13 @@ def test_validation_uses_both_training_livers_and_nothing_held_out(monkeypatch):
     names = [case[0] for case in cases]
     assert {"ts_upper+classic-20000", "chaos+surface-20001", "ts_upper (tumour-free)"} <= set(names)
     assert len(names) == len(set(names))
+
+
+def test_lesion_closing_variants_parse_into_pipeline_settings():
+    from LiverTumorSegLib.develop.scripts.tune_postprocess import parse_closing
+
+    assert parse_closing("10/0.1") == dict(lesion_closing_mm=10.0, lesion_closing_floor=0.1)
+    assert parse_closing("0/0") == dict(lesion_closing_mm=0.0, lesion_closing_floor=0.0)
+    for bad in ("10", "a/b", "1/2/3"):
+        with pytest.raises(SystemExit, match="radius_mm/floor"):
+            parse_closing(bad)

@@ -153,6 +153,15 @@ def parse_prior(text: str) -> ParenchymaPrior:
     return replace(ParenchymaPrior(), **changes)
 
 
+def parse_closing(text: str) -> dict:
+    """The PipelineSettings fields of a lesion closing variant 'radius_mm/floor'."""
+    try:
+        radius, floor = (float(value) for value in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"error: --lesion-closing: '{text}' is not radius_mm/floor (e.g. 10/0.1)")
+    return dict(lesion_closing_mm=radius, lesion_closing_floor=floor)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=ROOT / "Resources" / "Models")
@@ -162,6 +171,9 @@ def main() -> int:
     parser.add_argument("--min-lesion-ml", default="0.05,0.2")
     parser.add_argument("--min-lesion-confidence", default="0",
                         help="lesion-candidate filter cut-offs (postprocess.lesion_filter), comma-separated")
+    parser.add_argument("--lesion-closing", default=None,
+                        help="lesion closing variants, ';'-separated 'radius_mm/floor' (e.g. '0/0;10/0.1'; "
+                             "default: the pipeline's)")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="keep each case's model evidence here (keyed by the models' weights) for later sweeps")
     parser.add_argument("--priors", default="on", help="parenchyma prior variants, ';'-separated: on, off, or "
@@ -171,7 +183,9 @@ def main() -> int:
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
     evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
-    for prior_text, threshold, grow, min_ml, confidence in itertools.product(
+    default_closing = f"{pipeline.settings.lesion_closing_mm:g}/{pipeline.settings.lesion_closing_floor:g}"
+    for closing, prior_text, threshold, grow, min_ml, confidence in itertools.product(
+            (args.lesion_closing or default_closing).split(";"),
             args.priors.split(";"),
             map(float, args.thresholds.split(",")),
             [None if g == "none" else float(g) for g in args.grow_thresholds.split(",")],
@@ -179,9 +193,9 @@ def main() -> int:
             map(float, args.min_lesion_confidence.split(","))):
         settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
                            min_lesion_ml=min_ml, min_lesion_confidence=confidence,
-                           parenchyma=parse_prior(prior_text))
+                           parenchyma=parse_prior(prior_text), **parse_closing(closing))
         key = (f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
-               f"min confidence {confidence:g}")
+               f"min confidence {confidence:g}, closing {closing}")
         results[key] = score(pipeline, evidences, settings)
         print(key, json.dumps(results[key]), flush=True)
     print("\nbest first (mean tumor Dice per case):")
