@@ -53,15 +53,35 @@ def close_lesions(tumor: np.ndarray, probability: np.ndarray, spacing_kji: Seque
     box = bounding_box(tumor, margin_in_voxels(radius_mm, spacing_kji))
     if box is None or radius_mm == 0:
         return result
-    # padding by the radius keeps the closing from treating the box's border as background
-    pad = [m + 1 for m in margin_in_voxels(radius_mm, spacing_kji)]
-    inside = np.pad(tumor[box], [(p, p) for p in pad])
-    grown = ndimage.distance_transform_edt(~inside, sampling=spacing_kji) <= radius_mm
-    closed = ndimage.distance_transform_edt(grown, sampling=spacing_kji) > radius_mm
-    closed = closed[tuple(slice(p, -p) for p in pad)]
+    closed = _closing(tumor[box], spacing_kji, radius_mm)
     completed = fill_holes(closed | tumor[box]) > 0
     result[box] |= (completed & (probability[box] >= floor)).view(np.uint8)
     return result
+
+
+def _closing(mask: np.ndarray, spacing_kji: Sequence[float], radius_mm: float,
+             max_voxels: int = 6_000_000) -> np.ndarray:
+    """Morphological closing (bool) of ``mask`` by a ball of ``radius_mm``, by physical distance,
+    with background beyond the array. Computed in slabs along the first axis with a halo of twice
+    the radius (a voxel's closing depends on the mask within that distance), so memory stays
+    bounded on a liver-sized box of a full-resolution CT; the result is the same as in one go."""
+    halo_in_plane = [m + 1 for m in margin_in_voxels(radius_mm, spacing_kji)][1:]
+    halo_k = margin_in_voxels(2.0 * radius_mm, spacing_kji)[0] + 1
+    plane = (mask.shape[1] + 2 * halo_in_plane[0]) * (mask.shape[2] + 2 * halo_in_plane[1])
+    slab = max(2 * halo_k, max_voxels // plane - 2 * halo_k)  # at most half of each slab's work is halo
+    closed = np.zeros(mask.shape, bool)
+    for start in range(0, mask.shape[0], slab):
+        stop = min(start + slab, mask.shape[0])
+        lo, hi = max(start - halo_k, 0), min(stop + halo_k, mask.shape[0])
+        # beyond the array (the pad) is background; beyond a slab, the halo carries the mask on
+        pad = [(halo_k if lo == 0 else 0, halo_k if hi == mask.shape[0] else 0)] + [(h, h) for h in halo_in_plane]
+        part = np.pad(mask[lo:hi], pad)
+        grown = ndimage.distance_transform_edt(~part, sampling=spacing_kji) <= radius_mm
+        part_closed = ndimage.distance_transform_edt(grown, sampling=spacing_kji) > radius_mm
+        first = pad[0][0] + start - lo
+        closed[start:stop] = part_closed[first:first + stop - start, halo_in_plane[0]:-halo_in_plane[0],
+                                         halo_in_plane[1]:-halo_in_plane[1]]
+    return closed
 
 
 def compose_labelmap(liver: np.ndarray, tumor: np.ndarray) -> np.ndarray:

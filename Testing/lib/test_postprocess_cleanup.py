@@ -108,3 +108,18 @@ def test_closing_measures_its_radius_in_millimetres():
         close_lesions(drawn, probability[:-1], (1.0, 1.0, 1.0), 10.0, 0.1)
     with pytest.raises(ValueError, match="radius_mm"):
         close_lesions(drawn, probability, (1.0, 1.0, 1.0), -1.0, 0.1)
+
+
+def test_the_closing_in_slabs_equals_the_closing_in_one_go():
+    from LiverTumorSegLib.postprocess.cleanup import _closing
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 30, 34), bool)
+    for _ in range(12):
+        k, j, i = rng.integers(0, 40), rng.integers(0, 30), rng.integers(0, 34)
+        mask[k:k + 3, j:j + 4, i:i + 2] = True  # pieces, some at the array's edges
+    spacing = (2.5, 0.8, 0.8)
+    whole = _closing(mask, spacing, 6.0, max_voxels=10 ** 9)
+    assert whole.sum() > mask.sum() and np.all(whole[mask])
+    for max_voxels in (1, 5_000, 20_000):  # the smallest slabs (twice the halo), a few, two
+        np.testing.assert_array_equal(_closing(mask, spacing, 6.0, max_voxels=max_voxels), whole)

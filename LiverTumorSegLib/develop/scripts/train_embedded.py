@@ -188,9 +188,10 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
         if with_kind and has_liver:
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed, kind_mix))
+        hard_negative = dark
         if neighbour_leaks and card.task == "liver_refine" and has_liver:
-            dark = liver_neighbours(ph.organs)
-        samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card, hard_negative=dark))
+            hard_negative = liver_neighbours(ph.organs)
+        samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card, hard_negative=hard_negative))
     for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
         ct, liver = real_case(name)
         for variant in range(n_real_variants):
