@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from .components import as_mask, bounding_box, fill_holes, margin_in_voxels, remove_small_components
+from .components import CONNECTIVITY_26, Box, as_mask, fill_holes, margin_in_voxels, remove_small_components
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -50,13 +50,35 @@ def close_lesions(tumor: np.ndarray, probability: np.ndarray, spacing_kji: Seque
     if radius_mm < 0:
         raise ValueError(f"radius_mm must be >= 0, got {radius_mm}")
     result = tumor.astype(np.uint8)
-    box = bounding_box(tumor, margin_in_voxels(radius_mm, spacing_kji))
-    if box is None or radius_mm == 0:
+    if radius_mm == 0:
         return result
-    closed = _closing(tumor[box], spacing_kji, radius_mm)
-    completed = fill_holes(closed | tumor[box]) > 0
-    result[box] |= (completed & (probability[box] >= floor)).view(np.uint8)
+    # lesions more than twice the radius apart cannot join: each group is closed in its own box
+    for box in _boxes_of_groups(tumor, margin_in_voxels(radius_mm, spacing_kji)):
+        closed = _closing(tumor[box], spacing_kji, radius_mm)
+        completed = fill_holes(closed | tumor[box]) > 0
+        result[box] |= (completed & (probability[box] >= floor)).view(np.uint8)
     return result
+
+
+def _boxes_of_groups(mask: np.ndarray, reach: Sequence[int]) -> List[Box]:
+    """Boxes around groups of ``mask``'s 26-connected components: each component's bounding box
+    grown by ``reach`` voxels per axis (clipped to the array), overlapping boxes merged until no
+    two overlap. Components in different boxes lie more than ``2 * reach`` voxels apart."""
+    labels, _ = ndimage.label(mask, structure=CONNECTIVITY_26)
+    boxes = [[[max(s.start - r, 0), min(s.stop + r, n)] for s, r, n in zip(found, reach, mask.shape)]
+             for found in ndimage.find_objects(labels)]
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                if all(lo_a < hi_b and lo_b < hi_a for (lo_a, hi_a), (lo_b, hi_b) in zip(boxes[a], boxes[b])):
+                    boxes[a] = [[min(x[0], y[0]), max(x[1], y[1])] for x, y in zip(boxes[a], boxes.pop(b))]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [tuple(slice(lo, hi) for lo, hi in box) for box in boxes]
 
 
 def _closing(mask: np.ndarray, spacing_kji: Sequence[float], radius_mm: float,

@@ -123,3 +123,30 @@ def test_the_closing_in_slabs_equals_the_closing_in_one_go():
     assert whole.sum() > mask.sum() and np.all(whole[mask])
     for max_voxels in (1, 5_000, 20_000):  # the smallest slabs (twice the halo), a few, two
         np.testing.assert_array_equal(_closing(mask, spacing, 6.0, max_voxels=max_voxels), whole)
+
+
+def test_lesions_far_apart_are_closed_in_boxes_of_their_own_with_the_same_result():
+    from LiverTumorSegLib.postprocess.cleanup import _boxes_of_groups, _closing
+    from LiverTumorSegLib.postprocess.components import fill_holes
+
+    from LiverTumorSegLib.postprocess.components import margin_in_voxels
+
+    rng = np.random.default_rng(8)
+    mask = np.zeros((36, 90, 90), bool)
+    for _ in range(8):
+        k, j, i = rng.integers(0, 34), rng.integers(0, 86), rng.integers(0, 86)
+        mask[k:k + 2, j:j + 4, i:i + 3] = True  # scattered pieces: some groups, some alone
+    probability = rng.random(mask.shape).astype(np.float32)
+    spacing = (2.0, 0.8, 0.8)
+    assert 1 < len(_boxes_of_groups(mask, margin_in_voxels(4.0, spacing))) < 8
+    reference = _closing(mask, spacing, 4.0, max_voxels=10 ** 9)
+    reference = mask | ((fill_holes(reference | mask) > 0) & (probability >= 0.3))
+    np.testing.assert_array_equal(close_lesions(mask, probability, spacing, 4.0, 0.3) > 0, reference)
+
+    apart = np.zeros((10, 40, 40), bool)
+    apart[4, 2, 2] = apart[4, 37, 37] = True
+    assert len(_boxes_of_groups(apart, (1, 3, 3))) == 2
+    assert len(_boxes_of_groups(apart, (1, 20, 20))) == 1  # grown boxes that overlap merge
+    chain = np.zeros((4, 4, 40), bool)
+    chain[1, 1, [2, 12, 22, 32]] = True  # each overlaps the next only: one box for all
+    assert _boxes_of_groups(chain, (0, 0, 5)) == [(slice(1, 2), slice(1, 2), slice(0, 38))]
