@@ -55,7 +55,7 @@ class PipelineSettings:
     # on validation (30 cases, round-9 members): mean Dice per case 0.657 -> 0.669, large
     # iso-dense 0.487 -> 0.564, nothing found lost; without the floor 0.673 but separate
     # metastases on a darkened liver merged (0.724 -> 0.694).
-    lesion_closing_mm: float = 10.0
+    lesion_closing_mm: float = default("lesion_closing_mm")
     lesion_closing_floor: float = 0.1
     refine_liver: bool = default("refine_liver")  # the liver model's refinement model (card's refine_model), if any
     keep_largest_liver: bool = True

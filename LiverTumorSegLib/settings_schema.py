@@ -115,6 +115,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("parenchyma_prior", bool, True, "the parenchyma prior (without it tumors come from the model ensemble "
             "alone, its lesions not completed from this scan's liver parenchyma HU)", flag="--no-parenchyma-prior",
             field="parenchyma.enabled"),
+    Setting("lesion_closing_mm", float, 10.0, "join the pieces of a lesion the models drew in fragments: a closing "
+            "over this radius (mm) that adds only voxels they give at least 0.1 tumor probability (0 switches it "
+            "off)", flag="--lesion-closing-mm", metavar="MM", minimum=0.0),
     Setting("min_lesion_ml", float, 0.05, "drop lesions smaller than this (mL)", flag="--min-lesion-ml",
             metavar="ML", minimum=0.0, tuned=True),
     Setting("crop_margin_mm", float, 15.0, "margin around the liver for the tumor crop (mm)", flag="--margin-mm",
