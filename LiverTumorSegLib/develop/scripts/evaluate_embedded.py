@@ -201,8 +201,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "over-segmentation on other scanners, phases and anatomy. No real tumour was ever seen in training "
             "(all tumours are synthetic, inserted into real and synthetic livers), so tumour detection on "
             "patients is unproven; the per-kind table shows which synthetic kinds are still missed.",
-            "* The parenchyma prior (on by default) completes hypodense lesions the ensemble found in part; "
-            "it cannot create a lesion the ensemble misses entirely, nor help bright (arterial) lesions.",
+            "* The parenchyma prior (on by default) completes hypodense lesions the ensemble found in part, and "
+            "the lesion closing (10 mm, `--lesion-closing-mm`) joins a lesion it drew in pieces; neither can "
+            "create a lesion the ensemble misses entirely, and the prior does not help bright (arterial) lesions.",
             "* Small models sized for CPU training and inference (liver found at 3 mm"
             + (" and redrawn at 1.5 mm on its crop" if refine else "") + ", tumors at 1.5 mm): lesions under "
             "10 mm are mostly missed (see the lesion-detection row).",
