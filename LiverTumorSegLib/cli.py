@@ -149,7 +149,8 @@ def _configure_logging(progress_mode: str, verbose: bool) -> None:
 
 # The pipeline's settings as ``segment`` options, in this order (declared in settings_schema).
 SEGMENT_SETTINGS = ("device", "fast", "liver_model", "tumor_model", "tta", "refine_liver", "active_contour",
-                    "interslice", "parenchyma_prior", "lesion_closing_mm", "min_lesion_ml", "min_lesion_confidence", "crop_margin_mm")
+                    "interslice", "parenchyma_prior", "lesion_closing_mm", "min_lesion_ml", "min_lesion_confidence",
+                    "crop_margin_mm")
 
 
 def _add_segment_parser(sub: argparse._SubParsersAction) -> None:

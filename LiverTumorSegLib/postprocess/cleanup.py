@@ -65,20 +65,18 @@ def _boxes_of_groups(mask: np.ndarray, reach: Sequence[int]) -> List[Box]:
     grown by ``reach`` voxels per axis (clipped to the array), overlapping boxes merged until no
     two overlap. Components in different boxes lie more than ``2 * reach`` voxels apart."""
     labels, _ = ndimage.label(mask, structure=CONNECTIVITY_26)
-    boxes = [[[max(s.start - r, 0), min(s.stop + r, n)] for s, r, n in zip(found, reach, mask.shape)]
-             for found in ndimage.find_objects(labels)]
-    merged = True
-    while merged:
-        merged = False
-        for a in range(len(boxes)):
-            for b in range(a + 1, len(boxes)):
-                if all(lo_a < hi_b and lo_b < hi_a for (lo_a, hi_a), (lo_b, hi_b) in zip(boxes[a], boxes[b])):
-                    boxes[a] = [[min(x[0], y[0]), max(x[1], y[1])] for x, y in zip(boxes[a], boxes.pop(b))]
-                    merged = True
-                    break
-            if merged:
+    groups: List[list] = []  # pairwise non-overlapping
+    for found in ndimage.find_objects(labels):
+        box = [(max(s.start - r, 0), min(s.stop + r, n)) for s, r, n in zip(found, reach, mask.shape)]
+        while True:  # absorb every group the box (grown by what it absorbed) overlaps
+            hit = next((g for g in groups if all(lo < g_hi and g_lo < hi for (lo, hi), (g_lo, g_hi) in zip(box, g))),
+                       None)
+            if hit is None:
                 break
-    return [tuple(slice(lo, hi) for lo, hi in box) for box in boxes]
+            groups.remove(hit)
+            box = [(min(lo, g_lo), max(hi, g_hi)) for (lo, hi), (g_lo, g_hi) in zip(box, hit)]
+        groups.append(box)
+    return [tuple(slice(lo, hi) for lo, hi in box) for box in groups]
 
 
 def _closing(mask: np.ndarray, spacing_kji: Sequence[float], radius_mm: float,
