@@ -178,8 +178,10 @@ def main() -> int:
                         help="keep each case's model evidence here (keyed by the models' weights) for later sweeps")
     parser.add_argument("--priors", default="on", help="parenchyma prior variants, ';'-separated: on, off, or "
                         "field=value+field=value changes of its defaults (e.g. 'reach_mm=20')")
+    parser.add_argument("--tta", action="store_true",
+                        help="the ensemble's evidence under flip test-time augmentation (segment --tta)")
     args = parser.parse_args()
-    pipeline = Pipeline(PipelineSettings(device="cpu"), ModelRegistry([args.models]))
+    pipeline = Pipeline(PipelineSettings(device="cpu", tta=args.tta), ModelRegistry([args.models]))
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
     evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
