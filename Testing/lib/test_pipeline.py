@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 import torch
 
 from LiverTumorSegLib import pipeline as pipeline_module
@@ -362,9 +363,36 @@ def test_grow_threshold_only_adds_to_the_lesions_found(helpers, tiny_pipeline):
     evidence = tiny_pipeline.tumor_evidence(ct)
     plain = replace(tiny_pipeline.settings, active_contour=False)
     grown = replace(plain, tumor_grow_threshold=0.05)
-    base = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
-    more = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, grown).labelmap) == 2
+    base = sitk.GetArrayFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
+    more = sitk.GetArrayFromImage(tiny_pipeline.finish(ct, evidence, grown).labelmap) == 2
     assert base.any() and more.sum() > base.sum() and not (base & ~more).any()
+
+
+def test_a_lesion_at_the_liver_surface_keeps_its_bulge_and_the_liver_takes_it_in(helpers, tiny_pipeline):
+    """Evidence of a lesion half outside the liver mask: with tumor_bulge_mm it is kept whole
+    (tumour label, so the liver volume includes it); with 0 it is cut at the mask."""
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    evidence = tiny_pipeline.tumor_evidence(ct)
+    region = evidence.region.astype(bool)
+    spacing_kji = np.array(ct.GetSpacing()[::-1])
+    k0, j0, _ = (int(round(c)) for c in ndimage.center_of_mass(region))
+    centre = np.array([k0, j0, np.flatnonzero(region[k0, j0]).max()])  # the liver's edge along i
+    grid = np.indices(region.shape).transpose(1, 2, 3, 0)
+    ball = np.linalg.norm((grid - centre) * spacing_kji, axis=-1) <= 8.0
+    assert (ball & region).sum() >= 0.25 * ball.sum() and (ball & ~region).any()
+    probability = np.where(ball, 0.95, 0.0).astype(np.float32)
+    evidence = replace(evidence, probability=probability)
+    plain = replace(tiny_pipeline.settings, active_contour=False, parenchyma=replace(tiny_pipeline.settings.parenchyma,
+                                                                                     enabled=False))
+    cut = sitk.GetArrayFromImage(tiny_pipeline.finish(ct, evidence, replace(plain, tumor_bulge_mm=0.0)).labelmap)
+    kept = tiny_pipeline.finish(ct, evidence, replace(plain, tumor_bulge_mm=10.0))
+    kept_labels = sitk.GetArrayFromImage(kept.labelmap)
+    box = evidence.box
+    assert not ((cut[box] == 2) & ~region).any()
+    bulge = (kept_labels[box] == 2) & ~region
+    assert bulge.any() and not (bulge & ~ball).any()
+    assert kept.measurements.liver_volume_ml > \
+        tiny_pipeline.finish(ct, evidence, replace(plain, tumor_bulge_mm=0.0)).measurements.liver_volume_ml
 
 
 def test_the_lesion_confidence_filter_drops_lesions_by_the_ensembles_probability(helpers, tiny_pipeline):
@@ -448,10 +476,10 @@ def test_lesion_closing_runs_with_its_settings_and_only_adds(helpers, tiny_pipel
     ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
     evidence = tiny_pipeline.tumor_evidence(ct)
     plain = replace(tiny_pipeline.settings, active_contour=False, lesion_closing_mm=0.0)
-    base = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
+    base = sitk.GetArrayFromImage(tiny_pipeline.finish(ct, evidence, plain).labelmap) == 2
     assert calls == []  # 0 mm: off
     closing = replace(plain, lesion_closing_mm=12.0, lesion_closing_floor=0.0)
-    closed = sitk.GetArrayViewFromImage(tiny_pipeline.finish(ct, evidence, closing).labelmap) == 2
+    closed = sitk.GetArrayFromImage(tiny_pipeline.finish(ct, evidence, closing).labelmap) == 2
     assert calls == [(12.0, 0.0, (3.5, 3.0, 3.0), True)]
     assert base.any() and not (base & ~closed).any()
     assert PipelineSettings().lesion_closing_mm == 10.0 and PipelineSettings().lesion_closing_floor == 0.1

@@ -82,7 +82,7 @@ def _mask_on_grid(mask: np.ndarray, reference: sitk.Image, box: Optional[tuple],
     image.CopyInformation(reference)
     if box is not None:
         image = crop_image(image, box)
-    return (sitk.GetArrayViewFromImage(resample_to(image, grid, sitk.sitkLinear, 0.0)) >= 0.5).astype(np.uint8)
+    return (sitk.GetArrayFromImage(resample_to(image, grid, sitk.sitkLinear, 0.0)) >= 0.5).astype(np.uint8)
 
 
 def prepare_case(case: TrainingCase, card: ModelCard, pseudo_liver: Optional[Callable[[sitk.Image], np.ndarray]]
