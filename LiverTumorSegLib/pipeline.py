@@ -62,6 +62,12 @@ class PipelineSettings:
     fill_liver_holes: bool = True  # fill the liver's enclosed holes; search for tumors in its in-slice holes too
     crop_margin_mm: float = default("crop_margin_mm")
     tumor_inside_liver: bool = True
+    # A lesion at least a quarter inside the liver mask keeps what bulges out of it up to this far
+    # (postprocess.cleanup.tumor_inside_liver; 0: cut at the mask). The liver models leave a surface
+    # lesion's bulge out. 10 mm chosen on validation (30 cases, flip TTA): mean Dice per case
+    # 0.674 -> 0.677, surface lesions 0.815 -> 0.828; 5, 10 and 20 mm equal; no more tumour
+    # outside the reference liver (13.7 -> 13.9 mL over all cases), none on tumour-free livers.
+    tumor_bulge_mm: float = 10.0
     parenchyma: ParenchymaPrior = field(default_factory=lambda: ParenchymaPrior(enabled=default("parenchyma_prior")))
     interslice: bool = default("interslice")
     active_contour: bool = default("active_contour")
@@ -276,7 +282,7 @@ class Pipeline:
                 tumor = close_lesions(tumor, probability, spacing_kji, s.lesion_closing_mm, s.lesion_closing_floor)
             del probability
             if s.tumor_inside_liver:
-                tumor = tumor_inside_liver(tumor, region)
+                tumor = tumor_inside_liver(tumor, region, spacing_kji, s.tumor_bulge_mm)
             if s.interslice:
                 tumor = interslice_consistency(tumor, axial)
             if s.active_contour and tumor.any():
@@ -288,7 +294,7 @@ class Pipeline:
             if s.min_lesion_confidence > 0:
                 tumor = drop_unconfident_lesions(tumor, evidence.probability, s.min_lesion_confidence)
             if s.tumor_inside_liver:
-                tumor = tumor_inside_liver(tumor, region)
+                tumor = tumor_inside_liver(tumor, region, spacing_kji, s.tumor_bulge_mm)
             full_tumor = np.zeros_like(liver)
             full_tumor[box] = tumor
             labels = compose_labelmap(liver, full_tumor)

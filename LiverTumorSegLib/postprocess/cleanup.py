@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .. import BACKGROUND_LABEL, LIVER_LABEL, TUMOR_LABEL
-from .components import CONNECTIVITY_26, Box, as_mask, fill_holes, margin_in_voxels, remove_small_components
+from .components import (CONNECTIVITY_26, Box, as_mask, fill_holes, labeled_components_in_box, margin_in_voxels,
+                         remove_small_components)
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -17,12 +18,38 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
         raise ValueError(f"{names} must have the same shape, got {a.shape} and {b.shape}")
 
 
-def tumor_inside_liver(tumor: np.ndarray, liver: np.ndarray) -> np.ndarray:
+def tumor_inside_liver(tumor: np.ndarray, liver: np.ndarray, spacing_kji: Optional[Sequence[float]] = None,
+                       bulge_mm: float = 0.0, min_inside_fraction: float = 0.25) -> np.ndarray:
     """The tumor voxels that lie inside the liver mask (uint8 0/1). Pass a liver mask that
-    includes the tumor (such as the liver stage's ``tumor_search_region``)."""
+    includes the tumor (such as the liver stage's ``tumor_search_region``).
+
+    With ``bulge_mm`` > 0, a lesion with at least ``min_inside_fraction`` of its 26-connected
+    voxels in the liver also keeps its voxels outside the mask up to ``bulge_mm`` from it: a
+    surface lesion bulges the liver's outline, and a liver model that left the bulge out must not
+    cut the lesion with it (0.25 chosen on validation: 0.5 kept less of the surface lesions, with
+    no less tumour outside the reference livers). A lesion mostly outside (a false one in the
+    stomach or bowel) keeps only its part inside, as without a bulge."""
     tumor, liver = np.asarray(tumor), np.asarray(liver)
     _check_same_shape(tumor, liver, "tumor and liver masks")
-    return np.logical_and(tumor, liver).view(np.uint8)
+    inside = np.logical_and(tumor, liver)
+    if bulge_mm < 0:
+        raise ValueError(f"bulge_mm must be >= 0, got {bulge_mm}")
+    if bulge_mm == 0 or not (tumor.astype(bool, copy=False) & ~liver.astype(bool, copy=False)).any():
+        return inside.view(np.uint8)
+    if spacing_kji is None:
+        raise ValueError("spacing_kji is needed to keep a lesion's bulge by physical distance")
+    labels, count, box = labeled_components_in_box(tumor, margin_in_voxels(bulge_mm, spacing_kji), ordered=False)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    inside_sizes = np.bincount(labels[inside[box]], minlength=count + 1)
+    bulging = inside_sizes >= min_inside_fraction * np.maximum(sizes, 1)
+    bulging[0] = False
+    if not bulging.any():
+        return inside.view(np.uint8)
+    # distance to the liver (0 inside it); every liver voxel within bulge_mm of a lesion lies in the box
+    near = ndimage.distance_transform_edt(~as_mask(liver[box]), sampling=spacing_kji) <= bulge_mm
+    result = inside.view(np.uint8).copy()
+    result[box] |= (bulging[labels] & near).view(np.uint8)
+    return result
 
 
 def remove_small_lesions(tumor: np.ndarray, voxel_volume_ml: float, min_volume_ml: float) -> np.ndarray:

@@ -25,6 +25,32 @@ def test_tumor_inside_liver_checks_shapes():
         tumor_inside_liver(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
 
 
+def test_a_lesion_mostly_inside_the_liver_keeps_its_bulge_up_to_the_distance():
+    """A surface lesion the liver mask cut keeps what bulges out, up to bulge_mm from the liver
+    by physical distance (x spacing 2 mm); a lesion mostly outside keeps only its inside part."""
+    liver = np.zeros((10, 12, 20), bool)
+    liver[:, :, :10] = True
+    tumor = np.zeros(liver.shape, np.uint8)
+    tumor[2:5, 2:5, 4:14] = 1  # 6 of 10 columns inside: bulges 4 voxels (8 mm) out
+    tumor[6:9, 7:10, 8:18] = 1  # 2 of 10 inside (under the default 0.25): a false lesion in a neighbour
+    spacing = (1.0, 1.0, 2.0)
+    kept = tumor_inside_liver(tumor, liver, spacing, bulge_mm=5.0)
+    assert kept.dtype == np.uint8
+    expected = (tumor.astype(bool) & liver).astype(np.uint8)
+    expected[2:5, 2:5, 10:12] = 1  # 2 and 4 mm from the liver; 6 and 8 mm are cut
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_array_equal(tumor_inside_liver(tumor, liver, spacing, bulge_mm=0.0), tumor & liver)
+    everything = tumor_inside_liver(tumor, liver, spacing, bulge_mm=20.0)
+    np.testing.assert_array_equal(everything[2:5, 2:5, 4:14], 1)
+    np.testing.assert_array_equal(everything[6:9, 7:10, 10:], 0)
+    stricter = tumor_inside_liver(tumor, liver, spacing, bulge_mm=20.0, min_inside_fraction=0.7)
+    np.testing.assert_array_equal(stricter, tumor & liver)
+    looser = tumor_inside_liver(tumor, liver, spacing, bulge_mm=20.0, min_inside_fraction=0.15)
+    np.testing.assert_array_equal(looser, tumor)
+    with pytest.raises(ValueError, match="spacing"):
+        tumor_inside_liver(tumor, liver, bulge_mm=5.0)
+
+
 def test_remove_small_lesions_by_volume():
     tumor = np.zeros((10, 10, 10), np.uint8)
     tumor[0:2, 0:2, 0:2] = 1      # 8 voxels

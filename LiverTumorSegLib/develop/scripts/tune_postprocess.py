@@ -90,12 +90,14 @@ def perfusion_cases() -> list:
 
 def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> dict:
     per_kind: dict = {}
-    found, false_positives, free_ml = [], 0, {}
+    found, false_positives, free_ml, outside_ml = [], 0, {}, 0.0
     for (name, kind, ct, labels), evidence in evidences:
         result = pipeline.finish(ct, evidence, settings)
         pred = sitk.GetArrayViewFromImage(result.labelmap) == 2
-        ref = on_grid_of(labels, result.labelmap) == 2
+        reference = on_grid_of(labels, result.labelmap)
+        ref = reference == 2
         voxel_mm3 = float(np.prod(ct.GetSpacing()))
+        outside_ml += float((pred & (reference == 0)).sum()) * voxel_mm3 / 1000.0
         if kind == "none":
             free_ml[name] = round(float(pred.sum()) * voxel_mm3 / 1000.0, 2)
             continue
@@ -108,6 +110,7 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
             "worst_kind": round(min(float(np.mean(v)) for v in per_kind.values()), 4),
             "per_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(per_kind.items())},
             "lesions_ge_10mm_found": f"{sum(found)}/{len(found)}", "false_positive_lesions": false_positives,
+            "tumor_ml_outside_reference_liver": round(outside_ml, 2),
             "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0)}
 
 
@@ -178,6 +181,9 @@ def main() -> int:
                         help="keep each case's model evidence here (keyed by the models' weights) for later sweeps")
     parser.add_argument("--priors", default="on", help="parenchyma prior variants, ';'-separated: on, off, or "
                         "field=value+field=value changes of its defaults (e.g. 'reach_mm=20')")
+    parser.add_argument("--tumor-bulge-mm", default=None,
+                        help="how far a lesion mostly inside the liver may bulge out of its mask, comma-separated mm "
+                             "(default: the pipeline's)")
     parser.add_argument("--tta", action="store_true",
                         help="the ensemble's evidence under flip test-time augmentation (segment --tta)")
     args = parser.parse_args()
@@ -186,7 +192,9 @@ def main() -> int:
     evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
     default_closing = f"{pipeline.settings.lesion_closing_mm:g}/{pipeline.settings.lesion_closing_floor:g}"
-    for closing, prior_text, threshold, grow, min_ml, confidence in itertools.product(
+    bulges = args.tumor_bulge_mm or f"{pipeline.settings.tumor_bulge_mm:g}"
+    for bulge, closing, prior_text, threshold, grow, min_ml, confidence in itertools.product(
+            map(float, bulges.split(",")),
             (args.lesion_closing or default_closing).split(";"),
             args.priors.split(";"),
             map(float, args.thresholds.split(",")),
@@ -195,15 +203,16 @@ def main() -> int:
             map(float, args.min_lesion_confidence.split(","))):
         settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
                            min_lesion_ml=min_ml, min_lesion_confidence=confidence,
-                           parenchyma=parse_prior(prior_text), **parse_closing(closing))
+                           parenchyma=parse_prior(prior_text), tumor_bulge_mm=bulge, **parse_closing(closing))
         key = (f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
-               f"min confidence {confidence:g}, closing {closing}")
+               f"min confidence {confidence:g}, closing {closing}, bulge {bulge:g} mm")
         results[key] = score(pipeline, evidences, settings)
         print(key, json.dumps(results[key]), flush=True)
     print("\nbest first (mean tumor Dice per case):")
     for key, value in sorted(results.items(), key=lambda kv: -kv[1]["tumor_dpc_mean"]):
         print(f"  {value['tumor_dpc_mean']:.4f} worst kind {value['worst_kind']:.3f} "
-              f"tumour-free max {value['tumor_ml_on_tumour_free_max']:.1f} mL  {key}")
+              f"tumour-free max {value['tumor_ml_on_tumour_free_max']:.1f} mL "
+              f"outside the liver {value['tumor_ml_outside_reference_liver']:.1f} mL  {key}")
     return 0
 
 
