@@ -25,9 +25,16 @@ def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tm
     def key(directory, case="case-a", **settings) -> str:
         return evidence_key(Pipeline(PipelineSettings(**settings), ModelRegistry([directory])), case)
 
+    windowed = tmp_path / "windowed"  # the same weights, run in larger sliding windows
+    shutil.copytree(tiny_models.directory, windowed)
+    member = read_card(windowed / f"{card.members[0].model}.json")
+    member.inference_patch_size = tuple(2 * v for v in member.patch_size)
+    write_card(member, windowed / f"{card.members[0].model}.json")
+
     base = key(tiny_models.directory)
     assert base == key(tiny_models.directory)  # stable
     assert base != key(reweighted)
+    assert base != key(windowed)
     assert base != key(tiny_models.directory, case="case-b")
     assert base != key(tiny_models.directory, fast=True)
     assert base != key(tiny_models.directory, tta=False)
