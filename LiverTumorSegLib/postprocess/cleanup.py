@@ -39,17 +39,19 @@ def tumor_inside_liver(tumor: np.ndarray, liver: np.ndarray, spacing_kji: Option
         return inside.view(np.uint8)
     if spacing_kji is None:
         raise ValueError("spacing_kji is needed to keep a lesion's bulge by physical distance")
-    labels, count, box = labeled_components_in_box(tumor, margin_in_voxels(bulge_mm, spacing_kji), ordered=False)
+    margin = margin_in_voxels(bulge_mm, spacing_kji)
+    labels, count, box = labeled_components_in_box(tumor, margin, ordered=False)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     inside_sizes = np.bincount(labels[inside[box]], minlength=count + 1)
-    bulging = inside_sizes >= min_inside_fraction * np.maximum(sizes, 1)
-    bulging[0] = False
-    if not bulging.any():
-        return inside.view(np.uint8)
-    # distance to the liver (0 inside it); every liver voxel within bulge_mm of a lesion lies in the box
-    near = ndimage.distance_transform_edt(~as_mask(liver[box]), sampling=spacing_kji) <= bulge_mm
     result = inside.view(np.uint8).copy()
-    result[box] |= (bulging[labels] & near).view(np.uint8)
+    liver_box, result_box = as_mask(liver[box]), result[box]
+    for label, extent in enumerate(ndimage.find_objects(labels), start=1):
+        if extent is None or inside_sizes[label] < min_inside_fraction * sizes[label]:
+            continue
+        # the lesion's own box grown by the bulge: every liver voxel within bulge_mm of it lies there
+        sub = tuple(slice(max(e.start - m, 0), min(e.stop + m, n)) for e, m, n in zip(extent, margin, labels.shape))
+        near = ndimage.distance_transform_edt(~liver_box[sub], sampling=spacing_kji) <= bulge_mm  # 0 in the liver
+        result_box[sub] |= ((labels[sub] == label) & near).view(np.uint8)
     return result
 
 
