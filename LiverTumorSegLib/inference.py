@@ -25,6 +25,23 @@ log = logging.getLogger(__name__)
 TRAINING_FLIP_AXES: Sequence[int] = (2,)  # spatial array axes (k, j, i) that training flips
 TTA_FLIPS: List[Sequence[int]] = [()] + [(2 + axis,) for axis in TRAINING_FLIP_AXES]
 
+# PyTorch (2.x) runs a 3-D convolution on a batch of one through its reference CPU kernel
+# (aten::slow_conv3d_forward) and a batch of two or more through oneDNN, 4-6 times faster per window on
+# these networks. So the sliding window sends windows in batches, and a lone window on the CPU is sent
+# twice (benchmarks/bench_pipeline.py shows the stages' times).
+WINDOWS_PER_BATCH = 4
+MIN_CPU_BATCH = 2
+
+
+def forward_batched(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``forward_logits`` of a batch of windows; on the CPU a batch smaller than ``MIN_CPU_BATCH`` is
+    padded with copies of its first window (their outputs are dropped) to stay on the fast kernel."""
+    count = batch.shape[0]
+    if batch.device.type == "cpu" and count < MIN_CPU_BATCH:
+        padded = torch.cat([batch] + [batch[:1]] * (MIN_CPU_BATCH - count))
+        return forward_logits(network, padded)[:count]
+    return forward_logits(network, batch)
+
 
 def resolve_device(requested: str) -> torch.device:
     """The device setting (settings_schema) as a torch device: ``auto`` picks CUDA when available;
@@ -87,7 +104,7 @@ def model_input(card: ModelCard, hu: np.ndarray, prior: Optional[np.ndarray] = N
 
 
 def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device, overlap: float = 0.25,
-                       tta: bool = False, sw_batch_size: int = 1,
+                       tta: bool = False, sw_batch_size: int = WINDOWS_PER_BATCH,
                        on_progress: Optional[Callable[[float], None]] = None,
                        prior: Optional[np.ndarray] = None, hypodensity: Optional[np.ndarray] = None) -> tuple:
     """Foreground probability (float32, same shape as ``hu``) and, with ``tta``, the per-voxel
@@ -104,7 +121,7 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
     results: List[np.ndarray] = []
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(forward_logits(network, batch), dim=1)[:, 1:2]
+        return torch.softmax(forward_batched(network, batch), dim=1)[:, 1:2]
 
     try:
         with torch.inference_mode():

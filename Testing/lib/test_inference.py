@@ -12,8 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from LiverTumorSegLib.errors import LiverTumorSegError
-from LiverTumorSegLib.inference import (TRAINING_FLIP_AXES, TTA_FLIPS, LoadedModel, predict_foreground,
-                                        predict_image, resolve_device)
+from LiverTumorSegLib import inference
+from LiverTumorSegLib.inference import (TRAINING_FLIP_AXES, TTA_FLIPS, LoadedModel, forward_batched,
+                                        predict_foreground, predict_image, resolve_device)
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.preprocess import model_grid, normalize_hu, resample_ct_to_model
 from LiverTumorSegLib.stages.liver import probability_to_mask
@@ -183,6 +184,39 @@ def test_image_smaller_than_the_patch_is_padded(liver_model):
     hu = np.full((6, 9, 11), 160.0, np.float32)
     probability, _ = predict_foreground(liver_model, hu, torch.device("cpu"))
     assert probability.shape == hu.shape and float(probability.min()) > 0.99
+
+
+class _BatchSizes(torch.nn.Module):
+    """Wraps a network and records the batch size of every forward call."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.sizes: list = []
+
+    def forward(self, x):
+        self.sizes.append(int(x.shape[0]))
+        return self.network(x)
+
+
+def test_cpu_windows_go_in_batches_of_two_or_more_with_the_same_probabilities(random_model, monkeypatch):
+    # 40 x 40 x 40 voxels in 16-voxel windows at overlap 0.25: 27 windows, so pairs and a last single one.
+    hu = np.random.default_rng(3).normal(60.0, 40.0, (40, 40, 40)).astype(np.float32)
+    spy = _BatchSizes(random_model.network)
+    batched, _ = predict_foreground(LoadedModel(random_model.card, spy), hu, torch.device("cpu"), sw_batch_size=2)
+    assert spy.sizes == [2] * 14  # the lone 27th window went with a copy of itself
+    monkeypatch.setattr(inference, "MIN_CPU_BATCH", 1)
+    one_by_one, _ = predict_foreground(random_model, hu, torch.device("cpu"), sw_batch_size=1)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_forward_batched_returns_one_output_per_window(random_model):
+    window = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        alone = random_model.network(window)
+        padded = forward_batched(random_model.network, window)
+    assert padded.shape == alone.shape
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4)
 
 
 class _Raises(torch.nn.Module):

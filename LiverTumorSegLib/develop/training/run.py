@@ -30,7 +30,8 @@ import torch
 from ...errors import LiverTumorSegError
 from ...metrics import dice
 from ...models.card import ModelCard, write_card
-from ...models.networks import build_network, forward_logits
+from ...inference import WINDOWS_PER_BATCH, forward_batched
+from ...models.networks import build_network
 from ...models.weights import load_weights, save_weights
 from ...pipeline import PipelineSettings
 from ...preprocess import model_grid, resample_to
@@ -130,14 +131,14 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[PreparedCase], pat
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            return torch.softmax(forward_logits(network, batch).float(), dim=1)[:, 1:2]
+            return torch.softmax(forward_batched(network, batch).float(), dim=1)[:, 1:2]
 
     scores: Dict[str, float] = {}
     try:
         with torch.no_grad():
             for case in cases:
                 x = torch.from_numpy(case.image[None]).to(device)
-                probability = sliding_window_inference(x, roi_size=tuple(patch_kji), sw_batch_size=2,
+                probability = sliding_window_inference(x, roi_size=tuple(patch_kji), sw_batch_size=WINDOWS_PER_BATCH,
                                                        predictor=predictor, overlap=0.25, mode="gaussian")
                 known = case.known > 0
                 predicted = probability[0, 0].float().cpu().numpy() >= 0.5
