@@ -55,7 +55,7 @@ def test_embedded_models_are_shipped_and_verify():
         assert card.trained_on and "Held out" in card.trained_on
         assert card.weights_path.stat().st_size < 8 * 1024 * 1024  # committed small
     total = sum(c.weights_path.stat().st_size for c in shipped)
-    assert total < 16 * 1024 * 1024
+    assert total < 24 * 1024 * 1024  # four tumour members since round 10 (19 MB in all); was 16 MB for two
     # The model card was generated from these very weights (retraining without re-evaluating fails).
     model_card = (embedded_models_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "NOT FOR CLINICAL USE" in model_card and "Held out" in model_card

@@ -142,12 +142,13 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
                    f"{card.spacing_mm} | {card.patch_size} | {card.hu_window} | {size_kb:.0f} KB | "
                    f"`{card.weights_sha256}` |")
     weights = ", ".join(f"{m.model} {m.weight:.2f}" for m in ensemble.members)
-    out += ["", f"Tumor ensemble `{ensemble.name}`: weighted average of the members' probabilities ({weights}), "
-            "weights fitted on validation phantoms (seeds 5002+) by `fit_ensemble_weights`.", "",
+    out += ["", f"Tumor ensemble `{ensemble.name}`: weighted average of the members' probabilities ({weights}). "
+            f"{ensemble.description}", "",
             "## Training data", "",
             f"* liver-demo: {liver.trained_on}",
             *[f"* {card.name} (refines liver-demo's mask on the liver crop): {card.trained_on}" for card in refine],
-            f"* tumor members: {members[0].trained_on}",
+            f"* tumor members ({members[0].name} and the members trained with it): {members[0].trained_on}",
+            *([f"* tumor ensemble `{ensemble.name}`: {ensemble.trained_on}"] if ensemble.trained_on else []),
             "* Synthetic phantoms: `LiverTumorSegLib.develop.synth.phantom` (abdomen, upper abdomen and chest views, "
             "random spacing 0.8-3 mm in-plane, 1.5-5 mm slices; since liver-demo round 10 the stomach in every "
             "filling (food at soft-tissue density, air, water, oral contrast, collapsed) against the left lobe in "
