@@ -166,6 +166,12 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write NAME_seg.dcm, a DICOM SEG referencing the input series (DICOM folder "
                         "inputs only; needs highdicom: pip install 'LiverTumorSegLib[dicom]')")
+    p.add_argument("--uncertainty-maps", action="store_true",
+                   help="also write NAME_tumor_tta_mean, _std and _cv.nii.gz: the tumor ensemble's mean probability "
+                        "over the test-time flips, its standard deviation and their ratio (not with --no-tta or "
+                        "--fast)")
+    # what --tta did before the flip TTA was on by default: TTA and its maps
+    p.add_argument("--tta", dest="uncertainty_maps", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
 
 
@@ -199,8 +205,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if duplicates:
         raise LiverTumorSegError(f"several inputs would write outputs named '{duplicates[0]}'; "
                                  "segment them into different --output folders")
+    if args.uncertainty_maps and not (args.tta and not args.fast):
+        raise LiverTumorSegError("--uncertainty-maps needs the flip test-time augmentation: drop --no-tta and --fast")
     for name in names:
-        check_not_overwriting(args.output, name, args.force, args.dicom_seg)
+        check_not_overwriting(args.output, name, args.force, args.dicom_seg, args.uncertainty_maps)
     for path in args.inputs:
         if not path.exists():
             raise LiverTumorSegError(f"{path} does not exist")
@@ -228,7 +236,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             result = pipeline.run(volume.image, progress)
             progress.report("write", 0.0)
             outputs = write_outputs(result, path, volume.name, volume.source, args.output, force=args.force,
-                                    dicom_seg_source=path if args.dicom_seg else None)
+                                    dicom_seg_source=path if args.dicom_seg else None,
+                                    uncertainty_maps=args.uncertainty_maps)
             progress.report("write", 1.0)
         except BaseException as exc:
             if bars is not None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-from .. import __version__
+from .. import __version__, settings_schema
 from ..cli import DEVELOP_COMMANDS
 from ..errors import CancelledError, LiverTumorSegError
 from .training.architectures import ARCHITECTURE_PRESETS
@@ -182,8 +182,8 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR")
     p.add_argument("--liver-model", default=None, metavar="NAME|CARD.json")
     p.add_argument("--tumor-model", default=None, metavar="NAME|CARD.json")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation of the tumor ensemble")
-    p.add_argument("--fast", action="store_true", help="less sliding-window overlap and no TTA")
+    settings_schema.add_argument(p, "tta")
+    settings_schema.add_argument(p, "fast")
     p.add_argument("--split", type=Path, default=None, metavar="SPLIT.json",
                    help="evaluate only the validation cases of this split (the split.json of a train run)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

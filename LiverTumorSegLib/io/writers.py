@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 OUTPUT_KEYS = ("segmentation", "labelmap", "report", "lesions_csv")
 DICOM_SEG_KEY = "dicom_seg"
-TTA_KEYS = ("tta_mean", "tta_std", "tta_cv")  # written when the result carries the TTA maps
+TTA_KEYS = ("tta_mean", "tta_std", "tta_cv")  # written on request (segment --uncertainty-maps), from TTA runs
 
 
 @dataclass
@@ -173,14 +173,18 @@ def tta_maps(result: Any) -> Optional[Dict[str, sitk.Image]]:
 
 def write_outputs(result: Any, input_path: Path, name: str, source: str, output_dir: Path,
                   force: bool = False, dicom_seg_source: Optional["DicomSource"] = None,
-                  report_extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+                  report_extra: Optional[Dict[str, Any]] = None, uncertainty_maps: bool = False) -> Dict[str, str]:
     """Write the four outputs of ``result`` (a ``pipeline.SegmentationResult`` or a
     :class:`LabelmapResult`) atomically, plus a DICOM SEG referencing the CT series
-    ``dicom_seg_source`` (its folder or its files) when given; ``report_extra`` is added to the
-    JSON report. Returns the paths by key (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``)."""
+    ``dicom_seg_source`` (its folder or its files) when given and the TTA maps (``TTA_KEYS``) when
+    ``uncertainty_maps``; ``report_extra`` is added to the JSON report. Returns the paths by key
+    (``OUTPUT_KEYS``, ``DICOM_SEG_KEY``, ``TTA_KEYS``)."""
     output_dir = Path(output_dir)
     with_dicom_seg = dicom_seg_source is not None
-    maps = tta_maps(result)
+    maps = tta_maps(result) if uncertainty_maps else None
+    if uncertainty_maps and maps is None:
+        raise LiverTumorSegError("the uncertainty maps come from the flip test-time augmentation, which this run "
+                                 "did not use (it is off with --no-tta and --fast)")
     check_not_overwriting(output_dir, name, force, with_dicom_seg, maps is not None)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

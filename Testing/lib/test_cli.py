@@ -380,14 +380,14 @@ def test_segment_switches_reach_the_pipeline_settings():
 
     parse = build_parser().parse_args
     default = _settings_from_args(parse(["segment", "ct.nii.gz", "--output", "out"]))
-    assert default.refine_liver and default.active_contour and default.interslice and not default.tta
+    assert default.refine_liver and default.active_contour and default.interslice and default.use_tta
     assert default.parenchyma.enabled
     switched = _settings_from_args(parse(["segment", "ct.nii.gz", "--output", "out", "--no-liver-refine",
-                                          "--no-active-contour", "--no-interslice", "--tta", "--fast",
+                                          "--no-active-contour", "--no-interslice", "--no-tta", "--fast",
                                           "--no-parenchyma-prior", "--lesion-closing-mm", "0",
                                           "--min-lesion-ml", "0.3", "--margin-mm", "7"]))
     assert (switched.refine_liver, switched.active_contour, switched.interslice, switched.tta, switched.fast) == \
-        (False, False, False, True, True)
+        (False, False, False, False, True)
     assert switched.min_lesion_ml == 0.3 and switched.crop_margin_mm == 7.0
     assert not switched.parenchyma.enabled
     assert default.lesion_closing_mm == 10.0 and switched.lesion_closing_mm == 0.0

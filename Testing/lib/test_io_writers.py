@@ -171,7 +171,10 @@ def test_tta_mean_std_and_variation_coefficient_volumes(tmp_path, helpers, tiny_
     result.tumor_probability.CopyInformation(crop)
     result.tumor_uncertainty = sitk.GetImageFromArray(np.full(mean.shape, 0.1, np.float32))
     result.tumor_uncertainty.CopyInformation(crop)
-    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out")
+    plain = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "plain")
+    assert not any(key in plain for key in TTA_KEYS)  # only on request
+    assert json.loads(Path(plain["report"]).read_text())["tumor_tta_cv_mean_in_tumor"] == pytest.approx(0.2, abs=1e-6)
+    paths = write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out", uncertainty_maps=True)
     assert [Path(paths[key]).name for key in TTA_KEYS] == ["c_tumor_tta_mean.nii.gz", "c_tumor_tta_std.nii.gz",
                                                           "c_tumor_tta_cv.nii.gz"]
     cv = sitk.ReadImage(paths["tta_cv"])
@@ -185,16 +188,38 @@ def test_tta_mean_std_and_variation_coefficient_volumes(tmp_path, helpers, tiny_
     (tmp_path / "out2").mkdir()
     Path(tmp_path / "out2" / "c_tumor_tta_cv.nii.gz").write_text("x")
     with pytest.raises(LiverTumorSegError, match="already exists"):
-        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out2")
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out2", uncertainty_maps=True)
+    result.tumor_probability = None  # a run without TTA has no maps to write
+    with pytest.raises(LiverTumorSegError, match="did not use"):
+        write_outputs(result, tmp_path / "c.nii.gz", "c", "file", tmp_path / "out3", uncertainty_maps=True)
+    assert not (tmp_path / "out3").exists() or not any((tmp_path / "out3").iterdir())
 
 
-def test_segment_tta_writes_the_uncertainty_volumes(tmp_path, small_ct_file, tiny_models_env, cli_main):
+@pytest.mark.parametrize("flag", ["--uncertainty-maps", "--tta"])  # --tta: what it asked for before TTA was default
+def test_segment_writes_the_uncertainty_volumes_on_request(tmp_path, small_ct_file, tiny_models_env, cli_main, flag):
     assert cli_main(["segment", str(small_ct_file), "--output", str(tmp_path), "--device", "cpu", "--progress",
-                     "none", "--tta"]) == 0
-    name = json.loads(next(tmp_path.glob("*.json")).read_text())["name"]
+                     "none", flag]) == 0
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["settings"]["tta"] is True
     for key in TTA_KEYS:
-        image = sitk.ReadImage(str(tmp_path / f"{name}_tumor_{key}.nii.gz"))
+        image = sitk.ReadImage(str(tmp_path / f"{report['name']}_tumor_{key}.nii.gz"))
         assert image.GetPixelID() == sitk.sitkFloat32
+
+
+def test_segment_by_default_uses_tta_and_writes_no_maps(tmp_path, small_ct_file, tiny_models_env, cli_main):
+    assert cli_main(["segment", str(small_ct_file), "--output", str(tmp_path), "--device", "cpu", "--progress",
+                     "none"]) == 0
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert report["settings"]["tta"] is True and not list(tmp_path.glob("*_tumor_tta_*"))
+
+
+@pytest.mark.parametrize("switch", ["--no-tta", "--fast"])
+def test_uncertainty_maps_without_tta_is_one_clear_error(tmp_path, small_ct_file, tiny_models_env, cli_main, capsys,
+                                                         switch):
+    assert cli_main(["segment", str(small_ct_file), "--output", str(tmp_path / "o"), "--device", "cpu",
+                     "--progress", "none", "--uncertainty-maps", switch]) == 1
+    assert "needs the flip test-time augmentation" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_lesions_csv_header_and_rows(written):

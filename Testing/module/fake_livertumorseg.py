@@ -114,7 +114,7 @@ def main() -> int:
     seg.add_argument("--output", type=Path, required=True)
     seg.add_argument("--progress", choices=["json"], required=True)
     seg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    for flag in ("--fast", "--force", "--tta", "--no-liver-refine", "--no-active-contour", "--no-interslice"):
+    for flag in ("--fast", "--force", "--no-tta", "--no-liver-refine", "--no-active-contour", "--no-interslice"):
         seg.add_argument(flag, action="store_true")
     seg.add_argument("--liver-model")
     seg.add_argument("--tumor-model")

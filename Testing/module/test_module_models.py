@@ -29,10 +29,10 @@ def test_a_saved_model_choice_is_shown_and_kept(app, monkeypatch):
     widget = app.create_widget(CARDS + [{"name": "my-liver", "task": "liver"}, {"name": "my-tumor", "task": "tumor"}])
     assert widget.ui.liverModelComboBox.currentText == "my-liver"
     assert widget.ui.tumorModelComboBox.currentText == "my-tumor"
-    widget.ui.ttaCheckBox.checked = True  # the user changes other settings
+    widget.ui.ttaCheckBox.checked = False  # the user changes other settings
     widget.ui.deviceComboBox.choose("CPU")
     widget.ui.inputVolumeSelector.setCurrentNode(app.add_ct_volume())
-    assert (saved.tta, saved.device) == (True, "CPU")
+    assert (saved.tta, saved.device) == (False, "CPU")
     assert (saved.liverModel, saved.tumorModel) == ("my-liver", "my-tumor")
     assert app.module.LiverTumorSegLogic.optionsFromParameters(saved).liver_model == "my-liver"
 
@@ -45,7 +45,7 @@ def test_a_saved_model_choice_survives_a_failed_listing(app, monkeypatch):
     assert widget.ui.liverModelComboBox.currentText == "my-liver (not verified)"
     assert any("Could not list the models: the model folder cannot be read" in line
                for line in widget.ui.logTextEdit.lines)
-    widget.ui.ttaCheckBox.checked = True
+    widget.ui.ttaCheckBox.checked = False
     assert (saved.liverModel, saved.tumorModel) == ("my-liver", "my-tumor")
 
     app.list_models(CARDS + [{"name": "my-liver", "task": "liver"}, {"name": "my-tumor", "task": "tumor"}])

@@ -190,7 +190,7 @@ def test_parameter_node_wrapper_class_is_made_from_the_schema():
                      "liverModel": str, "tumorModel": str, "device": str, "quality": str, "tta": bool,
                      "liverRefine": bool, "activeContour": bool, "interslice": bool, "exportDirectory": str}
     defaults = {name: getattr(cls, name) for name in hints if hasattr(cls, name)}
-    assert defaults == {"liverModel": "", "tumorModel": "", "device": "auto", "quality": "full", "tta": False,
+    assert defaults == {"liverModel": "", "tumorModel": "", "device": "auto", "quality": "full", "tta": True,
                         "liverRefine": True, "activeContour": True, "interslice": True, "exportDirectory": ""}
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     assert "parameterNodeWrapper(parameters.wrapper_class(slicer))" in ast.unparse(tree)
@@ -202,12 +202,12 @@ def test_stored_settings_become_the_options_of_a_run():
 
     stored = dict(parameters.VALUE_DEFAULTS)
     assert parameters.segment_options(types.SimpleNamespace(**stored)).to_args() == []
-    stored.update(device="GPU", quality="fast", tta=True, liverRefine=False, activeContour=False, interslice=False,
+    stored.update(device="GPU", quality="fast", tta=False, liverRefine=False, activeContour=False, interslice=False,
                   liverModel="my-liver", tumorModel="")
     options = parameters.segment_options(types.SimpleNamespace(**stored))
     assert (options.device, options.fast, options.refine_liver, options.tumor_model) == \
         ("cuda", True, False, "tumor-demo-ensemble")
-    assert options.to_args() == ["--device", "cuda", "--fast", "--liver-model", "my-liver", "--tta",
+    assert options.to_args() == ["--device", "cuda", "--fast", "--liver-model", "my-liver", "--no-tta",
                                  "--no-liver-refine", "--no-active-contour", "--no-interslice"]
     stored.update(device="a device from a future version")  # a saved scene's unknown value: the default
     assert parameters.run_setting(types.SimpleNamespace(**stored), "device") == "auto"

@@ -67,7 +67,7 @@ def segment_args(tmp_path: Path, **options) -> list:
 
 def test_successful_run_reports_stages_logs_and_result(tmp_path):
     rec = Recorder()
-    run = rec.runner(segment_args(tmp_path, tta=True), fake_env("ok"))
+    run = rec.runner(segment_args(tmp_path, tta=False), fake_env("ok"))
     run.start()
     outcome = run.wait(timeout=60)
     assert outcome.status == SUCCEEDED, outcome
@@ -232,14 +232,14 @@ def test_start_without_input_fails_cleanly(tmp_path):
 
 
 def test_segment_command_follows_the_cli_contract(tmp_path):
-    options = SegmentOptions(device="cuda", fast=True, force=True, tta=True, refine_liver=False,
+    options = SegmentOptions(device="cuda", fast=True, force=True, tta=False, refine_liver=False,
                              active_contour=False, interslice=False, liver_model="liver-x", tumor_model="tumor-y")
     command = process.segment_command(["PY", "-m", "LiverTumorSegLib"], Path("in.nrrd"), Path("out"), options)
     assert command[:8] == ["PY", "-m", "LiverTumorSegLib", "segment", "in.nrrd", "--output", "out", "--progress"]
     assert command[8] == "json"
     rest = command[9:]
     assert rest[rest.index("--device") + 1] == "cuda"
-    for flag in ("--fast", "--force", "--tta", "--no-liver-refine", "--no-active-contour", "--no-interslice"):
+    for flag in ("--fast", "--force", "--no-tta", "--no-liver-refine", "--no-active-contour", "--no-interslice"):
         assert flag in rest
     assert rest[rest.index("--liver-model") + 1] == "liver-x" and rest[rest.index("--tumor-model") + 1] == "tumor-y"
     assert SegmentOptions().to_args() == []  # the library's defaults need no option

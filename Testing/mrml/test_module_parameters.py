@@ -24,7 +24,7 @@ def test_defaults_and_typed_values_survive_a_scene_reload(tmp_path):
     settings.outputSegmentation = segmentation
     settings.device = "GPU"
     settings.quality = "fast"
-    settings.tta = True
+    settings.tta = False
     settings.activeContour = False
     settings.liverRefine = False
     settings.tumorModel = "tumor-x"
@@ -38,7 +38,7 @@ def test_defaults_and_typed_values_survive_a_scene_reload(tmp_path):
     again = ParameterNodeAdapter(reloaded.GetFirstNodeByName("LiverTumorSeg"))
     assert again.inputVolume.GetName() == "CT" and again.outputSegmentation.GetName() == "seg"
     assert (again.device, again.quality, again.tta, again.liverRefine, again.activeContour, again.interslice) == \
-        ("GPU", "fast", True, False, False, True)
+        ("GPU", "fast", False, False, False, True)
     assert again.tumorModel == "tumor-x" and again.liverModel == ""
 
     settings.outputSegmentation = None

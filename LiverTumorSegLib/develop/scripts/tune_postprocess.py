@@ -186,8 +186,8 @@ def main() -> int:
     parser.add_argument("--tumor-bulge-mm", default=None,
                         help="how far a lesion mostly inside the liver may bulge out of its mask, comma-separated mm "
                              "(default: the pipeline's)")
-    parser.add_argument("--tta", action="store_true",
-                        help="the ensemble's evidence under flip test-time augmentation (segment --tta)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="the ensemble's evidence without flip test-time augmentation (segment --no-tta)")
     args = parser.parse_args()
     pipeline = Pipeline(PipelineSettings(device="cpu", tta=args.tta), ModelRegistry([args.models]))
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
