@@ -132,3 +132,36 @@ def test_the_neighbour_fraction_must_leave_the_liver_its_patches(monkeypatch, ca
     with pytest.raises(SystemExit):
         train_embedded.main()
     assert "--refine-neighbour-fraction must lie between 0 and 0.33" in capsys.readouterr().err
+
+
+def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(monkeypatch, tmp_path):
+    from LiverTumorSegLib.models.card import read_card
+    from LiverTumorSegLib.models.registry import embedded_models_dir
+
+    shipped = embedded_models_dir()
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(sys, "argv", [
+        "train_embedded.py", "--out", str(out), "--tasks", "tumor", "--phantoms", "1", "--real-variants", "0",
+        "--tumor-steps", "2", "--tumor-members", "tumor-demo-unet-deep", "--member-suffix=-r99",
+        "--init-from", str(shipped), "--ensemble", "tumor-demo-unet-deep,tumor-demo-unet-deep-r99",
+        "--equal-weights"])
+    assert train_embedded.main() == 0
+    trained = read_card(out / "tumor-demo-unet-deep-r99.json")
+    source = read_card(shipped / "tumor-demo-unet-deep.json")
+    assert trained.name == "tumor-demo-unet-deep-r99" and trained.weights_file == "tumor-demo-unet-deep-r99.safetensors"
+    assert trained.weights_sha256 != source.weights_sha256
+    assert f"fine-tuned from tumor-demo-unet-deep {source.weights_sha256[:12]}" in trained.trained_on
+    ensemble = read_card(out / "tumor-demo-ensemble.json")
+    assert [(m.model, m.weight) for m in ensemble.members] == [("tumor-demo-unet-deep", 0.5),
+                                                               ("tumor-demo-unet-deep-r99", 0.5)]
+    assert "equal weights" in ensemble.description and "each member's card" in ensemble.trained_on
+    assert read_card(out / "tumor-demo-unet-deep.json").weights_sha256 == source.weights_sha256  # copied as it was
+
+
+def test_an_ensemble_member_with_another_suffix_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", [
+        "train_embedded.py", "--out", str(tmp_path), "--tasks", "tumor", "--tumor-members", "tumor-demo-unet",
+        "--member-suffix=-r99", "--ensemble", "tumor-demo-unet-r98"])
+    with pytest.raises(SystemExit, match="tumor-demo-unet-r98"):
+        train_embedded.main()

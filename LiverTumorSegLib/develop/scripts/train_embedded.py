@@ -259,6 +259,13 @@ def main() -> int:
                              "trained now is taken from --out or --init-from")
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
+    parser.add_argument("--member-suffix", default="", metavar="SUFFIX",
+                        help="write the trained tumour members as <name>SUFFIX (e.g. --member-suffix=-r10; still fine-tuned from "
+                             "--init-from's <name>), so a new round can join the members it started from in one "
+                             "--ensemble")
+    parser.add_argument("--equal-weights", action="store_true",
+                        help="weight the --ensemble members equally instead of fitting the weights on the "
+                             "validation phantoms (for weights chosen with scripts/tune_postprocess.py)")
     args = parser.parse_args()
     if not 0.0 <= args.refine_neighbour_fraction <= 1.0 - TrainConfig.positive_fraction:
         parser.error(f"--refine-neighbour-fraction must lie between 0 and {1.0 - TrainConfig.positive_fraction:.2f} "
@@ -356,12 +363,15 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     not trained now is taken from ``--out``, else copied from ``--init-from``)."""
     cards = {card.name: card for card in tumor_cards(args.tumor_inputs)}
     kind_mix = parse_kind_mix(args.kind_mix)
+    suffix = args.member_suffix
     to_train = chosen_names(args.tumor_members, list(cards), "unknown tumour member(s)")
-    in_ensemble = chosen_names(args.ensemble or args.tumor_members, list(cards), "unknown tumour member(s)")
+    known = list(cards) + [name + suffix for name in cards if suffix]
+    in_ensemble = chosen_names(args.ensemble or ",".join(name + suffix for name in to_train), known,
+                               "unknown tumour member(s)")
     samples_by_grid: dict = {}
     trained_cards = {}
     for index, name in enumerate(to_train):
-        member_card = with_patch(cards[name], args.tumor_patch)
+        member_card = replace(with_patch(cards[name], args.tumor_patch), name=name + suffix)
         grid_key = (tuple(member_card.spacing_mm), tuple(member_card.input_channels))
         if grid_key not in samples_by_grid:
             samples_by_grid[grid_key] = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
@@ -386,17 +396,24 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"of them centred on a tumour{hard_text}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
-        trained_cards[name] = trained
+        trained_cards[trained.name] = trained
     members = [trained_cards.get(name) or _existing_member(args, name) for name in in_ensemble]
 
-    validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)  # validation seeds: never used in training
-    weights, scores = fit_ensemble_weights(members, validation)
+    if args.equal_weights:
+        weights, metrics = [1.0 / len(members)] * len(members), {}
+        how = "equal weights (chosen with scripts/tune_postprocess.py on its validation cases)"
+    else:
+        validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)  # validation seeds: never used in training
+        weights, scores = fit_ensemble_weights(members, validation)
+        metrics = {"validation_dice_by_weight": scores}
+        how = "weights fitted on validation data (phantom seeds 5000+, real training liver with other synthetic tumours)"
+    trained_on = members[0].trained_on if len({m.trained_on for m in members}) == 1 else (
+        "members trained apart; each member's card says what it saw (" + ", ".join(m.name for m in members) + ")")
     ensemble = EnsembleCard(
         name="tumor-demo-ensemble", version="0.1.0", task="tumor",
         members=[EnsembleMember(m.name, float(w)) for m, w in zip(members, weights)],
-        description="Weighted average of the tumor members' probabilities; weights fitted on validation data "
-                    "(phantom seeds 5000+, real training liver with other synthetic tumours).",
-        trained_on=members[0].trained_on, metrics={"validation_dice_by_weight": scores}, non_clinical=True,
+        description=f"Weighted average of the tumor members' probabilities; {how}.",
+        trained_on=trained_on, metrics=metrics, non_clinical=True,
         intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
     write_card(ensemble, args.out / "tumor-demo-ensemble.json")
     log.info("ensemble weights %s", json.dumps([float(w) for w in weights]))
