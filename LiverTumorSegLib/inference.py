@@ -32,6 +32,13 @@ TTA_FLIPS: List[Sequence[int]] = [()] + [(2 + axis,) for axis in TRAINING_FLIP_A
 WINDOWS_PER_BATCH = 4
 MIN_CPU_BATCH = 2
 
+# A volume thinner than a model's window (a scan covering 40 mm of the liver, a short liver crop) is
+# padded to the window by repeating its edge slices, so the network sees tissue continue rather than a
+# slab of the HU window's floor, which no real scan has next to the liver. On 40 mm slabs of chaos_ct_1
+# with synthetic tumours, zero padding cut the tumour Dice from 0.77 to 0.03 (large iso-dense) and
+# lost the whole liver of one slab; repeated edges kept 0.67. Volumes as large as the window are not padded.
+WINDOW_PADDING = "replicate"
+
 
 def forward_batched(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """``forward_logits`` of a batch of windows; on the CPU a batch smaller than ``MIN_CPU_BATCH`` is
@@ -129,8 +136,8 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
                 xin = torch.flip(x, dims=list(flip)) if flip else x
                 prob = sliding_window_inference(
                     xin.to(device), roi_size=card.inference_patch_size_kji, sw_batch_size=sw_batch_size,
-                    predictor=predictor, overlap=overlap, mode="gaussian", padding_mode="constant",
-                    cval=0.0, sw_device=device, device=torch.device("cpu"), progress=False)
+                    predictor=predictor, overlap=overlap, mode="gaussian", padding_mode=WINDOW_PADDING,
+                    sw_device=device, device=torch.device("cpu"), progress=False)
                 if flip:
                     prob = torch.flip(prob, dims=list(flip))
                 results.append(prob[0, 0].float().numpy())

@@ -210,6 +210,19 @@ def test_cpu_windows_go_in_batches_of_two_or_more_with_the_same_probabilities(ra
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
+def test_a_volume_thinner_than_the_window_is_padded_with_its_edge_slices(random_model):
+    # The random network's output at a voxel depends on its neighbours, so the padding shows.
+    hu = np.random.default_rng(5).normal(80.0, 30.0, (5, 16, 16)).astype(np.float32)  # 5 of 16 slices
+    thin, _ = predict_foreground(random_model, hu, torch.device("cpu"))
+    before = (16 - 5) // 2  # MONAI pads a short axis on both sides, the odd voxel after
+    edge_padded = np.pad(hu, ((before, 16 - 5 - before), (0, 0), (0, 0)), mode="edge")
+    full, _ = predict_foreground(random_model, edge_padded, torch.device("cpu"))
+    np.testing.assert_allclose(thin, full[before:before + 5], atol=1e-5)
+    zero_padded = np.pad(hu, ((before, 16 - 5 - before), (0, 0), (0, 0)), constant_values=-1000.0)
+    floor, _ = predict_foreground(random_model, zero_padded, torch.device("cpu"))
+    assert np.abs(thin - floor[before:before + 5]).max() > 1e-3  # what the padding replaced
+
+
 def test_forward_batched_returns_one_output_per_window(random_model):
     window = torch.randn(1, 1, 16, 16, 16)
     with torch.inference_mode():

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from LiverTumorSegLib.inference import WINDOW_PADDING
 from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of
 from LiverTumorSegLib.models.registry import ModelRegistry
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
@@ -117,7 +118,7 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
 def evidence_key(pipeline: Pipeline, case_name: str) -> str:
     """What the models' evidence of a case depends on: the case, every model's weights, the
     ensemble's weights, the models' sliding windows and the settings the models run under (crop
-    margin, overlap, TTA, the liver refinement)."""
+    margin, overlap, TTA, the liver refinement) and how windows are padded."""
     s = pipeline.settings
     models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
     loaded = [pipeline.liver_model, pipeline.liver_refine_model, *pipeline.tumor_members]
@@ -125,6 +126,8 @@ def evidence_key(pipeline: Pipeline, case_name: str) -> str:
     weights = [round(float(w), 6) for w in pipeline.tumor_weights]
     settings = (s.crop_margin_mm, s.overlap, s.use_tta, s.refine_liver, s.liver_threshold, s.fill_liver_holes,
                 s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None)
+    if WINDOW_PADDING != "constant":  # keys from before the padding became a choice stay valid for zero padding
+        windows.append(WINDOW_PADDING)
     return hashlib.sha256(f"{case_name}|{models}|{weights}|{settings}|{windows}".encode()).hexdigest()[:16]
 
 
