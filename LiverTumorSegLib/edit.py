@@ -14,7 +14,10 @@ larger cube. When the ensemble sees nothing near the click, the lesion is grown 
 on the CT itself: smoothed HU within the mean +- k standard deviations of the click's
 neighbourhood, never across the midpoint to the liver around it, bounded by a maximum radius,
 then refined by the project's active contour
-(:func:`~LiverTumorSegLib.postprocess.active_contour.refine_lesions`). A region that runs on into
+(:func:`~LiverTumorSegLib.postprocess.active_contour.refine_lesions`). The same lesion grown on
+the CT replaces the model's when the ensemble is unsure near the click (below the pipeline's 0.5)
+and that lesion passes its checks and holds at least half of the model's: an unsure ensemble may
+draw only part of a lesion (a large bright arterial one). A region that runs on into
 the liver (a lesion as dense as the liver near it, a liver darker in one part) is refused with a
 message rather than painted: a wrong 100 mL lesion is worse than none.
 
@@ -78,6 +81,12 @@ HU_FILLED_SHELL = 0.6  # a nearer shell as dense as the click must be this much 
 HU_LEAK_CONTRAST = 0.5  # a grown region keeps at least this share of the click's contrast to the liver
 ACTIVE_CONTOUR_ITERATIONS = 8
 AIR_HU = -500.0  # below this a click is in air (outside the body, lung, bowel gas)
+# Below the pipeline's tumour threshold near the click the ensemble is unsure of the lesion (it
+# would not have drawn it itself) and may draw only a part, as on large bright arterial lesions; then
+# the lesion grown on the CT is taken when it passes its own checks (no leak into the liver) and is
+# the same lesion: it holds at least half of the model's.
+UNSURE_BELOW = 0.5
+HOLDS_MODEL_LESION = 0.5
 
 
 @dataclass
@@ -578,19 +587,16 @@ class LesionEditor:
             if side >= self.max_patch_mm or not _touches_inner_faces(confident, box, labels.shape):
                 break
             side = min(side * PATCH_GROWTH, self.max_patch_mm)
+        method = "model"
         if found is not None:
             box, region, best = found
-        method = "model"
-        if found is None:
+            if best is not None and best < UNSURE_BELOW:
+                density = self._density_lesion(ct, labels, click, point_ras, axial)
+                if density is not None and _holds(density, (box, region), HOLDS_MODEL_LESION):
+                    (box, region), method = density, "hu_region"
+        else:
             method = "hu_region"
-            side = max(self.patch_mm, 2 * HU_MAX_RADIUS_MM + 2 * max(spacing_kji))
-            box = _cube(click, side, spacing_kji, labels.shape)
-            local = tuple(c - s.start for c, s in zip(click, box))
-            allowed = _search_region(labels, box, axial)
-            if not allowed[local]:
-                raise _outside_liver(ct, click, point_ras)
-            hu = sitk.GetArrayFromImage(crop_image(ct, box))  # a copy: a view would outlive its image
-            region = grow_from_hu(hu, allowed, _liver_median_hu(ct, labels), local, spacing_kji)
+            box, region = self._density_lesion(ct, labels, click, point_ras, axial, refusals=True)
         new_labels = labels
         changed = region & (labels[box] != TUMOR_LABEL)
         new_labels[box][changed] = TUMOR_LABEL  # labels is this function's own copy
@@ -602,6 +608,25 @@ class LesionEditor:
                           voxels_changed=int(np.count_nonzero(changed)), box=box, changed=changed, lesion=lesion,
                           method=method, point_ras_mm=tuple(float(v) for v in point_ras),
                           seconds=time.perf_counter() - start, max_probability_near_click=best)
+
+    def _density_lesion(self, ct: sitk.Image, labels: np.ndarray, click: Tuple[int, int, int],
+                        point_ras: Sequence[float], axial: int, refusals: bool = False) -> Optional[Tuple[Box, np.ndarray]]:
+        """``(box, region)`` of the lesion grown on the CT at the click (:func:`grow_from_hu`); a
+        refusal raises its error with ``refusals``, else gives None."""
+        spacing_kji = Geometry.of(ct).spacing[::-1]
+        side = max(self.patch_mm, 2 * HU_MAX_RADIUS_MM + 2 * max(spacing_kji))
+        box = _cube(click, side, spacing_kji, labels.shape)
+        local = tuple(c - s.start for c, s in zip(click, box))
+        allowed = _search_region(labels, box, axial)
+        if not allowed[local]:
+            raise _outside_liver(ct, click, point_ras)
+        hu = sitk.GetArrayFromImage(crop_image(ct, box))  # a copy: a view would outlive its image
+        try:
+            return box, grow_from_hu(hu, allowed, _liver_median_hu(ct, labels), local, spacing_kji)
+        except LiverTumorSegError:
+            if refusals:
+                raise
+            return None
 
     def remove(self, ct: sitk.Image, labelmap: sitk.Image, point_ras: Sequence[float]) -> LesionEdit:
         return remove_lesion(ct, labelmap, point_ras)
@@ -626,6 +651,20 @@ def _liver_median_hu(ct: sitk.Image, labels: np.ndarray) -> float:
     if not liver.any():
         raise LiverTumorSegError("the labelmap has no liver voxels (label 1) to compare the lesion's density with")
     return float(np.median(sitk.GetArrayViewFromImage(ct)[every_other][liver]))
+
+
+def _holds(outer: Tuple[Box, np.ndarray], inner: Tuple[Box, np.ndarray], share: float) -> bool:
+    """Whether the region ``outer`` (box, mask) holds at least ``share`` of the region ``inner``'s
+    voxels (the boxes are slices of one array)."""
+    (outer_box, outer_mask), (inner_box, inner_mask) = outer, inner
+    points = np.argwhere(inner_mask) + np.array([s.start for s in inner_box])
+    if len(points) == 0:
+        return True
+    local = points - np.array([s.start for s in outer_box])
+    inside = np.all((local >= 0) & (local < np.array(outer_mask.shape)), axis=1)
+    held = np.zeros(len(points), bool)
+    held[inside] = outer_mask[tuple(local[inside].T)]
+    return bool(held.mean() >= share)
 
 
 def _first_voxel(region: np.ndarray, box: Box) -> Tuple[int, int, int]:

@@ -110,6 +110,37 @@ def test_a_click_off_centre_still_finds_the_lesion(helpers, editor):
     assert helpers.dice(_labels(result.labelmap) == 2, truth == 2) > 0.8
 
 
+class _UnsureOnHalf(edit.LesionEditor):
+    """An ensemble unsure of the lesion (0.35) that sees only the half of it at i below the click."""
+
+    def __init__(self, truth_image: sitk.Image, click_i: int, **kw) -> None:
+        super().__init__(**kw)
+        self.truth_image, self.click_i = truth_image, click_i
+
+    def probability(self, ct_crop: sitk.Image, region: np.ndarray) -> np.ndarray:
+        from LiverTumorSegLib.preprocess import resample_to
+
+        truth = sitk.GetArrayFromImage(resample_to(self.truth_image, ct_crop, sitk.sitkNearestNeighbor, 0)) == 2
+        origin_i = int(round(ct_crop.TransformPhysicalPointToContinuousIndex(
+            self.truth_image.TransformIndexToPhysicalPoint((self.click_i, 0, 0)))[0]))
+        half = truth.copy()
+        half[:, :, origin_i + 1:] = False
+        return np.where(half, 0.35, 0.02).astype(np.float32)
+
+
+@pytest.mark.parametrize("lesion_hu, expected", [(60, "hu_region"), (160, "model")])
+def test_an_unsure_ensemble_gives_way_to_the_lesion_of_like_density_that_holds_its_part(
+        helpers, tiny_models_dir, lesion_hu, expected):
+    ct, labelmap, truth = _case(helpers, lesion_hu=lesion_hu)  # 160 HU: as dense as the liver, nothing to grow
+    truth_image = _image(truth, ct)
+    click_i = _index(ct, helpers.LESION_CENTER_LPS)[2]
+    unsure = _UnsureOnHalf(truth_image, click_i, registry=ModelRegistry([tiny_models_dir]))
+    result = unsure.add(ct, labelmap, _ras(helpers.LESION_CENTER_LPS))
+    assert result.method == expected and 0.3 < result.max_probability_near_click < edit.UNSURE_BELOW
+    if expected == "hu_region":  # the whole lesion, not the model's half
+        assert helpers.dice(_labels(result.labelmap) == 2, truth == 2) > 0.8
+
+
 def test_a_lesion_larger_than_the_first_cube_is_run_again_on_a_larger_one(helpers, tiny_models_dir):
     ct, labelmap, truth = _case(helpers)
     small_cube = edit.LesionEditor(registry=ModelRegistry([tiny_models_dir]), patch_mm=15.0)
