@@ -444,26 +444,3 @@ def test_the_trainer_hands_each_patch_its_leak_region_to_the_prior_simulation(tm
     assert len(seen) == 6 * QUICK.get("batch_size", TrainConfig.batch_size)
     assert all(region is not None and region.shape == shape for shape, region in seen)
     assert any(region.any() for _, region in seen)
-
-
-# --- patch placement: as inference places its windows ---------------------------------------
-
-def test_patches_lie_inside_a_volume_as_large_as_them_and_repeat_the_edges_of_a_thinner_one():
-    from LiverTumorSegLib.develop.training.trainer import sample_patch
-
-    shape = (6, 40, 40)  # thinner than the patch along k only
-    image = np.random.default_rng(1).normal(size=shape).astype(np.float32)
-    target = np.zeros(shape, np.uint8)
-    target[:, 0:3, 37:40] = 1  # a tumour in a corner: a patch centred on it would leave the volume
-    sample = TrainingSample("s", image, target)
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        patch = sample_patch(sample, (16, 16, 16), rng, positive=True)
-        assert patch.image.shape == (16, 16, 16) and patch.target.any()  # the tumour stays in the patch
-        # j, i: a window of the volume (no padding): the columns are the volume's own
-        assert any(np.array_equal(patch.image[5, :, :], image[0, j:j + 16, i:i + 16])
-                   for j in range(25) for i in range(25))
-        # k: 5 repeated edge slices before the 6 of the volume, 5 after (MONAI's split of the 10)
-        np.testing.assert_array_equal(patch.image[:5], np.repeat(patch.image[5:6], 5, axis=0))
-        np.testing.assert_array_equal(patch.image[11:], np.repeat(patch.image[10:11], 5, axis=0))
-        np.testing.assert_array_equal(patch.target[:5], np.repeat(patch.target[5:6], 5, axis=0))

@@ -24,7 +24,7 @@ from ...models.networks import build_network, forward_logits
 from ...models.weights import load_weights, save_weights
 from .data import TrainingSample
 from .patches import intensity_transforms
-from .prior import PriorSimulation
+from .prior import OUTSIDE_MM, PriorSimulation
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: 
 
 
 class Patch(NamedTuple):
-    """One training patch of a sample's arrays, inside the volume where the volume is as large as
-    the patch and padded with its edge slices where it is thinner, as inference places and pads its
-    windows (inference.WINDOW_PADDING); the optional ones are None where the sample has none."""
+    """One training patch of a sample's arrays (padded with zero / zero / far outside / zero /
+    False where it leaves the volume); the optional ones are None where the sample has none."""
 
     image: np.ndarray
     target: np.ndarray
@@ -89,31 +88,30 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
         centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], centres.shape))
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
-    start = patch_start(centre, patch, shape)
-
-    def cut(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        return None if array is None else window_of(array, start, patch)
-
-    return Patch(cut(sample.image), cut(sample.target), cut(sample.prior_distance), cut(sample.hypodensity),
-                 cut(sample.hard_negative))
-
-
-def patch_start(centre: np.ndarray, patch: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """Where a patch around ``centre`` starts: shifted to lie inside the volume along an axis at least
-    as long as the patch (the centre stays in it), centred on a shorter axis (padded on both sides,
-    the odd voxel after, as MONAI's sliding window pads)."""
-    start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
-    return np.where(shape >= patch, start, -((patch - shape) // 2))
-
-
-def window_of(array: np.ndarray, start: np.ndarray, patch: np.ndarray) -> np.ndarray:
-    """``array[start:start + patch]``, its parts outside the array filled with the array's edge values."""
-    shape = np.array(array.shape)
-    low = np.maximum(start, 0)
-    high = np.minimum(start + patch, shape)
-    block = array[tuple(slice(a, b) for a, b in zip(low, high))]
-    widths = [(int(a), int(b)) for a, b in zip(low - start, start + patch - high)]
-    return np.pad(block, widths, mode="edge") if any(a or b for a, b in widths) else block.copy()
+    start = centre - patch // 2
+    image = np.zeros(tuple(patch), np.float32)
+    target = np.zeros(tuple(patch), np.uint8)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + patch, shape)
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+    dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
+    image[dst] = sample.image[src]
+    target[dst] = sample.target[src]
+    distance = None
+    if sample.prior_distance is not None:
+        distance = np.full(tuple(patch), OUTSIDE_MM, np.float32)
+        distance[dst] = sample.prior_distance[src]
+    hypodensity = None
+    if sample.hypodensity is not None:
+        hypodensity = np.zeros(tuple(patch), np.float32)
+        hypodensity[dst] = sample.hypodensity[src]
+    region = None
+    if sample.hard_negative is not None:
+        region = np.zeros(tuple(patch), bool)
+        region[dst] = sample.hard_negative[src]
+    return Patch(image, target, distance, hypodensity, region)
 
 
 def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
