@@ -162,7 +162,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "tumours for the tumor models only. `ts_abdomen_3mm` is the same patient as ts_upper_abdomen_3mm "
             "(not an independent test).",
             "", "## Held out", "",
-            "* Real: `ts_dicom_upper_abdomen` (another patient, portal-venous phase; liver reference), "
+            "* Real: `ts_dicom_upper_abdomen` (another patient, portal-venous phase; liver reference; 20 slices "
+            "of 2 mm, so 40 mm of the liver, thinner than every model's window: the windows repeat its edge "
+            "slices, `inference.WINDOW_PADDING`), "
             "used only here; `chaos_ct_1` is held out of the liver models (their expert-referenced real case).",
             "* Synthetic: phantom seeds 10000+ and the held-out real liver with synthetic tumours (seeds 9000+); "
             "the held-out livers with a broad tumour-free perfusion darkening (`LiverTumorSegLib.develop.synth.perfusion`, "
