@@ -260,9 +260,9 @@ def main() -> int:
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="fine-tune: start each model from DIR/<name>.json's weights (e.g. Resources/Models)")
     parser.add_argument("--member-suffix", default="", metavar="SUFFIX",
-                        help="write the trained tumour members as <name>SUFFIX (e.g. --member-suffix=-r10; still fine-tuned from "
-                             "--init-from's <name>), so a new round can join the members it started from in one "
-                             "--ensemble")
+                        help="write the trained tumour members as <name>SUFFIX (e.g. --member-suffix=-r10; still "
+                             "fine-tuned from --init-from's <name>), so a new round can join the members it started "
+                             "from in one --ensemble")
     parser.add_argument("--equal-weights", action="store_true",
                         help="weight the --ensemble members equally instead of fitting the weights on the "
                              "validation phantoms (for weights chosen with scripts/tune_postprocess.py)")
@@ -403,10 +403,12 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         weights, metrics = [1.0 / len(members)] * len(members), {}
         how = "equal weights (chosen with scripts/tune_postprocess.py on its validation cases)"
     else:
-        validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)  # validation seeds: never used in training
+        # validation seeds: never used in training
+        validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)
         weights, scores = fit_ensemble_weights(members, validation)
         metrics = {"validation_dice_by_weight": scores}
-        how = "weights fitted on validation data (phantom seeds 5000+, real training liver with other synthetic tumours)"
+        how = ("weights fitted on validation data (phantom seeds 5000+, real training liver with other synthetic "
+               "tumours)")
     trained_on = members[0].trained_on if len({m.trained_on for m in members}) == 1 else (
         "members trained apart; each member's card says what it saw (" + ", ".join(m.name for m in members) + ")")
     ensemble = EnsembleCard(

@@ -30,7 +30,7 @@ import torch
 from ...errors import LiverTumorSegError
 from ...metrics import dice
 from ...models.card import ModelCard, write_card
-from ...inference import WINDOWS_PER_BATCH, forward_batched
+from ...inference import WINDOW_PADDING, WINDOWS_PER_BATCH, forward_batched
 from ...models.networks import build_network
 from ...models.weights import load_weights, save_weights
 from ...pipeline import PipelineSettings
@@ -139,7 +139,8 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[PreparedCase], pat
             for case in cases:
                 x = torch.from_numpy(case.image[None]).to(device)
                 probability = sliding_window_inference(x, roi_size=tuple(patch_kji), sw_batch_size=WINDOWS_PER_BATCH,
-                                                       predictor=predictor, overlap=0.25, mode="gaussian")
+                                                       predictor=predictor, overlap=0.25, mode="gaussian",
+                                                       padding_mode=WINDOW_PADDING)
                 known = case.known > 0
                 predicted = probability[0, 0].float().cpu().numpy() >= 0.5
                 scores[case.name] = dice(predicted & known, (case.target >= 0.5) & known)
