@@ -228,7 +228,7 @@ class Pipeline:
         with self._timed("liver", progress, timings):
             liver = segment_liver(ct, self.liver_model, device, overlap=s.overlap, threshold=s.liver_threshold,
                                   keep_largest=s.keep_largest_liver, fill=s.fill_liver_holes,
-                                  on_progress=lambda f: progress.report("liver", 0.9 * f))
+                                  on_progress=lambda f: progress.report("liver", 0.9 * f), tta=s.use_tta)
         liver_ml = float(np.count_nonzero(liver)) * geometry.voxel_volume_ml
         if liver_ml < s.min_liver_ml or not liver.any():
             raise LiverTumorSegError(f"no liver found in view (the liver model found {liver_ml:.0f} mL, less than "
@@ -324,7 +324,7 @@ class Pipeline:
         s = self.settings
         assert self.liver_refine_model is not None
         refined_crop = refine_liver(ct_crop, liver[box], self.liver_refine_model, device, overlap=s.overlap,
-                                    threshold=s.liver_threshold, on_progress=on_progress)
+                                    threshold=s.liver_threshold, on_progress=on_progress, tta=s.use_tta)
         refined = np.zeros_like(liver)
         refined[box] = refined_crop
         refined = clean_liver(refined, s.keep_largest_liver, s.fill_liver_holes)

@@ -103,10 +103,11 @@ SETTINGS: Tuple[Setting, ...] = (
     # On since validation (30 cases, round-9 members): mean Dice per case 0.669 -> 0.674, small
     # lesions 0.472 -> 0.510, false-positive lesions 23 -> 21, at most 0.9 mL (1.25) on a
     # tumour-free liver; the tumor stage takes about twice as long.
-    Setting("tta", bool, True, "the flip test-time augmentation of the tumor ensemble (its mean over the patient's "
-            "left-right flip, the flip training applies: more accurate, the tumor stage takes about twice as long)",
+    Setting("tta", bool, True, "the flip test-time augmentation of the liver models and the tumor ensemble (their "
+            "mean over the patient's left-right flip, the flip training applies: more accurate, the model stages "
+            "take about twice as long)",
             flag="--no-tta", parameter="tta",
-            label="Flip test-time augmentation of the tumor ensemble (more accurate, slower)"),
+            label="Flip test-time augmentation of the models (more accurate, slower)"),
     Setting("refine_liver", bool, True, "the liver refinement model (a local-view model on the liver crop, when the "
             "liver model has one; without it the liver stage's mask is used as it is)", flag="--no-liver-refine",
             parameter="liverRefine",

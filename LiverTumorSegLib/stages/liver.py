@@ -41,9 +41,10 @@ def tumor_search_region(liver: np.ndarray, axial_axis: int) -> np.ndarray:
 
 def segment_liver(ct: sitk.Image, model: LoadedModel, device: torch.device, overlap: float = 0.25,
                   threshold: float = 0.5, keep_largest: bool = True, fill: bool = True,
-                  on_progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
-    """Liver mask (uint8, CT grid, (k, j, i)) from the whole CT."""
-    probability, _ = predict_image(ct, model, device, overlap=overlap, tta=False, on_progress=on_progress)
+                  on_progress: Optional[Callable[[float], None]] = None, tta: bool = False) -> np.ndarray:
+    """Liver mask (uint8, CT grid, (k, j, i)) from the whole CT (``tta``: the mean probability over
+    the training flips)."""
+    probability, _ = predict_image(ct, model, device, overlap=overlap, tta=tta, on_progress=on_progress)
     mask = probability_to_mask(probability, ct, threshold)
     return clean_liver(mask, keep_largest, fill)
 
@@ -59,11 +60,12 @@ def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:
 
 def refine_liver(ct_crop: sitk.Image, coarse_crop: np.ndarray, model: LoadedModel, device: torch.device,
                  overlap: float = 0.25, threshold: float = 0.5,
-                 on_progress: Optional[Callable[[float], None]] = None) -> np.ndarray:
+                 on_progress: Optional[Callable[[float], None]] = None, tta: bool = False) -> np.ndarray:
     """The refinement model's liver on the crop's grid (uint8, (k, j, i)), not yet cleaned.
-    ``coarse_crop``: the liver stage's mask on the same crop, given to the model as its prior."""
+    ``coarse_crop``: the liver stage's mask on the same crop, given to the model as its prior
+    (flipped with the CT under ``tta``)."""
     prior = sitk.GetImageFromArray(np.asarray(coarse_crop, dtype=np.float32))
     prior.CopyInformation(ct_crop)
-    probability, _ = predict_image(ct_crop, model, device, overlap=overlap, tta=False, on_progress=on_progress,
+    probability, _ = predict_image(ct_crop, model, device, overlap=overlap, tta=tta, on_progress=on_progress,
                                    prior=prior)
     return probability_to_mask(probability, ct_crop, threshold)

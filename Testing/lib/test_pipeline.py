@@ -267,6 +267,24 @@ def test_tta_gives_an_uncertainty_map_on_the_liver_crop(helpers, tiny_models):
     assert _pipeline(helpers, tiny_models, tta=True, fast=True).run(ct).tumor_uncertainty is None
 
 
+@pytest.mark.parametrize("tta, fast, flipped", [(True, False, True), (False, False, False), (True, True, False)])
+def test_tta_flips_the_liver_models_too(helpers, tiny_models, monkeypatch, tmp_path, tta, fast, flipped):
+    from LiverTumorSegLib.stages import liver as liver_stage
+
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
+
+    calls = []
+    real = liver_stage.predict_image
+
+    def recording(ct, model, device, **kw):
+        calls.append((model.card.task, kw.get("tta")))
+        return real(ct, model, device, **kw)
+
+    monkeypatch.setattr(liver_stage, "predict_image", recording)
+    _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, tta=tta, fast=fast).run(_float_ct(helpers))
+    assert calls == [("liver", flipped), ("liver_refine", flipped)]
+
+
 def test_settings_fast_and_tta():
     assert PipelineSettings().overlap == 0.25 and PipelineSettings(fast=True).overlap == 0.0
     assert not PipelineSettings(tta=True, fast=True).use_tta and PipelineSettings(tta=True).use_tta

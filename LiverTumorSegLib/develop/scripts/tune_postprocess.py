@@ -128,6 +128,8 @@ def evidence_key(pipeline: Pipeline, case_name: str) -> str:
                 s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None)
     if WINDOW_PADDING != "constant":  # keys from before the padding became a choice stay valid for zero padding
         windows.append(WINDOW_PADDING)
+    if s.use_tta:  # since TTA covers the liver models too, their masks differ from older keys'
+        windows.append("liver models under TTA")
     return hashlib.sha256(f"{case_name}|{models}|{weights}|{settings}|{windows}".encode()).hexdigest()[:16]
 
 
