@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card
 from LiverTumorSegLib.develop.synth.phantom import liver_neighbours, make_phantom
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation, darkened_region
@@ -366,6 +367,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
     suffix = args.member_suffix
     to_train = chosen_names(args.tumor_members, list(cards), "unknown tumour member(s)")
     known = list(cards) + [name + suffix for name in cards if suffix]
+    known += [name for name in saved_tumor_members(args.out, args.init_from) if name not in known]
     in_ensemble = chosen_names(args.ensemble or ",".join(name + suffix for name in to_train), known,
                                "unknown tumour member(s)")
     samples_by_grid: dict = {}
@@ -451,6 +453,24 @@ def parse_kind_mix(text: Optional[str]) -> Dict[str, float]:
     if sum(mix.values()) <= 0:
         raise SystemExit("error: --kind-mix: every weight is 0")
     return mix
+
+
+def saved_tumor_members(*folders: Optional[Path]) -> List[str]:
+    """Names of the tumour models (single-model cards) saved in ``folders`` (None or missing ones
+    skipped): an ``--ensemble`` may take them beside the members trained now, such as an earlier
+    round under another ``--member-suffix``."""
+    names: List[str] = []
+    for folder in folders:
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            try:
+                card = read_card(path)
+            except LiverTumorSegError:  # not a model card: other JSON files may sit beside them
+                continue
+            if isinstance(card, ModelCard) and card.task == "tumor" and card.name not in names:
+                names.append(card.name)
+    return names
 
 
 def _existing_member(args: argparse.Namespace, name: str) -> ModelCard:
