@@ -50,6 +50,7 @@ from .geometry import Geometry, lps_to_ras
 from .measure import Lesion, measure_masks
 from .postprocess.active_contour import refine_lesions
 from .postprocess.components import CONNECTIVITY_26, bounding_box, in_plane_structure
+from .settings_schema import setting
 from .stages.crop import Box, crop_image
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ AIR_HU = -500.0  # below this a click is in air (outside the body, lung, bowel g
 # would not have drawn it itself) and may draw only a part, as on large bright arterial lesions; then
 # the lesion grown on the CT is taken when it passes its own checks (no leak into the liver) and is
 # the same lesion: it holds at least half of the model's.
-UNSURE_BELOW = 0.5
+UNSURE_BELOW = float(setting("tumor_threshold").default)
 HOLDS_MODEL_LESION = 0.5
 
 
@@ -591,12 +592,12 @@ class LesionEditor:
         if found is not None:
             box, region, best = found
             if best is not None and best < UNSURE_BELOW:
-                density = self._density_lesion(ct, labels, click, point_ras, axial)
+                density = self._density_lesion(ct, labels, click, point_ras, axial, spacing_kji)
                 if density is not None and _holds(density, (box, region), HOLDS_MODEL_LESION):
                     (box, region), method = density, "hu_region"
         else:
             method = "hu_region"
-            box, region = self._density_lesion(ct, labels, click, point_ras, axial, refusals=True)
+            box, region = self._density_lesion(ct, labels, click, point_ras, axial, spacing_kji, refusals=True)
         new_labels = labels
         changed = region & (labels[box] != TUMOR_LABEL)
         new_labels[box][changed] = TUMOR_LABEL  # labels is this function's own copy
@@ -610,10 +611,10 @@ class LesionEditor:
                           seconds=time.perf_counter() - start, max_probability_near_click=best)
 
     def _density_lesion(self, ct: sitk.Image, labels: np.ndarray, click: Tuple[int, int, int],
-                        point_ras: Sequence[float], axial: int, refusals: bool = False) -> Optional[Tuple[Box, np.ndarray]]:
+                        point_ras: Sequence[float], axial: int, spacing_kji: Sequence[float],
+                        refusals: bool = False) -> Optional[Tuple[Box, np.ndarray]]:
         """``(box, region)`` of the lesion grown on the CT at the click (:func:`grow_from_hu`); a
         refusal raises its error with ``refusals``, else gives None."""
-        spacing_kji = Geometry.of(ct).spacing[::-1]
         side = max(self.patch_mm, 2 * HU_MAX_RADIUS_MM + 2 * max(spacing_kji))
         box = _cube(click, side, spacing_kji, labels.shape)
         local = tuple(c - s.start for c, s in zip(click, box))
