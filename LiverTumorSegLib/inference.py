@@ -167,17 +167,17 @@ def predict_image(ct: "sitk.Image", model: LoadedModel, device: torch.device, ov
     linearly."""
     import SimpleITK as sitk
 
-    from .preprocess import resample_ct_to_model, resample_to
+    from .preprocess import resample_ct_to_model, resample_to_model_grid
 
     on_model_grid = resample_ct_to_model(ct, model.card.spacing_mm, model.card.orientation)
     hu = sitk.GetArrayViewFromImage(on_model_grid)
     prior_array = None
     if prior is not None:
-        prior_on_grid = resample_to(prior, on_model_grid, sitk.sitkLinear, 0.0)
+        prior_on_grid = resample_to_model_grid(prior, on_model_grid)
         prior_array = sitk.GetArrayFromImage(prior_on_grid)
     hypodensity_array = None
     if hypodensity is not None and HYPODENSITY_CHANNEL in model.card.input_channels:
-        hypodensity_array = sitk.GetArrayFromImage(resample_to(hypodensity, on_model_grid, sitk.sitkLinear, 0.0))
+        hypodensity_array = sitk.GetArrayFromImage(resample_to_model_grid(hypodensity, on_model_grid))
     prob, std = predict_foreground(model, hu, device, overlap=overlap, tta=tta, on_progress=on_progress,
                                    prior=prior_array, hypodensity=hypodensity_array)
 

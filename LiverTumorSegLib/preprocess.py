@@ -33,15 +33,26 @@ def model_grid(image: sitk.Image, spacing_mm: Sequence[float], orientation: str 
 
 
 def resample_to(image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkLinear,
-                default_value: float = 0.0, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-    """Resample ``image`` onto ``reference``'s grid by physical position."""
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default_value, pixel_type)
+                default_value: float = 0.0, pixel_type: int = sitk.sitkFloat32,
+                extrapolate: bool = False) -> sitk.Image:
+    """Resample ``image`` onto ``reference``'s grid by physical position; where ``reference``
+    lies outside ``image``, ``default_value``, or with ``extrapolate`` the nearest edge voxel."""
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default_value, pixel_type, extrapolate)
 
 
-def resample_ct_to_model(ct: sitk.Image, spacing_mm: Sequence[float], orientation: str = "LPS",
-                         air_hu: float = -1024.0) -> sitk.Image:
-    """The CT on the model's grid (float32 HU, outside filled with air)."""
-    return resample_to(ct, model_grid(ct, spacing_mm, orientation), sitk.sitkLinear, air_hu)
+def resample_to_model_grid(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    """A model input (the CT, or a mask or map on the CT's grid) on a :func:`model_grid` (float32,
+    linear). The grid's size is rounded up, so its last voxel on each axis overhangs the image by
+    up to one model voxel; there the image's edge voxel is repeated. A default value there (air
+    for the CT, 0 for a mask) would put a false surface at the far edge of every crop, and cut
+    the liver off the last slice of a scan that ends inside it. Training and inference both
+    use this."""
+    return resample_to(image, grid, sitk.sitkLinear, 0.0, sitk.sitkFloat32, extrapolate=True)
+
+
+def resample_ct_to_model(ct: sitk.Image, spacing_mm: Sequence[float], orientation: str = "LPS") -> sitk.Image:
+    """The CT on the model's grid (float32 HU; see :func:`resample_to_model_grid`)."""
+    return resample_to_model_grid(ct, model_grid(ct, spacing_mm, orientation))
 
 
 def normalize_hu(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:

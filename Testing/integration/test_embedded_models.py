@@ -145,5 +145,8 @@ def test_a_40_mm_slab_keeps_its_liver_and_its_large_lesion(shared_data):
     result = Pipeline(PipelineSettings(device="cpu")).run(slab)
     predicted = sitk.GetArrayFromImage(result.labelmap)
     reference = on_grid_of(labels_t, result.labelmap)
-    assert dice(predicted > 0, reference > 0) > 0.85
-    assert dice(predicted == 2, reference == 2) > 0.4  # 0.67 measured; 0.03 with zero padding
+    assert dice(predicted > 0, reference > 0) > 0.935  # 0.948 measured; 0.927 with air past the last slice
+    assert dice(predicted == 2, reference == 2) > 0.4  # 0.61 measured; 0.03 with zero padding
+    for edge in (0, predicted.shape[0] - 1):  # the models' grids overhang the far edge: no liver lost there
+        found = np.count_nonzero((predicted[edge] > 0) & (reference[edge] > 0))
+        assert found >= 0.85 * np.count_nonzero(reference[edge] > 0), f"slice {edge}"  # last: 0.96 (0.53 before)

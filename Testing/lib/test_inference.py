@@ -114,12 +114,20 @@ def test_mask_round_trip_is_identical_across_reorientations(helpers):
         np.testing.assert_array_equal(back, reference, err_msg=code)
 
 
-def test_resample_ct_to_model_fills_outside_with_air(helpers):
-    ct = helpers.phantom_ct(size=(41, 37, 21), spacing=(3.0, 3.0, 3.0))
-    on_grid = resample_ct_to_model(ct, (7.0, 7.0, 7.0))  # the grid overhangs the CT by a few mm
-    hu = sitk.GetArrayViewFromImage(on_grid)
+def test_resample_ct_to_model_repeats_the_edge_where_the_grid_overhangs_the_ct():
+    """20 slices of 2 mm on a 3 mm grid: 14 slices, the last one centred 0.5 mm beyond the CT's
+    last slab. It takes the last slice's HU, not air (a false surface that cut the liver off a
+    scan's last slice)."""
+    hu = np.full((20, 12, 12), 60.0, np.float32)
+    hu[-1] = 90.0  # the last slice differs, so the test sees which slice was repeated
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((1.0, 1.0, 2.0))
+    on_grid = resample_ct_to_model(ct, (3.0, 3.0, 3.0))
+    out = sitk.GetArrayViewFromImage(on_grid)
     assert on_grid.GetPixelID() == sitk.sitkFloat32
-    assert hu.min() >= -1024.0 and hu.max() <= helpers.LIVER_HU
+    assert on_grid.GetSize()[2] == 14 and 3.0 * 14 > 2.0 * 20  # the grid does overhang
+    assert out.min() >= 60.0 and out.max() <= 90.0  # nowhere air
+    np.testing.assert_allclose(out[-1], 90.0)
 
 
 def test_normalize_hu_clips_and_scales():

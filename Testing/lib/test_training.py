@@ -444,3 +444,28 @@ def test_the_trainer_hands_each_patch_its_leak_region_to_the_prior_simulation(tm
     assert len(seen) == 6 * QUICK.get("batch_size", TrainConfig.batch_size)
     assert all(region is not None and region.shape == shape for shape, region in seen)
     assert any(region.any() for _, region in seen)
+
+
+def test_a_training_sample_has_no_air_where_its_grid_overhangs_the_scan():
+    """A liver filling a 20-slice 2 mm scan on a 3 mm grid (14 slices, the last overhanging the
+    scan): the last slice is liver in the image and in the target, as the pipeline sees it."""
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.training.data import prepare_sample
+
+    hu = np.full((20, 40, 40), -100.0, np.float32)
+    hu[:, 8:32, 8:32] = 60.0
+    labels_array = np.zeros(hu.shape, np.uint8)
+    labels_array[:, 8:32, 8:32] = 1
+    ct, labels = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(labels_array)
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    labels.CopyInformation(ct)
+    card = tiny_card("plain")
+    card.task, card.spacing_mm = "liver", (3.0, 3.0, 3.0)
+    sample = prepare_sample("slab", ct, labels, card)
+    assert sample.target.shape[0] == 14
+    centre = sample.target.shape[1] // 2
+    assert sample.target[-1, centre, centre] == 1
+    air = 0.0  # -1024 HU normalised by any window
+    assert sample.image[-1, centre, centre] > air
+    np.testing.assert_allclose(sample.image[-1, centre, centre], sample.image[-2, centre, centre])

@@ -130,6 +130,7 @@ def evidence_key(pipeline: Pipeline, case_name: str) -> str:
         windows.append(WINDOW_PADDING)
     if s.use_tta:  # since TTA covers the liver models too, their masks differ from older keys'
         windows.append("liver models under TTA")
+    windows.append("model grids repeat the scan's edge")  # since the fix of the air past a scan's last slice
     return hashlib.sha256(f"{case_name}|{models}|{weights}|{settings}|{windows}".encode()).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from ...geometry import Geometry
 from ...models.card import HYPODENSITY_CHANNEL, ModelCard
-from ...preprocess import model_grid, normalize_hu, resample_to
+from ...preprocess import model_grid, normalize_hu, resample_to_model_grid
 from ...stages.crop import crop_image, liver_box
 from ...stages.liver import tumor_search_region
 from ...stages.parenchyma import hypodensity_channel
@@ -51,7 +51,7 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
             hard_negative = crop_image(hard_negative, box)
     target_image = (labels == 2) if card.task == "tumor" else (labels > 0)
     grid = model_grid(ct, card.spacing_mm, card.orientation)
-    ct_on_grid = resample_to(ct, grid, sitk.sitkLinear, -1024.0)
+    ct_on_grid = resample_to_model_grid(ct, grid)
     target = _mask_on_grid(target_image, grid).astype(np.uint8)
     distance = signed_distance_mm(target, grid.GetSpacing()[::-1]) if "liver_prior" in card.input_channels else None
     hypodensity = None
@@ -64,7 +64,7 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
 
 def _mask_on_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
     """A 0/1 mask on ``grid`` (bool): linearly resampled, at least half in."""
-    on_grid = resample_to(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0)
+    on_grid = resample_to_model_grid(sitk.Cast(mask, sitk.sitkFloat32), grid)
     return sitk.GetArrayViewFromImage(on_grid) >= 0.5
 
 
@@ -75,4 +75,4 @@ def _hypodensity_on_grid(ct_crop: sitk.Image, liver_crop: np.ndarray, grid: sitk
     hu = sitk.GetArrayFromImage(ct_crop).astype(np.float32)
     image = sitk.GetImageFromArray(hypodensity_channel(hu, region, ct_crop.GetSpacing()[::-1]))
     image.CopyInformation(ct_crop)
-    return sitk.GetArrayFromImage(resample_to(image, grid, sitk.sitkLinear, 0.0)).astype(np.float32)
+    return sitk.GetArrayFromImage(resample_to_model_grid(image, grid)).astype(np.float32)
