@@ -188,12 +188,12 @@ def test_each_architecture_and_loss_trains_and_its_card_predicts(architecture, l
 
 def test_trained_liver_and_tumor_cards_segment_a_ct(datasets, tmp_path, cli_main, helpers, tiny_models_env):
     liver_out, tumor_out = tmp_path / "liver", tmp_path / "tumor"
-    assert cli_main(train_args(datasets["plain"], liver_out, "liver", "unet", 80, "--learning-rate", "0.01",
-                               "--validate-every", "40", "--architecture-args",
+    assert cli_main(train_args(datasets["plain"], liver_out, "liver", "unet", 100, "--learning-rate", "0.01",
+                               "--validate-every", "50", "--architecture-args",
                                json.dumps({"channels": [8, 16], "strides": [2], "num_res_units": 0}))) == 0
     assert cli_main(train_args(datasets["plain"], tumor_out, "tumor", "unet", 2)) == 0
     liver_card = read_card(liver_out / "liver-unet-fold0.json")
-    assert liver_card.metrics["validation"]["dice_per_case_mean"] > 0.7  # 80 steps learn the phantom liver
+    assert liver_card.metrics["validation"]["dice_per_case_mean"] > 0.7  # 100 steps learn it (0.80)
     ct, labels = _case(helpers, 0)
     ct_path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(ct, str(ct_path))
