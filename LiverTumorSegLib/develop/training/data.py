@@ -52,18 +52,19 @@ def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCar
     target_image = (labels == 2) if card.task == "tumor" else (labels > 0)
     grid = model_grid(ct, card.spacing_mm, card.orientation)
     ct_on_grid = resample_to_model_grid(ct, grid)
-    target = _mask_on_grid(target_image, grid).astype(np.uint8)
+    target = mask_on_model_grid(target_image, grid).astype(np.uint8)
     distance = signed_distance_mm(target, grid.GetSpacing()[::-1]) if "liver_prior" in card.input_channels else None
     hypodensity = None
     if HYPODENSITY_CHANNEL in card.input_channels:
         hypodensity = _hypodensity_on_grid(ct, sitk.GetArrayViewFromImage(labels) > 0, grid)
-    negative = None if hard_negative is None else _mask_on_grid(hard_negative, grid) & (target == 0)
+    negative = None if hard_negative is None else mask_on_model_grid(hard_negative, grid) & (target == 0)
     return TrainingSample(name=name, image=normalize_hu(sitk.GetArrayViewFromImage(ct_on_grid), card.hu_window),
                           target=target, prior_distance=distance, hypodensity=hypodensity, hard_negative=negative)
 
 
-def _mask_on_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    """A 0/1 mask on ``grid`` (bool): linearly resampled, at least half in."""
+def mask_on_model_grid(mask: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """A 0/1 mask on ``grid`` (bool): linearly resampled, at least half in; how every training
+    target and mask reaches the model's grid."""
     on_grid = resample_to_model_grid(sitk.Cast(mask, sitk.sitkFloat32), grid)
     return sitk.GetArrayViewFromImage(on_grid) >= 0.5
 

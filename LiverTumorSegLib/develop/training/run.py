@@ -34,13 +34,13 @@ from ...inference import WINDOW_PADDING, WINDOWS_PER_BATCH, forward_batched
 from ...models.networks import build_network
 from ...models.weights import load_weights, save_weights
 from ...pipeline import PipelineSettings
-from ...preprocess import model_grid, resample_to_model_grid
+from ...preprocess import model_grid
 from ...stages.crop import crop_image, liver_box
 from .architectures import architecture_for
 from .bd_loss import category_weights
 from .cases import TrainingCase, kfold_split, open_training_cases
 from .config import TrainingConfig, spacing_patch_window
-from .data import prepare_sample
+from .data import mask_on_model_grid, prepare_sample
 from .distributed import Distributed
 from .gpa import greedy_average
 from .history import describe_training
@@ -83,7 +83,7 @@ def _mask_on_grid(mask: np.ndarray, reference: sitk.Image, box: Optional[tuple],
     image.CopyInformation(reference)
     if box is not None:
         image = crop_image(image, box)
-    return (sitk.GetArrayFromImage(resample_to_model_grid(image, grid)) >= 0.5).astype(np.uint8)
+    return mask_on_model_grid(image, grid).astype(np.uint8)
 
 
 def prepare_case(case: TrainingCase, card: ModelCard, pseudo_liver: Optional[Callable[[sitk.Image], np.ndarray]]
