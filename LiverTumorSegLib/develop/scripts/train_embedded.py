@@ -237,6 +237,10 @@ def main() -> int:
     parser.add_argument("--tumor-hard-negative-fraction", type=float, default=0.0,
                         help="fraction of a tumor model's patches centred in a sample's tumour-free darkened "
                              "region (synth.perfusion), taken from the patches placed anywhere")
+    parser.add_argument("--slab-fraction", type=float, default=0.0, metavar="F",
+                        help="share of every trained model's patches thinned to a 30-100 mm slab, the rest of the "
+                             "patch its edge slices repeated: what the pipeline shows a network on a scan thinner "
+                             "than its window (a scan covering part of the liver)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="liver,liver_refine,tumor",
                         help="which models to train, comma-separated: liver, liver_refine, tumor")
@@ -268,6 +272,8 @@ def main() -> int:
                         help="weight the --ensemble members equally instead of fitting the weights on the "
                              "validation phantoms (for weights chosen with scripts/tune_postprocess.py)")
     args = parser.parse_args()
+    if not 0.0 <= args.slab_fraction <= 1.0:
+        parser.error("--slab-fraction must lie between 0 and 1")
     if not 0.0 <= args.refine_neighbour_fraction <= 1.0 - TrainConfig.positive_fraction:
         parser.error(f"--refine-neighbour-fraction must lie between 0 and {1.0 - TrainConfig.positive_fraction:.2f} "
                      f"(the rest of the refinement's patches are centred on the liver)")
@@ -312,10 +318,20 @@ def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, se
     start = initial_card(args, card.name)
     trained = train_model(card, samples, args.out, TrainConfig(steps=steps, seed=seed, init_from=start,
                                                                     learning_rate=args.learning_rate,
-                                                                    hard_negative_fraction=hard_negative_fraction))
-    trained.trained_on = describe_training(f"{data}; {steps} steps, peak learning rate {args.learning_rate:g}",
-                                           start, HELD_OUT)
+                                                                    hard_negative_fraction=hard_negative_fraction,
+                                                                    slab_fraction=args.slab_fraction))
+    trained.trained_on = describe_training(f"{data}{slab_text(args)}; {steps} steps, peak learning rate "
+                                           f"{args.learning_rate:g}", start, HELD_OUT)
     write_card(trained, args.out / f"{trained.name}.json")
+
+
+def slab_text(args: argparse.Namespace) -> str:
+    """The ``trained_on`` words for ``--slab-fraction`` (empty without it)."""
+    if args.slab_fraction <= 0:
+        return ""
+    low, high = TrainConfig.slab_mm
+    return (f"; {args.slab_fraction:.0%} of the patches thinned to a {low:g}-{high:g} mm slab with its edge slices "
+            "repeated (a scan covering part of the liver)")
 
 
 def liver_real_cases(args: argparse.Namespace) -> List[str]:
@@ -384,7 +400,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
                                           positive_fraction=args.tumor_positive_fraction, init_from=start,
                                           hard_negative_fraction=args.tumor_hard_negative_fraction,
-                                          learning_rate=args.learning_rate))
+                                          learning_rate=args.learning_rate, slab_fraction=args.slab_fraction))
         inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
         mix_text = ", ".join(f"{kind} {weight:g}" for kind, weight in kind_mix.items())
         hard_text = (f", {args.tumor_hard_negative_fraction:.0%} in a tumour-free darkened region"
@@ -395,7 +411,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
             f"inputs: {inputs}; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
-            f"of them centred on a tumour{hard_text}; "
+            f"of them centred on a tumour{hard_text}{slab_text(args)}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         trained_cards[trained.name] = trained

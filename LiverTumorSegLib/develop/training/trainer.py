@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ...models.networks import build_network, forward_logits
 from ...models.weights import load_weights, save_weights
 from .data import TrainingSample
 from .patches import intensity_transforms
-from .prior import OUTSIDE_MM, PriorSimulation
+from .prior import PriorSimulation
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ class TrainConfig:
     threads: Optional[int] = None
     init_from: Optional[ModelCard] = None  # fine-tune: start from this card's (sha256-checked) weights
     prior_simulation: PriorSimulation = field(default_factory=PriorSimulation)  # liver_refine models only
+    # of patches thinned to a slab of ``slab_mm`` along the axial axis, the rest of the patch its edge
+    # slices repeated: what the pipeline's sliding window shows a network on a scan thinner than its
+    # window (inference.WINDOW_PADDING)
+    slab_fraction: float = 0.0
+    slab_mm: Tuple[float, float] = (30.0, 100.0)
 
 
 def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: Sequence[str] = ()):
@@ -62,8 +67,9 @@ def _augmentations(patch_size_kji: Sequence[int], affine: bool, extra_channels: 
 
 
 class Patch(NamedTuple):
-    """One training patch of a sample's arrays (padded with zero / zero / far outside / zero /
-    False where it leaves the volume); the optional ones are None where the sample has none."""
+    """One training patch of a sample's arrays, their edge repeated where it leaves the volume (as
+    the pipeline's sliding window pads a volume thinner than its window); the optional ones are
+    None where the sample has none."""
 
     image: np.ndarray
     target: np.ndarray
@@ -89,29 +95,27 @@ def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.rando
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
     start = centre - patch // 2
-    image = np.zeros(tuple(patch), np.float32)
-    target = np.zeros(tuple(patch), np.uint8)
-    src_lo = np.maximum(start, 0)
-    src_hi = np.minimum(start + patch, shape)
-    dst_lo = src_lo - start
-    dst_hi = dst_lo + (src_hi - src_lo)
-    src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
-    dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))
-    image[dst] = sample.image[src]
-    target[dst] = sample.target[src]
-    distance = None
-    if sample.prior_distance is not None:
-        distance = np.full(tuple(patch), OUTSIDE_MM, np.float32)
-        distance[dst] = sample.prior_distance[src]
-    hypodensity = None
-    if sample.hypodensity is not None:
-        hypodensity = np.zeros(tuple(patch), np.float32)
-        hypodensity[dst] = sample.hypodensity[src]
-    region = None
-    if sample.hard_negative is not None:
-        region = np.zeros(tuple(patch), bool)
-        region[dst] = sample.hard_negative[src]
-    return Patch(image, target, distance, hypodensity, region)
+    # index arrays clipped to the volume: the edge voxel repeats wherever the patch leaves it
+    index = np.ix_(*[np.clip(np.arange(a, a + n), 0, s - 1) for a, n, s in zip(start, patch, shape)])
+
+    def cut(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        return None if array is None else array[index]
+
+    return Patch(cut(sample.image), cut(sample.target), cut(sample.prior_distance), cut(sample.hypodensity),
+                 cut(sample.hard_negative))
+
+
+def as_thin_slab(item: Dict[str, np.ndarray], keys: Sequence[str], spacing_k_mm: float, rng: np.random.Generator,
+                 slab_mm: Tuple[float, float]) -> Dict[str, np.ndarray]:
+    """``item``'s arrays (channels, k, j, i) as a slab of ``slab_mm`` (drawn uniformly) along k at a
+    random height, every slice outside it a copy of the slab's nearest edge slice: a scan covering
+    only part of the organ, as the sliding window pads it. The target is thinned alike, so the
+    repeated slices are labelled as what they repeat."""
+    depth = next(iter(item[k] for k in keys)).shape[1]
+    thickness = int(np.clip(round(rng.uniform(*slab_mm) / spacing_k_mm), 2, depth))
+    first = int(rng.integers(0, depth - thickness + 1))
+    rows = np.clip(np.arange(depth), first, first + thickness - 1)
+    return {**item, **{key: np.asarray(item[key])[:, rows] for key in keys}}
 
 
 def _load_initial_weights(network: torch.nn.Module, card: ModelCard, source: ModelCard) -> None:
@@ -149,6 +153,8 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
+    if not 0.0 <= config.slab_fraction <= 1.0:
+        raise LiverTumorSegError(f"slab_fraction {config.slab_fraction} must lie between 0 and 1")
     if not 0.0 <= config.hard_negative_fraction <= 1.0 - config.positive_fraction:
         raise LiverTumorSegError(f"hard_negative_fraction {config.hard_negative_fraction} must lie between 0 and "
                                  f"1 - positive_fraction ({1.0 - config.positive_fraction:g})")
@@ -195,6 +201,8 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
             if with_hypodensity:
                 item["hypodensity"] = patch.hypodensity[None]
             item = augment(item)
+            if config.slab_fraction > 0 and rng.random() < config.slab_fraction:
+                item = as_thin_slab(item, ["image", "label"] + extra, card.spacing_mm[2], rng, config.slab_mm)
             channels = [torch.as_tensor(np.asarray(item[key]), dtype=torch.float32) for key in ["image"] + extra]
             images.append(torch.cat(channels))
             targets.append(torch.as_tensor(np.asarray(item["label"]), dtype=torch.float32))
