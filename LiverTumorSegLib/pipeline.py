@@ -8,7 +8,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -221,8 +221,14 @@ class Pipeline:
         timings[stage] = round(time.perf_counter() - start, 3)
         progress.report(stage, 1.0)
 
-    def _evidence(self, ct: sitk.Image, device: torch.device, progress: Progress, warnings: List[str],
-                  timings: Dict[str, float]) -> TumorEvidence:
+    def liver_mask(self, ct: sitk.Image) -> np.ndarray:
+        """The liver stages alone (the liver model, the crop and the refinement): the liver mask
+        (uint8, the CT's grid) the tumor stage searches, for validating liver models."""
+        return self._liver(ct, self.device, Progress(), [], {})[0]
+
+    def _liver(self, ct: sitk.Image, device: torch.device, progress: Progress, warnings: List[str],
+               timings: Dict[str, float]) -> Tuple[np.ndarray, Box, sitk.Image]:
+        """The liver mask, the liver crop's box and the CT cropped to it."""
         s = self.settings
         geometry = Geometry.of(ct)
         with self._timed("liver", progress, timings):
@@ -245,7 +251,14 @@ class Pipeline:
                                             lambda f: progress.report("liver_refine", 0.9 * f))
         if liver_cut_by_scan(liver, geometry.axial_array_axis()):
             warnings.append(PARTIAL_LIVER_WARNING)
+        return liver, box, ct_crop
 
+    def _evidence(self, ct: sitk.Image, device: torch.device, progress: Progress, warnings: List[str],
+                  timings: Dict[str, float]) -> TumorEvidence:
+        s = self.settings
+        geometry = Geometry.of(ct)
+        spacing_kji = geometry.spacing[::-1]
+        liver, box, ct_crop = self._liver(ct, device, progress, warnings, timings)
         stages = member_stage_names(self.tumor_members)
 
         def member_progress(index: int, fraction: float) -> None:

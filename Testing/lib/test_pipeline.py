@@ -376,6 +376,13 @@ def test_finish_on_saved_evidence_equals_a_full_run_and_takes_other_postprocessi
     assert none.measurements.liver_volume_ml == pytest.approx(full.measurements.liver_volume_ml)
 
 
+def test_the_liver_stages_alone_give_the_liver_of_a_full_run(helpers, tiny_pipeline):
+    ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
+    liver = tiny_pipeline.liver_mask(ct)
+    assert liver.any()
+    np.testing.assert_array_equal(liver, tiny_pipeline.tumor_evidence(ct).liver)  # the liver the tumor stage searched
+
+
 def test_grow_threshold_only_adds_to_the_lesions_found(helpers, tiny_pipeline):
     ct = _float_ct(helpers, size=(54, 44, 30), spacing=(3.0, 3.0, 3.5))
     evidence = tiny_pipeline.tumor_evidence(ct)

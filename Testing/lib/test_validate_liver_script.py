@@ -1,0 +1,71 @@
+"""The liver validation script: its slabs, its scores by physical position and its summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorSegLib.develop.scripts.validate_liver import score_case, slab_around_tumours, summarize
+from LiverTumorSegLib.errors import LiverTumorSegError
+
+
+def labelled_volume(spacing=(1.0, 1.0, 2.0)) -> tuple:
+    labels = np.zeros((60, 20, 20), np.uint8)
+    labels[5:55, 4:16, 4:16] = 1
+    labels[38:44, 8:12, 8:12] = 2  # the tumour sits high in the liver
+    ct_array = np.where(labels > 0, 60.0, -100.0).astype(np.float32)
+    ct, lab = sitk.GetImageFromArray(ct_array), sitk.GetImageFromArray(labels)
+    for image in (ct, lab):
+        image.SetSpacing(spacing)
+        image.SetOrigin((10.0, -5.0, 100.0))
+    return ct, lab
+
+
+def test_a_slab_is_cut_around_the_tumours_at_their_physical_height():
+    ct, labels = labelled_volume()
+    slab_ct, slab_labels = slab_around_tumours(ct, labels, thickness_mm=20.0)
+    assert slab_ct.GetSize() == (20, 20, 10)  # 20 mm of 2 mm slices
+    array = sitk.GetArrayViewFromImage(slab_labels)
+    assert (array == 2).sum() == (sitk.GetArrayViewFromImage(labels) == 2).sum()  # the whole tumour is in it
+    assert slab_ct.GetOrigin()[2] == pytest.approx(100.0 + 2.0 * 35)  # slices 35-44 of the volume, in place
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(slab_ct), sitk.GetArrayViewFromImage(ct)[35:45])
+
+
+class FakePipeline:
+    """Returns a fixed liver mask, as Pipeline.liver_mask would, or raises."""
+
+    def __init__(self, mask=None):
+        self.mask = mask
+
+    def liver_mask(self, ct):
+        if self.mask is None:
+            raise LiverTumorSegError("no liver found in view")
+        return self.mask
+
+
+def test_scores_follow_what_the_liver_stage_drew():
+    ct, labels = labelled_volume()
+    reference = sitk.GetArrayFromImage(labels)
+    perfect = score_case(FakePipeline((reference > 0).astype(np.uint8)), ("c", "g", ct, labels))
+    assert perfect["liver_dice"] == 1.0 and perfect["leak_beyond_3mm_ml"] == 0.0
+    assert perfect["tumour_inside_liver"] == 1.0
+    without_tumour = (reference == 1).astype(np.uint8)  # a liver stage that left the lesion out
+    spilled = without_tumour.copy()
+    spilled[5:55, 0:2, :] = 1  # a neighbour 2-4 mm away
+    spilled[5:55, 16:20, 4:16] = 1  # and one touching the liver: within 3 mm only up to 3 voxels
+    row = score_case(FakePipeline(spilled), ("c", "g", ct, labels))
+    assert row["tumour_inside_liver"] == 0.0 and row["liver_dice"] < 1.0
+    assert row["leak_beyond_3mm_ml"] > 0.0
+    missed = score_case(FakePipeline(), ("c", "g", ct, labels))  # no liver found: scored, not raised
+    assert missed["liver_dice"] == 0.0 and missed["tumour_inside_liver"] == 0.0
+
+
+def test_the_summary_is_per_group():
+    rows = [{"case": "a", "group": "whole", "liver_dice": 0.9, "leak_beyond_3mm_ml": 1.0, "tumour_inside_liver": 1.0},
+            {"case": "b", "group": "whole", "liver_dice": 0.8, "leak_beyond_3mm_ml": 5.0},
+            {"case": "c", "group": "slab", "liver_dice": 0.5, "leak_beyond_3mm_ml": 0.0, "tumour_inside_liver": 0.2}]
+    summary = summarize(rows)
+    assert summary["whole"]["liver_dice_mean"] == pytest.approx(0.85) and summary["whole"]["liver_dice_min"] == 0.8
+    assert summary["whole"]["leak_beyond_3mm_ml_max"] == 5.0 and summary["whole"]["tumour_inside_liver_min"] == 1.0
+    assert summary["slab"]["cases"] == 1 and summary["slab"]["tumour_inside_liver_mean"] == 0.2
