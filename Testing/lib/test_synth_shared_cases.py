@@ -47,3 +47,16 @@ def test_a_phantom_gets_tumours_of_the_asked_kind_in_its_liver():
     assert "liver_hu" in properties
     again = phantom_with_tumor_kind(3, "metastases", spacing=(3.0, 3.0, 3.0), size_mm=(240, 200, 150))[1]
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(again), lab)  # reproducible from the seed
+
+
+def test_a_slab_is_cut_around_the_tumours_at_their_physical_height():
+    from LiverTumorSegLib.develop.synth.shared_cases import slab_around_tumours
+    from test_validate_liver_script import labelled_volume
+
+    ct, labels = labelled_volume()
+    slab_ct, slab_labels = slab_around_tumours(ct, labels, thickness_mm=20.0)
+    assert slab_ct.GetSize() == (20, 20, 10)  # 20 mm of 2 mm slices
+    array = sitk.GetArrayViewFromImage(slab_labels)
+    assert (array == 2).sum() == (sitk.GetArrayViewFromImage(labels) == 2).sum()  # the whole tumour is in it
+    assert slab_ct.GetOrigin()[2] == pytest.approx(100.0 + 2.0 * 35)  # slices 35-44 of the volume, in place
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(slab_ct), sitk.GetArrayViewFromImage(ct)[35:45])

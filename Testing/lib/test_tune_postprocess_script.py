@@ -85,3 +85,23 @@ def test_lesion_closing_variants_parse_into_pipeline_settings():
     for bad in ("10", "a/b", "1/2/3"):
         with pytest.raises(SystemExit, match="radius_mm/floor"):
             parse_closing(bad)
+
+
+def test_slab_cases_cut_every_tumour_case_and_mark_its_kind(monkeypatch):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.scripts.tune_postprocess import slab_cases
+
+    labels_array = np.zeros((50, 8, 8), np.uint8)
+    labels_array[5:45, 2:6, 2:6] = 1
+    labels_array[30:34, 3:5, 3:5] = 2
+    labels = sitk.GetImageFromArray(labels_array)
+    ct = sitk.GetImageFromArray(labels_array.astype(np.float32) * 50.0)
+    for image in (ct, labels):
+        image.SetSpacing((1.0, 1.0, 2.0))
+    cases = [("a", "classic", ct, labels), ("free", "none", ct, labels), ("b", "surface on perfusion", ct, labels)]
+    slabs = slab_cases(cases)
+    assert [(name, kind) for name, kind, _, _ in slabs] == [("a 40 mm slab", "classic (40 mm slab)"),
+                                                           ("b 40 mm slab", "surface on perfusion (40 mm slab)")]
+    assert all(c.GetSize()[2] == 20 and (sitk.GetArrayViewFromImage(l) == 2).sum() == 16 for _, _, c, l in slabs)

@@ -1,4 +1,4 @@
-"""The liver validation script: its slabs, its scores by physical position and its summary."""
+"""The liver validation script: its scores by physical position and its summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorSegLib.develop.scripts.validate_liver import score_case, slab_around_tumours, summarize
+from LiverTumorSegLib.develop.scripts.validate_liver import score_case, summarize
 from LiverTumorSegLib.errors import LiverTumorSegError
 
 
@@ -20,16 +20,6 @@ def labelled_volume(spacing=(1.0, 1.0, 2.0)) -> tuple:
         image.SetSpacing(spacing)
         image.SetOrigin((10.0, -5.0, 100.0))
     return ct, lab
-
-
-def test_a_slab_is_cut_around_the_tumours_at_their_physical_height():
-    ct, labels = labelled_volume()
-    slab_ct, slab_labels = slab_around_tumours(ct, labels, thickness_mm=20.0)
-    assert slab_ct.GetSize() == (20, 20, 10)  # 20 mm of 2 mm slices
-    array = sitk.GetArrayViewFromImage(slab_labels)
-    assert (array == 2).sum() == (sitk.GetArrayViewFromImage(labels) == 2).sum()  # the whole tumour is in it
-    assert slab_ct.GetOrigin()[2] == pytest.approx(100.0 + 2.0 * 35)  # slices 35-44 of the volume, in place
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(slab_ct), sitk.GetArrayViewFromImage(ct)[35:45])
 
 
 class FakePipeline:

@@ -34,8 +34,8 @@ from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
 from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior
 from LiverTumorSegLib.stages.tumor import needs_hypodensity
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
-from LiverTumorSegLib.develop.synth.shared_cases import (has_shared_case, load_shared_case,
-                                                         phantom_with_tumor_kind, shared_data_dir)
+from LiverTumorSegLib.develop.synth.shared_cases import (SLAB_MM, has_shared_case, load_shared_case,
+                                                         phantom_with_tumor_kind, shared_data_dir, slab_around_tumours)
 from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
 from LiverTumorSegLib.develop.scripts import checkout_root
 
@@ -67,6 +67,19 @@ def validation_cases(n_phantoms: int, kinds: list) -> list:
             cases.append(("ts_upper (tumour-free)", "none", ct, liver))
     cases += perfusion_cases()
     return cases
+
+
+def slab_cases(cases: list) -> list:
+    """Each tumour case of ``cases`` cut to a 40 mm slab around its tumours, its kind marked as a
+    slab's: a scan covering part of the liver (the held-out real DICOM case is one), which the
+    models see with its edge slices repeated over their windows."""
+    slabs = []
+    for name, kind, ct, labels in cases:
+        if kind == "none":
+            continue
+        slab_ct, slab_labels = slab_around_tumours(ct, labels)
+        slabs.append((f"{name} {SLAB_MM:g} mm slab", f"{kind} ({SLAB_MM:g} mm slab)", slab_ct, slab_labels))
+    return slabs
 
 
 def perfusion_cases() -> list:
@@ -192,11 +205,15 @@ def main() -> int:
     parser.add_argument("--tumor-bulge-mm", default=None,
                         help="how far a lesion mostly inside the liver may bulge out of its mask, comma-separated mm "
                              "(default: the pipeline's)")
+    parser.add_argument("--slabs", choices=("off", "add", "only"), default="off",
+                        help="the tumour cases also (add) or only (only) as 40 mm slabs around their tumours")
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="the ensemble's evidence without flip test-time augmentation (segment --no-tta)")
     args = parser.parse_args()
     pipeline = Pipeline(PipelineSettings(device="cpu", tta=args.tta), ModelRegistry([args.models]))
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
+    if args.slabs != "off":
+        cases = (cases if args.slabs == "add" else []) + slab_cases(cases)
     evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
     default_closing = f"{pipeline.settings.lesion_closing_mm:g}/{pipeline.settings.lesion_closing_floor:g}"

@@ -30,31 +30,15 @@ from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.metrics import dice, leak_beyond_ml, on_grid_of
 from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
-from LiverTumorSegLib.develop.synth.shared_cases import phantom_with_tumor_kind
+from LiverTumorSegLib.develop.synth.shared_cases import SLAB_MM, phantom_with_tumor_kind, slab_around_tumours
 from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS
 
 log = logging.getLogger("validate_liver")
 FIRST_SEED = 5002  # the validation phantoms of tune_postprocess; training draws seeds 0-149
-SLAB_MM = 40.0  # the held-out real DICOM case covers 40 mm of its liver
 # (in-plane, slice) spacing of the validation phantoms, alternating: a thin-slice and a 2.5 mm scan
 SPACINGS = ((0.8, 0.8, 1.5), (1.0, 1.0, 2.5))
 
 Case = Tuple[str, str, sitk.Image, sitk.Image]  # name, group, CT, labels 0/1/2
-
-
-def slab_around_tumours(ct: sitk.Image, labels: sitk.Image, thickness_mm: float = SLAB_MM) -> Tuple[sitk.Image,
-                                                                                                 sitk.Image]:
-    """The CT and labels cut to ``thickness_mm`` of axial slices centred on the tumours' centre of
-    mass (the liver's when there is no tumour)."""
-    array = sitk.GetArrayViewFromImage(labels)
-    focus = array == 2 if (array == 2).any() else array > 0
-    slices = max(2, int(round(thickness_mm / ct.GetSpacing()[2])))
-    centre = int(round(float(np.nonzero(focus)[0].mean())))
-    first = int(np.clip(centre - slices // 2, 0, max(0, array.shape[0] - slices)))
-    size = list(ct.GetSize())
-    size[2] = min(slices, size[2])
-    index = [0, 0, first]
-    return sitk.RegionOfInterest(ct, size, index), sitk.RegionOfInterest(labels, size, index)
 
 
 def validation_cases(count: int, slabs: bool = True) -> List[Case]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import SimpleITK as sitk
 
 from ...errors import LiverTumorSegError
@@ -79,3 +80,23 @@ def phantom_with_tumor_kind(seed: int, kind: str, spacing: Sequence[float] = (0.
     liver = sitk.Cast(phantom.labels > 0, sitk.sitkUInt8)
     ct, labels, _ = insert_tumor_kind(phantom.ct, liver, seed=seed, kind=kind)
     return ct, labels, dict(phantom.properties)
+
+
+# The held-out real DICOM case covers 40 mm of its liver: slabs of validation cases show the same view.
+SLAB_MM = 40.0
+
+
+def slab_around_tumours(ct: sitk.Image, labels: sitk.Image,
+                        thickness_mm: float = SLAB_MM) -> Tuple[sitk.Image, sitk.Image]:
+    """The CT and labels (0/1/2, same grid, axial slices along the array's first axis) cut to
+    ``thickness_mm`` of slices centred on the tumours' centre of mass (the liver's when there is
+    no tumour)."""
+    array = sitk.GetArrayViewFromImage(labels)
+    focus = array == 2 if (array == 2).any() else array > 0
+    slices = max(2, int(round(thickness_mm / ct.GetSpacing()[2])))
+    centre = int(round(float(np.nonzero(focus)[0].mean())))
+    first = int(np.clip(centre - slices // 2, 0, max(0, array.shape[0] - slices)))
+    size = list(ct.GetSize())
+    size[2] = min(slices, size[2])
+    index = [0, 0, first]
+    return sitk.RegionOfInterest(ct, size, index), sitk.RegionOfInterest(labels, size, index)
