@@ -59,3 +59,21 @@ def test_the_summary_is_per_group():
     assert summary["whole"]["liver_dice_mean"] == pytest.approx(0.85) and summary["whole"]["liver_dice_min"] == 0.8
     assert summary["whole"]["leak_beyond_3mm_ml_max"] == 5.0 and summary["whole"]["tumour_inside_liver_min"] == 1.0
     assert summary["slab"]["cases"] == 1 and summary["slab"]["tumour_inside_liver_mean"] == 0.2
+
+
+def test_validation_phantoms_take_every_kind_in_turn_whole_and_as_slabs_under_validation_seeds(monkeypatch):
+    from LiverTumorSegLib.develop.scripts import validate_liver
+    from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS
+
+    drawn = []
+
+    def phantom(seed, kind, spacing):
+        drawn.append((seed, kind, spacing))
+        return (*labelled_volume(), {})
+
+    monkeypatch.setattr(validate_liver, "phantom_with_tumor_kind", phantom)
+    cases = validate_liver.validation_cases(len(TUMOR_KINDS) + 1)
+    assert [kind for _, kind, _ in drawn] == list(TUMOR_KINDS) + [list(TUMOR_KINDS)[0]]
+    assert all(5002 <= seed < 9000 for seed, _, _ in drawn)  # neither training (0-149) nor held out (10000+)
+    assert [group for _, group, _, _ in cases[:2]] == ["whole volume", "40 mm slab"]
+    assert len(cases) == 2 * len(drawn) and len(validate_liver.validation_cases(3, slabs=False)) == 3

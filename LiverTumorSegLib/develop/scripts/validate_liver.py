@@ -44,8 +44,9 @@ Case = Tuple[str, str, sitk.Image, sitk.Image]  # name, group, CT, labels 0/1/2
 def validation_cases(count: int, slabs: bool = True) -> List[Case]:
     """``count`` validation phantoms, each kind of tumour in turn, whole and (``slabs``) as a slab."""
     cases: List[Case] = []
+    kinds = list(TUMOR_KINDS)
     for index in range(count):
-        seed, kind = FIRST_SEED + index, TUMOR_KINDS[index % len(TUMOR_KINDS)]
+        seed, kind = FIRST_SEED + index, kinds[index % len(kinds)]
         ct, labels, _ = phantom_with_tumor_kind(seed, kind, SPACINGS[index % 2])
         cases.append((f"phantom-{seed}+{kind}", "whole volume", ct, labels))
         if slabs:
