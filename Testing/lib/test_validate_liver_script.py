@@ -39,7 +39,7 @@ def test_scores_follow_what_the_liver_stage_drew():
     reference = sitk.GetArrayFromImage(labels)
     perfect = score_case(FakePipeline((reference > 0).astype(np.uint8)), ("c", "g", ct, labels))
     assert perfect["liver_dice"] == 1.0 and perfect["leak_beyond_3mm_ml"] == 0.0
-    assert perfect["tumour_inside_liver"] == 1.0
+    assert perfect["tumour_inside_liver"] == 1.0 and type(perfect["tumour_inside_liver"]) is float
     without_tumour = (reference == 1).astype(np.uint8)  # a liver stage that left the lesion out
     spilled = without_tumour.copy()
     spilled[5:55, 0:2, :] = 1  # a neighbour 2-4 mm away

@@ -71,7 +71,7 @@ def score_case(pipeline: Pipeline, case: Case) -> Dict[str, object]:
     row = {"case": name, "group": group, "liver_dice": round(dice(predicted, reference > 0), 4),
            "leak_beyond_3mm_ml": round(leak_beyond_ml(predicted, reference > 0, ct.GetSpacing()[::-1], 3.0), 1)}
     if tumour.any():
-        row["tumour_inside_liver"] = round(float(np.count_nonzero(predicted & tumour)) / np.count_nonzero(tumour), 3)
+        row["tumour_inside_liver"] = round(float(np.count_nonzero(predicted & tumour) / np.count_nonzero(tumour)), 3)
     return row
 
 
