@@ -34,7 +34,7 @@ from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard, read_card, write_card
 from LiverTumorSegLib.develop.synth.phantom import liver_neighbours, make_phantom
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation, darkened_region
-from LiverTumorSegLib.develop.synth.shared_cases import load_shared_case, shared_data_dir
+from LiverTumorSegLib.develop.synth.shared_cases import VALIDATION_PHANTOM_SEED, load_shared_case, shared_data_dir
 from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
 from LiverTumorSegLib.develop.training.data import TrainingSample, prepare_sample
 from LiverTumorSegLib.develop.training.ensemble_weights import fit_ensemble_weights
@@ -422,7 +422,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         how = "equal weights (chosen with scripts/tune_postprocess.py on its validation cases)"
     else:
         # validation seeds: never used in training
-        validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=5002)
+        validation = build_samples(members[0], args.validation_phantoms, 2, seed_base=VALIDATION_PHANTOM_SEED)
         weights, scores = fit_ensemble_weights(members, validation)
         metrics = {"validation_dice_by_weight": scores}
         how = ("weights fitted on validation data (phantom seeds 5000+, real training liver with other synthetic "

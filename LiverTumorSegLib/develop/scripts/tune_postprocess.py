@@ -34,8 +34,10 @@ from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
 from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior
 from LiverTumorSegLib.stages.tumor import needs_hypodensity
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
-from LiverTumorSegLib.develop.synth.shared_cases import (SLAB_MM, has_shared_case, load_shared_case,
-                                                         phantom_with_tumor_kind, shared_data_dir, slab_around_tumours)
+from LiverTumorSegLib.develop.synth.shared_cases import (SLAB_MM, VALIDATION_PHANTOM_SEED,
+                                                         VALIDATION_PHANTOM_SPACINGS, has_shared_case,
+                                                         load_shared_case, phantom_with_tumor_kind, shared_data_dir,
+                                                         slab_around_tumours)
 from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
 from LiverTumorSegLib.develop.scripts import checkout_root
 
@@ -50,8 +52,8 @@ def validation_cases(n_phantoms: int, kinds: list) -> list:
     """(name, tumour kind, CT, labels) of the validation cases."""
     cases = []
     for i in range(n_phantoms):
-        seed, kind = 5002 + i, kinds[i % len(kinds)]
-        ct, labels, _ = phantom_with_tumor_kind(seed, kind, (1.0, 1.0, 2.5) if i % 2 else (0.8, 0.8, 1.5))
+        seed, kind = VALIDATION_PHANTOM_SEED + i, kinds[i % len(kinds)]
+        ct, labels, _ = phantom_with_tumor_kind(seed, kind, VALIDATION_PHANTOM_SPACINGS[i % 2])
         cases.append((f"phantom-{seed}", kind, ct, labels))
     # The tumour members' real training livers, under tumours training never drew: the native
     # ts_upper_abdomen_3mm and the portal-venous chaos_ct_1 (the phase of most clinical CTs).

@@ -30,13 +30,12 @@ from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.metrics import dice, leak_beyond_ml, on_grid_of
 from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
-from LiverTumorSegLib.develop.synth.shared_cases import SLAB_MM, phantom_with_tumor_kind, slab_around_tumours
+from LiverTumorSegLib.develop.synth.shared_cases import (SLAB_MM, VALIDATION_PHANTOM_SEED,
+                                                         VALIDATION_PHANTOM_SPACINGS, phantom_with_tumor_kind,
+                                                         slab_around_tumours)
 from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS
 
 log = logging.getLogger("validate_liver")
-FIRST_SEED = 5002  # the validation phantoms of tune_postprocess; training draws seeds 0-149
-# (in-plane, slice) spacing of the validation phantoms, alternating: a thin-slice and a 2.5 mm scan
-SPACINGS = ((0.8, 0.8, 1.5), (1.0, 1.0, 2.5))
 
 Case = Tuple[str, str, sitk.Image, sitk.Image]  # name, group, CT, labels 0/1/2
 
@@ -46,8 +45,8 @@ def validation_cases(count: int, slabs: bool = True) -> List[Case]:
     cases: List[Case] = []
     kinds = list(TUMOR_KINDS)
     for index in range(count):
-        seed, kind = FIRST_SEED + index, kinds[index % len(kinds)]
-        ct, labels, _ = phantom_with_tumor_kind(seed, kind, SPACINGS[index % 2])
+        seed, kind = VALIDATION_PHANTOM_SEED + index, kinds[index % len(kinds)]
+        ct, labels, _ = phantom_with_tumor_kind(seed, kind, VALIDATION_PHANTOM_SPACINGS[index % 2])
         cases.append((f"phantom-{seed}+{kind}", "whole volume", ct, labels))
         if slabs:
             slab_ct, slab_labels = slab_around_tumours(ct, labels)

@@ -82,6 +82,12 @@ def phantom_with_tumor_kind(seed: int, kind: str, spacing: Sequence[float] = (0.
     return ct, labels, dict(phantom.properties)
 
 
+# The validation phantoms of the tuning scripts: seeds from 5002 (training draws 0-149, the held-out
+# evaluation 10000+), the i-th at spacing VALIDATION_PHANTOM_SPACINGS[i % 2] (x, y, z mm): a
+# thin-slice scan and a 2.5 mm one in turn.
+VALIDATION_PHANTOM_SEED = 5002
+VALIDATION_PHANTOM_SPACINGS = ((0.8, 0.8, 1.5), (1.0, 1.0, 2.5))
+
 # The held-out real DICOM case covers 40 mm of its liver: slabs of validation cases show the same view.
 SLAB_MM = 40.0
 
