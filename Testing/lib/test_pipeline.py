@@ -285,8 +285,35 @@ def test_tta_flips_the_liver_models_too(helpers, tiny_models, monkeypatch, tmp_p
     assert calls == [("liver", flipped), ("liver_refine", flipped)]
 
 
+@pytest.mark.parametrize("window_overlap", [0.25, 0.5])
+def test_every_model_runs_at_the_settings_window_overlap(helpers, tiny_models, monkeypatch, tmp_path, window_overlap):
+    """The liver model, its refinement and each tumour member slide their windows at the
+    settings' overlap (what validation at 0.5 relies on)."""
+    from LiverTumorSegLib.stages import liver as liver_stage
+    from LiverTumorSegLib.stages import tumor as tumor_stage
+
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
+    calls = []
+
+    def recording(real):
+        def predict(ct, model, device, **kw):
+            calls.append((model.card.task, kw.get("overlap")))
+            return real(ct, model, device, **kw)
+        return predict
+
+    monkeypatch.setattr(liver_stage, "predict_image", recording(liver_stage.predict_image))
+    monkeypatch.setattr(tumor_stage, "predict_image", recording(tumor_stage.predict_image))
+    _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name,
+              window_overlap=window_overlap).run(_float_ct(helpers))
+    assert [task for task, _ in calls][:2] == ["liver", "liver_refine"]
+    assert [task for task, _ in calls][2:] == ["tumor"] * len(tiny_models.members)
+    assert {overlap for _, overlap in calls} == {window_overlap}
+
+
 def test_settings_fast_and_tta():
     assert PipelineSettings().overlap == 0.25 and PipelineSettings(fast=True).overlap == 0.0
+    assert PipelineSettings(window_overlap=0.5).overlap == 0.5
+    assert PipelineSettings(window_overlap=0.5, fast=True).overlap == 0.0
     assert not PipelineSettings(tta=True, fast=True).use_tta and PipelineSettings(tta=True).use_tta
 
 
