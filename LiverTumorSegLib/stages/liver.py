@@ -4,11 +4,12 @@ grid) that takes the CT and that first mask and redraws the liver (a cascade).""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from ..inference import LoadedModel, predict_image
 from ..postprocess.components import fill_holes, largest_component
@@ -58,14 +59,31 @@ def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:
     return bool(first.any() or last.any())
 
 
+def limit_growth(refined: np.ndarray, coarse: np.ndarray, spacing_kji: Sequence[float], growth_mm: float) -> np.ndarray:
+    """``refined`` (uint8 0/1) where it lies at most ``growth_mm`` outside ``coarse`` along each
+    array axis: within the coarse mask dilated by a box of floor(growth_mm / spacing) voxels each
+    side (an axis whose voxels are thicker than ``growth_mm`` gets no growth). What ``refined``
+    takes out of ``coarse`` stays out."""
+    if growth_mm < 0:
+        raise ValueError(f"growth_mm must be >= 0, got {growth_mm}")
+    size = tuple(2 * int(np.floor(growth_mm / float(s) + 1e-6)) + 1 for s in spacing_kji)
+    allowed = ndimage.maximum_filter(np.asarray(coarse, dtype=np.uint8), size=size)
+    return (np.asarray(refined, dtype=np.uint8) & (allowed > 0)).astype(np.uint8)
+
+
 def refine_liver(ct_crop: sitk.Image, coarse_crop: np.ndarray, model: LoadedModel, device: torch.device,
                  overlap: float = 0.25, threshold: float = 0.5,
-                 on_progress: Optional[Callable[[float], None]] = None, tta: bool = False) -> np.ndarray:
+                 on_progress: Optional[Callable[[float], None]] = None, tta: bool = False,
+                 max_growth_mm: Optional[float] = None) -> np.ndarray:
     """The refinement model's liver on the crop's grid (uint8, (k, j, i)), not yet cleaned.
     ``coarse_crop``: the liver stage's mask on the same crop, given to the model as its prior
-    (flipped with the CT under ``tta``)."""
+    (flipped with the CT under ``tta``). ``max_growth_mm``: how far outside ``coarse_crop`` the
+    refinement may draw liver (:func:`limit_growth`; None: anywhere in the crop)."""
     prior = sitk.GetImageFromArray(np.asarray(coarse_crop, dtype=np.float32))
     prior.CopyInformation(ct_crop)
     probability, _ = predict_image(ct_crop, model, device, overlap=overlap, tta=tta, on_progress=on_progress,
                                    prior=prior)
-    return probability_to_mask(probability, ct_crop, threshold)
+    refined = probability_to_mask(probability, ct_crop, threshold)
+    if max_growth_mm is not None:
+        refined = limit_growth(refined, coarse_crop, ct_crop.GetSpacing()[::-1], max_growth_mm)
+    return refined

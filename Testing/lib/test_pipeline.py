@@ -310,6 +310,24 @@ def test_every_model_runs_at_the_settings_window_overlap(helpers, tiny_models, m
     assert {overlap for _, overlap in calls} == {window_overlap}
 
 
+@pytest.mark.parametrize("growth", [3.0, None])
+def test_the_refinement_gets_the_settings_growth_limit(helpers, tiny_models, monkeypatch, tmp_path, growth):
+    from LiverTumorSegLib import pipeline as pipeline_module
+
+    liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
+    seen = []
+    real = pipeline_module.refine_liver
+
+    def recording(*args, **kw):
+        seen.append(kw.get("max_growth_mm", "not given"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline_module, "refine_liver", recording)
+    _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, refine_growth_mm=growth).run(_float_ct(helpers))
+    assert seen == [growth]
+    assert PipelineSettings().refine_growth_mm == 3.0
+
+
 def test_settings_fast_and_tta():
     assert PipelineSettings().overlap == 0.25 and PipelineSettings(fast=True).overlap == 0.0
     assert PipelineSettings(window_overlap=0.5).overlap == 0.5

@@ -14,8 +14,8 @@ from LiverTumorSegLib.geometry import Geometry
 from LiverTumorSegLib.inference import LoadedModel
 from LiverTumorSegLib.models.card import ModelCard
 from LiverTumorSegLib.stages.crop import crop_image, liver_box
-from LiverTumorSegLib.stages.liver import (clean_liver, liver_cut_by_scan, probability_to_mask, refine_liver,
-                                           segment_liver, tumor_search_region)
+from LiverTumorSegLib.stages.liver import (clean_liver, limit_growth, liver_cut_by_scan, probability_to_mask,
+                                           refine_liver, segment_liver, tumor_search_region)
 from LiverTumorSegLib.stages.tumor import ensemble_probability, member_stage_names, tumor_mask
 
 CPU = torch.device("cpu")
@@ -169,6 +169,50 @@ def test_refine_liver_draws_the_liver_from_the_ct(helpers, tmp_path):
     t = (100.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
     refined = refine_liver(ct_crop, poor_prior, _refine_model(helpers, tmp_path, channel=0, threshold=t), CPU)
     assert helpers.dice(clean_liver(refined), expected[box]) > 0.95
+
+
+def test_limit_growth_keeps_the_refinement_within_reach_of_the_coarse_mask():
+    """The refinement may move the boundary out by the growth (per axis, in whole voxels) and take
+    anything out; a tongue reaching further into a neighbour is cut at the growth."""
+    coarse = np.zeros((20, 30, 40), np.uint8)
+    coarse[5:15, 10:20, 10:20] = 1
+    refined = np.zeros_like(coarse)
+    refined[5:15, 10:20, 10:35] = 1  # a tongue 15 voxels past the coarse mask along i
+    refined[8:10, 12:14, 12:14] = 0  # something the refinement took out of the coarse mask
+    refined[0:3, 10:20, 10:20] = 1  # 2-5 voxels above it along k
+    limited = limit_growth(refined, coarse, (1.0, 1.0, 1.0), 3.0)
+    assert limited.dtype == np.uint8 and set(np.unique(limited)) <= {0, 1}
+    expected = refined.copy()
+    expected[:, :, 23:] = 0  # 3 voxels of growth along i: columns 20-22 kept
+    expected[0:2] = 0  # along k: slice 2 is 3 voxels from slice 5
+    np.testing.assert_array_equal(limited, expected)
+    assert not limited[8:10, 12:14, 12:14].any()  # what the refinement removed stays out
+    # 5 mm slices: thicker than the growth, so no growth along k; 0.6 mm in-plane: 5 voxels
+    thick = limit_growth(refined, coarse, (5.0, 0.6, 0.6), 3.0)
+    assert not thick[:5].any() and thick[5:15, 10:20, 20:25].all() and not thick[:, :, 25:].any()
+    np.testing.assert_array_equal(limit_growth(refined, coarse, (1.0, 1.0, 1.0), 0.0), refined & coarse)
+    with pytest.raises(ValueError, match="growth_mm"):
+        limit_growth(refined, coarse, (1.0, 1.0, 1.0), -1.0)
+
+
+def test_refine_liver_grows_at_most_max_growth_past_its_prior(helpers, tmp_path):
+    """A refinement that reads the whole liver from the CT, given a prior of a few slices, draws
+    the liver only within max_growth_mm of them."""
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    expected = helpers.analytic_labels_like(ct) > 0
+    spacing_kji = Geometry.of(ct).spacing[::-1]
+    box = liver_box(expected, spacing_kji, 10.0)
+    ct_crop = crop_image(ct, box)
+    prior = expected[box].astype(np.uint8)
+    prior[:6] = 0
+    prior[10:] = 0  # the prior: slices 6-9 of the liver only
+    t = (100.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
+    model = _refine_model(helpers, tmp_path, channel=0, threshold=t)
+    free = refine_liver(ct_crop, prior, model, CPU)
+    grown = refine_liver(ct_crop, prior, model, CPU, max_growth_mm=2.0 * spacing_kji[0])
+    assert free[:4].any() and free[12:].any()  # unlimited, it finds the liver beyond the prior
+    assert grown[6:10].any() and not grown[:4].any() and not grown[12:].any()
+    np.testing.assert_array_equal(grown, limit_growth(free, prior, spacing_kji, 2.0 * spacing_kji[0]))
 
 
 def test_a_model_without_a_prior_channel_refuses_a_missing_prior(helpers, tmp_path):

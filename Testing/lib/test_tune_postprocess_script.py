@@ -40,6 +40,7 @@ def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tm
     assert base != key(tiny_models.directory, tta=False)
     assert base != key(tiny_models.directory, crop_margin_mm=30.0)
     assert base != key(tiny_models.directory, window_overlap=0.5)
+    assert base != key(tiny_models.directory, refine_growth_mm=None)
 
 
 def test_validation_uses_both_training_livers_and_nothing_held_out(monkeypatch):

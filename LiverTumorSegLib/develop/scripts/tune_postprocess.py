@@ -133,14 +133,16 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
 def evidence_key(pipeline: Pipeline, case_name: str) -> str:
     """What the models' evidence of a case depends on: the case, every model's weights, the
     ensemble's weights, the models' sliding windows and the settings the models run under (crop
-    margin, overlap, TTA, the liver refinement) and how windows are padded."""
+    margin, overlap, TTA, the liver refinement and how far it may grow the liver) and how windows
+    are padded."""
     s = pipeline.settings
     models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
     loaded = [pipeline.liver_model, pipeline.liver_refine_model, *pipeline.tumor_members]
     windows = [m.card.inference_patch_size_kji for m in loaded if m is not None]  # the same weights, other windows
     weights = [round(float(w), 6) for w in pipeline.tumor_weights]
     settings = (s.crop_margin_mm, s.overlap, s.use_tta, s.refine_liver, s.liver_threshold, s.fill_liver_holes,
-                s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None)
+                s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None,
+                s.refine_growth_mm)
     if WINDOW_PADDING != "constant":  # keys from before the padding became a choice stay valid for zero padding
         windows.append(WINDOW_PADDING)
     if s.use_tta:  # since TTA covers the liver models too, their masks differ from older keys'
