@@ -20,6 +20,7 @@ from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, write_car
 from LiverTumorSegLib.models.registry import ModelRegistry
 from LiverTumorSegLib.pipeline import PARTIAL_LIVER_WARNING, Pipeline, PipelineSettings
 from LiverTumorSegLib.progress import Progress
+from LiverTumorSegLib.stages.liver import limit_growth
 
 STAGES = ("liver", "crop", "tumor", "postprocess", "measure")
 
@@ -359,11 +360,13 @@ def test_a_single_tumor_model_works_as_a_one_member_ensemble(helpers, tiny_model
 # --- liver refinement (a liver card that names a liver_refine model) -------------------------
 
 def test_liver_refinement_runs_on_the_crop_after_the_liver_stage(helpers, tiny_models, tmp_path):
-    """The refinement model here calls all body (> -50 HU) liver: the result is the body inside
-    the liver stage's crop (liver box + margin), so the refined mask visibly replaced the coarse one."""
+    """The refinement model here calls all body (> -50 HU) liver: free to grow, the result is the
+    body inside the liver stage's crop (liver box + margin), so the refined mask visibly replaced
+    the coarse one; under the default growth limit it stays within 3 mm of the coarse mask."""
     t = (-50.0 - helpers.TINY_HU_WINDOW[0]) / (helpers.TINY_HU_WINDOW[1] - helpers.TINY_HU_WINDOW[0])
     liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=0, refine_threshold=t)
-    pipeline = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, crop_margin_mm=9.0)
+    pipeline = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, crop_margin_mm=9.0,
+                         refine_growth_mm=None)
     assert pipeline.stage_names() == ["liver", "crop", "liver_refine", *[f"tumor:{m}" for m in tiny_models.members],
                                       "postprocess", "measure"]
     assert "tiny-liver-refine" in {m["name"] for m in pipeline.model_summaries}
@@ -386,6 +389,12 @@ def test_liver_refinement_runs_on_the_crop_after_the_liver_stage(helpers, tiny_m
     assert np.count_nonzero(liver & ~inside_box) == 0
     assert helpers.dice(liver, body & inside_box) > 0.95
     assert np.count_nonzero(liver) > 1.5 * np.count_nonzero(expected)
+
+    limited = _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, crop_margin_mm=9.0).run(ct)
+    limited_liver = sitk.GetArrayViewFromImage(limited.labelmap) > 0
+    reach = limit_growth(np.ones_like(coarse, np.uint8), coarse.astype(np.uint8), Geometry.of(ct).spacing[::-1], 3.0)
+    assert np.count_nonzero(limited_liver & ~(reach > 0)) == 0
+    assert np.count_nonzero(coarse) < np.count_nonzero(limited_liver) < np.count_nonzero(liver)
 
 
 def test_a_refinement_that_finds_no_liver_keeps_the_liver_stage_mask(helpers, tiny_models, tmp_path):
