@@ -59,7 +59,8 @@ def liver_cut_by_scan(mask: np.ndarray, axial_axis: int) -> bool:
     return bool(first.any() or last.any())
 
 
-def limit_growth(refined: np.ndarray, coarse: np.ndarray, spacing_kji: Sequence[float], growth_mm: float) -> np.ndarray:
+def limit_growth(refined: np.ndarray, coarse: np.ndarray, spacing_kji: Sequence[float],
+                 growth_mm: float) -> np.ndarray:
     """``refined`` (uint8 0/1) where it lies at most ``growth_mm`` outside ``coarse`` along each
     array axis: within the coarse mask dilated by a box of floor(growth_mm / spacing) voxels each
     side (an axis whose voxels are thicker than ``growth_mm`` gets no growth). What ``refined``
