@@ -144,7 +144,7 @@ def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(m
     monkeypatch.setattr(sys, "argv", [
         "train_embedded.py", "--out", str(out), "--tasks", "tumor", "--phantoms", "1", "--real-variants", "0",
         "--tumor-steps", "2", "--tumor-members", "tumor-demo-unet-deep", "--member-suffix=-r99",
-        "--init-from", str(shipped),
+        "--tumor-lesion-balanced-fraction", "0.5", "--init-from", str(shipped),
         "--ensemble", "tumor-demo-unet-deep,tumor-demo-unet-deep-r12,tumor-demo-unet-deep-r99",
         "--equal-weights"])
     assert train_embedded.main() == 0
@@ -153,6 +153,7 @@ def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(m
     assert trained.name == "tumor-demo-unet-deep-r99" and trained.weights_file == "tumor-demo-unet-deep-r99.safetensors"
     assert trained.weights_sha256 != source.weights_sha256
     assert f"fine-tuned from tumor-demo-unet-deep {source.weights_sha256[:12]}" in trained.trained_on
+    assert "(50% of those on a lesion drawn uniformly among the sample's lesions" in trained.trained_on
     ensemble = read_card(out / "tumor-demo-ensemble.json")
     # an earlier round under another suffix (saved in --init-from) joins too
     assert [m.model for m in ensemble.members] == ["tumor-demo-unet-deep", "tumor-demo-unet-deep-r12",

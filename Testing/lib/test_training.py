@@ -360,9 +360,9 @@ def test_the_hard_negative_fraction_only_takes_from_the_patches_placed_anywhere(
     calls = []
     real = trainer.sample_patch
 
-    def recording(sample, patch, rng, positive, hard_negative=False):
+    def recording(sample, patch, rng, positive, hard_negative=False, by_lesion=False):
         calls.append((positive, hard_negative))
-        return real(sample, patch, rng, positive, hard_negative)
+        return real(sample, patch, rng, positive, hard_negative, by_lesion)
 
     monkeypatch.setattr(trainer, "sample_patch", recording)
     samples = bright_box_samples(2)
@@ -377,6 +377,65 @@ def test_the_hard_negative_fraction_only_takes_from_the_patches_placed_anywhere(
     assert positive == pytest.approx(0.5, abs=0.1) and hard == pytest.approx(0.3, abs=0.1)
     with pytest.raises(LiverTumorSegError, match="hard_negative_fraction"):
         train_model(tiny_card("bad"), samples, tmp_path, TrainConfig(steps=1, **{**QUICK, "hard_negative_fraction": 0.6}))
+
+
+# --- lesion-balanced patches: a small lesion beside a large one leads its share of patches -------
+
+def _small_beside_large() -> TrainingSample:
+    target = np.zeros((40, 40, 40), np.uint8)
+    target[20:36, 20:36, 20:36] = 1  # 4096 voxels
+    target[4, 4, 4] = 1  # one voxel
+    target[4, 4, 30:32] = 1  # two voxels
+    image = np.zeros(target.shape, np.float32)
+    image[4, 4, 4] = 1.0  # the patch's centre voxel shows where it was centred
+    image[4, 4, 30:32] = 2.0
+    return TrainingSample("s", image, target)
+
+
+def test_lesion_voxels_are_the_targets_connected_components():
+    lesions = _small_beside_large().lesion_voxels()
+    assert sorted(len(lesion) for lesion in lesions) == [1, 2, 4096]
+    single = next(lesion for lesion in lesions if len(lesion) == 1)
+    assert np.unravel_index(single[0], (40, 40, 40)) == (4, 4, 4)
+    assert TrainingSample("empty", np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 4), np.uint8)).lesion_voxels() == []
+
+
+def test_lesion_balanced_patches_centre_each_lesion_alike_whatever_its_size():
+    from LiverTumorSegLib.develop.training.trainer import sample_patch
+
+    sample = _small_beside_large()
+    rng = np.random.default_rng(0)
+    centre = (4, 4, 4)
+
+    def centred_on(by_lesion: bool) -> np.ndarray:
+        return np.array([sample_patch(sample, (8, 8, 8), rng, positive=True, by_lesion=by_lesion).image[centre]
+                         for _ in range(300)])
+
+    balanced = centred_on(True)
+    assert np.mean(balanced == 1.0) == pytest.approx(1 / 3, abs=0.08)
+    assert np.mean(balanced == 2.0) == pytest.approx(1 / 3, abs=0.08)
+    assert np.mean(centred_on(False) > 0) < 0.02  # by voxel the two small ones lead 3 in 4099
+
+
+def test_the_lesion_balanced_fraction_takes_only_from_the_positive_patches(monkeypatch, tmp_path):
+    from LiverTumorSegLib.develop.training import trainer
+
+    calls = []
+    real = trainer.sample_patch
+
+    def recording(sample, patch, rng, positive, hard_negative=False, by_lesion=False):
+        calls.append((positive, by_lesion))
+        return real(sample, patch, rng, positive, hard_negative, by_lesion)
+
+    monkeypatch.setattr(trainer, "sample_patch", recording)
+    samples = bright_box_samples(2)
+    train_model(tiny_card("lb"), samples, tmp_path, TrainConfig(steps=100, seed=0, **{**QUICK,
+                                                                                      "lesion_balanced_fraction": 0.5}))
+    assert not any(by_lesion and not positive for positive, by_lesion in calls)
+    positive = [by_lesion for p, by_lesion in calls if p]
+    assert np.mean(positive) == pytest.approx(0.5, abs=0.12)
+    with pytest.raises(LiverTumorSegError, match="lesion_balanced_fraction"):
+        train_model(tiny_card("bad"), samples, tmp_path, TrainConfig(steps=1, **{**QUICK, "lesion_balanced_fraction": 1.5}))
 
 
 def test_tumor_samples_carry_their_hard_negative_region_on_the_model_grid(helpers):

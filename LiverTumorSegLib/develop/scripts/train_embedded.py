@@ -237,6 +237,10 @@ def main() -> int:
     parser.add_argument("--tumor-hard-negative-fraction", type=float, default=0.0,
                         help="fraction of a tumor model's patches centred in a sample's tumour-free darkened "
                              "region (synth.perfusion), taken from the patches placed anywhere")
+    parser.add_argument("--tumor-lesion-balanced-fraction", type=float, default=0.0, metavar="F",
+                        help="share of a tumor model's tumour-centred patches centred on a lesion drawn uniformly "
+                             "among the sample's lesions (else on a tumour voxel drawn uniformly, which favours "
+                             "the large ones)")
     parser.add_argument("--slab-fraction", type=float, default=0.0, metavar="F",
                         help="share of every trained model's patches thinned to a 30-100 mm slab, the rest of the "
                              "patch its edge slices repeated: what the pipeline shows a network on a scan thinner "
@@ -400,9 +404,12 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
                                           positive_fraction=args.tumor_positive_fraction, init_from=start,
                                           hard_negative_fraction=args.tumor_hard_negative_fraction,
+                                          lesion_balanced_fraction=args.tumor_lesion_balanced_fraction,
                                           learning_rate=args.learning_rate, slab_fraction=args.slab_fraction))
         inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
         mix_text = ", ".join(f"{kind} {weight:g}" for kind, weight in kind_mix.items())
+        lesion_text = (f" ({args.tumor_lesion_balanced_fraction:.0%} of those on a lesion drawn uniformly among "
+                       f"the sample's lesions, whatever its size)" if args.tumor_lesion_balanced_fraction > 0 else "")
         hard_text = (f", {args.tumor_hard_negative_fraction:.0%} in a tumour-free darkened region"
                      if args.tumor_hard_negative_fraction > 0 else "")
         trained.trained_on = describe_training(
@@ -411,7 +418,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
             f"inputs: {inputs}; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
-            f"of them centred on a tumour{hard_text}{slab_text(args)}; "
+            f"of them centred on a tumour{lesion_text}{hard_text}{slab_text(args)}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
         trained_cards[trained.name] = trained

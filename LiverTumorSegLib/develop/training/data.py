@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ...geometry import Geometry
 from ...models.card import HYPODENSITY_CHANNEL, ModelCard
@@ -31,6 +32,19 @@ class TrainingSample:
     # bool: a tumour-free region that looks like tumour (a darkened part of the liver), where
     # hard-negative patches are centred (TrainConfig.hard_negative_fraction)
     hard_negative: Optional[np.ndarray] = None
+    _lesions: Optional[List[np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
+
+    def lesion_voxels(self) -> List[np.ndarray]:
+        """The flat indices of each connected component of the target (26-connected), computed
+        once: what lesion-balanced patch sampling draws from."""
+        if self._lesions is None:
+            labels, count = ndimage.label(self.target, structure=np.ones((3, 3, 3), bool))
+            flat = labels.ravel()
+            foreground = np.flatnonzero(flat)
+            by_lesion = foreground[np.argsort(flat[foreground], kind="stable")]
+            bounds = np.searchsorted(flat[by_lesion], np.arange(1, count + 2))
+            self._lesions = [by_lesion[bounds[n]:bounds[n + 1]] for n in range(count)]
+        return self._lesions
 
 
 def prepare_sample(name: str, ct: sitk.Image, labels: sitk.Image, card: ModelCard,

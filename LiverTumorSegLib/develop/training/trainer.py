@@ -38,6 +38,11 @@ class TrainConfig:
     positive_fraction: float = 0.67  # of patches centred on the foreground
     # of patches centred on a sample's hard-negative region (when it has one), out of the rest
     hard_negative_fraction: float = 0.0
+    # of the patches centred on the foreground, the share centred on one of the sample's lesions
+    # (connected components) drawn uniformly, then on a voxel of it, rather than on a voxel drawn
+    # uniformly from all of them: a 5 mm metastasis then leads a patch as often as a 15 cm mass
+    # beside it, where by voxel it would lead one in 30 000
+    lesion_balanced_fraction: float = 0.0
     seed: int = 0
     affine: bool = True
     threads: Optional[int] = None
@@ -79,19 +84,23 @@ class Patch(NamedTuple):
 
 
 def sample_patch(sample: TrainingSample, patch_kji: Sequence[int], rng: np.random.Generator,
-                 positive: bool, hard_negative: bool = False) -> Patch:
-    """A patch centred on a foreground voxel when ``positive`` and the sample has one, else on a
-    voxel of its hard-negative region when ``hard_negative`` and it has one, else anywhere."""
+                 positive: bool, hard_negative: bool = False, by_lesion: bool = False) -> Patch:
+    """A patch centred on a foreground voxel when ``positive`` and the sample has one (``by_lesion``:
+    on a voxel of a lesion drawn uniformly among the sample's lesions), else on a voxel of its
+    hard-negative region when ``hard_negative`` and it has one, else anywhere."""
     shape = np.array(sample.image.shape)
     patch = np.array(patch_kji)
     centres = None
     if positive and sample.target.any():
-        centres = sample.target
+        if by_lesion:
+            lesions = sample.lesion_voxels()
+            centres = lesions[rng.integers(len(lesions))]
+        else:
+            centres = np.flatnonzero(sample.target)
     elif hard_negative and sample.hard_negative is not None and sample.hard_negative.any():
-        centres = sample.hard_negative
+        centres = np.flatnonzero(sample.hard_negative)
     if centres is not None:
-        fg = np.flatnonzero(centres)
-        centre = np.array(np.unravel_index(fg[rng.integers(len(fg))], centres.shape))
+        centre = np.array(np.unravel_index(centres[rng.integers(len(centres))], sample.image.shape))
     else:
         centre = np.array([rng.integers(0, s) for s in shape])
     start = centre - patch // 2
@@ -155,6 +164,8 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
 
     if not 0.0 <= config.slab_fraction <= 1.0:
         raise LiverTumorSegError(f"slab_fraction {config.slab_fraction} must lie between 0 and 1")
+    if not 0.0 <= config.lesion_balanced_fraction <= 1.0:
+        raise LiverTumorSegError(f"lesion_balanced_fraction {config.lesion_balanced_fraction} must lie between 0 and 1")
     if not 0.0 <= config.hard_negative_fraction <= 1.0 - config.positive_fraction:
         raise LiverTumorSegError(f"hard_negative_fraction {config.hard_negative_fraction} must lie between 0 and "
                                  f"1 - positive_fraction ({1.0 - config.positive_fraction:g})")
@@ -192,7 +203,9 @@ def train_model(card: ModelCard, samples: List[TrainingSample], output_dir: Path
             draw = rng.random()  # one draw per patch, whatever the fractions
             positive = draw < config.positive_fraction
             hard = not positive and draw < config.positive_fraction + config.hard_negative_fraction
-            patch = sample_patch(sample, card.patch_size_kji, rng, positive, hard)
+            by_lesion = positive and config.lesion_balanced_fraction > 0 and \
+                rng.random() < config.lesion_balanced_fraction
+            patch = sample_patch(sample, card.patch_size_kji, rng, positive, hard, by_lesion)
             item = {"image": patch.image[None], "label": patch.target[None].astype(np.float32)}
             if with_prior:
                 # a refinement sample's hard-negative region is the neighbours a liver stage leaks into
