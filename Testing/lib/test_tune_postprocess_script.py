@@ -107,3 +107,41 @@ def test_slab_cases_cut_every_tumour_case_and_mark_its_kind(monkeypatch):
     assert [(name, kind) for name, kind, _, _ in slabs] == [("a 40 mm slab", "classic (40 mm slab)"),
                                                            ("b 40 mm slab", "surface on perfusion (40 mm slab)")]
     assert all(c.GetSize()[2] == 20 and (sitk.GetArrayViewFromImage(l) == 2).sum() == 16 for _, _, c, l in slabs)
+
+
+def test_score_counts_lesions_found_apart_above_and_below_10_mm_and_false_tumour_on_free_livers():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.scripts.tune_postprocess import score
+
+    def image(array: np.ndarray) -> sitk.Image:
+        result = sitk.GetImageFromArray(array.astype(np.uint8))
+        result.SetSpacing((1.0, 1.0, 1.0))
+        return result
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:38, 2:38, 2:38] = 1
+    labels[5:20, 5:20, 5:20] = 2  # 15 mm cube: 18.6 mm equivalent sphere
+    labels[30:34, 30:34, 30:34] = 2  # 4 mm cube: 5 mm
+    labels[30:34, 5:9, 30:34] = 2  # another 5 mm lesion
+    found = labels.copy()
+    found[30:34, 30:34, 30:34] = 1  # the big lesion and one small one are found
+    found[31:33, 31:33, 31:33] = 2
+    found[30:34, 5:9, 30:34] = 1
+    free = labels.copy()
+    free[labels == 2] = 1
+    outputs = {"tumour": found, "free": free.copy()}
+    outputs["free"][10:12, 10:12, 10:12] = 2  # 8 voxels of false tumour on a tumour-free liver
+
+    pipeline = SimpleNamespace(finish=lambda ct, evidence, settings: SimpleNamespace(labelmap=image(outputs[evidence])))
+    cases = [(("case", "metastases", image(labels), image(labels)), "tumour"),
+             (("free liver", "none", image(free), image(free)), "free")]
+    result = score(pipeline, cases, PipelineSettings())
+    assert result["lesions_ge_10mm_found"] == "1/1"
+    assert result["lesions_under_10mm_found"] == "1/2"
+    assert result["false_positive_lesions"] == 0
+    assert result["tumor_ml_on_tumour_free_livers"] == {"free liver": 0.01}
+    assert result["per_kind"]["metastases"] == pytest.approx(2 * (3375 + 8) / ((3375 + 8) + (3375 + 128)), abs=1e-3)

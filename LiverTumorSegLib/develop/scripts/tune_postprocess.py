@@ -9,7 +9,7 @@ seeds 9000+).
 
 The models run once per case (Pipeline.tumor_evidence); each setting only re-runs the
 post-processing (Pipeline.finish). Prints the mean tumor Dice per case, per tumour kind, the
-lesions >= 10 mm found and the false-positive lesions of each setting, best first.
+lesions >= 10 mm and < 10 mm found and the false-positive lesions of each setting, best first.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def perfusion_cases() -> list:
 
 def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> dict:
     per_kind: dict = {}
-    found, false_positives, free_ml, outside_ml = [], 0, {}, 0.0
+    found, small_found, false_positives, free_ml, outside_ml = [], [], 0, {}, 0.0
     for (name, kind, ct, labels), evidence in evidences:
         result = pipeline.finish(ct, evidence, settings)
         pred = sitk.GetArrayViewFromImage(result.labelmap) == 2
@@ -120,12 +120,15 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
         per_kind.setdefault(kind, []).append(dice(pred, ref))
         detection = lesion_detection(pred, ref, voxel_mm3)
         found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] >= 10.0]
+        small_found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] < 10.0]
         false_positives += detection["false_positives"]
     all_scores = [v for values in per_kind.values() for v in values]
     return {"tumor_dpc_mean": round(float(np.mean(all_scores)), 4),
             "worst_kind": round(min(float(np.mean(v)) for v in per_kind.values()), 4),
             "per_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(per_kind.items())},
-            "lesions_ge_10mm_found": f"{sum(found)}/{len(found)}", "false_positive_lesions": false_positives,
+            "lesions_ge_10mm_found": f"{sum(found)}/{len(found)}",
+            "lesions_under_10mm_found": f"{sum(small_found)}/{len(small_found)}",
+            "false_positive_lesions": false_positives,
             "tumor_ml_outside_reference_liver": round(outside_ml, 2),
             "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0)}
 
