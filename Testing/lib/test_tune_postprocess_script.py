@@ -145,3 +145,46 @@ def test_score_counts_lesions_found_apart_above_and_below_10_mm_and_false_tumour
     assert result["false_positive_lesions"] == 0
     assert result["tumor_ml_on_tumour_free_livers"] == {"free liver": 0.01}
     assert result["per_kind"]["metastases"] == pytest.approx(2 * (3375 + 8) / ((3375 + 8) + (3375 + 128)), abs=1e-3)
+
+
+def test_an_ensemble_from_its_members_cached_evidence_equals_the_ensemble_run(tmp_path, tiny_models, helpers):
+    """--ensembles averages each member's own evidence; the pipeline running the equal-weight
+    ensemble must give the same probability, uncertainty and liver stages."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from LiverTumorSegLib.develop.scripts.tune_postprocess import cached_evidence, combined_evidence
+
+    equal = tmp_path / "equal"
+    shutil.copytree(tiny_models.directory, equal)
+    card = read_card(equal / f"{tiny_models.tumor}.json")
+    for member in card.members:
+        member.weight = 1.0
+    write_card(card, equal / f"{tiny_models.tumor}.json")
+    registry = ModelRegistry([equal])
+    ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
+    case = ("case", "classic", ct, None)
+    cache = tmp_path / "cache"
+    parts = [cached_evidence(Pipeline(PipelineSettings(tumor_model=name), registry), case, cache)
+             for name in tiny_models.members]
+    assert len(list(cache.glob("*.pkl"))) == len(parts)  # one cached evidence per member
+    assert not np.array_equal(parts[0].probability, parts[1].probability)  # the members differ
+    combined = combined_evidence(parts)
+    whole = Pipeline(PipelineSettings(), registry).tumor_evidence(ct)
+    assert combined.box == whole.box and np.array_equal(combined.liver, whole.liver)
+    np.testing.assert_allclose(combined.probability, whole.probability, atol=1e-5)
+    assert whole.uncertainty is not None  # flip TTA: the spread is averaged too
+    np.testing.assert_allclose(combined.uncertainty, whole.uncertainty, atol=1e-5)
+
+    other = parts[1]
+    other.box = tuple(slice(s.start + 1, s.stop) for s in other.box)
+    with pytest.raises(ValueError, match="different liver stages"):
+        combined_evidence([parts[0], other])
+
+
+def test_ensembles_parse_into_their_members():
+    from LiverTumorSegLib.develop.scripts.tune_postprocess import parse_ensembles
+
+    assert parse_ensembles("a+b; a + b + c;c") == {"a+b": ["a", "b"], "a+b+c": ["a", "b", "c"], "c": ["c"]}
+    with pytest.raises(SystemExit, match="empty ensemble"):
+        parse_ensembles("a+b;;c")

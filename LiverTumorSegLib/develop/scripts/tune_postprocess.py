@@ -8,7 +8,9 @@ the held-out evaluation data (phantom seeds 10000+, ts_dicom_upper_abdomen, real
 seeds 9000+).
 
 The models run once per case (Pipeline.tumor_evidence); each setting only re-runs the
-post-processing (Pipeline.finish). Prints the mean tumor Dice per case, per tumour kind, the
+post-processing (Pipeline.finish). With --ensembles each tumour member runs alone once per case
+and every ensemble named is the average of its members' cached evidence, as the pipeline averages
+them, so ensembles of any members compare at the cost of running each member once. Prints the mean tumor Dice per case, per tumour kind, the
 lesions >= 10 mm and < 10 mm found and the false-positive lesions of each setting, best first.
 """
 
@@ -22,7 +24,7 @@ import pickle
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,7 +32,7 @@ import SimpleITK as sitk
 from LiverTumorSegLib.inference import WINDOW_PADDING
 from LiverTumorSegLib.metrics import dice, lesion_detection, on_grid_of
 from LiverTumorSegLib.models.registry import ModelRegistry
-from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
+from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings, TumorEvidence
 from LiverTumorSegLib.stages.parenchyma import ParenchymaPrior
 from LiverTumorSegLib.stages.tumor import needs_hypodensity
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation
@@ -171,6 +173,35 @@ def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
     return evidence
 
 
+def parse_ensembles(text: str) -> Dict[str, List[str]]:
+    """The ensembles of ``--ensembles``: ';'-separated, each its members' names joined by '+'."""
+    ensembles = {}
+    for item in text.split(";"):
+        members = [name.strip() for name in item.split("+") if name.strip()]
+        if not members:
+            raise SystemExit(f"error: --ensembles: '{text}' holds an empty ensemble")
+        ensembles["+".join(members)] = members
+    return ensembles
+
+
+def combined_evidence(parts: Sequence[TumorEvidence]) -> TumorEvidence:
+    """The evidence of the equal-weight ensemble of members whose own evidences (the same liver
+    stages) are ``parts``: its probability and TTA spread are the members' averages, as
+    stages.tumor.ensemble_probability forms them."""
+    first = parts[0]
+    if any(part.box != first.box or part.probability.shape != first.probability.shape for part in parts[1:]):
+        raise ValueError("the members' evidences come from different liver stages; they cannot be averaged")
+    probability = np.zeros_like(first.probability)
+    for part in parts:
+        probability += part.probability / len(parts)
+    uncertainty = None
+    if all(part.uncertainty is not None for part in parts):
+        uncertainty = np.zeros_like(first.uncertainty)
+        for part in parts:
+            uncertainty += part.uncertainty / len(parts)
+    return replace(first, probability=probability, uncertainty=uncertainty)
+
+
 def parse_prior(text: str) -> ParenchymaPrior:
     """'on' (the defaults), 'off', or 'field=value+field=value' changes of the defaults."""
     if text == "on":
@@ -191,6 +222,47 @@ def parse_closing(text: str) -> dict:
     except ValueError:
         raise SystemExit(f"error: --lesion-closing: '{text}' is not radius_mm/floor (e.g. 10/0.1)")
     return dict(lesion_closing_mm=radius, lesion_closing_floor=floor)
+
+
+def evidence_variants(args: argparse.Namespace, base: PipelineSettings, registry: ModelRegistry,
+                      cases: list) -> Iterator[Tuple[str, Pipeline, list]]:
+    """(label, pipeline, [(case, evidence)]) per ensemble to score: the models' own (label ''),
+    or each of ``--ensembles`` from its members' cached evidence, one ensemble in memory at a time."""
+    if not args.ensembles:
+        pipeline = Pipeline(base, registry)
+        yield "", pipeline, [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
+        return
+    ensembles = parse_ensembles(args.ensembles)
+    names = list(dict.fromkeys(name for members in ensembles.values() for name in members))
+    members = {name: Pipeline(replace(base, tumor_model=name), registry) for name in names}
+    for name, pipeline in members.items():  # each member once, into the cache
+        for case in cases:
+            cached_evidence(pipeline, case, args.cache)
+    for label, chosen in ensembles.items():
+        yield f"ensemble {label}, ", members[chosen[0]], [
+            (case, combined_evidence([cached_evidence(members[name], case, args.cache) for name in chosen]))
+            for case in cases]
+
+
+def score_settings(args: argparse.Namespace, label: str, pipeline: Pipeline, evidences: list, results: dict) -> None:
+    """Score every post-processing setting the arguments name on ``evidences`` into ``results``."""
+    default_closing = f"{pipeline.settings.lesion_closing_mm:g}/{pipeline.settings.lesion_closing_floor:g}"
+    bulges = args.tumor_bulge_mm or f"{pipeline.settings.tumor_bulge_mm:g}"
+    for bulge, closing, prior_text, threshold, grow, min_ml, confidence in itertools.product(
+            map(float, bulges.split(",")),
+            (args.lesion_closing or default_closing).split(";"),
+            args.priors.split(";"),
+            map(float, args.thresholds.split(",")),
+            [None if g == "none" else float(g) for g in args.grow_thresholds.split(",")],
+            map(float, args.min_lesion_ml.split(",")),
+            map(float, args.min_lesion_confidence.split(","))):
+        settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
+                           min_lesion_ml=min_ml, min_lesion_confidence=confidence,
+                           parenchyma=parse_prior(prior_text), tumor_bulge_mm=bulge, **parse_closing(closing))
+        key = (f"{label}prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
+               f"min confidence {confidence:g}, closing {closing}, bulge {bulge:g} mm")
+        results[key] = score(pipeline, evidences, settings)
+        print(key, json.dumps(results[key]), flush=True)
 
 
 def main() -> int:
@@ -220,39 +292,30 @@ def main() -> int:
                         help="the models' sliding-window overlap for the evidence (default: the pipeline's); 0.5 "
                              "puts every voxel nearer a window's centre, so models compare with less luck of "
                              "window placement, at about 3 times the model time")
+    parser.add_argument("--ensembles", default=None,
+                        help="tumour ensembles to compare, ';'-separated, each its members (tumour models in "
+                             "--models) joined by '+', equal weights; each member runs once per case into --cache")
     args = parser.parse_args()
+    if args.ensembles and args.cache is None:
+        parser.error("--ensembles averages the members' cached evidence: give --cache DIR")
     if not 0.0 <= args.overlap < 1.0:
         parser.error("--overlap must be at least 0 and less than 1")
-    pipeline = Pipeline(PipelineSettings(device="cpu", tta=args.tta, window_overlap=args.overlap),
-                        ModelRegistry([args.models]))
+    base = PipelineSettings(device="cpu", tta=args.tta, window_overlap=args.overlap)
+    registry = ModelRegistry([args.models])
     cases = validation_cases(args.phantoms, list(TUMOR_KINDS))
     if args.slabs != "off":
         cases = (cases if args.slabs == "add" else []) + slab_cases(cases)
-    evidences = [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
     results = {}
-    default_closing = f"{pipeline.settings.lesion_closing_mm:g}/{pipeline.settings.lesion_closing_floor:g}"
-    bulges = args.tumor_bulge_mm or f"{pipeline.settings.tumor_bulge_mm:g}"
-    for bulge, closing, prior_text, threshold, grow, min_ml, confidence in itertools.product(
-            map(float, bulges.split(",")),
-            (args.lesion_closing or default_closing).split(";"),
-            args.priors.split(";"),
-            map(float, args.thresholds.split(",")),
-            [None if g == "none" else float(g) for g in args.grow_thresholds.split(",")],
-            map(float, args.min_lesion_ml.split(",")),
-            map(float, args.min_lesion_confidence.split(","))):
-        settings = replace(pipeline.settings, tumor_threshold=threshold, tumor_grow_threshold=grow,
-                           min_lesion_ml=min_ml, min_lesion_confidence=confidence,
-                           parenchyma=parse_prior(prior_text), tumor_bulge_mm=bulge, **parse_closing(closing))
-        key = (f"prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
-               f"min confidence {confidence:g}, closing {closing}, bulge {bulge:g} mm")
-        results[key] = score(pipeline, evidences, settings)
-        print(key, json.dumps(results[key]), flush=True)
+    for label, pipeline, evidences in evidence_variants(args, base, registry, cases):
+        score_settings(args, label, pipeline, evidences, results)
+        del evidences
     print("\nbest first (mean tumor Dice per case):")
     for key, value in sorted(results.items(), key=lambda kv: -kv[1]["tumor_dpc_mean"]):
         print(f"  {value['tumor_dpc_mean']:.4f} worst kind {value['worst_kind']:.3f} "
               f"tumour-free max {value['tumor_ml_on_tumour_free_max']:.1f} mL "
               f"outside the liver {value['tumor_ml_outside_reference_liver']:.1f} mL  {key}")
     return 0
+
 
 
 if __name__ == "__main__":
