@@ -10,8 +10,9 @@ seeds 9000+).
 The models run once per case (Pipeline.tumor_evidence); each setting only re-runs the
 post-processing (Pipeline.finish). With --ensembles each tumour member runs alone once per case
 and every ensemble named is the average of its members' cached evidence, as the pipeline averages
-them, so ensembles of any members compare at the cost of running each member once. Prints the mean tumor Dice per case, per tumour kind, the
-lesions >= 10 mm and < 10 mm found and the false-positive lesions of each setting, best first.
+them, so ensembles of any members compare at the cost of running each member once. Prints the
+mean tumor Dice per case, per tumour kind, the lesions >= 10 mm and < 10 mm found and the
+false-positive lesions of each setting, best first.
 """
 
 from __future__ import annotations
@@ -315,7 +316,6 @@ def main() -> int:
               f"tumour-free max {value['tumor_ml_on_tumour_free_max']:.1f} mL "
               f"outside the liver {value['tumor_ml_outside_reference_liver']:.1f} mL  {key}")
     return 0
-
 
 
 if __name__ == "__main__":
