@@ -112,8 +112,9 @@ def test_darkened_tumour_samples_carry_their_hard_negative_region():
     assert not (darkened.hard_negative & (darkened.target > 0)).any()  # ... never on a tumour
 
 
-def test_refinement_phantoms_carry_the_neighbours_their_liver_stage_leaks_into():
-    card = train_embedded.liver_refine_card()
+@pytest.mark.parametrize("which", ["liver", "liver_refine"])
+def test_liver_phantoms_carry_the_neighbours_a_liver_stage_spills_into(which):
+    card = train_embedded.liver_card() if which == "liver" else train_embedded.liver_refine_card()
     leaky, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[],
                                           neighbour_leaks=True)
     plain, = train_embedded.build_samples(card, 1, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[])
@@ -127,11 +128,29 @@ def test_refinement_phantoms_carry_the_neighbours_their_liver_stage_leaks_into()
     assert distance[region].max() <= 22.0  # within 20 mm of the liver (a voxel of resampling)
 
 
-def test_the_neighbour_fraction_must_leave_the_liver_its_patches(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["train_embedded.py", "--refine-neighbour-fraction", "0.5"])
+@pytest.mark.parametrize("flag", ["--refine-neighbour-fraction", "--liver-neighbour-fraction"])
+def test_the_neighbour_fraction_must_leave_the_liver_its_patches(monkeypatch, capsys, flag):
+    monkeypatch.setattr(sys, "argv", ["train_embedded.py", flag, "0.5"])
     with pytest.raises(SystemExit):
         train_embedded.main()
-    assert "--refine-neighbour-fraction must lie between 0 and 0.33" in capsys.readouterr().err
+    assert f"{flag} must lie between 0 and 0.33" in capsys.readouterr().err
+
+
+def test_the_liver_neighbour_fraction_centres_the_liver_models_patches_on_its_neighbours(monkeypatch, tmp_path):
+    calls = {}
+
+    def recording(card, samples, out, config):
+        calls.update(card=card, samples=samples, config=config)
+        return card
+
+    monkeypatch.setattr(train_embedded, "train_model", recording)
+    monkeypatch.setattr(train_embedded, "write_card", lambda card, path: None)
+    monkeypatch.setattr(sys, "argv", ["train_embedded.py", "--out", str(tmp_path), "--tasks", "liver", "--phantoms",
+                                      "1", "--real-variants", "0", "--liver-neighbour-fraction", "0.25"])
+    assert train_embedded.main() == 0
+    assert calls["config"].hard_negative_fraction == 0.25
+    assert all(sample.hard_negative is not None and sample.hard_negative.any() for sample in calls["samples"])
+    assert "25% of the patches centred on a neighbour organ beside the phantom's liver" in calls["card"].trained_on
 
 
 def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(monkeypatch, tmp_path):

@@ -166,8 +166,9 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model). A tumor model's darkened
     samples carry the darkened region as their hard negative; with ``neighbour_leaks`` a phantom
-    sample of a liver-refinement model carries the neighbour organs beside its liver
-    (synth.phantom.liver_neighbours), where its simulated liver-stage mask may leak."""
+    sample of a liver or liver-refinement model carries the neighbour organs beside its liver
+    (synth.phantom.liver_neighbours), where a liver model spills and a refinement's simulated
+    liver-stage mask may leak."""
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         with_kind = seed % 3 != 0
@@ -190,7 +191,7 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
                                               kind=draw_kind(seed, kind_mix))
         hard_negative = dark
-        if neighbour_leaks and card.task == "liver_refine" and has_liver:
+        if neighbour_leaks and card.task in ("liver", "liver_refine") and has_liver:
             hard_negative = liver_neighbours(ph.organs)
         samples.append(prepare_sample(f"phantom-{seed}", ct, labels, card, hard_negative=hard_negative))
     for name in (REAL_FOR_TASK[card.task] if real_cases is None else real_cases):
@@ -227,6 +228,9 @@ def main() -> int:
                              "the liver (phantoms: bowel, IVC, stomach, ...); with it, the simulated liver-stage "
                              "mask claims part of such a neighbour as liver, as a real liver stage does, so the "
                              "refinement learns to take it back out")
+    parser.add_argument("--liver-neighbour-fraction", type=float, default=0.0, metavar="F",
+                        help="share of the liver model's patches centred on a neighbour organ beside the liver "
+                             "(phantoms: stomach, bowel, gallbladder, kidney, ...): the hard negatives it spills into")
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                         help="peak learning rate (linear warm-up, cosine decay); lower it to fine-tune")
     parser.add_argument("--validation-phantoms", type=int, default=4)
@@ -278,9 +282,11 @@ def main() -> int:
     args = parser.parse_args()
     if not 0.0 <= args.slab_fraction <= 1.0:
         parser.error("--slab-fraction must lie between 0 and 1")
-    if not 0.0 <= args.refine_neighbour_fraction <= 1.0 - TrainConfig.positive_fraction:
-        parser.error(f"--refine-neighbour-fraction must lie between 0 and {1.0 - TrainConfig.positive_fraction:.2f} "
-                     f"(the rest of the refinement's patches are centred on the liver)")
+    for flag, value in (("--refine-neighbour-fraction", args.refine_neighbour_fraction),
+                        ("--liver-neighbour-fraction", args.liver_neighbour_fraction)):
+        if not 0.0 <= value <= 1.0 - TrainConfig.positive_fraction:
+            parser.error(f"{flag} must lie between 0 and {1.0 - TrainConfig.positive_fraction:.2f} "
+                         f"(the rest of the model's patches are centred on the liver)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.time()
 
@@ -311,9 +317,9 @@ def initial_card(args: argparse.Namespace, name: str):
 def train_single_model(args: argparse.Namespace, card: ModelCard, steps: int, seed: int, data: str,
                        hard_negative_fraction: float = 0.0) -> None:
     """Train one (non-ensemble) model card on the phantoms and the real training case; ``data``
-    opens the card's ``trained_on`` text. With ``hard_negative_fraction`` > 0 (a refinement
-    card) the phantoms carry their liver's neighbours and that share of the patches is centred
-    on them."""
+    opens the card's ``trained_on`` text. With ``hard_negative_fraction`` > 0 (a liver or
+    refinement card) the phantoms carry their liver's neighbours and that share of the patches is
+    centred on them."""
     started = time.time()
     samples = build_samples(card, args.phantoms, args.real_variants, seed_base=0,
                             perfusion_fraction=args.perfusion_fraction, real_cases=liver_real_cases(args),
@@ -361,10 +367,14 @@ def describe_liver_real(args: argparse.Namespace) -> str:
 
 
 def train_liver(args: argparse.Namespace) -> None:
+    spills = args.liver_neighbour_fraction
+    spill_text = (f"; {spills:.0%} of the patches centred on a neighbour organ beside the phantom's liver (stomach, "
+                  "bowel, gallbladder, kidney, ...)" if spills > 0 else "")
     train_single_model(args, liver_card(), args.liver_steps, args.seed,
                        f"{args.phantoms} synthetic phantoms (seeds 0-{args.phantoms - 1}; two thirds with synthetic "
                        f"tumours of every kind) and {describe_liver_real(args)}; {args.perfusion_fraction:.0%} of the "
-                       "samples with a broad tumour-free darkening of part of the liver (synth.perfusion)")
+                       f"samples with a broad tumour-free darkening of part of the liver (synth.perfusion){spill_text}",
+                       hard_negative_fraction=spills)
 
 
 def train_liver_refine(args: argparse.Namespace) -> None:
