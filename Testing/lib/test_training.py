@@ -397,7 +397,8 @@ def test_lesion_voxels_are_the_targets_connected_components():
     assert sorted(len(lesion) for lesion in lesions) == [1, 2, 4096]
     single = next(lesion for lesion in lesions if len(lesion) == 1)
     assert np.unravel_index(single[0], (40, 40, 40)) == (4, 4, 4)
-    assert TrainingSample("empty", np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 4), np.uint8)).lesion_voxels() == []
+    empty = TrainingSample("empty", np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 4), np.uint8))
+    assert empty.lesion_voxels() == []
 
 
 def test_lesion_balanced_patches_centre_each_lesion_alike_whatever_its_size():
@@ -429,13 +430,14 @@ def test_the_lesion_balanced_fraction_takes_only_from_the_positive_patches(monke
 
     monkeypatch.setattr(trainer, "sample_patch", recording)
     samples = bright_box_samples(2)
-    train_model(tiny_card("lb"), samples, tmp_path, TrainConfig(steps=100, seed=0, **{**QUICK,
-                                                                                      "lesion_balanced_fraction": 0.5}))
+    balanced = TrainConfig(steps=100, seed=0, **{**QUICK, "lesion_balanced_fraction": 0.5})
+    train_model(tiny_card("lb"), samples, tmp_path, balanced)
     assert not any(by_lesion and not positive for positive, by_lesion in calls)
     positive = [by_lesion for p, by_lesion in calls if p]
     assert np.mean(positive) == pytest.approx(0.5, abs=0.12)
     with pytest.raises(LiverTumorSegError, match="lesion_balanced_fraction"):
-        train_model(tiny_card("bad"), samples, tmp_path, TrainConfig(steps=1, **{**QUICK, "lesion_balanced_fraction": 1.5}))
+        train_model(tiny_card("bad"), samples, tmp_path,
+                    TrainConfig(steps=1, **{**QUICK, "lesion_balanced_fraction": 1.5}))
 
 
 def test_tumor_samples_carry_their_hard_negative_region_on_the_model_grid(helpers):

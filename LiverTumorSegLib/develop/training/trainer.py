@@ -41,7 +41,7 @@ class TrainConfig:
     # of the patches centred on the foreground, the share centred on one of the sample's lesions
     # (connected components) drawn uniformly, then on a voxel of it, rather than on a voxel drawn
     # uniformly from all of them: a 5 mm metastasis then leads a patch as often as a 15 cm mass
-    # beside it, where by voxel it would lead one in 30 000
+    # beside it, where by voxel it would lead about one in 27 000
     lesion_balanced_fraction: float = 0.0
     seed: int = 0
     affine: bool = True
