@@ -354,23 +354,30 @@ def test_hard_negative_patches_are_centred_in_the_region_and_never_replace_posit
     assert min(anywhere) == 0.0  # without hard_negative a tumour-free sample's patch lies anywhere
 
 
-def test_the_hard_negative_fraction_only_takes_from_the_patches_placed_anywhere(monkeypatch, tmp_path):
+def record_patch_draws(monkeypatch) -> list:
+    """The (positive, hard_negative, by_lesion) draw of every patch the trainer samples from now on."""
     from LiverTumorSegLib.develop.training import trainer
 
     calls = []
     real = trainer.sample_patch
 
     def recording(sample, patch, rng, positive, hard_negative=False, by_lesion=False):
-        calls.append((positive, hard_negative))
+        calls.append((positive, hard_negative, by_lesion))
         return real(sample, patch, rng, positive, hard_negative, by_lesion)
 
     monkeypatch.setattr(trainer, "sample_patch", recording)
+    return calls
+
+
+def test_the_hard_negative_fraction_only_takes_from_the_patches_placed_anywhere(monkeypatch, tmp_path):
+    draws = record_patch_draws(monkeypatch)
     samples = bright_box_samples(2)
     for sample in samples:
         sample.hard_negative = np.zeros(sample.target.shape, bool)
         sample.hard_negative[:2] = True
     train_model(tiny_card("hn"), samples, tmp_path, TrainConfig(steps=100, seed=0, **{**QUICK,
                                                                                       "hard_negative_fraction": 0.3}))
+    calls = [(positive, hard) for positive, hard, _ in draws]
     positive = np.mean([p for p, _ in calls])
     hard = np.mean([h for _, h in calls])
     assert not any(p and h for p, h in calls)
@@ -419,19 +426,11 @@ def test_lesion_balanced_patches_centre_each_lesion_alike_whatever_its_size():
 
 
 def test_the_lesion_balanced_fraction_takes_only_from_the_positive_patches(monkeypatch, tmp_path):
-    from LiverTumorSegLib.develop.training import trainer
-
-    calls = []
-    real = trainer.sample_patch
-
-    def recording(sample, patch, rng, positive, hard_negative=False, by_lesion=False):
-        calls.append((positive, by_lesion))
-        return real(sample, patch, rng, positive, hard_negative, by_lesion)
-
-    monkeypatch.setattr(trainer, "sample_patch", recording)
+    draws = record_patch_draws(monkeypatch)
     samples = bright_box_samples(2)
     balanced = TrainConfig(steps=100, seed=0, **{**QUICK, "lesion_balanced_fraction": 0.5})
     train_model(tiny_card("lb"), samples, tmp_path, balanced)
+    calls = [(positive, by_lesion) for positive, _, by_lesion in draws]
     assert not any(by_lesion and not positive for positive, by_lesion in calls)
     positive = [by_lesion for p, by_lesion in calls if p]
     assert np.mean(positive) == pytest.approx(0.5, abs=0.12)

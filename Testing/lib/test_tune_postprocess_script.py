@@ -12,15 +12,22 @@ from LiverTumorSegLib.models.registry import ModelRegistry
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
 
 
+def equal_weight_copy(tiny_models, folder):
+    """A copy of the tiny models in ``folder`` whose tumour ensemble weighs its members equally
+    (the fixture's weighs them 3:1)."""
+    shutil.copytree(tiny_models.directory, folder)
+    card = read_card(folder / f"{tiny_models.tumor}.json")
+    for member in card.members:
+        member.weight = 1.0
+    write_card(card, folder / f"{tiny_models.tumor}.json")
+    return folder
+
+
 def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tmp_path, tiny_models):
     """A re-weighted ensemble of the same members is other evidence (a cache that ignored the
     weights once returned one ensemble's numbers for another)."""
-    reweighted = tmp_path / "reweighted"
-    shutil.copytree(tiny_models.directory, reweighted)
+    reweighted = equal_weight_copy(tiny_models, tmp_path / "reweighted")
     card = read_card(reweighted / f"{tiny_models.tumor}.json")
-    for member in card.members:
-        member.weight = 1.0
-    write_card(card, reweighted / f"{tiny_models.tumor}.json")
 
     def key(directory, case="case-a", **settings) -> str:
         return evidence_key(Pipeline(PipelineSettings(**settings), ModelRegistry([directory])), case)
@@ -155,13 +162,7 @@ def test_an_ensemble_from_its_members_cached_evidence_equals_the_ensemble_run(tm
 
     from LiverTumorSegLib.develop.scripts.tune_postprocess import cached_evidence, combined_evidence
 
-    equal = tmp_path / "equal"
-    shutil.copytree(tiny_models.directory, equal)
-    card = read_card(equal / f"{tiny_models.tumor}.json")
-    for member in card.members:
-        member.weight = 1.0
-    write_card(card, equal / f"{tiny_models.tumor}.json")
-    registry = ModelRegistry([equal])
+    registry = ModelRegistry([equal_weight_copy(tiny_models, tmp_path / "equal")])
     ct = sitk.Cast(helpers.phantom_ct(), sitk.sitkFloat32)
     case = ("case", "classic", ct, None)
     cache = tmp_path / "cache"
