@@ -177,6 +177,12 @@ def test_an_ensemble_from_its_members_cached_evidence_equals_the_ensemble_run(tm
     assert whole.uncertainty is not None  # flip TTA: the spread is averaged too
     np.testing.assert_allclose(combined.uncertainty, whole.uncertainty, atol=1e-5)
 
+    weighted = combined_evidence(parts, [3.0, 1.0])  # a weighted member counts that many times over
+    np.testing.assert_allclose(weighted.probability, 0.75 * parts[0].probability + 0.25 * parts[1].probability,
+                               atol=1e-6)
+    np.testing.assert_allclose(weighted.uncertainty, 0.75 * parts[0].uncertainty + 0.25 * parts[1].uncertainty,
+                               atol=1e-6)
+
     other = parts[1]
     other.box = tuple(slice(s.start + 1, s.stop) for s in other.box)
     with pytest.raises(ValueError, match="different liver stages"):
@@ -186,6 +192,12 @@ def test_an_ensemble_from_its_members_cached_evidence_equals_the_ensemble_run(tm
 def test_ensembles_parse_into_their_members():
     from LiverTumorSegLib.develop.scripts.tune_postprocess import parse_ensembles
 
-    assert parse_ensembles("a+b; a + b + c;c") == {"a+b": ["a", "b"], "a+b+c": ["a", "b", "c"], "c": ["c"]}
+    assert parse_ensembles("a+b; a + b + c;c") == {
+        "a+b": [("a", 1.0), ("b", 1.0)], "a+b+c": [("a", 1.0), ("b", 1.0), ("c", 1.0)], "c": [("c", 1.0)]}
+    assert parse_ensembles("a+b*2.5") == {"a+b*2.5": [("a", 1.0), ("b", 2.5)]}
     with pytest.raises(SystemExit, match="empty ensemble"):
         parse_ensembles("a+b;;c")
+    with pytest.raises(SystemExit, match="NAME or NAME"):
+        parse_ensembles("a+b*x")
+    with pytest.raises(SystemExit, match="must be > 0"):
+        parse_ensembles("a+b*0")

@@ -174,32 +174,48 @@ def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
     return evidence
 
 
-def parse_ensembles(text: str) -> Dict[str, List[str]]:
-    """The ensembles of ``--ensembles``: ';'-separated, each its members' names joined by '+'."""
+def parse_ensembles(text: str) -> Dict[str, List[Tuple[str, float]]]:
+    """The ensembles of ``--ensembles``: ';'-separated, each its members joined by '+', a member
+    ``NAME`` (weight 1) or ``NAME*W`` (weight W > 0); each ensemble as (name, weight) pairs."""
     ensembles = {}
     for item in text.split(";"):
-        members = [name.strip() for name in item.split("+") if name.strip()]
+        members = []
+        for part in item.split("+"):
+            name, star, weight_text = part.strip().partition("*")
+            if not name.strip():
+                continue
+            try:
+                weight = float(weight_text) if star else 1.0
+            except ValueError:
+                raise SystemExit(f"error: --ensembles: '{part.strip()}' is not NAME or NAME*WEIGHT") from None
+            if not weight > 0:
+                raise SystemExit(f"error: --ensembles: the weight of {name.strip()} must be > 0")
+            members.append((name.strip(), weight))
         if not members:
             raise SystemExit(f"error: --ensembles: '{text}' holds an empty ensemble")
-        ensembles["+".join(members)] = members
+        ensembles["+".join(name if weight == 1.0 else f"{name}*{weight:g}" for name, weight in members)] = members
     return ensembles
 
 
-def combined_evidence(parts: Sequence[TumorEvidence]) -> TumorEvidence:
-    """The evidence of the equal-weight ensemble of members whose own evidences (the same liver
-    stages) are ``parts``: its probability and TTA spread are the members' averages, as
-    stages.tumor.ensemble_probability forms them."""
+def combined_evidence(parts: Sequence[TumorEvidence], weights: Optional[Sequence[float]] = None) -> TumorEvidence:
+    """The evidence of the ensemble of members whose own evidences (the same liver stages) are
+    ``parts``, with ``weights`` (default equal): its probability and TTA spread are the members'
+    weighted averages, as stages.tumor.ensemble_probability forms them."""
     first = parts[0]
     if any(part.box != first.box or part.probability.shape != first.probability.shape for part in parts[1:]):
         raise ValueError("the members' evidences come from different liver stages; they cannot be averaged")
+    weights = [1.0] * len(parts) if weights is None else list(weights)
+    if len(weights) != len(parts):
+        raise ValueError("one weight per member evidence is needed")
+    shares = [weight / float(sum(weights)) for weight in weights]
     probability = np.zeros_like(first.probability)
-    for part in parts:
-        probability += part.probability / len(parts)
+    for part, share in zip(parts, shares):
+        probability += part.probability * share
     uncertainty = None
     if all(part.uncertainty is not None for part in parts):
         uncertainty = np.zeros_like(first.uncertainty)
-        for part in parts:
-            uncertainty += part.uncertainty / len(parts)
+        for part, share in zip(parts, shares):
+            uncertainty += part.uncertainty * share
     return replace(first, probability=probability, uncertainty=uncertainty)
 
 
@@ -234,14 +250,15 @@ def evidence_variants(args: argparse.Namespace, base: PipelineSettings, registry
         yield "", pipeline, [(case, cached_evidence(pipeline, case, args.cache)) for case in cases]
         return
     ensembles = parse_ensembles(args.ensembles)
-    names = list(dict.fromkeys(name for members in ensembles.values() for name in members))
+    names = list(dict.fromkeys(name for members in ensembles.values() for name, _ in members))
     members = {name: Pipeline(replace(base, tumor_model=name), registry) for name in names}
     for name, pipeline in members.items():  # each member once, into the cache
         for case in cases:
             cached_evidence(pipeline, case, args.cache)
     for label, chosen in ensembles.items():
-        yield f"ensemble {label}, ", members[chosen[0]], [
-            (case, combined_evidence([cached_evidence(members[name], case, args.cache) for name in chosen]))
+        yield f"ensemble {label}, ", members[chosen[0][0]], [
+            (case, combined_evidence([cached_evidence(members[name], case, args.cache) for name, _ in chosen],
+                                     [weight for _, weight in chosen]))
             for case in cases]
 
 
@@ -295,7 +312,8 @@ def main() -> int:
                              "window placement, at about 3 times the model time")
     parser.add_argument("--ensembles", default=None,
                         help="tumour ensembles to compare, ';'-separated, each its members (tumour models in "
-                             "--models) joined by '+', equal weights; each member runs once per case into --cache")
+                             "--models) joined by '+', NAME*W weighting a member W times (default 1); each member runs "
+                             "once per case into --cache")
     args = parser.parse_args()
     if args.ensembles and args.cache is None:
         parser.error("--ensembles averages the members' cached evidence: give --cache DIR")
