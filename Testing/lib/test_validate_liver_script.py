@@ -77,3 +77,37 @@ def test_validation_phantoms_take_every_kind_in_turn_whole_and_as_slabs_under_va
     assert all(5002 <= seed < 9000 for seed, _, _ in drawn)  # neither training (0-149) nor held out (10000+)
     assert [group for _, group, _, _ in cases[:2]] == ["whole volume", "40 mm slab"]
     assert len(cases) == 2 * len(drawn) and len(validate_liver.validation_cases(3, slabs=False)) == 3
+
+
+def test_each_folder_is_scored_at_each_liver_threshold(monkeypatch, tmp_path, capsys):
+    import json
+
+    from LiverTumorSegLib.develop.scripts import validate_liver
+
+    made = []
+
+    def pipeline_for(models, threshold):
+        made.append((models, threshold))
+        ct, labels = labelled_volume()
+        return FakePipeline((sitk.GetArrayFromImage(labels) > 0).astype(np.uint8))
+
+    monkeypatch.setattr(validate_liver, "pipeline_for", pipeline_for)
+    monkeypatch.setattr(validate_liver, "validation_cases",
+                        lambda count, slabs=True: [("c", "whole volume", *labelled_volume())])
+    out = tmp_path / "report.json"
+    assert validate_liver.main(["A", "B", "--liver-thresholds", "0.4,0.5", "--out", str(out)]) == 0
+    assert [(str(m), t) for m, t in made] == [("A", 0.4), ("A", 0.5), ("B", 0.4), ("B", 0.5)]
+    assert list(json.loads(out.read_text())) == [f"{m} @ liver threshold {t}" for m in "AB" for t in ("0.4", "0.5")]
+    validate_liver.main(["A"])  # one threshold: the folder's own label, at the pipeline's threshold
+    assert made[-1] == (validate_liver.Path("A"), validate_liver.PipelineSettings.liver_threshold)
+    assert "A:" in capsys.readouterr().out
+    for bad in ("0.5,x", "1.2", ""):
+        with pytest.raises(SystemExit, match="--liver-thresholds"):
+            validate_liver.parse_thresholds(bad)
+
+
+def test_the_pipeline_cuts_the_liver_at_the_threshold_asked():
+    from LiverTumorSegLib.develop.scripts.validate_liver import pipeline_for
+    from LiverTumorSegLib.models.registry import embedded_models_dir
+
+    assert pipeline_for(embedded_models_dir(), 0.4).settings.liver_threshold == 0.4

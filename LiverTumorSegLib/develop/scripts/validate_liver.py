@@ -91,9 +91,22 @@ def summarize(rows: Sequence[Dict[str, object]]) -> Dict[str, Dict[str, object]]
     return summary
 
 
-def pipeline_for(models: Path) -> Pipeline:
-    """The pipeline with ``models``' liver cards (the embedded folder supplies what it lacks)."""
-    return Pipeline(PipelineSettings(device="cpu"), ModelRegistry([models, embedded_models_dir()]))
+def pipeline_for(models: Path, liver_threshold: float = PipelineSettings.liver_threshold) -> Pipeline:
+    """The pipeline with ``models``' liver cards (the embedded folder supplies what it lacks), its
+    liver stage and refinement cut at ``liver_threshold``."""
+    return Pipeline(PipelineSettings(device="cpu", liver_threshold=liver_threshold),
+                    ModelRegistry([models, embedded_models_dir()]))
+
+
+def parse_thresholds(text: str) -> List[float]:
+    """``--liver-thresholds``: comma-separated probabilities in (0, 1)."""
+    try:
+        thresholds = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --liver-thresholds: '{text}' is not a comma-separated list of numbers") from None
+    if not thresholds or any(not 0.0 < t < 1.0 for t in thresholds):
+        raise SystemExit(f"error: --liver-thresholds: '{text}': give probabilities between 0 and 1")
+    return thresholds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,20 +115,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model folders with liver-demo.json (and its refinement card); default: the embedded")
     parser.add_argument("--phantoms", type=int, default=14, help="validation phantoms (seeds 5002 on)")
     parser.add_argument("--no-slabs", action="store_true", help="whole volumes only")
+    parser.add_argument("--liver-thresholds", default=f"{PipelineSettings.liver_threshold:g}",
+                        help="probabilities at which the liver stage and its refinement are cut, comma-separated; "
+                             "each folder is scored at each (default: the pipeline's)")
     parser.add_argument("--out", type=Path, default=None, help="write the per-case rows and summaries here (JSON)")
     args = parser.parse_args(argv)
+    thresholds = parse_thresholds(args.liver_thresholds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cases = validation_cases(args.phantoms, slabs=not args.no_slabs)
     report = {}
     for models in args.models:
-        pipeline = pipeline_for(models)
-        rows = [score_case(pipeline, case) for case in cases]
-        for row in rows:
-            log.info("%s: %s", models, row)
-        report[str(models)] = {"summary": summarize(rows), "cases": rows}
-        print(f"{models}:")
-        for group, values in report[str(models)]["summary"].items():
-            print(f"  {group}: {json.dumps(values)}")
+        for threshold in thresholds:
+            label = str(models) if len(thresholds) == 1 else f"{models} @ liver threshold {threshold:g}"
+            pipeline = pipeline_for(models, threshold)
+            rows = [score_case(pipeline, case) for case in cases]
+            for row in rows:
+                log.info("%s: %s", label, row)
+            report[label] = {"summary": summarize(rows), "cases": rows}
+            print(f"{label}:")
+            for group, values in report[label]["summary"].items():
+                print(f"  {group}: {json.dumps(values)}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
