@@ -61,6 +61,8 @@ def test_embedded_models_are_shipped_and_verify():
     assert "NOT FOR CLINICAL USE" in model_card and "Held out" in model_card
     for card in shipped:
         assert card.weights_sha256 in model_card, f"MODEL_CARD.md does not describe the shipped {card.name}"
+        if card.inference_patch_size:  # a window other than the training patch is said
+            assert f"inference window {tuple(card.inference_patch_size)}" in model_card, card.name
     assert liver.metrics.get("evaluation") and tumor.metrics.get("evaluation")
 
 

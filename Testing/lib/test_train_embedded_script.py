@@ -199,3 +199,17 @@ def test_an_ensemble_member_with_another_suffix_is_refused(monkeypatch, tmp_path
         "--member-suffix=-r99", "--ensemble", "tumor-demo-unet-r98"])
     with pytest.raises(SystemExit, match="tumor-demo-unet-r98"):
         train_embedded.main()
+
+
+def test_the_liver_card_keeps_its_chosen_inference_window():
+    """The liver model infers on windows wider in-plane than its training patch (chosen on
+    validation); a retrain must keep them, and the network must accept them."""
+    from LiverTumorSegLib.models.card import read_card
+    from LiverTumorSegLib.models.registry import embedded_models_dir
+
+    card = train_embedded.liver_card()
+    window, patch = card.inference_patch_size, card.patch_size
+    assert window is not None and window[0] > patch[0] and window[1] > patch[1] and window[2] == patch[2]
+    divisor = int(np.prod(card.architecture_args["strides"]))
+    assert all(side % divisor == 0 for side in window)
+    assert tuple(read_card(embedded_models_dir() / "liver-demo.json").inference_patch_size) == tuple(window)

@@ -138,8 +138,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
            "|---|---|---|---|---|---|---|---|"]
     for card in [liver] + refine + members:
         size_kb = card.weights_path.stat().st_size / 1024
+        window = f"; inference window {tuple(card.inference_patch_size)}" if card.inference_patch_size else ""
         out.append(f"| {card.name} | {card.task} | {card.architecture} {json.dumps(card.architecture_args)} | "
-                   f"{card.spacing_mm} | {card.patch_size} | {card.hu_window} | {size_kb:.0f} KB | "
+                   f"{card.spacing_mm} | {card.patch_size}{window} | {card.hu_window} | {size_kb:.0f} KB | "
                    f"`{card.weights_sha256}` |")
     weights = ", ".join(f"{m.model} {m.weight:.2f}" for m in ensemble.members)
     out += ["", f"Tumor ensemble `{ensemble.name}`: weighted average of the members' probabilities ({weights}). "
