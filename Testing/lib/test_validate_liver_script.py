@@ -98,9 +98,9 @@ def test_each_folder_is_scored_at_each_liver_threshold(monkeypatch, tmp_path, ca
     assert validate_liver.main(["A", "B", "--liver-thresholds", "0.4,0.5", "--out", str(out)]) == 0
     assert [(str(m), t) for m, t in made] == [("A", 0.4), ("A", 0.5), ("B", 0.4), ("B", 0.5)]
     assert list(json.loads(out.read_text())) == [f"{m} @ liver threshold {t}" for m in "AB" for t in ("0.4", "0.5")]
-    validate_liver.main(["A"])  # one threshold: the folder's own label, at the pipeline's threshold
+    validate_liver.main(["A", "--out", str(out)])  # one threshold: the folder's own label, the pipeline's cut
     assert made[-1] == (validate_liver.Path("A"), validate_liver.PipelineSettings.liver_threshold)
-    assert "A:" in capsys.readouterr().out
+    assert list(json.loads(out.read_text())) == ["A"] and "A:" in capsys.readouterr().out
     for bad in ("0.5,x", "1.2", ""):
         with pytest.raises(SystemExit, match="--liver-thresholds"):
             validate_liver.parse_thresholds(bad)
