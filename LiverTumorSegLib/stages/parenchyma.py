@@ -77,8 +77,18 @@ class ParenchymaPrior:
     # piece of model evidence are raised: a lesion the model found in part grows by about its own
     # size, not into a broad darker region it happens to touch
     reach_factor: float = 0.0
+    # > 0: inside a supported candidate only voxels at least this fraction as dark (below the
+    # parenchyma) as the candidate's model evidence is (its median) are raised: a lesion found in
+    # part is completed where it is about as dark as the part found, not across a milder broad
+    # darkening that joins several lesions into one candidate
+    anchor_fraction: float = 0.0
     weight: float = 1.0  # probability' = max(probability, weight * map) inside supported candidates
     working_mm: float = 1.5  # in-plane voxels finer than this are averaged in blocks first (0: never)
+    # The parenchyma's HU as a smooth function of position (0: one HU for the whole liver; 1: a
+    # linear, 2: a quadratic trend, fitted robustly over the interior, dark outliers left out), so
+    # a scan whose posterior liver is 20-30 HU darker than its anterior (dependent contrast,
+    # beam hardening) is not read as one broad hypodense region.
+    trend_order: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,15 @@ class ParenchymaStats:
     n_voxels: int  # interior voxels the statistics came from
     coarse_spread_hu: float = math.nan  # the spread at the coarse scale (NaN: no coarse scale)
     coarse_smoothing_mm: float = 0.0
+    trend: Tuple[float, ...] = ()  # coefficients of the parenchyma's trend (:func:`trend_terms`); () none
+    trend_origin_mm: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the trend's terms are 0 (k, j, i)
+
+    def background(self, shape: Sequence[int], spacing_kji: Spacing) -> Union[float, np.ndarray]:
+        """The parenchyma's HU at each voxel of a grid of ``shape``: ``median_hu`` plus the trend."""
+        if not self.trend:
+            return self.median_hu
+        terms = trend_terms(_axes_mm(shape, spacing_kji, self.trend_origin_mm), len(self.trend))
+        return self.median_hu + sum(c * t for c, t in zip(self.trend, terms))
 
 
 @dataclass(frozen=True)
@@ -165,6 +184,55 @@ def _peak(values: np.ndarray) -> Tuple[float, float]:
     return center, spread
 
 
+_TREND_SCALE_MM = 100.0  # positions enter the trend in units of 10 cm (well-conditioned terms)
+
+
+def _axes_mm(shape: Sequence[int], spacing_kji: Spacing, origin_mm: Sequence[float]) -> List[np.ndarray]:
+    """Per array axis, the voxel centres' positions (in units of 10 cm from ``origin_mm``),
+    shaped to broadcast over a grid of ``shape``."""
+    axes = []
+    for axis, (n, s, o) in enumerate(zip(shape, spacing_kji, origin_mm)):
+        view = [1, 1, 1]
+        view[axis] = int(n)
+        axes.append(((np.arange(n, dtype=np.float32) * float(s) - float(o)) / _TREND_SCALE_MM).reshape(view))
+    return axes
+
+
+def trend_terms(axes: Sequence[np.ndarray], count: int) -> List[np.ndarray]:
+    """The first ``count`` terms of a trend in positions ``axes`` (k, j, i): the 3 linear terms,
+    then the 6 quadratic ones (3 for a linear trend, 9 for a quadratic)."""
+    k, j, i = axes
+    terms = [k, j, i, k * k, j * j, i * i, k * j, k * i, j * i]
+    if count not in (3, 9):
+        raise ValueError(f"a trend has 3 (linear) or 9 (quadratic) terms, got {count}")
+    return terms[:count]
+
+
+def _fit_trend(values: np.ndarray, where: np.ndarray, spacing_kji: Spacing, order: int,
+               spread: float) -> Tuple[Tuple[float, ...], Tuple[float, float, float]]:
+    """Coefficients (and origin) of a robust least-squares trend of ``values`` over ``where``:
+    refitted without voxels more than 2.5 spreads below or 3 above it (lesions, vessels left over),
+    so a lesion does not bend the trend."""
+    points = np.argwhere(where)
+    if len(points) > 200_000:  # a regular subsample is plenty for at most 9 numbers
+        points = points[:: len(points) // 200_000 + 1]
+    mm = points.astype(np.float32) * np.asarray(spacing_kji, np.float32)
+    origin = tuple(float(v) for v in mm.mean(axis=0))
+    pos = (mm - np.asarray(origin, np.float32)) / _TREND_SCALE_MM
+    count = 3 if order == 1 else 9
+    design = np.stack([np.ones(len(pos), np.float32)] + trend_terms([pos[:, 0], pos[:, 1], pos[:, 2]], count), axis=1)
+    target = values[tuple(points.T)].astype(np.float32)
+    keep = np.ones(len(target), bool)
+    coefficients = np.zeros(count + 1, np.float32)
+    for _ in range(4):
+        if keep.sum() <= 4 * (count + 1):
+            break
+        coefficients = np.linalg.lstsq(design[keep], target[keep], rcond=None)[0]
+        residual = target - design @ coefficients
+        keep = (residual >= -2.5 * spread) & (residual <= 3.0 * spread)
+    return tuple(float(c) for c in coefficients[1:]), origin  # type: ignore[return-value]
+
+
 def _light(hu: np.ndarray, spacing_kji: Spacing) -> np.ndarray:
     """Lightly smoothed HU (1 mm): what tells fat and vessels apart from the parenchyma."""
     return ndimage.gaussian_filter(hu, _sigma_voxels(1.0, spacing_kji), mode="nearest", truncate=3.0)
@@ -235,14 +303,26 @@ def _statistics(liver: _Liver, prior: ParenchymaPrior) -> ParenchymaStats:
         measured = interior
     smooth = liver.smoothed(vessel_hu, prior.smoothing_mm, prior.shell_mm)
     center, spread = _peak(smooth[measured])
+    trend, origin = (), (0.0, 0.0, 0.0)
+    if prior.trend_order not in (0, 1, 2):
+        raise ValueError(f"trend_order must be 0, 1 or 2, got {prior.trend_order}")
+    if prior.trend_order > 0:
+        trend, origin = _fit_trend(smooth, measured, liver.spacing, prior.trend_order, spread)
+    flat = ParenchymaStats(median_hu=0.0, spread_hu=spread, vessel_hu=vessel_hu, smoothing_mm=prior.smoothing_mm,
+                           n_voxels=0, trend=trend, trend_origin_mm=origin)
+    detrended = smooth - flat.background(smooth.shape, liver.spacing) if trend else smooth
+    if trend:
+        center, spread = _peak(detrended[measured])
     coarse_spread = math.nan
     if prior.coarse_smoothing_mm > 0:
-        values = liver.smoothed(vessel_hu, prior.coarse_smoothing_mm, prior.shell_mm)[measured]
+        coarse = liver.smoothed(vessel_hu, prior.coarse_smoothing_mm, prior.shell_mm)
+        values = (coarse - flat.background(coarse.shape, liver.spacing) if trend else coarse)[measured]
         upper = values[values >= center] - center  # about the fine scale's centre
         coarse_spread = max(float(np.median(upper)) / 0.6745, 1.0) if upper.size else 1.0
     return ParenchymaStats(median_hu=round(center, 2), spread_hu=round(spread, 2), vessel_hu=vessel_hu,
                            smoothing_mm=prior.smoothing_mm, n_voxels=int(measured.sum()),
-                           coarse_spread_hu=round(coarse_spread, 2), coarse_smoothing_mm=prior.coarse_smoothing_mm)
+                           coarse_spread_hu=round(coarse_spread, 2), coarse_smoothing_mm=prior.coarse_smoothing_mm,
+                           trend=trend, trend_origin_mm=origin)
 
 
 # --- 2. map ----------------------------------------------------------------------------------------
@@ -256,7 +336,8 @@ def _delta(liver: _Liver, stats: ParenchymaStats, prior: ParenchymaPrior, coarse
     """HU by which each liver voxel's smoothed HU (the fine or the coarse scale) lies below the
     parenchyma (float32; 0 off the liver's tissue)."""
     sigma = stats.coarse_smoothing_mm if coarse else stats.smoothing_mm
-    delta = (stats.median_hu - liver.smoothed(stats.vessel_hu, sigma, prior.shell_mm)).astype(np.float32)
+    smoothed = liver.smoothed(stats.vessel_hu, sigma, prior.shell_mm)
+    delta = (stats.background(smoothed.shape, liver.spacing) - smoothed).astype(np.float32)
     delta[~liver.not_fat] = 0.0
     return delta
 
@@ -339,7 +420,8 @@ def hypodense_candidates(hypodensity: np.ndarray, spacing_kji: Spacing, hu_crop:
         delta = _delta(_Liver.prepare(hu_crop, liver_mask, spacing_kji, prior), stats, prior)
         threshold = _threshold(stats, prior)
     elif hu_crop is not None and stats is not None:
-        delta = (stats.median_hu - np.asarray(hu_crop, np.float32)).astype(np.float32)  # measured, not refined
+        hu = np.asarray(hu_crop, np.float32)
+        delta = (stats.background(hu.shape, spacing_kji) - hu).astype(np.float32)  # measured, not refined
     return _candidates(hypodensity, delta, threshold, spacing_kji, prior)
 
 
@@ -391,20 +473,27 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], threshold:
 def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
                        candidate_labels: Union[np.ndarray, Sequence[np.ndarray]],
                        prior: ParenchymaPrior = ParenchymaPrior(),
-                       spacing_kji: Optional[Spacing] = None) -> np.ndarray:
+                       spacing_kji: Optional[Spacing] = None,
+                       darkness: Optional[np.ndarray] = None) -> np.ndarray:
     """The model's probability raised to ``weight * hypodensity`` inside each kept candidate
     (``candidate_labels`` from :func:`hypodense_candidates`, or one such array per scale, each
     judged on its own) where the model has evidence: at least ``min_support_fraction`` of the
     candidate (and one voxel) at ``model_floor`` or more. With ``reach_mm`` > 0 (needs
     ``spacing_kji``) only the candidate's voxels within that distance of such model evidence are
     raised; with ``reach_factor`` > 0 only those within that many times the equivalent radius of
-    the nearest evidence component. Unchanged elsewhere. float32, the model's grid."""
+    the nearest evidence component; with ``anchor_fraction`` > 0 (needs ``darkness``, HU below
+    the parenchyma) only those at least that fraction of the median darkness of the candidate's
+    evidence (a candidate whose evidence is not darker than the parenchyma is not raised).
+    Unchanged elsewhere. float32, the model's grid."""
     p = np.asarray(model_probability, dtype=np.float32)
     label_sets = [candidate_labels] if isinstance(candidate_labels, np.ndarray) else list(candidate_labels)
     for labels in label_sets:
         if p.shape != np.shape(hypodensity) or p.shape != np.shape(labels):
             raise ValueError(f"probability {p.shape}, map {np.shape(hypodensity)} and candidates "
                              f"{np.shape(labels)} must share one grid")
+    anchored = prior.anchor_fraction > 0
+    if anchored and (darkness is None or np.shape(darkness) != p.shape):
+        raise ValueError(f"anchor_fraction > 0 needs the darkness map on the probability's grid {p.shape}")
     inside = np.zeros(p.shape, bool)
     evidence = p >= prior.model_floor
     for labels in label_sets:
@@ -415,7 +504,11 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
         support = np.bincount(labels[evidence & (labels > 0)], minlength=count + 1)
         supported = (support >= 1) & (support >= prior.min_support_fraction * sizes)
         supported[0] = False
-        inside |= supported[labels]
+        if anchored:
+            inside |= _as_dark_as_evidence(labels, supported, evidence, np.asarray(darkness, np.float32),
+                                           prior.anchor_fraction)
+        else:
+            inside |= supported[labels]
     out = p.copy()
     if not inside.any():
         return out
@@ -427,6 +520,21 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
         inside[box] &= _within_reach(evidence[box] & inside[box], spacing_kji, prior)
     raised = prior.weight * np.asarray(hypodensity, np.float32)[inside]
     out[inside] = np.maximum(p[inside], raised)
+    return out
+
+
+def _as_dark_as_evidence(labels: np.ndarray, supported: np.ndarray, evidence: np.ndarray, darkness: np.ndarray,
+                         fraction: float) -> np.ndarray:
+    """The voxels of each ``supported`` candidate at least ``fraction`` times as dark as the
+    median darkness of the candidate's ``evidence`` voxels (none where that median is <= 0)."""
+    out = np.zeros(labels.shape, bool)
+    boxes = ndimage.find_objects(labels)
+    for n in np.nonzero(supported)[0]:
+        box = boxes[n - 1]
+        member = labels[box] == n
+        anchor = float(np.median(darkness[box][member & evidence[box]]))
+        if anchor > 0:
+            out[box] |= member & (darkness[box] >= fraction * anchor)
     return out
 
 
@@ -473,20 +581,28 @@ def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: 
     smoothing makes them redundant), returned on the crop's grid: (hypodensity map float32; per
     scale, fine then coarse, the kept candidates' labels int32; statistics, None for an empty
     region; the candidates of all scales)."""
+    return _parenchyma_steps(hu_crop, region, spacing_kji, prior)[:4]
+
+
+def _parenchyma_steps(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing, prior: ParenchymaPrior
+                      ) -> Tuple[np.ndarray, List[np.ndarray], Optional[ParenchymaStats], List[Candidate], np.ndarray]:
+    """:func:`parenchyma_candidates` and, last, the fine scale's darkness below the parenchyma
+    (HU, float32, the crop's grid, 0 outside ``region``)."""
     shape = np.shape(hu_crop)
     if not np.any(region):
-        return np.zeros(shape, np.float32), [], None, []
+        return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32)
     factors = _block_factors(spacing_kji, prior.working_mm)
     hu, mask, spacing = np.asarray(hu_crop, np.float32), np.asarray(region) > 0, tuple(spacing_kji)
     if max(factors) > 1:
         hu, mask = _block_mean(hu, factors), _block_mean(mask, factors) >= 0.5
         spacing = tuple(float(v) * f for v, f in zip(spacing_kji, factors))
         if not mask.any():
-            return np.zeros(shape, np.float32), [], None, []
+            return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32)
     liver = _Liver.prepare(hu, mask, spacing, prior)
     stats = _statistics(liver, prior)
     scales = _scales(liver, stats, prior)
     hypo = np.max([scale.map for scale in scales], axis=0)
+    darkness = np.where(mask, scales[0].delta, 0.0).astype(np.float32)
     label_sets, candidates = [], []
     for index, scale in enumerate(scales):
         labels, found = _candidates(scale.map, scale.delta, scale.threshold, spacing, prior, index)
@@ -495,8 +611,9 @@ def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: 
     if max(factors) > 1:
         inside = np.asarray(region) > 0
         hypo = np.where(inside, _upsample(hypo, factors, shape), 0.0).astype(np.float32)
+        darkness = np.where(inside, _upsample(darkness, factors, shape), 0.0).astype(np.float32)
         label_sets = [np.where(inside, _upsample(labels, factors, shape), 0).astype(np.int32) for labels in label_sets]
-    return hypo, label_sets, stats, candidates
+    return hypo, label_sets, stats, candidates, darkness
 
 
 @dataclass
@@ -507,17 +624,21 @@ class ParenchymaCandidates:
     prior: ParenchymaPrior
     hypodensity: np.ndarray
     label_sets: List[np.ndarray]
+    darkness: Optional[np.ndarray] = None  # the fine scale's HU below the parenchyma (for anchor_fraction)
 
     @classmethod
     def of(cls, hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
            prior: ParenchymaPrior = ParenchymaPrior()) -> "ParenchymaCandidates":
-        hypo, labels, _, _ = parenchyma_candidates(hu_crop, region, spacing_kji, prior)
-        return cls(prior, hypo, labels)
+        hypo, labels, _, _, darkness = _parenchyma_steps(hu_crop, region, spacing_kji, prior)
+        return cls(prior, hypo, labels, darkness if prior.anchor_fraction > 0 else None)
 
     def fits(self, prior: ParenchymaPrior) -> bool:
         """Whether ``prior`` would compute the same map and candidates (only its combination
         step, step 4, may differ)."""
-        steps_4 = ("enabled", "model_floor", "min_support_fraction", "reach_mm", "reach_factor", "weight")
+        steps_4 = ("enabled", "model_floor", "min_support_fraction", "reach_mm", "reach_factor", "anchor_fraction",
+                   "weight")
+        if prior.anchor_fraction > 0 and self.darkness is None:
+            return False
         return replace(self.prior, **{k: getattr(prior, k) for k in steps_4}) == prior
 
 
@@ -539,4 +660,5 @@ def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, r
         return np.asarray(model_probability, dtype=np.float32)
     if computed is None or not computed.fits(prior):
         computed = ParenchymaCandidates.of(hu_crop, region, spacing_kji, prior)
-    return combine_with_model(model_probability, computed.hypodensity, computed.label_sets, prior, spacing_kji)
+    return combine_with_model(model_probability, computed.hypodensity, computed.label_sets, prior, spacing_kji,
+                              computed.darkness)

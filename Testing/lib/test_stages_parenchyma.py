@@ -191,6 +191,31 @@ def test_reach_factor_lets_each_piece_of_evidence_grow_by_about_its_own_size():
         combine_with_model(p, hypo, labels, base)
 
 
+def test_anchor_fraction_completes_a_lesion_where_it_is_as_dark_as_what_the_model_found():
+    """One candidate joins a dark lesion (40 HU below the parenchyma) to a broad mild darkening
+    (12 HU): the model found part of the lesion; anchored at half its darkness, the lesion is
+    completed and the darkening stays out. A candidate whose evidence is not darker than the
+    parenchyma is not raised at all."""
+    hypo = np.zeros((10, 10, 40), np.float32)
+    hypo[1:9, 1:9, 1:39] = 0.9
+    labels = (hypo > 0).astype(np.int32)
+    darkness = np.zeros(hypo.shape, np.float32)
+    darkness[1:9, 1:9, 1:39] = 12.0  # the broad darkening ...
+    darkness[1:9, 1:9, 2:12] = 40.0  # ... joined to a dark lesion
+    p = np.zeros(hypo.shape, np.float32)
+    p[3:7, 3:7, 4:8] = 0.8  # the part of the lesion the model is sure of
+    base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0)
+    assert (combine_with_model(p, hypo, labels, base) >= 0.5).sum() == labels.sum()  # unanchored: all of it
+    anchored = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=darkness) >= 0.5
+    assert anchored[1:9, 1:9, 2:12].all() and not anchored[:, :, 12:].any()
+    mild = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.25), darkness=darkness) >= 0.5
+    assert mild[1:9, 1:9, 1:39].all()  # 12 HU >= a quarter of 40: the darkening is as dark as asked
+    bright = np.where(p > 0, -30.0, darkness).astype(np.float32)  # evidence brighter than the parenchyma
+    assert np.array_equal(combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=bright), p)
+    with pytest.raises(ValueError, match="darkness"):
+        combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5))
+
+
 def test_apply_is_a_no_op_when_disabled_and_completes_a_lesion_the_model_found_in_part():
     lesion = _ball((28, 32, 32), 12.0)
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
@@ -236,3 +261,63 @@ def test_candidates_computed_once_serve_every_prior_that_differs_only_in_how_it_
     assert not computed.fits(other)
     np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, other, computed),
                                   apply_parenchyma_prior(p, hu, mask, SPACING, other))
+
+
+def test_anchored_prior_keeps_a_lesion_and_leaves_out_the_milder_darkening_it_touches():
+    """On a synthetic liver: a 35 HU lesion inside a broad 12 HU darkening of a third of the
+    liver, the model sure of the lesion's core only. The unanchored prior draws the darkening as tumour;
+    anchored at half the lesion's darkness it draws the lesion. Candidates computed for another
+    prior without the darkness map are not reused for the anchored one."""
+    lesion = _ball((28, 32, 16), 9.0)
+    hu, mask, _ = make_liver(lesion=None, noise_hu=8.0)
+    broad = np.zeros(SHAPE, bool)
+    broad[:, :, :24] = True  # a third of the liver: the rest stays the parenchyma
+    hu = np.where(mask.astype(bool) & broad, hu - 12.0, hu)
+    hu = np.where(lesion, hu - 23.0, hu).astype(np.float32)  # 35 HU below the parenchyma in all
+    p = np.zeros(SHAPE, np.float32)
+    p[_ball((28, 32, 16), 5.0)] = 0.8
+    supported = replace(PRIOR, min_support_fraction=0.0)  # several lesions would support it together
+    loose = apply_parenchyma_prior(p, hu, mask, SPACING, supported) >= 0.5
+    anchored_prior = replace(supported, anchor_fraction=0.5)
+    anchored = apply_parenchyma_prior(p, hu, mask, SPACING, anchored_prior) >= 0.5
+    assert (loose & broad & ~ndimage.binary_dilation(lesion, iterations=3)).sum() > lesion.sum()
+    assert 2.0 * (anchored & lesion).sum() / (anchored.sum() + lesion.sum()) > 0.75
+    computed = ParenchymaCandidates.of(hu, mask, SPACING, supported)
+    assert computed.darkness is None and not computed.fits(anchored_prior)
+    with_darkness = ParenchymaCandidates.of(hu, mask, SPACING, anchored_prior)
+    assert with_darkness.fits(anchored_prior)
+    np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, anchored_prior, computed),
+                                  apply_parenchyma_prior(p, hu, mask, SPACING, anchored_prior, with_darkness))
+
+
+def test_a_trend_follows_a_liver_darker_at_its_back_and_still_finds_the_lesion():
+    """A liver whose HU falls 30 HU from front to back (as dependent contrast or beam hardening
+    make it) holding one 30 HU lesion: one HU for the whole liver reads its back as a broad
+    hypodense region; a linear or quadratic trend follows the fall and leaves the lesion alone
+    as a candidate."""
+    lesion = _ball((28, 20, 32), 8.0)
+    hu, mask, _ = make_liver(lesion=None, vessels=False, noise_hu=8.0)
+    depth = np.clip((np.arange(SHAPE[1], dtype=np.float32) - 6.0) / 52.0, 0.0, 1.0)
+    fall = 30.0 * depth ** 2  # even at the front, 30 HU darker at the back
+    hu = np.where(mask.astype(bool), hu - fall[None, :, None], hu)
+    hu = np.where(lesion, hu - 30.0, hu).astype(np.float32)
+    near = ndimage.binary_dilation(lesion, iterations=3)
+    flat = parenchyma_candidates(hu, mask, SPACING, PRIOR)[1][0] > 0
+    assert (flat & ~near).sum() > 2 * lesion.sum()  # the back of the liver taken for a lesion
+    for order in (1, 2):
+        prior = replace(PRIOR, trend_order=order)
+        stats = parenchyma_statistics(hu, mask, SPACING, prior)
+        background = stats.background(SHAPE, SPACING)
+        interior = ndimage.binary_erosion(mask, iterations=4) & ~near
+        expected = 100.0 - fall[None, :, None] * np.ones(SHAPE, np.float32)
+        found = parenchyma_candidates(hu, mask, SPACING, prior)[1][0] > 0
+        assert not (found & ~near).any()
+        assert 2.0 * (found & lesion).sum() / (found.sum() + lesion.sum()) > 0.7
+
+
+def test_trend_numbers_are_checked():
+    hu, mask, _ = make_liver()
+    assert parenchyma_statistics(hu, mask, SPACING).background(SHAPE, SPACING) == pytest.approx(
+        parenchyma_statistics(hu, mask, SPACING).median_hu)  # no trend: one HU
+    with pytest.raises(ValueError, match="trend_order"):
+        parenchyma_statistics(hu, mask, SPACING, replace(PRIOR, trend_order=3))
