@@ -527,14 +527,19 @@ def test_a_member_with_the_parenchyma_map_channel_gets_the_map_of_the_liver_crop
     from LiverTumorSegLib.stages import parenchyma
 
     calls = []
-    real = parenchyma.parenchyma_candidates
-    monkeypatch.setattr(parenchyma, "parenchyma_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = parenchyma._parenchyma_steps
+    monkeypatch.setattr(parenchyma, "_parenchyma_steps", lambda *a, **k: calls.append(1) or real(*a, **k))
     ct = _float_ct(helpers, lesion_hu=110)
     result = _pipeline(helpers, tiny_models, tmp_path, tumor_model=member).run(ct)
-    assert len(calls) == 1  # the map for the member and the prior after it: computed once
+    # the map for the member, then the prior's statistics again without the model's tumour
+    assert len(calls) == 2 and PipelineSettings().parenchyma.fit_without_evidence
     assert result.seconds_per_stage["parenchyma_map"] >= 0  # and timed on its own
     tumor = sitk.GetArrayViewFromImage(result.labelmap) == 2
     assert helpers.dice(tumor, helpers.analytic_labels_like(ct) == 2) > 0.8
+    calls.clear()
+    independent = replace(PipelineSettings().parenchyma, fit_without_evidence=False)
+    _pipeline(helpers, tiny_models, tmp_path, tumor_model=member, parenchyma=independent).run(ct)
+    assert len(calls) == 1  # statistics that do not depend on the model: the member's map serves the prior
     calls.clear()
     _pipeline(helpers, tiny_models).run(ct)  # members without the channel: computed once, for the prior
     assert len(calls) == 1

@@ -252,12 +252,13 @@ def test_candidates_computed_once_serve_every_prior_that_differs_only_in_how_it_
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-20.0)
     p = np.where(lesion, 0.25, 0.0).astype(np.float32)
     p[_ball((28, 32, 32), 6.0)] = 0.6
-    computed = ParenchymaCandidates.of(hu, mask, SPACING, PRIOR)
-    for variant in (PRIOR, replace(PRIOR, reach_factor=1.5), replace(PRIOR, min_support_fraction=0.1, weight=0.8)):
+    base = replace(PRIOR, fit_without_evidence=False)  # statistics that do not depend on the model
+    computed = ParenchymaCandidates.of(hu, mask, SPACING, base)
+    for variant in (base, replace(base, reach_factor=1.5), replace(base, min_support_fraction=0.1, weight=0.8)):
         assert computed.fits(variant)
         np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, variant, computed),
                                       apply_parenchyma_prior(p, hu, mask, SPACING, variant))
-    other = replace(PRIOR, min_delta_hu=25.0)  # another map: recomputed, not reused
+    other = replace(base, min_delta_hu=25.0)  # another map: recomputed, not reused
     assert not computed.fits(other)
     np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, other, computed),
                                   apply_parenchyma_prior(p, hu, mask, SPACING, other))
@@ -276,7 +277,8 @@ def test_anchored_prior_keeps_a_lesion_and_leaves_out_the_milder_darkening_it_to
     hu = np.where(lesion, hu - 23.0, hu).astype(np.float32)  # 35 HU below the parenchyma in all
     p = np.zeros(SHAPE, np.float32)
     p[_ball((28, 32, 16), 5.0)] = 0.8
-    supported = replace(PRIOR, min_support_fraction=0.0)  # several lesions would support it together
+    # one HU for the liver (no trend), several lesions supporting the candidate together
+    supported = replace(PRIOR, min_support_fraction=0.0, trend_order=0, fit_without_evidence=False)
     loose = apply_parenchyma_prior(p, hu, mask, SPACING, supported) >= 0.5
     anchored_prior = replace(supported, anchor_fraction=0.5)
     anchored = apply_parenchyma_prior(p, hu, mask, SPACING, anchored_prior) >= 0.5
@@ -302,7 +304,7 @@ def test_a_trend_follows_a_liver_darker_at_its_back_and_still_finds_the_lesion()
     hu = np.where(mask.astype(bool), hu - fall[None, :, None], hu)
     hu = np.where(lesion, hu - 30.0, hu).astype(np.float32)
     near = ndimage.binary_dilation(lesion, iterations=3)
-    flat = parenchyma_candidates(hu, mask, SPACING, PRIOR)[1][0] > 0
+    flat = parenchyma_candidates(hu, mask, SPACING, replace(PRIOR, trend_order=0))[1][0] > 0
     assert (flat & ~near).sum() > 2 * lesion.sum()  # the back of the liver taken for a lesion
     for order in (1, 2):
         prior = replace(PRIOR, trend_order=order)
@@ -317,7 +319,39 @@ def test_a_trend_follows_a_liver_darker_at_its_back_and_still_finds_the_lesion()
 
 def test_trend_numbers_are_checked():
     hu, mask, _ = make_liver()
-    assert parenchyma_statistics(hu, mask, SPACING).background(SHAPE, SPACING) == pytest.approx(
-        parenchyma_statistics(hu, mask, SPACING).median_hu)  # no trend: one HU
+    flat = parenchyma_statistics(hu, mask, SPACING, replace(PRIOR, trend_order=0))
+    assert flat.trend == () and flat.background(SHAPE, SPACING) == flat.median_hu  # no trend: one HU
+    assert len(parenchyma_statistics(hu, mask, SPACING, replace(PRIOR, trend_order=1)).trend) == 3
+    assert len(parenchyma_statistics(hu, mask, SPACING, replace(PRIOR, trend_order=2)).trend) == 9
+    slab = mask.copy()
+    slab[:20], slab[44:] = 0, 0  # 36 mm along k: too short to tell a trend from a lesion along it
+    terms = parenchyma_statistics(hu, slab, SPACING, replace(PRIOR, trend_order=2)).trend
+    assert [terms[t] for t in (0, 3, 6, 7)] == [0.0] * 4 and any(terms[t] != 0.0 for t in (1, 2, 4, 5, 8))
     with pytest.raises(ValueError, match="trend_order"):
         parenchyma_statistics(hu, mask, SPACING, replace(PRIOR, trend_order=3))
+
+
+def test_the_trend_fitted_without_the_models_tumour_bends_less_into_a_large_lesion():
+    """A mild (15 HU) lesion filling a third of a liver pulls a quadratic trend towards it. Fitted
+    without what the model already calls tumour, the trend stays nearer the parenchyma, and the
+    prior draws more of the lesion; candidates computed without the evidence are not reused."""
+    lesion = _ball((28, 32, 20), 21.0) & (make_liver(vessels=False)[1] > 0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-15.0, vessels=False, noise_hu=8.0)
+    p = np.zeros(SHAPE, np.float32)
+    p[_ball((28, 32, 20), 12.0)] = 0.8  # the model is sure of the lesion's middle
+    plain = replace(PRIOR, trend_order=2, fit_without_evidence=False)
+    without = replace(plain, fit_without_evidence=True)  # the default
+    bent = parenchyma_statistics(hu, mask, SPACING, plain).background(SHAPE, SPACING)
+    exclude = p >= without.model_floor
+    _, _, stats, _ = parenchyma_candidates(hu, mask, SPACING, without)  # no evidence given: as plain
+    assert np.allclose(stats.background(SHAPE, SPACING), bent)
+    from LiverTumorSegLib.stages.parenchyma import _parenchyma_steps
+    straight = _parenchyma_steps(hu, mask, SPACING, without, exclude)[2].background(SHAPE, SPACING)
+    assert np.median(np.abs(straight - 100.0)[lesion]) < 0.9 * np.median(np.abs(bent - 100.0)[lesion])
+    drawn_plain = apply_parenchyma_prior(p, hu, mask, SPACING, plain) >= 0.5
+    drawn_without = apply_parenchyma_prior(p, hu, mask, SPACING, without) >= 0.5
+    assert (drawn_without & lesion).sum() >= (drawn_plain & lesion).sum()
+    computed = ParenchymaCandidates.of(hu, mask, SPACING, without)
+    assert not computed.without_evidence and not computed.fits(without)
+    given = ParenchymaCandidates.of(hu, mask, SPACING, without, exclude)
+    assert given.without_evidence and given.fits(without) and not given.fits(plain)

@@ -208,6 +208,9 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "* The parenchyma prior (on by default) completes hypodense lesions the ensemble found in part, and "
             "the lesion closing (10 mm, `--lesion-closing-mm`) joins a lesion it drew in pieces; neither can "
             "create a lesion the ensemble misses entirely, and the prior does not help bright (arterial) lesions. "
+            "The prior measures the parenchyma as a smooth trend of position (a liver darker at its back is "
+            "not taken for a lesion); a large mild lesion filling much of the liver in view, as on a scan "
+            "covering part of the liver, bends that trend and is completed only in part. "
             "A lesion at least half inside the liver mask keeps what bulges out of it (up to 10 mm); one "
             "mostly outside is cut at the mask. The figures are with the flip test-time augmentation (on by "
             "default; `--no-tta` and `--fast` skip it).",
