@@ -196,7 +196,7 @@ def _peak(values: np.ndarray) -> Tuple[float, float]:
 
 
 _TREND_SCALE_MM = 100.0  # positions enter the trend in units of 10 cm (well-conditioned terms)
-_TREND_MIN_EXTENT_MM = 60.0
+_TREND_MIN_EXTENT_MM = 60.0  # an axis the liver spans for less gets no trend terms
 _TREND_LOW_WEIGHT = 0.1  # weight of a voxel below the trend (1 - this above it)
 _TERM_AXES = ((0,), (1,), (2,), (0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # the axes each term multiplies
 
@@ -313,7 +313,8 @@ def parenchyma_statistics(hu_crop: np.ndarray, liver_mask: np.ndarray, spacing_k
     Light smoothing (1 mm) gives a first parenchyma peak and the vessel threshold (peak +
     max(``vessel_spreads`` spreads, ``vessel_min_hu``)); the final HU and spread are the peak of
     the map's smoothing (``smoothing_mm``, inside the liver, vessels and fat left out) over the
-    interior (``erosion_mm`` deep). Raises ValueError on an empty liver."""
+    interior (``erosion_mm`` deep), about the parenchyma's trend when ``trend_order`` > 0 (the HU
+    at each voxel: :meth:`ParenchymaStats.background`). Raises ValueError on an empty liver."""
     if not np.any(liver_mask):
         raise ValueError("the liver mask is empty: there is no parenchyma to measure")
     return _statistics(_Liver.prepare(hu_crop, liver_mask, spacing_kji, prior), prior)
