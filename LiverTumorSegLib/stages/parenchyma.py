@@ -120,8 +120,7 @@ class ParenchymaStats:
         """The parenchyma's HU at each voxel of a grid of ``shape``: ``median_hu`` plus the trend."""
         if not self.trend:
             return self.median_hu
-        terms = trend_terms(_axes_mm(shape, spacing_kji, self.trend_origin_mm), len(self.trend))
-        return self.median_hu + sum(c * t for c, t in zip(self.trend, terms))
+        return self.median_hu + _trend_at(shape, spacing_kji, self.trend, self.trend_origin_mm)
 
 
 @dataclass(frozen=True)
@@ -224,6 +223,13 @@ def trend_terms(axes: Sequence[np.ndarray], count: int) -> List[np.ndarray]:
             product = product * axes[axis]
         terms.append(product)
     return terms
+
+
+def _trend_at(shape: Sequence[int], spacing_kji: Spacing, trend: Sequence[float],
+              origin_mm: Sequence[float]) -> np.ndarray:
+    """The trend's value (HU, about 0 at ``origin_mm``) at each voxel of a grid of ``shape``."""
+    terms = trend_terms(_axes_mm(shape, spacing_kji, origin_mm), len(trend))
+    return sum(c * t for c, t in zip(trend, terms))
 
 
 def _fit_trend(values: np.ndarray, where: np.ndarray, spacing_kji: Spacing, order: int,
@@ -338,15 +344,12 @@ def _statistics(liver: _Liver, prior: ParenchymaPrior, exclude: Optional[np.ndar
         raise ValueError(f"trend_order must be 0, 1 or 2, got {prior.trend_order}")
     if prior.trend_order > 0:
         trend, origin = _fit_trend(smooth, measured, liver.spacing, prior.trend_order, spread)
-    flat = ParenchymaStats(median_hu=0.0, spread_hu=spread, vessel_hu=vessel_hu, smoothing_mm=prior.smoothing_mm,
-                           n_voxels=0, trend=trend, trend_origin_mm=origin)
-    detrended = smooth - flat.background(smooth.shape, liver.spacing) if trend else smooth
+    fitted = _trend_at(smooth.shape, liver.spacing, trend, origin) if trend else 0.0
     if trend:
-        center, spread = _peak(detrended[measured])
+        center, spread = _peak((smooth - fitted)[measured])
     coarse_spread = math.nan
     if prior.coarse_smoothing_mm > 0:
-        coarse = liver.smoothed(vessel_hu, prior.coarse_smoothing_mm, prior.shell_mm)
-        values = (coarse - flat.background(coarse.shape, liver.spacing) if trend else coarse)[measured]
+        values = (liver.smoothed(vessel_hu, prior.coarse_smoothing_mm, prior.shell_mm) - fitted)[measured]
         upper = values[values >= center] - center  # about the fine scale's centre
         coarse_spread = max(float(np.median(upper)) / 0.6745, 1.0) if upper.size else 1.0
     return ParenchymaStats(median_hu=round(center, 2), spread_hu=round(spread, 2), vessel_hu=vessel_hu,
@@ -616,13 +619,16 @@ def parenchyma_candidates(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: 
 
 def _parenchyma_steps(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing, prior: ParenchymaPrior,
                       exclude: Optional[np.ndarray] = None
-                      ) -> Tuple[np.ndarray, List[np.ndarray], Optional[ParenchymaStats], List[Candidate], np.ndarray]:
-    """:func:`parenchyma_candidates` and, last, the fine scale's darkness below the parenchyma
-    (HU, float32, the crop's grid, 0 outside ``region``). ``exclude``: voxels the statistics
-    leave out (the model's tumour, with ``fit_without_evidence``)."""
+                      ) -> Tuple[np.ndarray, List[np.ndarray], Optional[ParenchymaStats], List[Candidate],
+                                 Optional[np.ndarray]]:
+    """:func:`parenchyma_candidates` and, last, when ``anchor_fraction`` > 0 asks for it, the fine
+    scale's darkness below the parenchyma (HU, float32, the crop's grid, 0 outside ``region``;
+    else None). ``exclude``: voxels the statistics leave out (the model's tumour, with
+    ``fit_without_evidence``)."""
     shape = np.shape(hu_crop)
+    wanted = prior.anchor_fraction > 0
     if not np.any(region):
-        return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32)
+        return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32) if wanted else None
     factors = _block_factors(spacing_kji, prior.working_mm)
     hu, mask, spacing = np.asarray(hu_crop, np.float32), np.asarray(region) > 0, tuple(spacing_kji)
     if exclude is not None:
@@ -632,12 +638,12 @@ def _parenchyma_steps(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spac
         exclude = None if exclude is None else _block_mean(exclude, factors) >= 0.5
         spacing = tuple(float(v) * f for v, f in zip(spacing_kji, factors))
         if not mask.any():
-            return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32)
+            return np.zeros(shape, np.float32), [], None, [], np.zeros(shape, np.float32) if wanted else None
     liver = _Liver.prepare(hu, mask, spacing, prior)
     stats = _statistics(liver, prior, exclude)
     scales = _scales(liver, stats, prior)
     hypo = np.max([scale.map for scale in scales], axis=0)
-    darkness = np.where(mask, scales[0].delta, 0.0).astype(np.float32)
+    darkness = np.where(mask, scales[0].delta, 0.0).astype(np.float32) if wanted else None
     label_sets, candidates = [], []
     for index, scale in enumerate(scales):
         labels, found = _candidates(scale.map, scale.delta, scale.threshold, spacing, prior, index)
@@ -646,7 +652,8 @@ def _parenchyma_steps(hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spac
     if max(factors) > 1:
         inside = np.asarray(region) > 0
         hypo = np.where(inside, _upsample(hypo, factors, shape), 0.0).astype(np.float32)
-        darkness = np.where(inside, _upsample(darkness, factors, shape), 0.0).astype(np.float32)
+        if darkness is not None:
+            darkness = np.where(inside, _upsample(darkness, factors, shape), 0.0).astype(np.float32)
         label_sets = [np.where(inside, _upsample(labels, factors, shape), 0).astype(np.int32) for labels in label_sets]
     return hypo, label_sets, stats, candidates, darkness
 
@@ -666,7 +673,7 @@ class ParenchymaCandidates:
     def of(cls, hu_crop: np.ndarray, region: np.ndarray, spacing_kji: Spacing,
            prior: ParenchymaPrior = ParenchymaPrior(), exclude: Optional[np.ndarray] = None) -> "ParenchymaCandidates":
         hypo, labels, _, _, darkness = _parenchyma_steps(hu_crop, region, spacing_kji, prior, exclude)
-        return cls(prior, hypo, labels, darkness if prior.anchor_fraction > 0 else None, exclude is not None)
+        return cls(prior, hypo, labels, darkness, exclude is not None)
 
     def fits(self, prior: ParenchymaPrior) -> bool:
         """Whether ``prior`` would compute the same map and candidates (only its combination

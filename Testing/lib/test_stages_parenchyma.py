@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from LiverTumorSegLib.stages.parenchyma import (ParenchymaCandidates, ParenchymaPrior, apply_parenchyma_prior, combine_with_model,
-                                                hypodense_candidates, hypodensity_map, parenchyma_candidates,
-                                                parenchyma_statistics)
+from LiverTumorSegLib.stages.parenchyma import (ParenchymaCandidates, ParenchymaPrior, _parenchyma_steps,
+                                                apply_parenchyma_prior, combine_with_model, hypodense_candidates,
+                                                hypodensity_map, parenchyma_candidates, parenchyma_statistics)
 
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (56, 64, 64)
@@ -345,7 +345,6 @@ def test_the_trend_fitted_without_the_models_tumour_bends_less_into_a_large_lesi
     exclude = p >= without.model_floor
     _, _, stats, _ = parenchyma_candidates(hu, mask, SPACING, without)  # no evidence given: as plain
     assert np.allclose(stats.background(SHAPE, SPACING), bent)
-    from LiverTumorSegLib.stages.parenchyma import _parenchyma_steps
     straight = _parenchyma_steps(hu, mask, SPACING, without, exclude)[2].background(SHAPE, SPACING)
     assert np.median(np.abs(straight - 100.0)[lesion]) < 0.9 * np.median(np.abs(bent - 100.0)[lesion])
     drawn_plain = apply_parenchyma_prior(p, hu, mask, SPACING, plain) >= 0.5
