@@ -152,6 +152,13 @@ def test_score_counts_lesions_found_apart_above_and_below_10_mm_and_false_tumour
     assert result["false_positive_lesions"] == 0
     assert result["tumor_ml_on_tumour_free_livers"] == {"free liver": 0.01}
     assert result["per_kind"]["metastases"] == pytest.approx(2 * (3375 + 8) / ((3375 + 8) + (3375 + 128)), abs=1e-3)
+    assert "per_case" not in result
+    each = score(pipeline, cases, PipelineSettings(), per_case=True)["per_case"]
+    assert each == {"case": [round(result["per_kind"]["metastases"], 3), 0.0]}  # tumour cases only
+    outputs["spill"] = found.copy()
+    outputs["spill"][0:2, 0:10, 0:10] = 2  # 200 voxels of tumour outside the reference liver
+    spilled = score(pipeline, [(cases[0][0], "spill")], PipelineSettings(), per_case=True)
+    assert spilled["per_case"]["case"][1] == 0.2 and spilled["tumor_ml_outside_reference_liver"] == 0.2
 
 
 def test_an_ensemble_from_its_members_cached_evidence_equals_the_ensemble_run(tmp_path, tiny_models, helpers):

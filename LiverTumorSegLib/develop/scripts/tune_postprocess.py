@@ -107,8 +107,11 @@ def perfusion_cases() -> list:
     return cases
 
 
-def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> dict:
+def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings, per_case: bool = False) -> dict:
+    """The measures ``main`` prints of one setting; ``per_case``: each tumour case's [Dice, tumour
+    mL outside the reference liver] too."""
     per_kind: dict = {}
+    case_scores: dict = {}
     found, small_found, false_positives, free_ml, outside_ml = [], [], 0, {}, 0.0
     for (name, kind, ct, labels), evidence in evidences:
         result = pipeline.finish(ct, evidence, settings)
@@ -116,11 +119,13 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
         reference = on_grid_of(labels, result.labelmap)
         ref = reference == 2
         voxel_mm3 = float(np.prod(ct.GetSpacing()))
-        outside_ml += float((pred & (reference == 0)).sum()) * voxel_mm3 / 1000.0
+        case_outside_ml = float((pred & (reference == 0)).sum()) * voxel_mm3 / 1000.0
+        outside_ml += case_outside_ml
         if kind == "none":
             free_ml[name] = round(float(pred.sum()) * voxel_mm3 / 1000.0, 2)
             continue
         per_kind.setdefault(kind, []).append(dice(pred, ref))
+        case_scores[name] = [round(per_kind[kind][-1], 3), round(case_outside_ml, 2)]
         detection = lesion_detection(pred, ref, voxel_mm3)
         found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] >= 10.0]
         small_found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] < 10.0]
@@ -133,7 +138,8 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings) -> di
             "lesions_under_10mm_found": f"{sum(small_found)}/{len(small_found)}",
             "false_positive_lesions": false_positives,
             "tumor_ml_outside_reference_liver": round(outside_ml, 2),
-            "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0)}
+            "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0),
+            **({"per_case": case_scores} if per_case else {})}
 
 
 def evidence_key(pipeline: Pipeline, case_name: str) -> str:
@@ -279,7 +285,7 @@ def score_settings(args: argparse.Namespace, label: str, pipeline: Pipeline, evi
                            parenchyma=parse_prior(prior_text), tumor_bulge_mm=bulge, **parse_closing(closing))
         key = (f"{label}prior {prior_text}, threshold {threshold:g}, grow {grow}, min lesion {min_ml:g} mL, "
                f"min confidence {confidence:g}, closing {closing}, bulge {bulge:g} mm")
-        results[key] = score(pipeline, evidences, settings)
+        results[key] = score(pipeline, evidences, settings, args.per_case)
         print(key, json.dumps(results[key]), flush=True)
 
 
@@ -310,6 +316,7 @@ def main() -> int:
                         help="the models' sliding-window overlap for the evidence (default: the pipeline's); 0.5 "
                              "puts every voxel nearer a window's centre, so models compare with less luck of "
                              "window placement, at about 3 times the model time")
+    parser.add_argument("--per-case", action="store_true", help="print each tumour case's Dice and tumour mL outside the reference liver too")
     parser.add_argument("--ensembles", default=None,
                         help="tumour ensembles to compare, ';'-separated, each its members (tumour models in "
                              "--models) joined by '+', NAME*W weighting a member W times (default 1); each member runs "
