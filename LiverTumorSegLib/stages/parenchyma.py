@@ -69,12 +69,20 @@ class ParenchymaPrior:
     half_contrast: float = 0.5  # a candidate is drawn at this fraction of its own median darkness (0: off)
     min_diameter_mm: float = 10.0  # candidates smaller (equivalent diameter) are dropped
     min_thickness_mm: float = 3.0  # candidates without a ball of this radius inside are dropped (vessels, rims)
+    # > 0: each candidate (as drawn at its half contrast) is opened by a ball of this radius: what
+    # no such ball fits in (a thin band of a neighbour the liver mask took in along its surface, a
+    # vessel or rim joined to a lesion) is cut off, so it is not raised with the lesion it touches
+    opening_mm: float = 0.0
     model_floor: float = 0.5  # model evidence: voxels of a candidate where the probability reaches this ...
     # ... making up at least this fraction of the candidate. 0.10, chosen on validation (30 cases)
     # with the round-9 tumour members: at 0.05 the prior grew their 0.8 mL seed in a tumour-free
     # liver's wedge-shaped darkening into a 4.5 mL false lesion (1.1 mL at 0.10), mean Dice per
     # case 0.656 -> 0.657; with the round-8 members 0.05 and 0.10 were level (0.648 / 0.649).
     min_support_fraction: float = 0.10
+    # > 0: a candidate is also supported where its model evidence makes up at least this many mL,
+    # whatever its fraction: a large lesion seen whole by the map is completed from a found part
+    # of a few mL, which is less than min_support_fraction of it
+    min_support_ml: float = 0.0
     reach_mm: float = 0.0  # > 0: only a candidate's voxels this close to model evidence are raised
     # > 0: only a candidate's voxels within this many times the equivalent radius of the nearest
     # piece of model evidence are raised: a lesion the model found in part grows by about its own
@@ -100,6 +108,12 @@ class ParenchymaPrior:
     # (probability >= model_floor), so a large lesion the model found in part bends them less
     # (validation with the quadratic trend: 0.6354 -> 0.6407, large iso-dense 0.56 -> 0.59 whole)
     fit_without_evidence: bool = True
+    # The trend's asymmetric least squares: a voxel below the current fit weighs this much (one
+    # above it 1 - this), ...
+    trend_low_weight: float = 0.1
+    # ... and one more than this many spreads below it nothing (0: every voxel below keeps
+    # trend_low_weight), so a large lesion, once the fit is above it, stops bending the trend
+    trend_drop_spreads: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,15 @@ def depth_mm(mask: np.ndarray, spacing_kji: Spacing) -> np.ndarray:
     return ndimage.distance_transform_edt(padded, sampling=spacing_kji)[1:-1, 1:-1, 1:-1].astype(np.float32)
 
 
+def opening(mask: np.ndarray, spacing_kji: Spacing, radius_mm: float) -> np.ndarray:
+    """Morphological opening (bool) of ``mask`` by a ball of ``radius_mm``, by physical distance:
+    the voxels of ``mask`` that such a ball inside it covers."""
+    core = ndimage.distance_transform_edt(mask, sampling=spacing_kji) > radius_mm
+    if not core.any():
+        return core
+    return ndimage.distance_transform_edt(~core, sampling=spacing_kji) <= radius_mm
+
+
 def _mode(values: np.ndarray, bin_hu: float = 1.0, smooth_hu: float = 2.0) -> float:
     """Mode of ``values`` from a histogram smoothed by ``smooth_hu``."""
     lo, hi = float(np.floor(values.min())), float(np.ceil(values.max())) + bin_hu
@@ -196,7 +219,6 @@ def _peak(values: np.ndarray) -> Tuple[float, float]:
 
 _TREND_SCALE_MM = 100.0  # positions enter the trend in units of 10 cm (well-conditioned terms)
 _TREND_MIN_EXTENT_MM = 60.0  # an axis the liver spans for less gets no trend terms
-_TREND_LOW_WEIGHT = 0.1  # weight of a voxel below the trend (1 - this above it)
 _TERM_AXES = ((0,), (1,), (2,), (0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # the axes each term multiplies
 
 
@@ -232,20 +254,21 @@ def _trend_at(shape: Sequence[int], spacing_kji: Spacing, trend: Sequence[float]
     return sum(c * t for c, t in zip(trend, terms))
 
 
-def _fit_trend(values: np.ndarray, where: np.ndarray, spacing_kji: Spacing, order: int,
+def _fit_trend(values: np.ndarray, where: np.ndarray, spacing_kji: Spacing, prior: ParenchymaPrior,
                spread: float) -> Tuple[Tuple[float, ...], Tuple[float, float, float]]:
-    """Coefficients (and origin) of a trend of ``values`` over ``where`` fitted by asymmetric
-    least squares: a voxel below the current fit weighs 9 times less than one above it, and one
-    more than 3 spreads above (a vessel left over) not at all. Lesions are dark, so the trend
-    follows the parenchyma's upper side and a large lesion hardly bends it; the constant offset
-    this leaves is the parenchyma's peak, measured afterwards."""
+    """Coefficients (and origin) of a trend (``prior.trend_order``) of ``values`` over ``where``
+    fitted by asymmetric least squares: a voxel below the current fit weighs
+    ``trend_low_weight`` (one above it the rest of 1), one more than ``trend_drop_spreads``
+    spreads below (when > 0) or 3 spreads above it (a vessel left over) nothing. Lesions are
+    dark, so the trend follows the parenchyma's upper side and a large lesion hardly bends it;
+    the constant offset this leaves is the parenchyma's peak, measured afterwards."""
     points = np.argwhere(where)
     if len(points) > 200_000:  # a regular subsample is plenty for at most 9 numbers
         points = points[:: len(points) // 200_000 + 1]
     mm = points.astype(np.float32) * np.asarray(spacing_kji, np.float32)
     origin = tuple(float(v) for v in mm.mean(axis=0))
     pos = (mm - np.asarray(origin, np.float32)) / _TREND_SCALE_MM
-    count = 3 if order == 1 else 9
+    count = 3 if prior.trend_order == 1 else 9
     # An axis along which the liver spans less than _TREND_MIN_EXTENT_MM (a scan covering part of
     # it) gets no terms: over a few cm a trend cannot be told apart from a large lesion.
     extent = mm.max(axis=0) - mm.min(axis=0)
@@ -259,8 +282,10 @@ def _fit_trend(values: np.ndarray, where: np.ndarray, spacing_kji: Spacing, orde
         root = np.sqrt(weights)[:, None]
         fitted = np.linalg.lstsq(design * root, target * root[:, 0], rcond=None)[0]
         residual = target - design @ fitted
-        weights = np.where(residual >= 0.0, 1.0 - _TREND_LOW_WEIGHT, _TREND_LOW_WEIGHT).astype(np.float32)
+        weights = np.where(residual >= 0.0, 1.0 - prior.trend_low_weight, prior.trend_low_weight).astype(np.float32)
         weights[residual > 3.0 * spread] = 0.0
+        if prior.trend_drop_spreads > 0:
+            weights[residual < -prior.trend_drop_spreads * spread] = 0.0
     coefficients = np.zeros(count, np.float32)
     coefficients[used] = fitted[1:]
     return tuple(float(c) for c in coefficients), origin  # type: ignore[return-value]
@@ -343,7 +368,10 @@ def _statistics(liver: _Liver, prior: ParenchymaPrior, exclude: Optional[np.ndar
     if prior.trend_order not in (0, 1, 2):
         raise ValueError(f"trend_order must be 0, 1 or 2, got {prior.trend_order}")
     if prior.trend_order > 0:
-        trend, origin = _fit_trend(smooth, measured, liver.spacing, prior.trend_order, spread)
+        if not 0.0 < prior.trend_low_weight <= 0.5 or prior.trend_drop_spreads < 0:
+            raise ValueError("trend_low_weight must lie in (0, 0.5] and trend_drop_spreads be >= 0, got "
+                             f"{prior.trend_low_weight} and {prior.trend_drop_spreads}")
+        trend, origin = _fit_trend(smooth, measured, liver.spacing, prior, spread)
     fitted = _trend_at(smooth.shape, liver.spacing, trend, origin) if trend else 0.0
     if trend:
         center, spread = _peak((smooth - fitted)[measured])
@@ -485,6 +513,9 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], threshold:
             if level > threshold:  # a clearly dark lesion, blurred beyond its edge by the smoothing
                 region = ndimage.binary_fill_holes(region & (delta[box] >= level))
                 inner = depth_mm(region, spacing)
+        if prior.opening_mm > 0:
+            region = opening(region, spacing, prior.opening_mm)
+            inner = depth_mm(region, spacing)
         n_voxels = int(region.sum())
         if n_voxels == 0:
             continue
@@ -511,7 +542,8 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     """The model's probability raised to ``weight * hypodensity`` inside each kept candidate
     (``candidate_labels`` from :func:`hypodense_candidates`, or one such array per scale, each
     judged on its own) where the model has evidence: at least ``min_support_fraction`` of the
-    candidate (and one voxel) at ``model_floor`` or more. With ``reach_mm`` > 0 (needs
+    candidate (and one voxel) at ``model_floor`` or more, or (``min_support_ml`` > 0, needs
+    ``spacing_kji``) at least that volume of it. With ``reach_mm`` > 0 (needs
     ``spacing_kji``) only the candidate's voxels within that distance of such model evidence are
     raised; with ``reach_factor`` > 0 only those within that many times the equivalent radius of
     the nearest evidence component; with ``anchor_fraction`` > 0 (needs ``darkness``, HU below
@@ -527,6 +559,11 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
     anchored = prior.anchor_fraction > 0
     if anchored and (darkness is None or np.shape(darkness) != p.shape):
         raise ValueError(f"anchor_fraction > 0 needs the darkness map on the probability's grid {p.shape}")
+    min_support = np.inf  # voxels of model evidence that support a candidate whatever its size
+    if prior.min_support_ml > 0:
+        if spacing_kji is None:
+            raise ValueError("min_support_ml > 0 needs spacing_kji")
+        min_support = max(1.0, prior.min_support_ml * 1000.0 / float(np.prod(spacing_kji)))
     inside = np.zeros(p.shape, bool)
     evidence = p >= prior.model_floor
     for labels in label_sets:
@@ -535,7 +572,7 @@ def combine_with_model(model_probability: np.ndarray, hypodensity: np.ndarray,
             continue
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
         support = np.bincount(labels[evidence & (labels > 0)], minlength=count + 1)
-        supported = (support >= 1) & (support >= prior.min_support_fraction * sizes)
+        supported = (support >= 1) & ((support >= prior.min_support_fraction * sizes) | (support >= min_support))
         supported[0] = False
         if anchored:
             inside |= _as_dark_as_evidence(labels, supported, evidence, np.asarray(darkness, np.float32),
@@ -678,8 +715,8 @@ class ParenchymaCandidates:
     def fits(self, prior: ParenchymaPrior) -> bool:
         """Whether ``prior`` would compute the same map and candidates (only its combination
         step, step 4, may differ)."""
-        steps_4 = ("enabled", "model_floor", "min_support_fraction", "reach_mm", "reach_factor", "anchor_fraction",
-                   "weight")
+        steps_4 = ("enabled", "model_floor", "min_support_fraction", "min_support_ml", "reach_mm", "reach_factor",
+                   "anchor_fraction", "weight")
         if prior.anchor_fraction > 0 and self.darkness is None:
             return False
         if prior.fit_without_evidence != self.without_evidence:

@@ -172,6 +172,24 @@ def test_support_fraction_and_reach_limit_what_the_map_may_add():
         combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0))
 
 
+def test_a_large_candidate_is_supported_by_enough_millilitres_of_evidence_whatever_its_fraction():
+    """8 mm3 of evidence in a 936 mm3 candidate (< 1 %): too little a fraction, yet with
+    min_support_ml up to 0.008 mL it is enough; at 2 mm spacing the same voxels are 64 mm3."""
+    hypo = np.zeros((10, 10, 30), np.float32)
+    hypo[2:8, 2:8, 2:28] = 0.9
+    labels = (hypo > 0).astype(np.int32)
+    p = np.zeros(hypo.shape, np.float32)
+    p[4:6, 4:6, 4:6] = 0.8
+    strict = replace(PRIOR, model_floor=0.5, min_support_fraction=0.05)
+    assert np.array_equal(combine_with_model(p, hypo, labels, strict, spacing_kji=(1.0, 1.0, 1.0)), p)
+    for ml, spacing, raised in ((0.007, (1.0, 1.0, 1.0), True), (0.01, (1.0, 1.0, 1.0), False),
+                                (0.05, (2.0, 2.0, 2.0), True), (0.07, (2.0, 2.0, 2.0), False)):
+        out = combine_with_model(p, hypo, labels, replace(strict, min_support_ml=ml), spacing_kji=spacing)
+        assert bool((out >= 0.5).sum() == labels.sum()) == raised, (ml, spacing)
+    with pytest.raises(ValueError, match="spacing_kji"):
+        combine_with_model(p, hypo, labels, replace(strict, min_support_ml=1.0))
+
+
 def test_reach_factor_lets_each_piece_of_evidence_grow_by_about_its_own_size():
     """A large lesion the model saw in its middle grows to its whole extent; a small one found
     whole, in the same darker region, grows only by about its own radius, not into the region."""
@@ -354,3 +372,43 @@ def test_the_trend_fitted_without_the_models_tumour_bends_less_into_a_large_lesi
     assert not computed.without_evidence and not computed.fits(without)
     given = ParenchymaCandidates.of(hu, mask, SPACING, without, exclude)
     assert given.without_evidence and given.fits(without) and not given.fits(plain)
+
+
+def test_a_trend_that_drops_voxels_far_below_it_bends_less_into_a_large_lesion():
+    """A mild (15 HU) lesion filling a third of a liver, none of it known to the model: voxels far
+    below the fit weigh nothing with trend_drop_spreads, a smaller trend_low_weight weighs them
+    less; either way the trend stays nearer the parenchyma inside the lesion. Bad numbers are
+    refused."""
+    lesion = _ball((28, 32, 20), 21.0) & (make_liver(vessels=False)[1] > 0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-15.0, vessels=False, noise_hu=8.0)
+    base = replace(PRIOR, trend_order=2)
+
+    def bend(prior: ParenchymaPrior) -> float:
+        background = parenchyma_statistics(hu, mask, SPACING, prior).background(SHAPE, SPACING)
+        return float(np.median(np.abs(background - 100.0)[lesion]))
+
+    bent = bend(base)
+    assert bend(replace(base, trend_drop_spreads=2.0)) < 0.8 * bent
+    assert bend(replace(base, trend_low_weight=0.02)) < bent
+    for wrong in ({"trend_low_weight": 0.0}, {"trend_low_weight": 0.7}, {"trend_drop_spreads": -1.0}):
+        with pytest.raises(ValueError, match="trend_low_weight"):
+            parenchyma_statistics(hu, mask, SPACING, replace(base, **wrong))
+
+
+def test_opening_cuts_a_thin_dark_band_off_the_lesion_it_touches():
+    """A 40 HU dark band (6 x 7.5 mm) running 48 mm from an 18 mm lesion: one candidate with the
+    band; opened by a 3 mm ball, the band (too thin for the ball) is cut off and the lesion kept."""
+    lesion = _ball((28, 32, 24), 9.0)
+    band = np.zeros(SHAPE, bool)
+    band[26:30, 30:35, 24:56] = True
+    hu, mask, _ = make_liver(lesion=lesion | band, lesion_delta=-40.0, vessels=False, noise_hu=8.0)
+    far = band.copy()
+    far[:, :, :40] = False  # the band's far end, away from the lesion
+    found = {}
+    for radius in (0.0, 3.0):
+        labels, candidates = candidates_of(hu, mask, replace(PRIOR, opening_mm=radius))[2:]
+        assert len([c for c in candidates if c.kept]) == 1
+        found[radius] = labels > 0
+    assert (found[0.0] & far).sum() > 0.25 * far.sum()
+    assert not (found[3.0] & far).any()
+    assert (found[3.0] & lesion).sum() > 0.9 * (found[0.0] & lesion).sum() > 0.7 * lesion.sum()
