@@ -17,6 +17,7 @@ from LiverTumorSegLib.stages.parenchyma import (ParenchymaCandidates, Parenchyma
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (56, 64, 64)
 PRIOR = ParenchymaPrior()
+UNIT = (1.0, 1.0, 1.0)  # the spacing of the small arrays the combination tests build by hand
 
 
 def _ball(center, radius_mm, shape=SHAPE, spacing=SPACING) -> np.ndarray:
@@ -146,7 +147,8 @@ def test_combine_raises_supported_candidates_only():
     labels[6:9, 6:9, 6:9] = 2
     p = np.full(hypo.shape, 0.05, np.float32)
     p[2, 2, 2] = 0.3  # some model evidence in candidate 1 only
-    out = combine_with_model(p, hypo, labels, replace(PRIOR, model_floor=0.2, min_support_fraction=0.0, weight=1.0))
+    out = combine_with_model(p, hypo, labels, replace(PRIOR, model_floor=0.2, min_support_fraction=0.0, weight=1.0),
+                             spacing_kji=UNIT)
     assert np.allclose(out[1:4, 1:4, 1:4], 0.9)
     assert np.allclose(out[6:9, 6:9, 6:9], 0.05)  # no evidence: unchanged
     assert out[0, 0, 0] == pytest.approx(0.05)
@@ -162,14 +164,14 @@ def test_support_fraction_and_reach_limit_what_the_map_may_add():
     p = np.zeros(hypo.shape, np.float32)
     p[4:6, 4:6, 4:6] = 0.8  # the model is sure of 8 of its voxels (< 1 %)
     base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0)
-    assert (combine_with_model(p, hypo, labels, base) >= 0.5).sum() == labels.sum()
-    strict = combine_with_model(p, hypo, labels, replace(base, min_support_fraction=0.05))
+    assert (combine_with_model(p, hypo, labels, base, spacing_kji=UNIT) >= 0.5).sum() == labels.sum()
+    strict = combine_with_model(p, hypo, labels, replace(base, min_support_fraction=0.05), spacing_kji=UNIT)
     assert np.array_equal(strict, p)
-    near = combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0), spacing_kji=(1.0, 1.0, 1.0))
+    near = combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0), spacing_kji=UNIT)
     raised = near >= 0.5
     assert raised[4:6, 4:6, 4:6].all() and raised[4, 4, 8] and not raised[4, 4, 10] and not raised[4, 4, 20]
-    with pytest.raises(ValueError, match="spacing"):
-        combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0))
+    with pytest.raises(ValueError, match="reach_mm or reach_factor > 0 needs spacing"):
+        combine_with_model(p, hypo, labels, replace(base, reach_mm=3.0, min_support_ml=0.0))
 
 
 def test_a_large_candidate_is_supported_by_enough_millilitres_of_evidence_whatever_its_fraction():
@@ -181,7 +183,7 @@ def test_a_large_candidate_is_supported_by_enough_millilitres_of_evidence_whatev
     p = np.zeros(hypo.shape, np.float32)
     p[4:6, 4:6, 4:6] = 0.8
     strict = replace(PRIOR, model_floor=0.5, min_support_fraction=0.05)
-    assert np.array_equal(combine_with_model(p, hypo, labels, strict, spacing_kji=(1.0, 1.0, 1.0)), p)
+    assert np.array_equal(combine_with_model(p, hypo, labels, strict, spacing_kji=UNIT), p)
     for ml, spacing, raised in ((0.007, (1.0, 1.0, 1.0), True), (0.01, (1.0, 1.0, 1.0), False),
                                 (0.05, (2.0, 2.0, 2.0), True), (0.07, (2.0, 2.0, 2.0), False)):
         out = combine_with_model(p, hypo, labels, replace(strict, min_support_ml=ml), spacing_kji=spacing)
@@ -200,13 +202,13 @@ def test_reach_factor_lets_each_piece_of_evidence_grow_by_about_its_own_size():
     p[3:9, 3:9, 5:11] = 0.8  # a large piece of evidence (216 voxels, radius ~3.7 mm) ...
     p[5:7, 5:7, 45:47] = 0.8  # ... and a small one (8 voxels, radius ~1.2 mm)
     base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0, reach_factor=2.0)
-    raised = combine_with_model(p, hypo, labels, base, spacing_kji=(1.0, 1.0, 1.0)) >= 0.5
+    raised = combine_with_model(p, hypo, labels, base, spacing_kji=UNIT) >= 0.5
     assert raised[5, 5, 1] and raised[5, 5, 16] and not raised[5, 5, 20]  # up to ~7.4 mm beyond the large piece
     assert raised[5, 5, 48] and not raised[5, 5, 50] and not raised[5, 5, 30]  # ~2.5 mm beyond the small one
-    capped = combine_with_model(p, hypo, labels, replace(base, reach_mm=2.0), spacing_kji=(1.0, 1.0, 1.0)) >= 0.5
+    capped = combine_with_model(p, hypo, labels, replace(base, reach_mm=2.0), spacing_kji=UNIT) >= 0.5
     assert capped[5, 5, 12] and not capped[5, 5, 14]  # reach_mm caps it
-    with pytest.raises(ValueError, match="spacing"):
-        combine_with_model(p, hypo, labels, base)
+    with pytest.raises(ValueError, match="reach_mm or reach_factor > 0 needs spacing"):
+        combine_with_model(p, hypo, labels, replace(base, min_support_ml=0.0))
 
 
 def test_anchor_fraction_completes_a_lesion_where_it_is_as_dark_as_what_the_model_found():
@@ -223,13 +225,16 @@ def test_anchor_fraction_completes_a_lesion_where_it_is_as_dark_as_what_the_mode
     p = np.zeros(hypo.shape, np.float32)
     p[3:7, 3:7, 4:8] = 0.8  # the part of the lesion the model is sure of
     base = replace(PRIOR, model_floor=0.5, min_support_fraction=0.0)
-    assert (combine_with_model(p, hypo, labels, base) >= 0.5).sum() == labels.sum()  # unanchored: all of it
-    anchored = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=darkness) >= 0.5
+    assert (combine_with_model(p, hypo, labels, base, spacing_kji=UNIT) >= 0.5).sum() == labels.sum()  # unanchored
+    anchored = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=darkness,
+                                  spacing_kji=UNIT) >= 0.5
     assert anchored[1:9, 1:9, 2:12].all() and not anchored[:, :, 12:].any()
-    mild = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.25), darkness=darkness) >= 0.5
+    mild = combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.25), darkness=darkness,
+                                  spacing_kji=UNIT) >= 0.5
     assert mild[1:9, 1:9, 1:39].all()  # 12 HU >= a quarter of 40: the darkening is as dark as asked
     bright = np.where(p > 0, -30.0, darkness).astype(np.float32)  # evidence brighter than the parenchyma
-    assert np.array_equal(combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=bright), p)
+    assert np.array_equal(combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5), darkness=bright,
+                                             spacing_kji=UNIT), p)
     with pytest.raises(ValueError, match="darkness"):
         combine_with_model(p, hypo, labels, replace(base, anchor_fraction=0.5))
 
@@ -357,7 +362,7 @@ def test_the_trend_fitted_without_the_models_tumour_bends_less_into_a_large_lesi
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-15.0, vessels=False, noise_hu=8.0)
     p = np.zeros(SHAPE, np.float32)
     p[_ball((28, 32, 20), 12.0)] = 0.8  # the model is sure of the lesion's middle
-    plain = replace(PRIOR, trend_order=2, fit_without_evidence=False)
+    plain = replace(PRIOR, trend_order=2, trend_drop_spreads=0.0, fit_without_evidence=False)
     without = replace(plain, fit_without_evidence=True)  # the default
     bent = parenchyma_statistics(hu, mask, SPACING, plain).background(SHAPE, SPACING)
     exclude = p >= without.model_floor
@@ -381,7 +386,7 @@ def test_a_trend_that_drops_voxels_far_below_it_bends_less_into_a_large_lesion()
     refused."""
     lesion = _ball((28, 32, 20), 21.0) & (make_liver(vessels=False)[1] > 0)
     hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-15.0, vessels=False, noise_hu=8.0)
-    base = replace(PRIOR, trend_order=2)
+    base = replace(PRIOR, trend_order=2, trend_drop_spreads=0.0)
 
     def bend(prior: ParenchymaPrior) -> float:
         background = parenchyma_statistics(hu, mask, SPACING, prior).background(SHAPE, SPACING)
