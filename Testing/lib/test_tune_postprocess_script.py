@@ -82,7 +82,8 @@ def test_validation_uses_both_training_livers_and_nothing_held_out(monkeypatch):
     assert set(loaded) == {"ts_upper_abdomen_3mm", "chaos_ct_1"}
     assert all(5002 <= s < 9000 or s >= 20000 for s in seeds) and not any(9000 <= s < 20000 for s in seeds)
     names = [case[0] for case in cases]
-    assert {"ts_upper+classic-20000", "chaos+surface-20001", "ts_upper (tumour-free)"} <= set(names)
+    assert {"ts_upper+classic-20000", "chaos+surface-20001", "ts_upper (tumour-free)",
+            "chaos+perfusion+surface-21004", "ts_upper+perfusion+classic-21005"} <= set(names)
     assert len(names) == len(set(names))
 
 

@@ -89,14 +89,16 @@ def slab_cases(cases: list) -> list:
 
 def perfusion_cases() -> list:
     """The real training livers with a broad tumour-free darkening (synth.perfusion, seeds 21000+
-    that training never drew): alone (false tumour there) and under metastases or a large iso-dense
-    lesion (lesions must not merge with it), the hard negative the held-out real liver showed."""
+    that training never drew): alone (false tumour there) and under metastases, a large iso-dense
+    lesion, a surface lesion or classic lesions (lesions must not merge with it; the surface and
+    classic ones lie on a dependent darkening, where a posterior lesion touches it), the hard
+    negative the held-out real liver showed."""
     cases = []
     for short, name in TRAINING_LIVERS:
         if not has_shared_case(SHARED, name):
             continue
         ct, liver = load_shared_case(SHARED, name)
-        for index, kind in enumerate(("none", "metastases", "large_isodense", "none")):
+        for index, kind in enumerate(("none", "metastases", "large_isodense", "none", "surface", "classic")):
             seed = 21000 + index
             ct_p, info = add_perfusion_variation(ct, liver, seed)
             if kind == "none":
