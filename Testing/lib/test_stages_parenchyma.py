@@ -417,3 +417,28 @@ def test_opening_cuts_a_thin_dark_band_off_the_lesion_it_touches():
     assert (found[0.0] & far).sum() > 0.25 * far.sum()
     assert not (found[3.0] & far).any()
     assert (found[3.0] & lesion).sum() > 0.9 * (found[0.0] & lesion).sum() > 0.7 * lesion.sum()
+
+
+def test_the_fit_may_leave_out_the_models_weaker_evidence_too():
+    """The model sure of a large mild lesion's middle (0.8) and unsure of the rest (0.3): left out
+    from 0.2 up, the whole lesion is out of the fit and bends the trend less than when only the
+    sure middle is. What left voxels out is part of what the candidates were computed with."""
+    lesion = _ball((28, 32, 20), 21.0) & (make_liver(vessels=False)[1] > 0)
+    hu, mask, _ = make_liver(lesion=lesion, lesion_delta=-15.0, vessels=False, noise_hu=8.0)
+    p = np.where(lesion, 0.3, 0.0).astype(np.float32)
+    p[_ball((28, 32, 20), 12.0)] = 0.8
+    sure = replace(PRIOR, trend_order=2, trend_drop_spreads=0.0, fit_exclude_probability=0.0)
+    weak = replace(sure, fit_exclude_probability=0.2)
+
+    def bend(prior: ParenchymaPrior) -> float:
+        exclude = p >= (prior.fit_exclude_probability or prior.model_floor)
+        background = _parenchyma_steps(hu, mask, SPACING, prior, exclude)[2].background(SHAPE, SPACING)
+        return float(np.median(np.abs(background - 100.0)[lesion]))
+
+    assert bend(weak) < 0.8 * bend(sure)
+    computed = ParenchymaCandidates.of(hu, mask, SPACING, sure, p >= sure.model_floor)
+    assert computed.fits(sure) and computed.fits(replace(sure, weight=0.9))
+    assert not computed.fits(replace(sure, model_floor=0.3))  # it chose the voxels left out
+    assert not computed.fits(weak)
+    exact = apply_parenchyma_prior(p, hu, mask, SPACING, weak)
+    np.testing.assert_array_equal(apply_parenchyma_prior(p, hu, mask, SPACING, weak, computed), exact)
