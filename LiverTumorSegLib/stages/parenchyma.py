@@ -9,8 +9,9 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
    after light smoothing) and fat (< -20 HU) left out; its spread (texture + residual noise at
    that smoothing) is the one-sided robust deviation above the mode, where lesions do not lie.
    By default the parenchyma HU is a quadratic trend of position (``trend_order``), fitted by
-   asymmetric least squares so that dark lesions barely bend it: a real liver may be 20-30 HU
-   darker at its back than at its front, which one HU for the whole liver reads as a lesion.
+   asymmetric least squares so that dark lesions barely bend it, and without what the tumour
+   model calls even weakly tumour: a real liver may be 20-30 HU darker at its back than at its
+   front, which one HU for the whole liver reads as a lesion.
 2. :func:`hypodensity_map`: how far each liver voxel's smoothed HU (smoothed inside the liver
    only, vessels, fat and the surface shell left out, so neither fat outside nor a vessel inside
    shifts it) lies below the parenchyma, as a logistic around max(k spreads, a minimum HU
@@ -23,8 +24,8 @@ under-confident. The method, all on the liver crop's grid (arrays + spacing in, 
    filled, with their volume, size, thickness, mean map value and mean HU below the parenchyma;
    too small or too thin ones (noise specks, vessels, rims) are dropped.
 4. :func:`combine_with_model`: the tumor probability raised to ``weight * map`` inside the
-   candidates where the model already has evidence (probability >= 0.5 on at least 2 % of the
-   candidate); nothing changes elsewhere. The prior completes lesions the ensemble found in
+   candidates where the model already has evidence (probability >= 0.5 on at least 10 % of the
+   candidate, or on 1 mL of it); nothing changes elsewhere. The prior completes lesions the ensemble found in
    part; it never draws a lesion on its own: alone, the map finds 20-31 mL of "tumour" in each
    tumour-free real liver (a dependent darkening of the posterior liver, unenhanced vessels,
    neighbours the liver mask took in), gated by the model it adds none.

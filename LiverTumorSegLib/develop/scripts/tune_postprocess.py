@@ -140,7 +140,8 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings, per_c
             "lesions_under_10mm_found": f"{sum(small_found)}/{len(small_found)}",
             "false_positive_lesions": false_positives,
             "tumor_ml_outside_reference_liver": round(outside_ml, 2),
-            "tumor_ml_on_tumour_free_livers": free_ml, "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0),
+            "tumor_ml_on_tumour_free_livers": free_ml,
+            "tumor_ml_on_tumour_free_max": max(free_ml.values(), default=0.0),
             **({"per_case": case_scores} if per_case else {})}
 
 
@@ -318,7 +319,8 @@ def main() -> int:
                         help="the models' sliding-window overlap for the evidence (default: the pipeline's); 0.5 "
                              "puts every voxel nearer a window's centre, so models compare with less luck of "
                              "window placement, at about 3 times the model time")
-    parser.add_argument("--per-case", action="store_true", help="print each tumour case's Dice and tumour mL outside the reference liver too")
+    parser.add_argument("--per-case", action="store_true",
+                        help="print each tumour case's Dice and tumour mL outside the reference liver too")
     parser.add_argument("--ensembles", default=None,
                         help="tumour ensembles to compare, ';'-separated, each its members (tumour models in "
                              "--models) joined by '+', NAME*W weighting a member W times (default 1); each member runs "
