@@ -138,6 +138,12 @@ class ParenchymaPrior:
     # darkening 0.77 -> 0.65 and tumour outside the reference livers 34 -> 49 mL
     trend_drop_spreads: float = 0.0
 
+    @property
+    def fit_exclude_floor(self) -> float:
+        """The model probability from which voxels are left out of the statistics and the trend
+        (with ``fit_without_evidence``): ``fit_exclude_probability``, or ``model_floor`` when 0."""
+        return self.fit_exclude_probability if self.fit_exclude_probability > 0 else self.model_floor
+
 
 @dataclass(frozen=True)
 class ParenchymaStats:
@@ -530,14 +536,16 @@ def _candidates(hypodensity: np.ndarray, delta: Optional[np.ndarray], threshold:
         box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, size)) for b, size in zip(box, labels.shape))
         region = labels[box] == n
         inner = depth_mm(region, spacing)
+        reshaped = prior.opening_mm > 0
         if refine:
             core = inner >= 0.5 * inner.max()  # its deeper half: not blurred by the smoothing
             level = prior.half_contrast * float(np.median(delta[box][core]))
             if level > threshold:  # a clearly dark lesion, blurred beyond its edge by the smoothing
                 region = ndimage.binary_fill_holes(region & (delta[box] >= level))
-                inner = depth_mm(region, spacing)
+                reshaped = True
         if prior.opening_mm > 0:
             region = opening(region, spacing, prior.opening_mm)
+        if reshaped:
             inner = depth_mm(region, spacing)
         n_voxels = int(region.sum())
         if n_voxels == 0:
@@ -738,14 +746,14 @@ class ParenchymaCandidates:
     def fits(self, prior: ParenchymaPrior) -> bool:
         """Whether ``prior`` would compute the same map and candidates (only its combination
         step, step 4, may differ)."""
-        steps_4 = ["enabled", "model_floor", "min_support_fraction", "min_support_ml", "reach_mm", "reach_factor",
-                   "anchor_fraction", "weight"]
-        if self.without_evidence and prior.fit_exclude_probability <= 0:
-            steps_4.remove("model_floor")  # it chose the voxels the statistics left out
+        steps_4 = ("enabled", "model_floor", "min_support_fraction", "min_support_ml", "reach_mm", "reach_factor",
+                   "anchor_fraction", "weight")
         if prior.anchor_fraction > 0 and self.darkness is None:
             return False
         if prior.fit_without_evidence != self.without_evidence:
             return False  # computed before the model's evidence was known, or with it
+        if self.without_evidence and prior.fit_exclude_floor != self.prior.fit_exclude_floor:
+            return False  # other voxels would have been left out of the statistics
         return replace(self.prior, **{k: getattr(prior, k) for k in steps_4}) == prior
 
 
@@ -766,9 +774,7 @@ def apply_parenchyma_prior(model_probability: np.ndarray, hu_crop: np.ndarray, r
     if not prior.enabled or not np.any(region):
         return np.asarray(model_probability, dtype=np.float32)
     if computed is None or not computed.fits(prior):
-        exclude = None
-        if prior.fit_without_evidence:
-            exclude = np.asarray(model_probability) >= (prior.fit_exclude_probability or prior.model_floor)
+        exclude = np.asarray(model_probability) >= prior.fit_exclude_floor if prior.fit_without_evidence else None
         computed = ParenchymaCandidates.of(hu_crop, region, spacing_kji, prior, exclude)
     return combine_with_model(model_probability, computed.hypodensity, computed.label_sets, prior, spacing_kji,
                               computed.darkness)

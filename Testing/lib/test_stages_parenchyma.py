@@ -431,7 +431,7 @@ def test_the_fit_may_leave_out_the_models_weaker_evidence_too():
     weak = replace(sure, fit_exclude_probability=0.2)
 
     def bend(prior: ParenchymaPrior) -> float:
-        exclude = p >= (prior.fit_exclude_probability or prior.model_floor)
+        exclude = p >= prior.fit_exclude_floor
         background = _parenchyma_steps(hu, mask, SPACING, prior, exclude)[2].background(SHAPE, SPACING)
         return float(np.median(np.abs(background - 100.0)[lesion]))
 

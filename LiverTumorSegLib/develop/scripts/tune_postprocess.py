@@ -126,8 +126,9 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings, per_c
         if kind == "none":
             free_ml[name] = round(float(pred.sum()) * voxel_mm3 / 1000.0, 2)
             continue
-        per_kind.setdefault(kind, []).append(dice(pred, ref))
-        case_scores[name] = [round(per_kind[kind][-1], 3), round(case_outside_ml, 2)]
+        case_dice = dice(pred, ref)
+        per_kind.setdefault(kind, []).append(case_dice)
+        case_scores[name] = [round(case_dice, 3), round(case_outside_ml, 2)]
         detection = lesion_detection(pred, ref, voxel_mm3)
         found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] >= 10.0]
         small_found += [lesion["detected"] for lesion in detection["reference"] if lesion["diameter_mm"] < 10.0]
