@@ -262,10 +262,13 @@ def test_every_kind_keeps_its_tumours_in_the_liver_label(real_liver, kind):
         assert distance[outside].max(initial=0.0) <= recipe.outside_mm + 0.01
         before = sitk.GetArrayFromImage(ct)
         assert (before[outside] >= -200).all() and (before[outside] <= 200).all()
-    # the CT changes only in the liver and in a tumour's partial-volume edge just beyond it
+        to_bone = ndimage.distance_transform_edt(before <= 300, sampling=ct.GetSpacing()[::-1])
+        assert to_bone[outside].min(initial=np.inf) >= 10.0 - 1e-6  # and not around a rib
+    # the CT changes only in the liver and in a tumour's partial-volume edge just beyond it (up to
+    # a diagonal of two to three of this CT's 3 mm voxels)
     changed = sitk.GetArrayFromImage(new_ct) != sitk.GetArrayFromImage(ct)
     to_tumour_mm = ndimage.distance_transform_edt(label_array != TUMOR_LABEL, sampling=ct.GetSpacing()[::-1])
-    assert to_tumour_mm[changed & (label_array == 0)].max(initial=0.0) <= 8.0
+    assert to_tumour_mm[changed & (label_array == 0)].max(initial=0.0) <= 9.0
 
 
 def test_large_isodense_tumours_are_large_and_subtle(real_liver):
@@ -299,6 +302,45 @@ def test_surface_lesions_bulge_the_outline(liver_case):
     assert infos and all(info["at_surface"] for info in infos)
     assert sum(info["outside_ml"] for info in infos) > 0.0
     assert (mask.astype(bool) & ~liver.astype(bool)).any()
+
+
+def test_a_bulge_stays_clear_of_the_ribs(liver_case):
+    """Bone (a rib along one side of the liver) keeps bulges 10 mm away: a lesion at the rib cage
+    pushes the liver in rather than growing around the rib; elsewhere the outline still bulges."""
+    ct, liver, _ = liver_case
+    ribbed = ct.copy()
+    outside = ndimage.distance_transform_edt(liver == 0, sampling=SPACING)
+    rib = (outside > 4.0) & (outside < 9.0)
+    rib[:, :, 48:] = False  # one side only
+    ribbed[rib] = 700
+    to_bone = ndimage.distance_transform_edt(~rib, sampling=SPACING)
+    bulges = []
+    for seed in range(4):
+        _, mask, infos = insert_tumors(ribbed, liver, SPACING, np.random.default_rng(seed), 4,
+                                       recipe=TUMOR_KINDS["surface"])
+        bulge = mask.astype(bool) & (liver == 0)
+        assert to_bone[bulge].min(initial=np.inf) >= 10.0 - 1e-6
+        bulges.append(bulge)
+    assert np.any(bulges, axis=0)[:, :, 48:].sum() > 50  # the side without a rib still bulges
+
+
+def test_a_bulge_cut_by_its_neighbours_is_not_placed():
+    """A tumour centred on the surface must keep its round shape outside the liver: where bone or
+    air would cut off more than a sliver of it, it is not placed there (it is not poured into the
+    gaps), while the same tumour with room to bulge is."""
+    from LiverTumorSegLib.develop.synth.tumors import _TumorShape, _try_place
+
+    spacing = np.array([1.0, 1.0, 1.0])
+    liver = np.zeros((40, 40, 40), dtype=bool)
+    liver[:, :, :20] = True
+    shape = _TumorShape(radius=8.0, axes=np.ones(3), rotation=np.eye(3), distortion=0.0,
+                        distortion_scale_mm=3.0, edge_mm=0.5)
+    room = np.ones(liver.shape, dtype=np.float32)
+    placed = _try_place(np.random.default_rng(0), shape, (20, 20, 16), liver, room, None, None, spacing)
+    assert placed is not None and (placed[3] & ~liver[placed[0]]).any()
+    walled = room.copy()
+    walled[:, :, 20:] = 0.0  # bone or air right at the surface
+    assert _try_place(np.random.default_rng(0), shape, (20, 20, 16), liver, walled, None, None, spacing) is None
 
 
 def test_classic_tumours_never_leave_the_liver(liver_case):

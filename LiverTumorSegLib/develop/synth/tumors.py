@@ -40,6 +40,15 @@ _MAX_ATTEMPTS = 40
 # Outside the liver a bulging tumour may only displace fat and soft tissue (not air, bone or
 # bright contrast), and at most ``outside_mm`` from the liver's surface.
 _BULGE_HU = (-200.0, 200.0)
+# ... and not the body wall next to a rib or the spine: a real lesion at the rib cage pushes the
+# liver in, it does not grow around a rib through the intercostal muscle. Bone is above
+# _BONE_HU (cortex; contrast-filled vessels and bowel stay below it in the portal phase).
+_BONE_HU = 300.0
+_BONE_CLEARANCE_MM = 10.0
+# A bulging tumour keeps this share of its shape where the allowance cuts it (bone, air, too far
+# out): a real one is round where it pushes its neighbours away, not poured into the gaps between
+# them.
+_MIN_UNCUT_FRACTION = 0.85
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,8 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
         raise LiverTumorSegError("the liver mask is empty, so there is nowhere to insert tumours; "
                                  "pass a mask with the liver as nonzero voxels on the CT's grid")
 
-    crop = _bounding_box(liver_full, pad=2 + int(math.ceil(recipe.outside_mm / float(spacing.min()))))
+    reach_mm = recipe.outside_mm + (_BONE_CLEARANCE_MM if recipe.outside_mm > 0 else 0.0)  # see bone beyond a bulge
+    crop = _bounding_box(liver_full, pad=2 + int(math.ceil(reach_mm / float(spacing.min()))))
     ct_crop = new_ct[crop]  # a view: blending writes straight into new_ct
     tumor_crop = tumor_mask[crop]
     liver_crop = liver_full[crop]
@@ -359,11 +369,15 @@ def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _Conserv
 
 def _bulge_allowance(ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray, outside_mm: float) -> Optional[np.ndarray]:
     """Where a tumour may lie (float32 0..1): 1 in the liver; outside it, fat and soft tissue
-    within ``outside_mm`` of the surface, fading over the last 2 mm; None when tumours stay inside."""
+    within ``outside_mm`` of the surface and at least ``_BONE_CLEARANCE_MM`` from bone, fading
+    over the last 2 mm; None when tumours stay inside."""
     if outside_mm <= 0:
         return None
     distance = ndimage.distance_transform_edt(~liver, sampling=spacing)
     soft = (ct >= _BULGE_HU[0]) & (ct <= _BULGE_HU[1])
+    bone = (ct > _BONE_HU) & ~liver
+    if bone.any():
+        soft &= ndimage.distance_transform_edt(~bone, sampling=spacing) >= _BONE_CLEARANCE_MM
     allowance = np.clip((outside_mm - distance) / 2.0, 0.0, 1.0).astype(np.float32)
     allowance[~soft] = 0.0
     allowance[liver] = 1.0
@@ -423,9 +437,10 @@ def _try_place(rng: np.random.Generator, shape: _TumorShape, center: Tuple[int, 
                allowance: Optional[np.ndarray], forbidden: Optional[np.ndarray], occupied: Optional[np.ndarray],
                spacing: np.ndarray, vessel_tolerance: float = 1.0):
     """Rasterise the tumour at ``center``; None unless it fits. Without ``allowance`` all of it
-    must lie inside the liver; with it, the tumour is cut to the allowance and must keep most of
-    its volume, three quarters of it inside the liver. It must also stay clear of ``occupied`` (other
-    tumours; None for a confluent one) and, but for a size-dependent fraction, of vessels."""
+    must lie inside the liver; with it, the tumour is cut to the allowance and must keep
+    ``_MIN_UNCUT_FRACTION`` of its volume, three quarters of it inside the liver. It must also
+    stay clear of ``occupied`` (other tumours; None for a confluent one) and, but for a
+    size-dependent fraction, of vessels."""
     half = np.ceil(shape.extent_mm / spacing).astype(int) + 1
     lo = np.asarray(center) - half
     hi = np.asarray(center) + half + 1
@@ -446,7 +461,8 @@ def _try_place(rng: np.random.Generator, shape: _TumorShape, center: Tuple[int, 
     n_core = int(core.sum())
     if n_core == 0:
         return None
-    if allowance is not None and (n_core < 0.4 * whole_core or (core & liver[box]).sum() < 0.75 * n_core):
+    if allowance is not None and (n_core < _MIN_UNCUT_FRACTION * whole_core
+                                  or (core & liver[box]).sum() < 0.75 * n_core):
         return None
     if occupied is not None and (touched & occupied[box]).any():
         return None
