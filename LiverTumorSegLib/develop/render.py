@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from ..preprocess import normalize_hu
 
+TUMOR_VALUE = 2
 PRED_COLORS = {1: (255, 140, 0), 2: (0, 255, 0)}  # liver orange, tumor green
 REF_COLORS = {1: (0, 160, 255), 2: (255, 0, 255)}  # reference liver blue, tumor magenta
 
@@ -27,9 +28,37 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~binary_erosion(mask)
 
 
+def overlay_slices(pred: np.ndarray, ref: Optional[np.ndarray], n_slices: int) -> np.ndarray:
+    """Which axial slices (first array axis, LPS) a reader needs: where the tumours disagree most
+    (the slice with the most reference tumour missed, the one with the most tumour drawn outside
+    the reference) and where there is the most tumour, up to half the tiles, then slices spread
+    evenly over the liver. Sorted, without repeats."""
+    organ = pred > 0
+    if ref is not None:
+        organ = organ | (ref > 0)
+    present = np.flatnonzero(organ.any(axis=(1, 2)))
+    if len(present) == 0:
+        present = np.arange(pred.shape[0])
+    picks: list = []
+    tumor_pred = pred == TUMOR_VALUE
+    tumor_ref = ref == TUMOR_VALUE if ref is not None else np.zeros_like(tumor_pred)
+    for area in ((tumor_ref & ~tumor_pred).sum(axis=(1, 2)), (tumor_pred & ~tumor_ref).sum(axis=(1, 2)),
+                 (tumor_pred | tumor_ref).sum(axis=(1, 2))):
+        if len(picks) < n_slices // 2 and area.max() > 0 and int(area.argmax()) not in picks:
+            picks.append(int(area.argmax()))
+    spread = np.linspace(present[0], present[-1], n_slices + 2)[1:-1].round().astype(int)
+    for k in sorted(spread, key=lambda k: min((abs(k - p) for p in picks), default=0), reverse=True):
+        if len(picks) >= n_slices:
+            break
+        if int(k) not in picks:
+            picks.append(int(k))
+    return np.array(sorted(picks), dtype=int)
+
+
 def axial_overlay(ct: sitk.Image, prediction: sitk.Image, reference: Optional[sitk.Image] = None,
                   n_slices: int = 4, scale: int = 2) -> np.ndarray:
-    """RGB mosaic of ``n_slices`` axial slices through the predicted/reference liver, shown in
+    """RGB mosaic of ``n_slices`` axial slices (:func:`overlay_slices`: through the tumours where
+    prediction and reference disagree most, the rest spread over the liver), shown in
     radiological convention (patient right on image left, anterior up): the CT is first put in
     LPS orientation, so flipped or permuted inputs display the same way."""
     ct_lps = sitk.DICOMOrient(ct, "LPS")
@@ -39,12 +68,8 @@ def axial_overlay(ct: sitk.Image, prediction: sitk.Image, reference: Optional[si
         ref_on_ct = sitk.Resample(reference, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         ref = sitk.GetArrayFromImage(sitk.DICOMOrient(ref_on_ct, "LPS"))
     hu = sitk.GetArrayFromImage(ct_lps)
-    present = np.flatnonzero((pred > 0).any(axis=(1, 2)) | ((ref > 0).any(axis=(1, 2)) if ref is not None else False))
-    if len(present) == 0:
-        present = np.arange(hu.shape[0])
-    picks = np.linspace(present[0], present[-1], n_slices + 2)[1:-1].round().astype(int)
     tiles = []
-    for k in picks:
+    for k in overlay_slices(pred, ref, n_slices):
         gray = _window(hu[k])
         rgb = np.stack([gray] * 3, axis=-1)
         for labels, colors in ((ref, REF_COLORS), (pred, PRED_COLORS)):
