@@ -257,11 +257,14 @@ def test_every_kind_keeps_its_tumours_in_the_liver_label(real_liver, kind):
     assert not (outside & (label_array != TUMOR_LABEL)).any()  # what grew is tumour
     if recipe.outside_mm == 0:
         assert not outside.any()
-    else:  # a bulge stays near the surface, in fat or soft tissue
+    else:  # a bulge stays near the surface: soft tissue in a 2 mm shell, beyond it fat only
         distance = ndimage.distance_transform_edt(~liver_array, sampling=ct.GetSpacing()[::-1])
         assert distance[outside].max(initial=0.0) <= recipe.outside_mm + 0.01
         before = sitk.GetArrayFromImage(ct)
         assert (before[outside] >= -200).all() and (before[outside] <= 200).all()
+        smooth = ndimage.gaussian_filter(before.astype(np.float32), sigma=[1.0 / s for s in ct.GetSpacing()[::-1]],
+                                         mode="nearest")
+        assert (smooth[outside & (distance > 2.0)] <= -20.0).all()  # not into kidney, spleen or muscle
         to_bone = ndimage.distance_transform_edt(before <= 300, sampling=ct.GetSpacing()[::-1])
         assert to_bone[outside].min(initial=np.inf) >= 10.0 - 1e-6  # and not around a rib
     # the CT changes only in the liver and in a tumour's partial-volume edge just beyond it (up to
@@ -341,6 +344,26 @@ def test_a_bulge_cut_by_its_neighbours_is_not_placed():
     walled = room.copy()
     walled[:, :, 20:] = 0.0  # bone or air right at the surface
     assert _try_place(np.random.default_rng(0), shape, (20, 20, 16), liver, walled, None, None, spacing) is None
+
+
+def test_a_bulge_pushes_into_fat_not_into_a_solid_neighbour(liver_case):
+    """Beside fat a surface lesion bulges out; beside a solid organ (soft tissue) it stays within
+    the 2 mm shell of the liver's boundary."""
+    ct, liver, _ = liver_case
+    outside = ndimage.distance_transform_edt(liver == 0, sampling=SPACING)
+    fatty = ct.copy()
+    fatty[(outside > 0) & (np.arange(ct.shape[2]) >= 48)[None, None, :]] = -100  # fat on one side only
+    reach = {True: [], False: []}
+    for seed in range(4):
+        _, mask, _ = insert_tumors(fatty, liver, SPACING, np.random.default_rng(seed), 4,
+                                   recipe=TUMOR_KINDS["surface"])
+        bulge = mask.astype(bool) & (liver == 0)
+        for fat_side in (True, False):
+            side = bulge[:, :, 48:] if fat_side else bulge[:, :, :48]
+            reach[fat_side].append(outside[:, :, 48:][side].max(initial=0.0) if fat_side
+                                   else outside[:, :, :48][side].max(initial=0.0))
+    assert max(reach[False]) <= 2.0 + 1e-6
+    assert max(reach[True]) > 4.0
 
 
 def test_classic_tumours_never_leave_the_liver(liver_case):

@@ -37,9 +37,14 @@ _EXTENT_WEIGHT = 0.05
 # (iso-dense and washout kinds).
 _MIN_ABS_DELTA_HU = 15.0
 _MAX_ATTEMPTS = 40
-# Outside the liver a bulging tumour may only displace fat and soft tissue (not air, bone or
-# bright contrast), and at most ``outside_mm`` from the liver's surface.
-_BULGE_HU = (-200.0, 200.0)
+# Outside the liver a bulging tumour displaces fat (a real one pushes into the fat around the
+# liver, against bowel and body wall, but does not grow into the kidney, the spleen or a
+# muscle), at most ``outside_mm`` from the liver's surface; within _BULGE_SHELL_MM of the surface
+# it may cover any soft tissue (the capsule and the boundary's partial volume), never air, bone
+# or bright contrast. HU on the lightly smoothed CT, so noise does not speckle a bulge.
+_BULGE_FAT_HU = (-200.0, -20.0)
+_BULGE_SHELL_HU = (-200.0, 200.0)
+_BULGE_SHELL_MM = 2.0
 # ... and not the body wall next to a rib or the spine: a real lesion at the rib cage pushes the
 # liver in, it does not grow around a rib through the intercostal muscle. Bone is above
 # _BONE_HU (cortex; contrast-filled vessels and bowel stay below it in the portal phase).
@@ -368,18 +373,21 @@ def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _Conserv
 
 
 def _bulge_allowance(ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray, outside_mm: float) -> Optional[np.ndarray]:
-    """Where a tumour may lie (float32 0..1): 1 in the liver; outside it, fat and soft tissue
-    within ``outside_mm`` of the surface and at least ``_BONE_CLEARANCE_MM`` from bone, fading
-    over the last 2 mm; None when tumours stay inside."""
+    """Where a tumour may lie (float32 0..1): 1 in the liver; outside it, soft tissue within
+    ``_BULGE_SHELL_MM`` of the surface and fat within ``outside_mm`` of it, fading over the last
+    2 mm, all at least ``_BONE_CLEARANCE_MM`` from bone; None when tumours stay inside."""
     if outside_mm <= 0:
         return None
     distance = ndimage.distance_transform_edt(~liver, sampling=spacing)
-    soft = (ct >= _BULGE_HU[0]) & (ct <= _BULGE_HU[1])
+    smooth = ndimage.gaussian_filter(ct.astype(np.float32), sigma=_voxels(1.0, spacing), mode="nearest")
+    fat = (smooth >= _BULGE_FAT_HU[0]) & (smooth <= _BULGE_FAT_HU[1])
+    shell = (distance <= _BULGE_SHELL_MM) & (smooth >= _BULGE_SHELL_HU[0]) & (smooth <= _BULGE_SHELL_HU[1])
+    room = fat | shell
     bone = (ct > _BONE_HU) & ~liver
     if bone.any():
-        soft &= ndimage.distance_transform_edt(~bone, sampling=spacing) >= _BONE_CLEARANCE_MM
+        room &= ndimage.distance_transform_edt(~bone, sampling=spacing) >= _BONE_CLEARANCE_MM
     allowance = np.clip((outside_mm - distance) / 2.0, 0.0, 1.0).astype(np.float32)
-    allowance[~soft] = 0.0
+    allowance[~room] = 0.0
     allowance[liver] = 1.0
     return allowance
 
