@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from LiverTumorSegLib.develop.scripts.tune_postprocess import evidence_key
 from LiverTumorSegLib.models.card import read_card, write_card
@@ -23,14 +25,19 @@ def equal_weight_copy(tiny_models, folder):
     return folder
 
 
-def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tmp_path, tiny_models):
+def test_the_evidence_key_changes_with_the_ensemble_weights_the_model_run_and_the_case(tmp_path, tiny_models):
     """A re-weighted ensemble of the same members is other evidence (a cache that ignored the
-    weights once returned one ensemble's numbers for another)."""
+    weights once returned one ensemble's numbers for another), and so is a case of the same name
+    whose CT was drawn anew (the synthesis changed)."""
+    ct = sitk.GetImageFromArray(np.zeros((4, 5, 6), dtype=np.int16))
+    redrawn = sitk.GetImageFromArray(np.ones((4, 5, 6), dtype=np.int16))
+    moved = sitk.Image(ct)
+    moved.SetOrigin((0.0, 0.0, 10.0))
     reweighted = equal_weight_copy(tiny_models, tmp_path / "reweighted")
     card = read_card(reweighted / f"{tiny_models.tumor}.json")
 
-    def key(directory, case="case-a", **settings) -> str:
-        return evidence_key(Pipeline(PipelineSettings(**settings), ModelRegistry([directory])), case)
+    def key(directory, case="case-a", image=ct, **settings) -> str:
+        return evidence_key(Pipeline(PipelineSettings(**settings), ModelRegistry([directory])), case, image)
 
     windowed = tmp_path / "windowed"  # the same weights, run in larger sliding windows
     shutil.copytree(tiny_models.directory, windowed)
@@ -43,6 +50,8 @@ def test_the_evidence_key_changes_with_the_ensemble_weights_and_the_model_run(tm
     assert base != key(reweighted)
     assert base != key(windowed)
     assert base != key(tiny_models.directory, case="case-b")
+    assert base != key(tiny_models.directory, image=redrawn)
+    assert base != key(tiny_models.directory, image=moved)
     assert base != key(tiny_models.directory, fast=True)
     assert base != key(tiny_models.directory, tta=False)
     assert base != key(tiny_models.directory, crop_margin_mm=30.0)

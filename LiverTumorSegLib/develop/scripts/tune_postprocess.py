@@ -146,11 +146,19 @@ def score(pipeline: Pipeline, evidences: list, settings: PipelineSettings, per_c
             **({"per_case": case_scores} if per_case else {})}
 
 
-def evidence_key(pipeline: Pipeline, case_name: str) -> str:
-    """What the models' evidence of a case depends on: the case, every model's weights, the
-    ensemble's weights, the models' sliding windows and the settings the models run under (crop
-    margin, overlap, TTA, the liver refinement and how far it may grow the liver) and how windows
-    are padded."""
+def ct_digest(ct: sitk.Image) -> str:
+    """A digest of the CT's voxels and geometry: a case of the same name drawn anew (the
+    synthesis changed) is another case."""
+    digest = hashlib.sha256(sitk.GetArrayViewFromImage(ct).tobytes())
+    digest.update(repr((ct.GetSpacing(), ct.GetOrigin(), ct.GetDirection())).encode())
+    return digest.hexdigest()[:16]
+
+
+def evidence_key(pipeline: Pipeline, case_name: str, ct: sitk.Image) -> str:
+    """What the models' evidence of a case depends on: the case (its name and its CT's voxels),
+    every model's weights, the ensemble's weights, the models' sliding windows and the settings
+    the models run under (crop margin, overlap, TTA, the liver refinement and how far it may grow
+    the liver) and how windows are padded."""
     s = pipeline.settings
     models = [str(m.get("sha256", ""))[:12] for m in pipeline.model_summaries]
     loaded = [pipeline.liver_model, pipeline.liver_refine_model, *pipeline.tumor_members]
@@ -164,7 +172,8 @@ def evidence_key(pipeline: Pipeline, case_name: str) -> str:
     if s.use_tta:  # since TTA covers the liver models too, their masks differ from older keys'
         windows.append("liver models under TTA")
     windows.append("model grids repeat the scan's edge")  # since the fix of the air past a scan's last slice
-    return hashlib.sha256(f"{case_name}|{models}|{weights}|{settings}|{windows}".encode()).hexdigest()[:16]
+    case = f"{case_name}|{ct_digest(ct)}"
+    return hashlib.sha256(f"{case}|{models}|{weights}|{settings}|{windows}".encode()).hexdigest()[:16]
 
 
 def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
@@ -172,7 +181,7 @@ def cached_evidence(pipeline: Pipeline, case: tuple, cache: Optional[Path]):
     this script's own results, keyed by :func:`evidence_key`)."""
     if cache is None:
         return pipeline.tumor_evidence(case[2])
-    path = cache / f"{evidence_key(pipeline, case[0])}.pkl"
+    path = cache / f"{evidence_key(pipeline, case[0], case[2])}.pkl"
     if path.exists():
         with open(path, "rb") as handle:
             return pickle.load(handle)
