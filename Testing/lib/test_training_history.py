@@ -48,3 +48,17 @@ def test_a_plain_or_empty_text_is_one_round_or_none():
     assert training_rounds("synthetic phantoms only") == ["synthetic phantoms only"]
     assert training_rounds("") == []
     assert render_history([], "") == ""
+
+
+def test_a_round_heading_with_a_note_written_by_hand_starts_a_round():
+    """A card edited by hand ("Round 14 (seed 14 again): ...") still splits into its rounds: the
+    next round fine-tuned from it must not swallow that card's whole history as one round."""
+    edited = ("Round 14 (the round-12 weights again, seed 14): 40 phantoms; 1200 steps (fine-tuned from liver-demo "
+              "121212121212). Round 12 (a second fine-tune): 40 phantoms; 1200 steps. Round 1: 25 phantoms; "
+              "2500 steps. Held out: ts_dicom_upper_abdomen.")
+    assert training_rounds(edited) == [
+        "25 phantoms; 2500 steps", "(a second fine-tune): 40 phantoms; 1200 steps",
+        "(the round-12 weights again, seed 14): 40 phantoms; 1200 steps (fine-tuned from liver-demo 121212121212)"]
+    nxt = describe_training("60 phantoms; 2400 steps", _card(edited, "34" * 32), HELD_OUT)
+    assert nxt.startswith("Round 4: 60 phantoms; 2400 steps (fine-tuned from liver-demo 343434343434). Round 3: (the")
+    assert training_rounds(nxt)[:3] == training_rounds(edited)

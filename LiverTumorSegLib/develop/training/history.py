@@ -11,7 +11,9 @@ from typing import List, Optional
 from ...models.card import ModelCard
 
 HELD_OUT_MARK = ". Held out: "
-_ROUND = re.compile(r"(?:^|(?<=\.) )Round \d+: ")
+# "Round 3: ..." and a heading written by hand, "Round 14 (the round-12 weights again): ...", whose
+# note stays with its round's text.
+_ROUND = re.compile(r"(?:^|(?<=\.) )Round \d+(?:: | (?=\())")
 _NESTED = re.compile(r"^(?P<head>.*?), fine-tuned from (?P<name>\S+) (?P<sha>[0-9a-f]{12}) \(which had: (?P<rest>.*)\)$",
                      re.S)
 
