@@ -8,11 +8,11 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .. import LIVER_LABEL, TUMOR_LABEL
 from ..preprocess import normalize_hu
 
-TUMOR_VALUE = 2
-PRED_COLORS = {1: (255, 140, 0), 2: (0, 255, 0)}  # liver orange, tumor green
-REF_COLORS = {1: (0, 160, 255), 2: (255, 0, 255)}  # reference liver blue, tumor magenta
+PRED_COLORS = {LIVER_LABEL: (255, 140, 0), TUMOR_LABEL: (0, 255, 0)}  # liver orange, tumor green
+REF_COLORS = {LIVER_LABEL: (0, 160, 255), TUMOR_LABEL: (255, 0, 255)}  # reference liver blue, tumor magenta
 
 
 DISPLAY_WINDOW_HU = (-160.0, 240.0)  # abdominal soft tissue, as a radiologist looks at the liver
@@ -40,8 +40,8 @@ def overlay_slices(pred: np.ndarray, ref: Optional[np.ndarray], n_slices: int) -
     if len(present) == 0:
         present = np.arange(pred.shape[0])
     picks: list = []
-    tumor_pred = pred == TUMOR_VALUE
-    tumor_ref = ref == TUMOR_VALUE if ref is not None else np.zeros_like(tumor_pred)
+    tumor_pred = pred == TUMOR_LABEL
+    tumor_ref = (ref == TUMOR_LABEL) if ref is not None else np.zeros_like(tumor_pred)
     for area in ((tumor_ref & ~tumor_pred).sum(axis=(1, 2)), (tumor_pred & ~tumor_ref).sum(axis=(1, 2)),
                  (tumor_pred | tumor_ref).sum(axis=(1, 2))):
         if len(picks) < n_slices // 2 and area.max() > 0 and int(area.argmax()) not in picks:

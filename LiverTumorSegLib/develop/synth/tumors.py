@@ -50,9 +50,9 @@ _BULGE_SHELL_MM = 2.0
 # _BONE_HU (cortex; contrast-filled vessels and bowel stay below it in the portal phase).
 _BONE_HU = 300.0
 _BONE_CLEARANCE_MM = 10.0
-# A bulging tumour keeps this share of its shape where the allowance cuts it (bone, air, too far
-# out): a real one is round where it pushes its neighbours away, not poured into the gaps between
-# them.
+# A bulging tumour keeps this share of its shape where the allowance cuts it (bone, air, a solid
+# neighbour, too far out): a real one is round where it pushes its neighbours away, not poured
+# into the gaps between them.
 _MIN_UNCUT_FRACTION = 0.85
 
 
