@@ -358,10 +358,8 @@ def test_a_bulge_pushes_into_fat_not_into_a_solid_neighbour(liver_case):
         _, mask, _ = insert_tumors(fatty, liver, SPACING, np.random.default_rng(seed), 4,
                                    recipe=TUMOR_KINDS["surface"])
         bulge = mask.astype(bool) & (liver == 0)
-        for fat_side in (True, False):
-            side = bulge[:, :, 48:] if fat_side else bulge[:, :, :48]
-            reach[fat_side].append(outside[:, :, 48:][side].max(initial=0.0) if fat_side
-                                   else outside[:, :, :48][side].max(initial=0.0))
+        for fat_side, columns in ((True, slice(48, None)), (False, slice(None, 48))):
+            reach[fat_side].append(outside[:, :, columns][bulge[:, :, columns]].max(initial=0.0))
     assert max(reach[False]) <= 2.0 + 1e-6
     assert max(reach[True]) > 4.0
 

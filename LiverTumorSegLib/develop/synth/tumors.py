@@ -170,9 +170,9 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
     liver_crop = liver_full[crop]
     stats = _LiverStats.measure(ct_crop, liver_crop, spacing)
     forbidden = stats.forbidden_mask(liver_crop) if avoid_vessels else None
+    allowance = _bulge_allowance(ct_crop, stats.smooth, liver_crop, spacing, recipe.outside_mm)
     stats.smooth = None  # not needed any more
     depth = _ConservativeDepth(liver_crop, spacing)
-    allowance = _bulge_allowance(ct_crop, liver_crop, spacing, recipe.outside_mm)
     occupied = np.zeros(liver_crop.shape, dtype=bool)
     offset = np.array([s.start for s in crop])
     placed_centers: List[Tuple[np.ndarray, float]] = []
@@ -372,14 +372,15 @@ def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _Conserv
     return depth.random_center(rng, min(shape.inner_extent_mm, 0.6 * depth.max_depth_mm), occupied)
 
 
-def _bulge_allowance(ct: np.ndarray, liver: np.ndarray, spacing: np.ndarray, outside_mm: float) -> Optional[np.ndarray]:
+def _bulge_allowance(ct: np.ndarray, smooth: np.ndarray, liver: np.ndarray, spacing: np.ndarray,
+                     outside_mm: float) -> Optional[np.ndarray]:
     """Where a tumour may lie (float32 0..1): 1 in the liver; outside it, soft tissue within
-    ``_BULGE_SHELL_MM`` of the surface and fat within ``outside_mm`` of it, fading over the last
-    2 mm, all at least ``_BONE_CLEARANCE_MM`` from bone; None when tumours stay inside."""
+    ``_BULGE_SHELL_MM`` of the surface and fat within ``outside_mm`` of it (HU of ``smooth``, the
+    lightly smoothed CT of :class:`_LiverStats`), fading over the last 2 mm, all at least
+    ``_BONE_CLEARANCE_MM`` from bone; None when tumours stay inside."""
     if outside_mm <= 0:
         return None
     distance = ndimage.distance_transform_edt(~liver, sampling=spacing)
-    smooth = ndimage.gaussian_filter(ct.astype(np.float32), sigma=_voxels(1.0, spacing), mode="nearest")
     fat = (smooth >= _BULGE_FAT_HU[0]) & (smooth <= _BULGE_FAT_HU[1])
     shell = (distance <= _BULGE_SHELL_MM) & (smooth >= _BULGE_SHELL_HU[0]) & (smooth <= _BULGE_SHELL_HU[1])
     room = fat | shell
