@@ -31,8 +31,9 @@ def _edges(mask: np.ndarray) -> np.ndarray:
 def overlay_slices(pred: np.ndarray, ref: Optional[np.ndarray], n_slices: int) -> np.ndarray:
     """Which axial slices (first array axis, LPS) a reader needs: where the tumours disagree most
     (the slice with the most reference tumour missed, the one with the most tumour drawn outside
-    the reference) and where there is the most tumour, up to half the tiles, then slices spread
-    evenly over the liver. Sorted, without repeats."""
+    the reference), where there is the most tumour and where the livers disagree most (a spill
+    into a neighbour, a lobe left out), up to half the tiles, then slices spread evenly over the
+    liver. Sorted, without repeats."""
     organ = pred > 0
     if ref is not None:
         organ = organ | (ref > 0)
@@ -42,8 +43,9 @@ def overlay_slices(pred: np.ndarray, ref: Optional[np.ndarray], n_slices: int) -
     picks: list = []
     tumor_pred = pred == TUMOR_LABEL
     tumor_ref = (ref == TUMOR_LABEL) if ref is not None else np.zeros_like(tumor_pred)
+    livers_disagree = (pred > 0) ^ (ref > 0) if ref is not None else np.zeros_like(tumor_pred)
     for area in ((tumor_ref & ~tumor_pred).sum(axis=(1, 2)), (tumor_pred & ~tumor_ref).sum(axis=(1, 2)),
-                 (tumor_pred | tumor_ref).sum(axis=(1, 2))):
+                 (tumor_pred | tumor_ref).sum(axis=(1, 2)), livers_disagree.sum(axis=(1, 2))):
         if len(picks) < n_slices // 2 and area.max() > 0 and int(area.argmax()) not in picks:
             picks.append(int(area.argmax()))
     spread = np.linspace(present[0], present[-1], n_slices + 2)[1:-1].round().astype(int)

@@ -47,3 +47,11 @@ def test_the_overlay_shows_the_lesion_in_radiological_convention():
         assert len(with_lesion) == 1
         assert np.flatnonzero(with_lesion[0].any(axis=0)).max() < 16  # image left half
         assert any(np.all(tile == PRED_COLORS[1], axis=-1).any() for tile in tiles)
+
+
+def test_without_tumours_a_slice_goes_through_the_liver_spill():
+    """A liver-only comparison (the liver validation) shows where the predicted liver spills."""
+    ref, pred = _labels(), _labels()
+    pred[47, 28:32, 4:28] = 1  # a neighbour taken in on one slice, far from the spread slices
+    picks = overlay_slices(pred, ref, 4)
+    assert 47 in picks and len(picks) == 4

@@ -111,3 +111,28 @@ def test_the_pipeline_cuts_the_liver_at_the_threshold_asked():
     from LiverTumorSegLib.models.registry import embedded_models_dir
 
     assert pipeline_for(embedded_models_dir(), 0.4).settings.liver_threshold == 0.4
+
+
+def test_an_overlay_shows_the_spill_in_orange_beside_the_blue_reference(tmp_path):
+    from skimage.io import imread
+
+    from LiverTumorSegLib.develop.render import PRED_COLORS, REF_COLORS
+
+    ct, labels = labelled_volume()
+    spilled = (sitk.GetArrayFromImage(labels) > 0).astype(np.uint8)
+    spilled[50:53, 16:20, 4:16] = 1  # a neighbour taken in on three slices only
+    path = tmp_path / "pictures" / "case.png"
+    score_case(FakePipeline(spilled), ("c", "g", ct, labels), overlay=path)
+    rgb = imread(str(path))[..., :3]
+    # the predicted contour is drawn over the reference's: blue is left only on a slice through the spill
+    assert (rgb == PRED_COLORS[1]).all(axis=-1).any() and (rgb == REF_COLORS[1]).all(axis=-1).any()
+    assert not (rgb == REF_COLORS[2]).all(axis=-1).any()  # the reference tumour counts as liver here
+    assert score_case(FakePipeline(spilled), ("c", "g", ct, labels)) == score_case(
+        FakePipeline(spilled), ("c", "g", ct, labels), overlay=tmp_path / "again.png")
+
+
+def test_overlay_folder_names_are_single_file_names():
+    from LiverTumorSegLib.develop.scripts.validate_liver import _safe_name
+
+    assert _safe_name("work_tmp/train_l13 @ liver threshold 0.4") == "work_tmp_train_l13___liver_threshold_0.4"
+    assert "/" not in _safe_name("phantom-5002+classic 40 mm slab") and _safe_name("..") == "models"

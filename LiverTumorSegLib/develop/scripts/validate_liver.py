@@ -21,13 +21,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorSegLib.errors import LiverTumorSegError
 from LiverTumorSegLib.metrics import dice, leak_beyond_ml, on_grid_of
+from LiverTumorSegLib.develop.render import save_overlay
 from LiverTumorSegLib.models.registry import ModelRegistry, embedded_models_dir
 from LiverTumorSegLib.pipeline import Pipeline, PipelineSettings
 from LiverTumorSegLib.develop.synth.shared_cases import (SLAB_MM, VALIDATION_PHANTOM_SEED,
@@ -54,8 +55,10 @@ def validation_cases(count: int, slabs: bool = True) -> List[Case]:
     return cases
 
 
-def score_case(pipeline: Pipeline, case: Case) -> Dict[str, object]:
-    """Liver Dice, spill beyond 3 mm (mL) and the share of the reference tumour inside the liver."""
+def score_case(pipeline: Pipeline, case: Case, overlay: Optional[Path] = None) -> Dict[str, object]:
+    """Liver Dice, spill beyond 3 mm (mL) and the share of the reference tumour inside the liver;
+    with ``overlay``, a PNG there of the predicted liver (orange) over the reference liver (blue,
+    tumours included), through the slices where they disagree most."""
     name, group, ct, labels = case
     try:
         liver = pipeline.liver_mask(ct)
@@ -69,6 +72,10 @@ def score_case(pipeline: Pipeline, case: Case) -> Dict[str, object]:
     tumour = reference == 2
     row = {"case": name, "group": group, "liver_dice": round(dice(predicted, reference > 0), 4),
            "leak_beyond_3mm_ml": round(leak_beyond_ml(predicted, reference > 0, ct.GetSpacing()[::-1], 3.0), 1)}
+    if overlay is not None:
+        whole_reference = sitk.GetImageFromArray((reference > 0).astype(np.uint8))
+        whole_reference.CopyInformation(liver_image)
+        save_overlay(ct, liver_image, overlay, whole_reference)
     if tumour.any():
         row["tumour_inside_liver"] = round(float(np.count_nonzero(predicted & tumour) / np.count_nonzero(tumour)), 3)
     return row
@@ -98,6 +105,11 @@ def pipeline_for(models: Path, liver_threshold: float = PipelineSettings.liver_t
                     ModelRegistry([models, embedded_models_dir()]))
 
 
+def _safe_name(text: str) -> str:
+    """``text`` as one file name: path separators, spaces and '@' replaced."""
+    return "".join(c if c.isalnum() or c in "+-_." else "_" for c in text).strip("._") or "models"
+
+
 def parse_thresholds(text: str) -> List[float]:
     """``--liver-thresholds``: comma-separated probabilities in (0, 1)."""
     try:
@@ -119,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="probabilities at which the liver stage and its refinement are cut, comma-separated; "
                              "each folder is scored at each (default: the pipeline's)")
     parser.add_argument("--out", type=Path, default=None, help="write the per-case rows and summaries here (JSON)")
+    parser.add_argument("--overlays", type=Path, default=None, metavar="DIR",
+                        help="write each case's overlay (predicted liver orange, reference blue, through the "
+                             "slices where they disagree most) to DIR/<folder>/<case>.png")
     args = parser.parse_args(argv)
     thresholds = parse_thresholds(args.liver_thresholds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -128,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for threshold in thresholds:
             label = str(models) if len(thresholds) == 1 else f"{models} @ liver threshold {threshold:g}"
             pipeline = pipeline_for(models, threshold)
-            rows = [score_case(pipeline, case) for case in cases]
+            pictures = args.overlays / _safe_name(label) if args.overlays is not None else None
+            rows = [score_case(pipeline, case, pictures / f"{_safe_name(case[0])}.png" if pictures else None)
+                    for case in cases]
             for row in rows:
                 log.info("%s: %s", label, row)
             report[label] = {"summary": summarize(rows), "cases": rows}
