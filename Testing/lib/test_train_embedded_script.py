@@ -184,6 +184,7 @@ def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(m
     assert trained.weights_sha256 != source.weights_sha256
     assert f"fine-tuned from tumor-demo-unet-deep {source.weights_sha256[:12]}" in trained.trained_on
     assert "(50% of those on a lesion drawn uniformly among the sample's lesions" in trained.trained_on
+    assert "inputs: the CT on a 1.5 mm grid;" in trained.trained_on
     ensemble = read_card(out / "tumor-demo-ensemble.json")
     # an earlier round under another suffix (saved in --init-from) joins too
     assert [m.model for m in ensemble.members] == ["tumor-demo-unet-deep", "tumor-demo-unet-deep-r18",
@@ -236,3 +237,8 @@ def test_a_member_on_another_grid_starts_from_the_network_it_shares(member):
     start = train_embedded.initial_card(argparse.Namespace(init_from=shipped), member)
     assert start is not None and start.name == train_embedded.WARM_START_FROM[member]
     assert train_embedded.initial_card(argparse.Namespace(init_from=None), member) is None
+
+
+def test_a_grid_is_named_in_millimetres():
+    assert train_embedded.format_spacing((1.0, 1.0, 1.0)) == "1 mm"
+    assert train_embedded.format_spacing((0.8, 0.8, 2.0)) == "0.8 x 0.8 x 2 mm"

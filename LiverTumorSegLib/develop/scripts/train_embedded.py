@@ -439,7 +439,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
-            f"inputs: {inputs}; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
+            f"inputs: {inputs} on a {format_spacing(member_card.spacing_mm)} grid; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
             f"of them centred on a tumour{lesion_text}{hard_text}{slab_text(args)}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
@@ -466,6 +466,12 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         intended_use=NON_CLINICAL, source="scripts/train_embedded.py")
     write_card(ensemble, args.out / "tumor-demo-ensemble.json")
     log.info("ensemble weights %s", json.dumps([float(w) for w in weights]))
+
+
+def format_spacing(spacing_mm: Sequence[float]) -> str:
+    """'1 mm' for an isotropic grid, '0.8 x 0.8 x 2 mm' otherwise."""
+    values = [f"{float(v):g}" for v in spacing_mm]
+    return f"{values[0]} mm" if len(set(values)) == 1 else " x ".join(values) + " mm"
 
 
 def with_patch(card: ModelCard, side: Optional[int]) -> ModelCard:
