@@ -175,7 +175,7 @@ def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(m
         "train_embedded.py", "--out", str(out), "--tasks", "tumor", "--phantoms", "1", "--real-variants", "0",
         "--tumor-steps", "2", "--tumor-members", "tumor-demo-unet-deep", "--member-suffix=-r99",
         "--tumor-lesion-balanced-fraction", "0.5", "--init-from", str(shipped),
-        "--ensemble", "tumor-demo-unet-deep,tumor-demo-unet-deep-r18,tumor-demo-unet-deep-r99",
+        "--ensemble", "tumor-demo-unet-deep,tumor-demo-unet-deep-r19,tumor-demo-unet-deep-r99",
         "--equal-weights"])
     assert train_embedded.main() == 0
     trained = read_card(out / "tumor-demo-unet-deep-r99.json")
@@ -187,13 +187,13 @@ def test_a_suffixed_round_joins_the_members_it_started_from_with_equal_weights(m
     assert "inputs: the CT on a 1.5 mm grid;" in trained.trained_on
     ensemble = read_card(out / "tumor-demo-ensemble.json")
     # an earlier round under another suffix (saved in --init-from) joins too
-    assert [m.model for m in ensemble.members] == ["tumor-demo-unet-deep", "tumor-demo-unet-deep-r18",
+    assert [m.model for m in ensemble.members] == ["tumor-demo-unet-deep", "tumor-demo-unet-deep-r19",
                                                    "tumor-demo-unet-deep-r99"]
     assert [m.weight for m in ensemble.members] == pytest.approx([1 / 3] * 3)
     assert "equal weights" in ensemble.description and "each member's card" in ensemble.trained_on
     assert read_card(out / "tumor-demo-unet-deep.json").weights_sha256 == source.weights_sha256  # copied as it was
-    assert (read_card(out / "tumor-demo-unet-deep-r18.json").weights_sha256
-            == read_card(shipped / "tumor-demo-unet-deep-r18.json").weights_sha256)
+    assert (read_card(out / "tumor-demo-unet-deep-r19.json").weights_sha256
+            == read_card(shipped / "tumor-demo-unet-deep-r19.json").weights_sha256)
 
 
 def test_saved_tumor_members_lists_the_single_tumour_models_of_each_folder(tmp_path):
@@ -201,7 +201,7 @@ def test_saved_tumor_members_lists_the_single_tumour_models_of_each_folder(tmp_p
 
     (tmp_path / "notes.json").write_text("{}")  # other JSON beside the cards is skipped
     names = train_embedded.saved_tumor_members(embedded_models_dir(), tmp_path / "missing", None, tmp_path)
-    assert "tumor-demo-unet-deep-r18" in names and "tumor-demo-unet" in names
+    assert "tumor-demo-unet-deep-r19" in names and "tumor-demo-unet" in names
     assert "tumor-demo-ensemble" not in names and "liver-demo" not in names  # an ensemble, a liver model
 
 
