@@ -439,7 +439,8 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
             f"real CTs ts_upper_abdomen_3mm and chaos_ct_1 (CHAOS challenge, CC BY-SA 4.0), "
             f"{args.real_variants} variants each, two thirds with synthetic tumours (kinds, by weight: {mix_text}), "
             f"{args.perfusion_fraction:.0%} with a broad tumour-free darkening of part of the liver (synth.perfusion); "
-            f"inputs: {inputs} on a {format_spacing(member_card.spacing_mm)} grid; {tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
+            f"inputs: {inputs} on a {format_spacing(member_card.spacing_mm)} grid; "
+            f"{tuple(member_card.patch_size)}-voxel patches, {args.tumor_positive_fraction:.0%} "
             f"of them centred on a tumour{lesion_text}{hard_text}{slab_text(args)}; "
             f"{args.tumor_steps} steps, peak learning rate {args.learning_rate:g}", start, HELD_OUT)
         write_card(trained, args.out / f"{trained.name}.json")
