@@ -46,6 +46,23 @@ def test_a_case_row_separates_a_spill_into_a_neighbour_from_a_wide_boundary():
     assert summary["liver_leak_beyond_3mm_ml_phantoms_stomach_against_liver"] == {"case": row["liver_leak_beyond_3mm_ml"]}
 
 
+def test_tumour_in_a_neighbour_is_told_apart_from_a_surface_lesion_drawn_a_voxel_wide():
+    reference = np.zeros((20, 20, 40), np.uint8)
+    reference[5:15, 5:15, 5:15] = 1
+    reference[8:12, 12:15, 8:12] = 2  # a lesion at the liver's surface
+    predicted = reference.copy()
+    predicted[8:12, 15, 8:12] = 2  # drawn one voxel (2 mm) beyond the surface
+    predicted[8:12, 8:12, 20:25] = 2  # and tumour 10-20 mm outside the liver: 4 x 4 x 5 voxels
+    ct = _image(np.zeros(reference.shape, np.int16))
+    row = evaluate_embedded.evaluate_case(_FixedPipeline(_image(predicted)), "case", ct, _image(reference), [],
+                                          "held-out phantom", None, "surface")
+    assert row["tumor_outside_liver_ml"] == pytest.approx((16 + 80) * 0.008, abs=0.006)
+    assert row["tumor_outside_liver_beyond_3mm_ml"] == pytest.approx(80 * 0.008, abs=0.006)
+    summary = evaluate_embedded.summarize([row])
+    assert summary["by_tumor_kind"]["held-out phantom / surface"]["tumor_outside_liver_beyond_3mm_ml"] == \
+        row["tumor_outside_liver_beyond_3mm_ml"]
+
+
 def test_the_reference_is_compared_where_it_lies_not_by_array_index():
     reference = np.zeros((20, 20, 40), np.uint8)
     reference[5:15, 5:15, 5:15] = 1

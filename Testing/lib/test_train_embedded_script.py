@@ -34,15 +34,17 @@ def test_the_wide_member_sees_a_larger_region_with_the_network_it_starts_from():
     assert set(train_embedded.DEFAULT_TUMOR_MEMBERS) <= set(cards)
 
 
-def test_the_fine_member_sees_small_lesions_on_more_voxels_with_the_network_it_starts_from():
+@pytest.mark.parametrize("member", ["tumor-demo-unet-fine", "tumor-demo-unet-deep-fine"])
+def test_a_fine_member_sees_small_lesions_on_more_voxels_with_the_network_it_starts_from(member):
     cards = {card.name: card for card in train_embedded.tumor_cards()}
-    fine = cards["tumor-demo-unet-fine"]
+    fine = cards[member]
     source = cards[train_embedded.WARM_START_FROM[fine.name]]
     assert fine.architecture_args == source.architecture_args  # so its weights load unchanged
     assert max(fine.spacing_mm) < min(source.spacing_mm)
     voxels_across_5mm = 5.0 / max(fine.spacing_mm)
     assert voxels_across_5mm >= 5.0 - 1e-6
-    assert all(p % 8 == 0 for p in fine.patch_size)  # three stride-2 levels divide it
+    levels = 2 ** len(fine.architecture_args["strides"])
+    assert all(p % levels == 0 for p in fine.patch_size)  # every stride-2 level divides it
 
 
 @pytest.mark.parametrize("spacing", [1.5, 1.0, 0.8])
@@ -229,7 +231,7 @@ def test_the_liver_card_keeps_its_chosen_inference_window():
     assert tuple(read_card(embedded_models_dir() / "liver-demo.json").inference_patch_size) == tuple(window)
 
 
-@pytest.mark.parametrize("member", ["tumor-demo-unet-wide", "tumor-demo-unet-fine"])
+@pytest.mark.parametrize("member", ["tumor-demo-unet-wide", "tumor-demo-unet-fine", "tumor-demo-unet-deep-fine"])
 def test_a_member_on_another_grid_starts_from_the_network_it_shares(member):
     from LiverTumorSegLib.models.registry import embedded_models_dir
 

@@ -102,7 +102,8 @@ def liver_refine_card(spacing_mm: float = 1.5) -> ModelCard:
 TUMOR_INPUTS = {"ct": ["ct"], "ct,hypodensity": ["ct", "hypodensity"]}
 DEFAULT_TUMOR_MEMBERS = ("tumor-demo-unet", "tumor-demo-unet-deep")
 # A new member may start from another member's weights (same network, other grid).
-WARM_START_FROM = {"tumor-demo-unet-wide": "tumor-demo-unet", "tumor-demo-unet-fine": "tumor-demo-unet"}
+WARM_START_FROM = {"tumor-demo-unet-wide": "tumor-demo-unet", "tumor-demo-unet-fine": "tumor-demo-unet",
+                   "tumor-demo-unet-deep-fine": "tumor-demo-unet-deep"}
 
 
 def tumor_cards(inputs: str = "ct") -> list:
@@ -140,6 +141,13 @@ def tumor_cards(inputs: str = "ct") -> list:
                                      "strides": [2, 2, 2], "num_res_units": 2}, patch_size=(64, 64, 64),
                   description="Fine-grid tumor model (liver crop at 1 mm: small lesions keep more of their "
                               "contrast), residual U-Net member.", **common),
+        # The deeper member on the same 1 mm grid: its four stride-2 levels see more of the 64 mm
+        # window around a lesion than the fine member's three.
+        ModelCard(name="tumor-demo-unet-deep-fine", architecture="UNet", spacing_mm=(1.0, 1.0, 1.0),
+                  architecture_args={"in_channels": len(channels), "out_channels": 2,
+                                     "channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2], "num_res_units": 1},
+                  patch_size=(64, 64, 64),
+                  description="Fine-grid tumor model (liver crop at 1 mm), deeper residual U-Net member.", **common),
     ]
 
 
@@ -274,7 +282,7 @@ def main() -> int:
                         help="the tumour members' input channels")
     parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
                         help="tumour members to train, comma-separated (tumor-demo-unet, tumor-demo-unet-deep, "
-                             "tumor-demo-unet-wide, tumor-demo-unet-fine)")
+                             "tumor-demo-unet-wide, tumor-demo-unet-fine, tumor-demo-unet-deep-fine)")
     parser.add_argument("--tumor-patch", type=int, default=None, metavar="N",
                         help="the trained tumour members' patch side in voxels (a multiple of 16; default: each "
                              "card's 64): a larger patch shows a large lesion with more liver around it, in "
