@@ -8,7 +8,8 @@
   models trained on its liver), so its liver Dice is a held-out, expert-referenced figure.
 * The held-out real liver (DICOM case) with synthetic tumours of every kind inserted (seeds
   9000+), and chaos_ct_1 with every kind: tumor Dice per case, liver Dice, lesions >= 10 mm
-  found, tumor outside the liver; each kind reported apart.
+  found, tumor outside the liver (and the part of it more than 3 mm outside: tumour drawn in a
+  neighbour, not a surface lesion drawn a voxel wide); each kind reported apart.
 * Held-out synthetic phantoms (seeds 10000+, never used in training) with tumours of every
   kind: liver Dice, liver leak (mL of predicted liver outside the reference, and the part of it
   more than 3 mm outside: what spilled into the stomach or bowel rather than a wide boundary),
