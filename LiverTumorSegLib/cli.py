@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -535,4 +536,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    if _in_distributed_launch():
+        # DistributedDataParallel keeps the gloo process group alive past destroy_process_group
+        # (its reducer holds it: its threads still run at exit), and a gloo thread caught in the
+        # interpreter's teardown now and then aborted a worker after a finished run (SIGABRT,
+        # "terminate called without an active exception"). Everything is written and flushed by
+        # now: the worker leaves without that teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _in_distributed_launch() -> bool:
+    """Whether this process is one of several started by torchrun (WORLD_SIZE > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False

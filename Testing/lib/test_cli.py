@@ -491,3 +491,34 @@ def test_lesion_add_as_a_subprocess_with_force(segmented, cli_env, python_exe, t
     report = json.loads((edited / "patient01.json").read_text())
     assert len(report["lesions"]) == 1
     assert _leftovers(edited) == sorted(p.name for p in _outputs(edited, "patient01"))
+
+
+@pytest.mark.parametrize("world_size, leaves_by", [(None, "sys.exit"), ("1", "sys.exit"), ("2", "os._exit"),
+                                                   ("x", "sys.exit")])
+def test_a_torchrun_worker_leaves_without_the_interpreter_teardown(monkeypatch, world_size, leaves_by):
+    """A worker of a torchrun launch ends with os._exit (DDP keeps gloo's threads alive past the
+    process group's end, and tearing them down at exit aborted a worker now and then); output is
+    flushed first. Any other run ends with sys.exit and the command's code."""
+    from LiverTumorSegLib import cli
+
+    class Left(Exception):
+        pass
+
+    def leave(how):
+        def record(code):
+            raise Left(how, code)
+        return record
+
+    flushed = []
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    monkeypatch.setattr(cli.os, "_exit", leave("os._exit"))
+    monkeypatch.setattr(cli.sys, "exit", leave("sys.exit"))
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: flushed.append("logging"))
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    with pytest.raises(Left) as left:
+        cli.entry_point()
+    assert left.value.args == (leaves_by, 7)
+    assert flushed == (["logging"] if leaves_by == "os._exit" else [])
