@@ -204,7 +204,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "|---|---|---|---|---|---|---|",
             *[f"| {key} | {v['n']} | {_mean_ci(v, 'tumor_dpc')} | {_mean_ci(v, 'liver_dice')} | "
               f"{v['lesions_ge_10mm_found'][0]}/{v['lesions_ge_10mm_found'][1]} | {v['tumor_outside_liver_ml']} | "
-              f"{v.get('tumor_outside_liver_beyond_3mm_ml', '')} |"
+              f"{v['tumor_outside_liver_beyond_3mm_ml']} |"
               for key, v in summary["by_tumor_kind"].items()],
             "", "## Limitations", "",
             "* The liver models trained on one real CT and the tumor models on two: expect under- or "
