@@ -324,7 +324,7 @@ def summarize(rows: list) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantoms", type=int, default=8, help="held-out phantoms (seeds 10000+)")
-    parser.add_argument("--seeds-per-kind", type=int, default=2,
+    parser.add_argument("--seeds-per-kind", type=int, default=5,
                         help="cases per tumour kind in the held-out real liver (seeds 9000+)")
     parser.add_argument("--out", type=Path, default=ROOT / "work_tmp" / "evaluation")
     parser.add_argument("--update-cards", action="store_true")
