@@ -178,6 +178,9 @@ class Pipeline:
                               for c in self.registry.ensemble_members(tumor_card)]
         self.tumor_weights = (tumor_card.normalized_weights() if hasattr(tumor_card, "normalized_weights")
                               else [1.0])
+        # per member, whether the flip TTA (when on) applies to it (the ensemble card's member ``tta``)
+        self.tumor_member_tta = ([m.tta for m in tumor_card.members] if tumor_card.kind == "ensemble"
+                                 else [True])
         summaries = [liver_card.summary()]
         if self.liver_refine_model is not None:
             summaries.append(self.liver_refine_model.card.summary())
@@ -291,7 +294,8 @@ class Pipeline:
         start = time.perf_counter()
         probability, uncertainty = ensemble_probability(ct_crop, self.tumor_members, self.tumor_weights, device,
                                                         overlap=s.overlap, tta=s.use_tta,
-                                                        on_progress=member_progress, hypodensity=hypodensity)
+                                                        on_progress=member_progress, hypodensity=hypodensity,
+                                                        member_tta=self.tumor_member_tta)
         timings["tumor"] = round(time.perf_counter() - start, 3)
         return TumorEvidence(liver=liver, box=box, ct_crop=ct_crop, region=region, probability=probability,
                              uncertainty=uncertainty, parenchyma=candidates)

@@ -98,6 +98,9 @@ class ModelCard:
 class EnsembleMember:
     model: str
     weight: float
+    # Whether the pipeline's flip test-time augmentation applies to this member (when TTA is on): a
+    # member whose flip costs more time than it buys accuracy runs once.
+    tta: bool = True
 
 
 @dataclass
@@ -130,23 +133,43 @@ class EnsembleCard:
 
     def summary(self) -> Dict[str, Any]:
         return {"name": self.name, "version": self.version, "task": self.task,
-                "members": [{"model": m.model, "weight": m.weight} for m in self.members],
+                "members": [_member_summary(m) for m in self.members],
                 "non_clinical": self.non_clinical}
 
 
 AnyCard = "ModelCard | EnsembleCard"
 
 
+def _member_summary(member: EnsembleMember) -> Dict[str, Any]:
+    """A member as a report records it; ``tta`` only where the member runs without the flip."""
+    entry: Dict[str, Any] = {"model": member.model, "weight": member.weight}
+    if not member.tta:
+        entry["tta"] = False
+    return entry
+
+
 def _card_dict(card: Any, kind: str) -> Dict[str, Any]:
     """The JSON form of a card: its fields without the in-memory ``card_path`` (and without an empty
-    ``postprocess``: such cards read as before), plus format and kind."""
+    ``postprocess``: such cards read as before, and without a member's ``tta`` where it is the
+    default), plus format and kind."""
     d = asdict(card)
     d.pop("card_path")
     if not d["postprocess"]:
         d.pop("postprocess")
+    if kind == "ensemble":
+        d["members"] = [_member_summary(m) for m in card.members]
     d["format"] = CARD_FORMAT
     d["kind"] = kind
     return d
+
+
+def _member_tta(member: Dict[str, Any], path: str) -> bool:
+    """An ensemble member's ``tta`` switch (default true); anything but a JSON boolean is an error."""
+    tta = member.get("tta", True)
+    if not isinstance(tta, bool):
+        raise LiverTumorSegError(f"ensemble card {path}: member '{member.get('model')}' has tta {tta!r}; "
+                                 "use true or false")
+    return tta
 
 
 def _require(d: Dict[str, Any], key: str, path: str) -> Any:
@@ -192,7 +215,8 @@ def card_from_dict(d: Dict[str, Any], path: str = "<memory>") -> "ModelCard | En
                   card_path=None if path == "<memory>" else str(path))
     if d.get("kind") == "ensemble":
         members = [EnsembleMember(check_model_name(_require(m, "model", path), path, "member name"),
-                                  float(_require(m, "weight", path))) for m in _require(d, "members", path)]
+                                  float(_require(m, "weight", path)), _member_tta(m, path))
+                   for m in _require(d, "members", path)]
         if len(members) < 1 or any(m.weight < 0 for m in members) or sum(m.weight for m in members) <= 0:
             raise LiverTumorSegError(f"ensemble card {path} needs members with non-negative weights "
                                      "that sum to more than 0")

@@ -19,27 +19,34 @@ MemberProgress = Callable[[int, float], None]  # (member index, fraction of that
 def ensemble_probability(ct_crop: sitk.Image, members: Sequence[LoadedModel], weights: Sequence[float],
                          device: torch.device, overlap: float = 0.25, tta: bool = False,
                          on_progress: Optional[MemberProgress] = None,
-                        hypodensity: Optional[sitk.Image] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                         hypodensity: Optional[sitk.Image] = None,
+                         member_tta: Optional[Sequence[bool]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Weighted average of the members' tumor probabilities on the crop grid (float32, (k, j, i)),
     and, with ``tta``, the weighted average of their flip standard deviations (an uncertainty map).
+    ``member_tta``: per member, whether ``tta`` applies to it (default: to all); the uncertainty map
+    is then the weighted average over the members that ran the flip.
     ``hypodensity``: the parenchyma map on the crop grid, for members with that input channel."""
     if len(members) != len(weights) or not members:
         raise ValueError("one weight per ensemble member is needed")
+    member_tta = [True] * len(members) if member_tta is None else list(member_tta)
+    if len(member_tta) != len(members):
+        raise ValueError("one TTA switch per ensemble member is needed")
     total = float(sum(weights))
+    flipped_total = float(sum(w for w, flip in zip(weights, member_tta) if flip))
     prob_sum: Optional[np.ndarray] = None
     std_sum: Optional[np.ndarray] = None
-    for index, (member, weight) in enumerate(zip(members, weights)):
+    for index, (member, weight, flip) in enumerate(zip(members, weights, member_tta)):
         callback = (lambda f, index=index: on_progress(index, f)) if on_progress else None
         if callback is not None:
             callback(0.0)  # announce the member before its (long) inference
-        prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta, on_progress=callback,
-                                           hypodensity=hypodensity)
+        prob_img, std_img = predict_image(ct_crop, member, device, overlap=overlap, tta=tta and flip,
+                                           on_progress=callback, hypodensity=hypodensity)
         prob = sitk.GetArrayFromImage(resample_to(prob_img, ct_crop, sitk.sitkLinear, 0.0))
         prob *= weight / total
         prob_sum = prob if prob_sum is None else prob_sum + prob
-        if std_img is not None:
+        if std_img is not None and flipped_total > 0:
             std = sitk.GetArrayFromImage(resample_to(std_img, ct_crop, sitk.sitkLinear, 0.0))
-            std *= weight / total
+            std *= weight / flipped_total
             std_sum = std if std_sum is None else std_sum + std
     assert prob_sum is not None
     return prob_sum.astype(np.float32, copy=False), std_sum

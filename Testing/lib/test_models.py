@@ -67,6 +67,25 @@ def test_ensemble_card_round_trip_and_weights(tmp_path):
     assert back.normalized_weights() == [0.75, 0.25]
 
 
+def test_an_ensemble_member_can_run_without_the_flip_and_its_card_says_so_only_then(tmp_path):
+    card = EnsembleCard(name="e", version="3", task="tumor",
+                        members=[EnsembleMember("a", 1.0), EnsembleMember("b", 1.0, tta=False)])
+    write_card(card, tmp_path / "e.json")
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert written["members"] == [{"model": "a", "weight": 1.0}, {"model": "b", "weight": 1.0, "tta": False}]
+    back = read_card(tmp_path / "e.json")
+    assert [m.tta for m in back.members] == [True, False]
+    assert back.summary()["members"] == written["members"]
+
+
+@pytest.mark.parametrize("tta", ["no", 0, None])
+def test_an_ensemble_members_tta_must_be_a_boolean(tta):
+    data = {"format": CARD_FORMAT, "kind": "ensemble", "name": "e", "version": "1", "task": "tumor",
+            "members": [{"model": "a", "weight": 1.0, "tta": tta}]}
+    with pytest.raises(LiverTumorSegError, match="member 'a' has tta .*; use true or false"):
+        card_from_dict(data, "e.json")
+
+
 def test_refinement_cards_round_trip(tmp_path):
     """A liver card names its refinement model; the refinement card takes the CT and the liver prior."""
     liver = _model_card(refine_model="r")

@@ -357,6 +357,31 @@ def test_a_single_tumor_model_works_as_a_one_member_ensemble(helpers, tiny_model
     assert len(result.measurements.lesions) == 1
 
 
+@pytest.mark.parametrize("tta", [True, False])
+def test_an_ensemble_member_marked_without_tta_runs_once_under_tta(helpers, tiny_models, monkeypatch, tmp_path, tta):
+    from LiverTumorSegLib.stages import tumor as tumor_stage
+
+    first, *rest = tiny_models.members
+    write_card(EnsembleCard(name="tumor-part-flipped", version="1", task="tumor",
+                            members=[EnsembleMember(first, 1.0, tta=False)] + [EnsembleMember(n, 1.0) for n in rest]),
+               tmp_path / "tumor-part-flipped.json")
+    calls = []
+    real = tumor_stage.predict_image
+
+    def recording(ct, model, device, **kw):
+        calls.append((model.card.name, kw["tta"]))
+        return real(ct, model, device, **kw)
+
+    monkeypatch.setattr(tumor_stage, "predict_image", recording)
+    pipeline = _pipeline(helpers, tiny_models, tmp_path, tumor_model="tumor-part-flipped", tta=tta)
+    assert pipeline.tumor_member_tta == [False] + [True] * len(rest)
+    result = pipeline.run(_float_ct(helpers))
+    assert calls == [(first, False)] + [(n, tta) for n in rest]
+    assert (result.tumor_uncertainty is not None) == (tta and bool(rest))
+    summary = next(s for s in result.models if s["name"] == "tumor-part-flipped")
+    assert summary["members"][0] == {"model": first, "weight": 1.0, "tta": False}
+
+
 # --- liver refinement (a liver card that names a liver_refine model) -------------------------
 
 def test_liver_refinement_runs_on_the_crop_after_the_liver_stage(helpers, tiny_models, tmp_path):

@@ -271,6 +271,41 @@ def test_ensemble_with_tta_returns_a_weighted_std_on_the_crop_grid(helpers):
     np.testing.assert_allclose(probability, (_sigmoid(1.0) + _sigmoid(3.0)) / 2, atol=1e-6)
 
 
+class _RampLogits(torch.nn.Module):
+    """A foreground logit that rises along the array's last axis: its flip disagrees with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-3.0, 3.0, x.shape[-1]).expand_as(x[:, :1])
+        return torch.cat([torch.zeros_like(ramp), ramp], dim=1)
+
+
+def test_a_member_without_the_flip_runs_once_and_leaves_the_uncertainty_to_the_others(helpers, monkeypatch):
+    from LiverTumorSegLib.stages import tumor as tumor_stage
+
+    ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14)), sitk.sitkFloat32)
+    ramp = LoadedModel(_constant_member("ramp", 0.0).card, _RampLogits())
+    members = [ramp, _constant_member("flat", 1.0)]
+    calls = []
+    real = tumor_stage.predict_image
+
+    def recording(ct, model, device, **kw):
+        calls.append((model.card.name, kw["tta"]))
+        return real(ct, model, device, **kw)
+
+    monkeypatch.setattr(tumor_stage, "predict_image", recording)
+    alone_probability, alone_std = ensemble_probability(ct, [ramp], (1.0,), CPU, tta=True)
+    calls.clear()
+    probability, std = ensemble_probability(ct, members, (1.0, 3.0), CPU, tta=True, member_tta=(True, False))
+    assert calls == [("ramp", True), ("flat", False)]
+    assert float(alone_std.max()) > 0.1  # the ramp's flip disagrees with it
+    np.testing.assert_allclose(std, alone_std, atol=1e-6)  # the flipped member's own spread, not a quarter of it
+    np.testing.assert_allclose(probability, 0.25 * alone_probability + 0.75 * _sigmoid(1.0), atol=1e-6)
+    _, no_spread = ensemble_probability(ct, members, (1.0, 1.0), CPU, tta=True, member_tta=(False, False))
+    assert no_spread is None
+    with pytest.raises(ValueError, match="one TTA switch per ensemble member"):
+        ensemble_probability(ct, members, (1.0, 1.0), CPU, tta=True, member_tta=(True,))
+
+
 def test_ensemble_needs_one_weight_per_member(helpers):
     ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14)), sitk.sitkFloat32)
     with pytest.raises(ValueError, match="one weight per ensemble member"):

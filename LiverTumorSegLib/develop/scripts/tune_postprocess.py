@@ -164,6 +164,8 @@ def evidence_key(pipeline: Pipeline, case_name: str, ct: sitk.Image) -> str:
     loaded = [pipeline.liver_model, pipeline.liver_refine_model, *pipeline.tumor_members]
     windows = [m.card.inference_patch_size_kji for m in loaded if m is not None]  # the same weights, other windows
     weights = [round(float(w), 6) for w in pipeline.tumor_weights]
+    if not all(pipeline.tumor_member_tta):  # keys from before the per-member switch stay valid
+        weights.append(tuple(pipeline.tumor_member_tta))
     settings = (s.crop_margin_mm, s.overlap, s.use_tta, s.refine_liver, s.liver_threshold, s.fill_liver_holes,
                 s.keep_largest_liver, s.parenchyma if needs_hypodensity(pipeline.tumor_members) else None,
                 s.refine_growth_mm)
