@@ -15,6 +15,7 @@ from .models.networks import build_network, forward_logits
 from .models.weights import load_weights
 from .preprocess import normalize_hu
 from .settings_schema import setting
+from .sliding_window import sliding_window_probability
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class LoadedModel:
     @classmethod
     def load(cls, card: ModelCard) -> "LoadedModel":
         """Build the network from the card and load its checked safetensors weights (CPU)."""
-        network = build_network(card.architecture, card.architecture_args)
+        network = build_network(card.architecture, card.architecture_args, inference=True)
         state = load_weights(card.weights_path, card.weights_sha256)
         try:
             network.load_state_dict(state, strict=True)
@@ -118,8 +119,6 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
     standard deviation across the flips (else None). ``hu`` is the CT on the model's grid;
     ``prior`` the liver mask so far on the same grid, for models with a ``liver_prior`` channel;
     ``hypodensity`` the parenchyma map on the same grid, for models with a ``hypodensity`` channel."""
-    from monai.inferers import sliding_window_inference
-
     card = model.card
     x = torch.from_numpy(model_input(card, hu, prior, hypodensity))[None]
     flips = TTA_FLIPS if tta else [()]
@@ -134,10 +133,9 @@ def predict_foreground(model: LoadedModel, hu: np.ndarray, device: torch.device,
         with torch.inference_mode():
             for step, flip in enumerate(flips):
                 xin = torch.flip(x, dims=list(flip)) if flip else x
-                prob = sliding_window_inference(
-                    xin.to(device), roi_size=card.inference_patch_size_kji, sw_batch_size=sw_batch_size,
-                    predictor=predictor, overlap=overlap, mode="gaussian", padding_mode=WINDOW_PADDING,
-                    sw_device=device, device=torch.device("cpu"), progress=False)
+                prob = sliding_window_probability(xin, card.inference_patch_size_kji, predictor, overlap=overlap,
+                                                  batch_size=sw_batch_size, padding_mode=WINDOW_PADDING,
+                                                  device=device)
                 if flip:
                     prob = torch.flip(prob, dims=list(flip))
                 results.append(prob[0, 0].float().numpy())

@@ -1,4 +1,5 @@
-"""Backbones from MONAI, built by the name and arguments a model card gives."""
+"""Backbones from MONAI, built by the name and arguments a model card gives (at inference, the
+embedded models' UNet without importing MONAI: models.unet)."""
 
 from __future__ import annotations
 
@@ -78,8 +79,15 @@ ARCHITECTURES: Dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
-def build_network(architecture: str, args: Dict[str, Any]) -> torch.nn.Module:
-    """Instantiate a 3-D MONAI network; unknown names or bad arguments give a clear error."""
+def build_network(architecture: str, args: Dict[str, Any], inference: bool = False) -> torch.nn.Module:
+    """Instantiate a 3-D MONAI network; unknown names or bad arguments give a clear error. With
+    ``inference``, a UNet the model cards describe is built without importing MONAI
+    (models.unet: the same modules and parameter names, MONAI's outputs)."""
+    if inference and architecture == "UNet":
+        from .unet import ResidualUNet, covers
+
+        if covers(args):
+            return ResidualUNet(**args)
     if architecture not in ARCHITECTURES:
         raise LiverTumorSegError(f"unknown architecture '{architecture}' in model card; "
                                  f"supported: {', '.join(sorted(ARCHITECTURES))}")

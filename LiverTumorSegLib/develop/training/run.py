@@ -35,6 +35,7 @@ from ...models.networks import build_network
 from ...models.weights import load_weights, save_weights
 from ...pipeline import PipelineSettings
 from ...preprocess import model_grid
+from ...sliding_window import sliding_window_probability
 from ...stages.crop import crop_image, liver_box
 from .architectures import architecture_for
 from .bd_loss import category_weights
@@ -123,9 +124,7 @@ def prepare_case(case: TrainingCase, card: ModelCard, pseudo_liver: Optional[Cal
 def validation_dice(network: torch.nn.Module, cases: Sequence[PreparedCase], patch_kji: Sequence[int],
                     device: torch.device, amp: bool = False) -> Dict[str, float]:
     """Dice per validation case (prediction p >= 0.5 against the target, over its known voxels),
-    sliding-window inference on the case's model grid."""
-    from monai.inferers import sliding_window_inference
-
+    sliding-window inference on the case's model grid, as segment slides it."""
     was_training = network.training
     network.eval()
 
@@ -137,10 +136,10 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[PreparedCase], pat
     try:
         with torch.no_grad():
             for case in cases:
-                x = torch.from_numpy(case.image[None]).to(device)
-                probability = sliding_window_inference(x, roi_size=tuple(patch_kji), sw_batch_size=WINDOWS_PER_BATCH,
-                                                       predictor=predictor, overlap=0.25, mode="gaussian",
-                                                       padding_mode=WINDOW_PADDING)
+                x = torch.from_numpy(case.image[None])
+                probability = sliding_window_probability(x, tuple(patch_kji), predictor, overlap=0.25,
+                                                         batch_size=WINDOWS_PER_BATCH, padding_mode=WINDOW_PADDING,
+                                                         device=device)
                 known = case.known > 0
                 predicted = probability[0, 0].float().cpu().numpy() >= 0.5
                 scores[case.name] = dice(predicted & known, (case.target >= 0.5) & known)
