@@ -390,6 +390,15 @@ def test_hypervascular_kinds_follow_the_phase(liver_case):
     assert washout and all(-30.0 <= info["delta_hu"] < 0 for info in washout)
 
 
+def test_a_kinds_hyperdense_share_can_be_overridden(real_liver):
+    ct, liver = real_liver
+    _, _, recipe_own = insert_tumor_kind(ct, liver, seed=4, kind="small")
+    _, _, all_bright = insert_tumor_kind(ct, liver, seed=4, kind="small", hyper_fraction=1.0)
+    assert len(all_bright) == len(recipe_own) >= 2
+    assert all(info["contrast"] == "hyper" and info["delta_hu"] > 0 for info in all_bright)
+    assert any(info["contrast"] == "hypo" for info in recipe_own)  # the recipe's 15 % would not make them all bright
+
+
 def test_recipe_and_kind_are_checked(real_liver):
     ct, liver = real_liver
     with pytest.raises(LiverTumorSegError, match="unknown tumour kind"):

@@ -102,6 +102,28 @@ def test_the_kind_mix_decides_which_tumour_kinds_are_drawn():
             train_embedded.parse_kind_mix(text)
 
 
+def test_the_hyperdense_share_reaches_the_kinds_that_may_be_bright_in_the_portal_phase(monkeypatch, capsys):
+    drawn = []
+    real = train_embedded.insert_tumor_kind
+
+    def recording(ct, liver, seed, kind, hyper_fraction=None):
+        drawn.append((kind, hyper_fraction))
+        return real(ct, liver, seed=seed, kind=kind, hyper_fraction=hyper_fraction)
+
+    monkeypatch.setattr(train_embedded, "insert_tumor_kind", recording)
+    card = {c.name: c for c in train_embedded.tumor_cards()}["tumor-demo-unet"]
+    mix = train_embedded.parse_kind_mix("small=1,large_isodense=1")
+    train_embedded.build_samples(card, 6, 0, seed_base=1, perfusion_fraction=0.0, real_cases=[], kind_mix=mix,
+                                 hyperdense_share=0.6)
+    assert drawn and {share for kind, share in drawn} <= {0.6, None}
+    assert all((share == 0.6) == (kind == "small") for kind, share in drawn)
+    assert train_embedded.hyper_fraction_for("metastases", None) is None
+    monkeypatch.setattr(sys, "argv", ["train_embedded.py", "--hyperdense-share", "1.5"])
+    with pytest.raises(SystemExit):
+        train_embedded.main()
+    assert "--hyperdense-share must lie between 0 and 1" in capsys.readouterr().err
+
+
 def test_a_larger_tumour_patch_keeps_the_network_and_must_fit_its_levels():
     cards = {card.name: card for card in train_embedded.tumor_cards()}
     deep = cards["tumor-demo-unet-deep"]  # four stride-2 levels: a multiple of 16

@@ -164,6 +164,17 @@ def draw_kind(seed: int, mix: Optional[Dict[str, float]] = None) -> str:
     return str(np.random.default_rng([seed, 31]).choice(names, p=weights / weights.sum()))
 
 
+# Kinds whose lesions may be hyperdense in the portal phase (hypervascular metastases, HCC that
+# keeps its enhancement): --hyperdense-share sets their share of hyperdense lesions in training.
+HYPERDENSE_KINDS = ("classic", "small", "metastases")
+
+
+def hyper_fraction_for(kind: str, share: Optional[float]) -> Optional[float]:
+    """The hyperdense share a training sample of ``kind`` draws with: ``share`` for the kinds of
+    HYPERDENSE_KINDS, the recipe's own (None) for the rest or without ``share``."""
+    return share if share is not None and kind in HYPERDENSE_KINDS else None
+
+
 def with_perfusion_variation(seed: int, fraction: float = PERFUSION_FRACTION) -> bool:
     """Whether a sample gets a broad tumour-free darkening of part of its liver (synth.perfusion),
     drawn for ``fraction`` of the seeds: the models learn that darker than the parenchyma is not
@@ -181,14 +192,15 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
                   perfusion_fraction: float = PERFUSION_FRACTION,
                   real_cases: Optional[Sequence[str]] = None,
                   kind_mix: Optional[Dict[str, float]] = None,
-                  neighbour_leaks: bool = False) -> List[TrainingSample]:
+                  neighbour_leaks: bool = False, hyperdense_share: Optional[float] = None) -> List[TrainingSample]:
     """Phantoms (two thirds of them with tumours of a drawn kind instead of their classic ones)
     and ``n_real_variants`` variants of each real training CT of the card's task (two thirds with
     tumours for a tumor model, every other one for a liver model). A tumor model's darkened
     samples carry the darkened region as their hard negative; with ``neighbour_leaks`` a phantom
     sample of a liver or liver-refinement model carries the neighbour organs beside its liver
     (synth.phantom.liver_neighbours), where a liver model spills and a refinement's simulated
-    liver-stage mask may leak."""
+    liver-stage mask may leak. ``hyperdense_share``: the share of hyperdense lesions in the kinds of
+    HYPERDENSE_KINDS (default: each recipe's own)."""
     samples = []
     for seed in range(seed_base, seed_base + n_phantoms):
         with_kind = seed % 3 != 0
@@ -208,8 +220,9 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             ct, _ = add_perfusion_variation(ph.ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed)
             dark = darkened_region(ph.ct, ct) if card.task == "tumor" else None
         if with_kind and has_liver:
+            kind = draw_kind(seed, kind_mix)
             ct, labels, _ = insert_tumor_kind(ct, sitk.Cast(labels > 0, sitk.sitkUInt8), seed=seed + 300_000,
-                                              kind=draw_kind(seed, kind_mix))
+                                              kind=kind, hyper_fraction=hyper_fraction_for(kind, hyperdense_share))
         hard_negative = dark
         if neighbour_leaks and card.task in ("liver", "liver_refine") and has_liver:
             hard_negative = liver_neighbours(ph.organs)
@@ -225,7 +238,9 @@ def build_samples(card: ModelCard, n_phantoms: int, n_real_variants: int, seed_b
             # a tumour model's hard-negative patches go where the darkening is (--tumor-hard-negative-fraction)
             dark = darkened_region(ct, ct_v) if darkened and card.task == "tumor" else None
             if (card.task == "tumor" and variant % 3) or (card.task != "tumor" and variant % 2):
-                ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=draw_kind(seed, kind_mix))
+                kind = draw_kind(seed, kind_mix)
+                ct_v, labels_v, _ = insert_tumor_kind(ct_v, liver, seed=seed, kind=kind,
+                                                      hyper_fraction=hyper_fraction_for(kind, hyperdense_share))
             else:
                 labels_v = liver
             samples.append(prepare_sample(f"{name}-{variant}", ct_v, labels_v, card, hard_negative=dark))
@@ -278,6 +293,10 @@ def main() -> int:
     parser.add_argument("--kind-mix", default=None,
                         help="how often each tumour kind is drawn for the tumour members, 'kind=weight,...' "
                              "(default: " + ",".join(f"{k}={w:g}" for k, w in KIND_MIX.items()) + ")")
+    parser.add_argument("--hyperdense-share", type=float, default=None, metavar="F",
+                        help="share of hyperdense lesions the tumour members see in the kinds that may be bright in "
+                             f"the portal phase ({', '.join(HYPERDENSE_KINDS)}; default: each recipe's own, "
+                             "0.05-0.15); validation and held-out cases keep the recipes")
     parser.add_argument("--tumor-inputs", choices=sorted(TUMOR_INPUTS), default="ct",
                         help="the tumour members' input channels")
     parser.add_argument("--tumor-members", default=",".join(DEFAULT_TUMOR_MEMBERS),
@@ -302,6 +321,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 0.0 <= args.slab_fraction <= 1.0:
         parser.error("--slab-fraction must lie between 0 and 1")
+    if args.hyperdense_share is not None and not 0.0 <= args.hyperdense_share <= 1.0:
+        parser.error("--hyperdense-share must lie between 0 and 1")
     for flag, value in (("--refine-neighbour-fraction", args.refine_neighbour_fraction),
                         ("--liver-neighbour-fraction", args.liver_neighbour_fraction)):
         if not 0.0 <= value <= 1.0 - TrainConfig.positive_fraction:
@@ -428,7 +449,7 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
         if grid_key not in samples_by_grid:
             samples_by_grid[grid_key] = build_samples(member_card, args.phantoms, args.real_variants, seed_base=0,
                                                       perfusion_fraction=args.perfusion_fraction,
-                                                      kind_mix=kind_mix)
+                                                      kind_mix=kind_mix, hyperdense_share=args.hyperdense_share)
         start = initial_card(args, name)
         trained = train_model(member_card, samples_by_grid[grid_key], args.out,
                               TrainConfig(steps=args.tumor_steps, seed=args.seed + index + 1,
@@ -438,6 +459,9 @@ def train_tumor_ensemble(args: argparse.Namespace) -> None:
                                           learning_rate=args.learning_rate, slab_fraction=args.slab_fraction))
         inputs = "the CT" if args.tumor_inputs == "ct" else "the CT and the parenchyma map"
         mix_text = ", ".join(f"{kind} {weight:g}" for kind, weight in kind_mix.items())
+        if args.hyperdense_share is not None:
+            mix_text += (f"; {args.hyperdense_share:.0%} of the lesions of the {', '.join(HYPERDENSE_KINDS)} kinds "
+                         "hyperdense")
         lesion_text = (f" ({args.tumor_lesion_balanced_fraction:.0%} of those on a lesion drawn uniformly among "
                        f"the sample's lesions, whatever its size)" if args.tumor_lesion_balanced_fraction > 0 else "")
         hard_text = (f", {args.tumor_hard_negative_fraction:.0%} in a tumour-free darkened region"

@@ -243,15 +243,16 @@ def insert_tumors_image(ct: sitk.Image, liver: sitk.Image, seed: int, n_tumors: 
     return out_ct, out_labels, infos
 
 
-def insert_tumor_kind(ct: sitk.Image, liver: sitk.Image, seed: int,
-                      kind: str) -> Tuple[sitk.Image, sitk.Image, List[dict]]:
+def insert_tumor_kind(ct: sitk.Image, liver: sitk.Image, seed: int, kind: str,
+                      hyper_fraction: Optional[float] = None) -> Tuple[sitk.Image, sitk.Image, List[dict]]:
     """Tumours of one of :data:`TUMOR_KINDS` (their count drawn from the recipe) inserted into
-    ``liver`` of ``ct``, as :func:`insert_tumors_image`."""
+    ``liver`` of ``ct``, as :func:`insert_tumors_image`; ``hyper_fraction`` overrides the recipe's
+    share of hyperdense tumours."""
     if kind not in TUMOR_KINDS:
         raise LiverTumorSegError(f"unknown tumour kind '{kind}'; choose one of {', '.join(TUMOR_KINDS)}")
     recipe = TUMOR_KINDS[kind]
     count = int(np.random.default_rng([seed, 17]).integers(recipe.count[0], recipe.count[1] + 1))
-    return insert_tumors_image(ct, liver, seed=seed, n_tumors=count, recipe=recipe)
+    return insert_tumors_image(ct, liver, seed=seed, n_tumors=count, recipe=recipe, hyper_fraction=hyper_fraction)
 
 
 # ---------------------------------------------------------------------------------------------
