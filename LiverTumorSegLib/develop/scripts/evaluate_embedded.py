@@ -219,7 +219,8 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "covering part of the liver, bends that trend and is completed only in part. "
             "A lesion at least half inside the liver mask keeps what bulges out of it (up to 10 mm); one "
             "mostly outside is cut at the mask. The figures are with the flip test-time augmentation (on by "
-            "default; `--no-tta` and `--fast` skip it).",
+            "default, for every model but an ensemble member whose card entry says `\"tta\": false`; "
+            "`--no-tta` and `--fast` skip it).",
             "* Small models sized for CPU training and inference (liver found at 3 mm"
             + (" and redrawn at 1.5 mm on its crop" if refine else "") + ", tumors at 1.5 mm): lesions under "
             "10 mm are mostly missed (see the lesion-detection row).",
