@@ -525,6 +525,20 @@ def python_exe() -> str:
     return sys.executable
 
 
+def record_predictions(monkeypatch, stage, describe, calls=None) -> list:
+    """Wrap a stage module's ``predict_image`` so each call appends ``describe(model, keywords)`` to
+    ``calls`` (a new list unless given), which is returned; the predictions stay the real ones."""
+    calls = [] if calls is None else calls
+    real = stage.predict_image
+
+    def recording(ct, model, device, **kw):
+        calls.append(describe(model, kw))
+        return real(ct, model, device, **kw)
+
+    monkeypatch.setattr(stage, "predict_image", recording)
+    return calls
+
+
 def tiny_pipeline_settings(**overrides):
     """PipelineSettings for the tiny models on the CPU, fast to run."""
     from LiverTumorSegLib.pipeline import PipelineSettings
@@ -569,6 +583,7 @@ def helpers():
         write_plain_dataset = staticmethod(write_plain_dataset)
         random_unet_state = staticmethod(random_unet_state)
         tiny_pipeline_settings = staticmethod(tiny_pipeline_settings)
+        record_predictions = staticmethod(record_predictions)
         dice = staticmethod(dice)
         rotation_direction = staticmethod(rotation_direction)
         DIRECTIONS = DIRECTIONS

@@ -274,14 +274,7 @@ def test_tta_flips_the_liver_models_too(helpers, tiny_models, monkeypatch, tmp_p
 
     liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
 
-    calls = []
-    real = liver_stage.predict_image
-
-    def recording(ct, model, device, **kw):
-        calls.append((model.card.task, kw.get("tta")))
-        return real(ct, model, device, **kw)
-
-    monkeypatch.setattr(liver_stage, "predict_image", recording)
+    calls = helpers.record_predictions(monkeypatch, liver_stage, lambda model, kw: (model.card.task, kw.get("tta")))
     _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name, tta=tta, fast=fast).run(_float_ct(helpers))
     assert calls == [("liver", flipped), ("liver_refine", flipped)]
 
@@ -295,15 +288,8 @@ def test_every_model_runs_at_the_settings_window_overlap(helpers, tiny_models, m
 
     liver_name = helpers.write_refined_liver_models(tmp_path, refine_channel=1, refine_threshold=0.5)
     calls = []
-
-    def recording(real):
-        def predict(ct, model, device, **kw):
-            calls.append((model.card.task, kw.get("overlap")))
-            return real(ct, model, device, **kw)
-        return predict
-
-    monkeypatch.setattr(liver_stage, "predict_image", recording(liver_stage.predict_image))
-    monkeypatch.setattr(tumor_stage, "predict_image", recording(tumor_stage.predict_image))
+    for stage in (liver_stage, tumor_stage):
+        helpers.record_predictions(monkeypatch, stage, lambda model, kw: (model.card.task, kw.get("overlap")), calls)
     _pipeline(helpers, tiny_models, tmp_path, liver_model=liver_name,
               window_overlap=window_overlap).run(_float_ct(helpers))
     assert [task for task, _ in calls][:2] == ["liver", "liver_refine"]
@@ -365,14 +351,7 @@ def test_an_ensemble_member_marked_without_tta_runs_once_under_tta(helpers, tiny
     write_card(EnsembleCard(name="tumor-part-flipped", version="1", task="tumor",
                             members=[EnsembleMember(first, 1.0, tta=False)] + [EnsembleMember(n, 1.0) for n in rest]),
                tmp_path / "tumor-part-flipped.json")
-    calls = []
-    real = tumor_stage.predict_image
-
-    def recording(ct, model, device, **kw):
-        calls.append((model.card.name, kw["tta"]))
-        return real(ct, model, device, **kw)
-
-    monkeypatch.setattr(tumor_stage, "predict_image", recording)
+    calls = helpers.record_predictions(monkeypatch, tumor_stage, lambda model, kw: (model.card.name, kw["tta"]))
     pipeline = _pipeline(helpers, tiny_models, tmp_path, tumor_model="tumor-part-flipped", tta=tta)
     assert pipeline.tumor_member_tta == [False] + [True] * len(rest)
     result = pipeline.run(_float_ct(helpers))

@@ -285,14 +285,7 @@ def test_a_member_without_the_flip_runs_once_and_leaves_the_uncertainty_to_the_o
     ct = sitk.Cast(helpers.phantom_ct(size=(25, 22, 14)), sitk.sitkFloat32)
     ramp = LoadedModel(_constant_member("ramp", 0.0).card, _RampLogits())
     members = [ramp, _constant_member("flat", 1.0)]
-    calls = []
-    real = tumor_stage.predict_image
-
-    def recording(ct, model, device, **kw):
-        calls.append((model.card.name, kw["tta"]))
-        return real(ct, model, device, **kw)
-
-    monkeypatch.setattr(tumor_stage, "predict_image", recording)
+    calls = helpers.record_predictions(monkeypatch, tumor_stage, lambda model, kw: (model.card.name, kw["tta"]))
     alone_probability, alone_std = ensemble_probability(ct, [ramp], (1.0,), CPU, tta=True)
     calls.clear()
     probability, std = ensemble_probability(ct, members, (1.0, 3.0), CPU, tta=True, member_tta=(True, False))
