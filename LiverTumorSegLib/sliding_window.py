@@ -75,6 +75,7 @@ def sliding_window_probability(volume: torch.Tensor, window: Sequence[int], pred
     starts = [window_starts(size, length, overlap) for size, length in zip(padded, window)]
     corners = list(itertools.product(*starts))
     weights = gaussian_weights(window, dtype=volume.dtype, device=device)
+    weights_cpu = weights.to("cpu")
     output = None
     total = torch.zeros([1, 1] + padded, dtype=volume.dtype)
     for first in range(0, len(corners), batch_size):
@@ -85,7 +86,6 @@ def sliding_window_probability(volume: torch.Tensor, window: Sequence[int], pred
         if output is None:
             output = torch.zeros([1, predicted.shape[1]] + padded, dtype=volume.dtype)
         weighted = (predicted * weights).to("cpu")
-        weights_cpu = weights.to("cpu")
         for index, region in enumerate(regions):
             output[(slice(None), slice(None)) + region] += weighted[index:index + 1]
             total[(slice(None), slice(None)) + region] += weights_cpu
