@@ -418,3 +418,52 @@ def test_classic_tumours_keep_at_least_15_hu_of_contrast_while_subtle_kinds_go_l
                                   recipe=replace(TUMOR_KINDS["hypervascular_washout"], size_range_mm=(15.0, 25.0),
                                                  hypo_delta_hu=(8.0, 12.0)))
     assert washout and all(8.0 <= abs(info["delta_hu"]) <= 12.0 for info in washout)
+
+
+@pytest.fixture(scope="module")
+def notched_liver():
+    """An ellipsoidal 'liver' with a notch in fat cut into one side along the whole axial extent
+    (a hilum): the CT, the liver and the notch."""
+    shape = (40, 96, 96)
+    k, j, i = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING)], indexing="ij", sparse=True)
+    center = [n * s / 2 for n, s in zip(shape, SPACING)]
+    rho2 = ((k - center[0]) / 36.0) ** 2 + ((j - center[1]) / 66.0) ** 2 + ((i - center[2]) / 66.0) ** 2
+    notch = ((j - center[1]) ** 2 + (i - center[2] + 60.0) ** 2 <= 15.0 ** 2) & (rho2 <= 1.3)
+    liver = (rho2 <= 1.0) & ~notch
+    rng = np.random.default_rng(5)
+    ct = np.where(liver, LIVER_HU, 40.0) + rng.normal(0.0, 10.0, shape)
+    ct[notch & ~liver] = -100.0 + rng.normal(0.0, 10.0, int((notch & ~liver).sum()))
+    return ct.astype(np.int16), liver.astype(np.uint8), notch & ~liver
+
+
+def test_hilum_lesions_sit_at_the_notch_of_the_outline(notched_liver):
+    """The hilum kind centres its lesions where the outline is concave, their edge at the notch
+    and most of them inside the liver; the surface kind's lesions are anywhere on the surface."""
+    ct, liver, notch = notched_liver
+    to_notch = ndimage.distance_transform_edt(~notch, sampling=SPACING)
+    hilum, surface = [], []
+    for seed in range(4):
+        for recipe, found in ((TUMOR_KINDS["hilum"], hilum), (TUMOR_KINDS["surface"], surface)):
+            _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(seed), 2, recipe=recipe)
+            for info, own in zip(infos, components_of(mask, infos)):
+                found.append((info, float(to_notch[tuple(info["center_kji"])]), own))
+    assert hilum and surface
+    for info, distance, own in hilum:
+        assert info["at_concavity"] and info["kind"] == "hilum"
+        assert distance <= info["radius_mm"] + 4.0  # reaches the notch (a 2 mm block's diagonal)
+        assert np.count_nonzero(own & (liver > 0)) >= 0.75 * np.count_nonzero(own)
+    assert not any(info["at_concavity"] for info, _, _ in surface)
+    assert np.median([d for _, d, _ in hilum]) < np.median([d for _, d, _ in surface]) - 10.0
+
+
+def test_hilum_lesions_fall_back_to_the_surface_of_a_convex_liver(liver_case):
+    """An outline without a concave part: the hilum kind still places its lesions, at the surface."""
+    ct, liver, _ = liver_case
+    _, mask, infos = insert_tumors(ct, liver, SPACING, np.random.default_rng(1), 2, recipe=TUMOR_KINDS["hilum"])
+    assert infos and mask.any()
+    assert all(info["at_surface"] and not info["at_concavity"] for info in infos)
+
+
+def test_concave_fraction_out_of_range_is_refused():
+    with pytest.raises(LiverTumorSegError, match="concave_fraction"):
+        TumorRecipe(concave_fraction=1.5)

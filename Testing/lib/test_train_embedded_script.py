@@ -89,7 +89,11 @@ def test_an_ensemble_member_not_trained_now_is_copied_from_init_from(tmp_path, t
 
 
 def test_the_kind_mix_decides_which_tumour_kinds_are_drawn():
+    from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS
+
     assert train_embedded.parse_kind_mix(None) == train_embedded.KIND_MIX
+    assert set(train_embedded.KIND_MIX) == set(TUMOR_KINDS)  # the default draws every kind
+    assert train_embedded.parse_kind_mix("hilum=2") == {"hilum": 2.0}
     only_small = train_embedded.parse_kind_mix("small=1")
     assert {train_embedded.draw_kind(seed, only_small) for seed in range(30)} == {"small"}
     mix = train_embedded.parse_kind_mix("small=3,surface=1")

@@ -128,7 +128,8 @@ def unbalanced_kinds(n: int) -> List[str]:
 
 
 def balanced_kinds(n: int) -> List[str]:
-    kinds = list(TUMOR_KINDS)
+    """n kinds cycling evenly over the kinds training draws (KIND_WEIGHTS, in TUMOR_KINDS' order)."""
+    kinds = [kind for kind in TUMOR_KINDS if kind in KIND_WEIGHTS]
     return [kinds[i % len(kinds)] for i in range(n)]
 
 

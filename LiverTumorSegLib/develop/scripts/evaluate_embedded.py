@@ -161,7 +161,7 @@ def model_card_markdown(args: argparse.Namespace, summary: dict, table_lines: li
             "negatives). Synthetic tumours: "
             "`LiverTumorSegLib.develop.synth.tumors`, kinds " + ", ".join(f"`{k}`" for k in TUMOR_KINDS)
             + " (5 mm to 15 cm, iso- to hypodense and hyperdense, confluent metastases, surface lesions that "
-            "bulge the liver, capsules, necrosis, calcification).",
+            "bulge the liver, lesions in the hilum's notch, capsules, necrosis, calcification).",
             "* Real data: `../shared/data/ts_upper_abdomen_3mm` (and its reference liver) for all models; "
             "`chaos_ct_1` (CHAOS challenge, Kavur et al. 2021, CC BY-SA 4.0; expert liver mask) with synthetic "
             "tumours for the tumor models only. `ts_abdomen_3mm` is the same patient as ts_upper_abdomen_3mm "

@@ -35,7 +35,7 @@ from LiverTumorSegLib.models.card import EnsembleCard, EnsembleMember, ModelCard
 from LiverTumorSegLib.develop.synth.phantom import liver_neighbours, make_phantom
 from LiverTumorSegLib.develop.synth.perfusion import add_perfusion_variation, darkened_region
 from LiverTumorSegLib.develop.synth.shared_cases import VALIDATION_PHANTOM_SEED, load_shared_case, shared_data_dir
-from LiverTumorSegLib.develop.synth.tumors import insert_tumor_kind
+from LiverTumorSegLib.develop.synth.tumors import TUMOR_KINDS, insert_tumor_kind
 from LiverTumorSegLib.develop.training.data import TrainingSample, prepare_sample
 from LiverTumorSegLib.develop.training.ensemble_weights import fit_ensemble_weights
 from LiverTumorSegLib.develop.training.history import describe_training
@@ -60,9 +60,10 @@ LIVER_REAL_CHOICES = ("ts_upper_abdomen_3mm", "chaos_ct_1")
 PERFUSION_FRACTION = 0.4
 # How often each synthetic tumour kind is drawn (the shipped tumour members' round 7). Weighting
 # large, metastatic and surface lesions up (2, 2, 1.5 against small 1 and arterial 0.5) bought
-# them on validation but cost small and arterial-phase lesions; this mix keeps both.
+# them on validation but cost small and arterial-phase lesions; this mix keeps both. Lesions in
+# the hilum's notch (a kind added since) are drawn as often as the surface ones.
 KIND_MIX = {"classic": 2.0, "small": 2.0, "hypervascular_arterial": 1.0, "hypervascular_washout": 1.5,
-            "large_isodense": 1.5, "metastases": 1.5, "surface": 1.5}
+            "large_isodense": 1.5, "metastases": 1.5, "surface": 1.5, "hilum": 1.5}
 
 
 def liver_card() -> ModelCard:
@@ -526,8 +527,8 @@ def parse_kind_mix(text: Optional[str]) -> Dict[str, float]:
     for item in text.split(","):
         name, _, weight = item.partition("=")
         name = name.strip()
-        if name not in KIND_MIX:
-            raise SystemExit(f"error: --kind-mix: unknown tumour kind '{name}'; choose from {', '.join(KIND_MIX)}")
+        if name not in TUMOR_KINDS:
+            raise SystemExit(f"error: --kind-mix: unknown tumour kind '{name}'; choose from {', '.join(TUMOR_KINDS)}")
         try:
             mix[name] = float(weight)
         except ValueError:

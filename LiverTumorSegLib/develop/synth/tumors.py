@@ -12,8 +12,10 @@ A :class:`TumorRecipe` says what kind of tumours to draw; :data:`TUMOR_KINDS` ho
 that real scans show and that a model trained on ellipsoids wholly inside the liver misses:
 large iso- to mildly hypodense heterogeneous masses (up to 15 cm), many metastases (up to 30,
 some confluent), lesions that reach the surface and bulge it, small lesions, hypervascular
-lesions whose look depends on the contrast phase, and capsules, necrosis and calcification.
-A tumour that bulges out of the liver makes the liver bigger: the liver label includes it.
+lesions whose look depends on the contrast phase, lesions in the hilum's notch and the other
+concave parts of the outline (where a liver model leaves them out), and capsules, necrosis and
+calcification. A tumour that bulges out of the liver makes the liver bigger: the liver label
+includes it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ _BONE_CLEARANCE_MM = 10.0
 # neighbour, too far out): a real one is round where it pushes its neighbours away, not poured
 # into the gaps between them.
 _MIN_UNCUT_FRACTION = 0.85
+# Concave parts of the liver's outline (the hilum's notch where the portal vein enters, the
+# gallbladder fossa, the IVC groove): what a closing by a ball of this radius adds to the liver,
+# in pieces of at least _CONCAVITY_MIN_ML. A lesion there bulges into fat and vessels that a
+# liver model has learnt to leave out.
+_CONCAVITY_RADIUS_MM = 20.0
+_CONCAVITY_MIN_ML = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class TumorRecipe:
     calcification_probability: float = 0.0
     outside_mm: float = 0.0  # how far a tumour may bulge beyond the liver's surface
     surface_fraction: float = 0.0  # share of tumours centred at the liver's surface
+    concave_fraction: float = 0.0  # share of those centred where the outline is concave (the hilum)
     confluent_fraction: float = 0.0  # share of tumours placed overlapping an earlier one
     vessel_tolerance: float = 1.0  # scales how much vessel a tumour may engulf
 
@@ -89,6 +98,8 @@ class TumorRecipe:
             raise LiverTumorSegError(f"count={self.count} must be a (low, high) range of counts >= 0")
         if self.outside_mm < 0:
             raise LiverTumorSegError(f"outside_mm={self.outside_mm} must be >= 0")
+        if not 0.0 <= self.concave_fraction <= 1.0:
+            raise LiverTumorSegError(f"concave_fraction={self.concave_fraction} must lie in [0, 1]")
 
 
 # The kinds of tumour that real portal-venous (and arterial) scans show, each a recipe.
@@ -126,7 +137,16 @@ TUMOR_KINDS: Dict[str, TumorRecipe] = {
         hypo_delta_hu=(8.0, 30.0), small_are_subtler=False, texture_hu=(5.0, 14.0), texture_scale_mm=(2.0, 6.0),
         necrosis_probability=0.3, rim_probability=0.9, calcification_probability=0.05, outside_mm=10.0,
         surface_fraction=0.2, vessel_tolerance=1.5),
+    # Lesions in the concave parts of the outline: the hilum's notch, the gallbladder fossa, the
+    # IVC groove, where they border the portal vein, fat and the IVC, engulf large vessels and
+    # bulge into the notch.
+    "hilum": TumorRecipe(
+        kind="hilum", count=(1, 3), size_range_mm=(15.0, 60.0), hyper_fraction=0.1,
+        hypo_delta_hu=(15.0, 60.0), outside_mm=20.0, surface_fraction=1.0, concave_fraction=1.0,
+        rim_probability=0.3, vessel_tolerance=2.0),
 }
+
+
 def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float, float, float],
                   rng: np.random.Generator, n_tumors: int,
                   size_range_mm: Optional[Tuple[float, float]] = None, hyper_fraction: Optional[float] = None,
@@ -142,7 +162,7 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
     (``outside_mm``): then the mask also covers the bulge, which the caller must count as liver.
     Each info has ``center_kji``, ``diameter_mm``, ``radius_mm``, ``contrast`` ("hypo"|"hyper"),
     ``delta_hu``, ``volume_ml``, ``n_voxels``, ``mean_hu``, ``rim``, ``necrotic``, ``calcified``,
-    ``kind``, ``at_surface``, ``confluent``, ``outside_ml``. Fewer tumours than asked are placed
+    ``kind``, ``at_surface``, ``at_concavity``, ``confluent``, ``outside_ml``. Fewer tumours than asked are placed
     when the liver has no room left (``len(infos)`` says).
     """
     recipe = recipe or TUMOR_KINDS["classic"]
@@ -182,6 +202,8 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
         contrast = "hyper" if rng.random() < recipe.hyper_fraction else "hypo"
         diameter = float(math.exp(rng.uniform(log_lo, log_hi)))
         at_surface = bool(rng.random() < recipe.surface_fraction)
+        # drawn only by recipes that ask, so every other recipe's draws stay as they were
+        at_concavity = at_surface and recipe.concave_fraction > 0 and bool(rng.random() < recipe.concave_fraction)
         confluent = bool(placed_centers) and bool(rng.random() < recipe.confluent_fraction)
         placed = None
         for attempt in range(_MAX_ATTEMPTS):
@@ -189,7 +211,7 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
                 diameter = max(diameter * 0.75, min(recipe.size_range_mm[0], 3.0))
             shape = _TumorShape.random(rng, diameter, spacing)
             center = _pick_center(rng, shape, depth, occupied, liver_crop, spacing, recipe,
-                                  placed_centers if confluent else None, at_surface)
+                                  placed_centers if confluent else None, at_surface, at_concavity)
             if center is None:
                 diameter = max(diameter * 0.75, min(recipe.size_range_mm[0], 3.0))
                 continue
@@ -210,6 +232,7 @@ def insert_tumors(ct_hu: np.ndarray, liver: np.ndarray, spacing_kji: Tuple[float
                     diameter_mm=round(diameter, 3), radius_mm=round(diameter / 2.0, 3),
                     volume_ml=float(core.sum()) * voxel_ml, n_voxels=int(core.sum()),
                     liver_median_hu=round(stats.median, 2), kind=recipe.kind, at_surface=at_surface,
+                    at_concavity=at_concavity and depth.has_concavity,
                     confluent=confluent, outside_ml=float((core & ~liver_crop[box]).sum()) * voxel_ml)
         infos.append(info)
     return new_ct, tumor_mask, infos
@@ -331,12 +354,46 @@ class _ConservativeDepth:
         self.depth = (depth - float(np.linalg.norm(block_spacing))).astype(np.float32)
         self.full = full
         self.shape = liver.shape
+        self.block_spacing = block_spacing
+        self._notch_mm: Optional[np.ndarray] = None
+
+    @property
+    def notch_distance_mm(self) -> np.ndarray:
+        """Distance (mm, float32, blocks grid; computed once) of each block to the nearest
+        concave part of the liver's outline: what a closing of the liver by a ball of
+        _CONCAVITY_RADIUS_MM adds, in pieces of at least _CONCAVITY_MIN_ML (inf: none)."""
+        if self._notch_mm is None:
+            self._notch_mm = np.full(self.full.shape, np.inf, dtype=np.float32)
+            r = _CONCAVITY_RADIUS_MM
+            pad = int(math.ceil(r / float(self.block_spacing.min()))) + 1
+            liver = np.pad(self.full, pad)
+            grown = ndimage.distance_transform_edt(~liver, sampling=self.block_spacing) <= r
+            closed = ndimage.distance_transform_edt(grown, sampling=self.block_spacing) > r
+            notch, count = ndimage.label(closed & ~liver)
+            if count:
+                block_ml = float(np.prod(self.block_spacing)) / 1000.0
+                big = np.bincount(notch.ravel(), minlength=count + 1) * block_ml >= _CONCAVITY_MIN_ML
+                big[0] = False
+                if big.any():
+                    inner = tuple(slice(pad, pad + n) for n in self.full.shape)
+                    distance = ndimage.distance_transform_edt(~big[notch], sampling=self.block_spacing)[inner]
+                    self._notch_mm = distance.astype(np.float32)
+        return self._notch_mm
+
+    @property
+    def has_concavity(self) -> bool:
+        return bool(np.isfinite(self.notch_distance_mm).any())
 
     def random_center(self, rng: np.random.Generator, extent_mm: float,
-                      occupied: np.ndarray, max_depth_mm: float = math.inf) -> Optional[Tuple[int, int, int]]:
+                      occupied: np.ndarray, max_depth_mm: float = math.inf,
+                      near_notch_mm: Optional[float] = None) -> Optional[Tuple[int, int, int]]:
         """A voxel at least ``extent_mm`` (and at most ``max_depth_mm``) below the liver's
-        surface, not yet occupied; None when there is none."""
-        candidates = np.flatnonzero(self.full & (self.depth >= extent_mm) & (self.depth <= max_depth_mm))
+        surface, not yet occupied (``near_notch_mm``: and at most that far from a concave part
+        of the outline when the liver has one); None when there is none."""
+        where = self.full & (self.depth >= extent_mm) & (self.depth <= max_depth_mm)
+        if near_notch_mm is not None and self.has_concavity:
+            where &= self.notch_distance_mm <= near_notch_mm
+        candidates = np.flatnonzero(where)
         if candidates.size == 0:
             return None
         f = self.factor
@@ -354,9 +411,11 @@ class _ConservativeDepth:
 
 def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _ConservativeDepth, occupied: np.ndarray,
                  liver: np.ndarray, spacing: np.ndarray, recipe: TumorRecipe,
-                 neighbours: Optional[List[Tuple[np.ndarray, float]]], at_surface: bool) -> Optional[Tuple[int, ...]]:
+                 neighbours: Optional[List[Tuple[np.ndarray, float]]], at_surface: bool,
+                 at_concavity: bool = False) -> Optional[Tuple[int, ...]]:
     """Where to try the next tumour: overlapping an earlier one (``neighbours``, confluent
-    lesions), at the liver's surface, or deep enough to fit (partly, when it may bulge out)."""
+    lesions), at the liver's surface (``at_concavity``: where the outline is concave, when the
+    liver has such a part), or deep enough to fit (partly, when it may bulge out)."""
     if neighbours:
         center0, radius0 = neighbours[rng.integers(len(neighbours))]
         direction = rng.normal(size=3)
@@ -368,6 +427,9 @@ def _pick_center(rng: np.random.Generator, shape: "_TumorShape", depth: _Conserv
         return tuple(int(c) for c in center)
     if recipe.outside_mm <= 0:
         return depth.random_center(rng, shape.inner_extent_mm, occupied)
+    if at_surface and at_concavity:  # inside, its edge at the notch: most of it where a liver model cuts it off
+        return depth.random_center(rng, 0.3 * shape.radius, occupied, max_depth_mm=max(0.8 * shape.radius, 2.0),
+                                   near_notch_mm=max(shape.radius, 6.0))
     if at_surface:  # centred within a third of its radius of the surface
         return depth.random_center(rng, -math.inf, occupied, max_depth_mm=max(shape.radius / 3.0, 2.0))
     return depth.random_center(rng, min(shape.inner_extent_mm, 0.6 * depth.max_depth_mm), occupied)
